@@ -1,0 +1,84 @@
+"""The spec options: every bit-level choice a hardware team could make differently.
+
+One frozen ``Spec`` object travels with every operator call (and, from the
+end-to-end issue on, inside the model file).  They are run-time parameters, never
+build flags.  docs/SPEC.md section 2 lists each with its reason.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .errors import IntsimError, check_choice, check_int
+from .fixedpoint import HALF_UP, ROUNDINGS
+
+OVERFLOW_POLICIES = ("raise", "saturate")
+SIGMOID_FRAMES = ("stable", "rowmax")
+SOFTMAX_DIVS = ("reciprocal", "divide")
+
+
+@dataclass(frozen=True)
+class Spec:
+    #: width of the mantissa m of every dynamic dyadic scale m * 2^-k (paper: 8)
+    m_bits: int = 8
+    #: width of the signed exponent k: k in [-2^(k_bits-1), 2^(k_bits-1) - 1] (paper: 8)
+    k_bits: int = 8
+    #: tie rule of every requantization: dyadic fits, requant divisions, rounding shifts
+    rounding: str = HALF_UP
+    #: what a value outside its container does: raise IntsimOverflowError, or
+    #: saturate (clamp and count).  Never wraps.
+    overflow: str = "raise"
+    #: DI-ClippedSoftmax: bits of the re-quantized scores entering DI-Exp (paper: 8)
+    softmax_in_bits: int = 16
+    #: DI-ClippedSoftmax: clip c in real units, x - max >= -c (paper: 15)
+    softmax_clip: int = 15
+    #: DI-ClippedSoftmax: output probability bits, scale 2^-(p_out - 1)... see SPEC (paper: 8)
+    softmax_p_out: int = 8
+    #: DI-ClippedSoftmax: IntDiv form, one reciprocal per row or a divide per element
+    softmax_div: str = "reciprocal"
+    #: DI-SwiGLU: bits the gate and up inputs are quantized to (paper: 8)
+    swiglu_in_bits: int = 8
+    #: DI-SwiGLU: sigmoid frame, paper's row-max frame or the stable two-branch form
+    sigmoid_frame: str = "stable"
+    #: DI-SwiGLU: bits of the sigmoid value, scale 2^-(sigmoid_bits)
+    sigmoid_bits: int = 15
+    #: residual stream width (signed, symmetric, per token) (paper: 16)
+    residual_bits: int = 16
+    #: RoPE cos/sin table fraction bits (signed Q1.f, f = rope_frac_bits)
+    rope_frac_bits: int = 14
+
+    def __post_init__(self):
+        check_int("m_bits", self.m_bits, 2, 16)
+        check_int("k_bits", self.k_bits, 4, 16)
+        check_choice("rounding", self.rounding, ROUNDINGS)
+        check_choice("overflow", self.overflow, OVERFLOW_POLICIES)
+        check_int("softmax_in_bits", self.softmax_in_bits, 4, 24)
+        check_int("softmax_clip", self.softmax_clip, 1, 1000)
+        check_int("softmax_p_out", self.softmax_p_out, 2, 16)
+        check_choice("softmax_div", self.softmax_div, SOFTMAX_DIVS)
+        check_int("swiglu_in_bits", self.swiglu_in_bits, 4, 16)
+        check_choice("sigmoid_frame", self.sigmoid_frame, SIGMOID_FRAMES)
+        check_int("sigmoid_bits", self.sigmoid_bits, 4, 24)
+        check_int("residual_bits", self.residual_bits, 8, 24)
+        check_int("rope_frac_bits", self.rope_frac_bits, 8, 24)
+
+    @property
+    def k_range(self) -> tuple[int, int]:
+        return -(2 ** (self.k_bits - 1)), 2 ** (self.k_bits - 1) - 1
+
+    @classmethod
+    def paper(cls) -> "Spec":
+        """The choices as the I-LLM paper draws them, where it draws them."""
+        return cls(softmax_in_bits=8, softmax_p_out=8, sigmoid_frame="rowmax")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Spec":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise IntsimError(f"spec options: unknown option(s) {sorted(unknown)}")
+        return cls(**d)
+
+
+DEFAULT_SPEC = Spec()

@@ -1,0 +1,84 @@
+"""Carriers of integer tensors and their scales.
+
+``Dyadic(m, k)``: a scale ``m * 2^-k``; ``m >= 0`` an integer mantissa, ``k`` a signed
+exponent applied as a right shift.  Both are int64 arrays (or 0-d arrays), one per
+row where the scale is per token.
+
+``QTensor``: integer codes ``q`` of shape (..., C), a zero point ``zp`` and a scale
+per row (shape (...)), the width ``bits`` and signedness.  Its real value is
+``(q - zp[..., None]) * m * 2^-k`` — a formula for docs and tests; intsim never
+evaluates it in floating point.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import IntsimError, check_int, check_int_array, check_range, int_range
+
+
+@dataclass(frozen=True)
+class Dyadic:
+    m: np.ndarray
+    k: np.ndarray
+
+    def __post_init__(self):
+        m = np.asarray(self.m)
+        k = np.asarray(self.k)
+        for name, v in (("m", m), ("k", k)):
+            if v.dtype.kind not in "iu":
+                raise IntsimError(f"Dyadic.{name}: expected integers, got dtype {v.dtype}")
+        if m.shape != k.shape:
+            raise IntsimError(f"Dyadic: m shape {m.shape} != k shape {k.shape}")
+        check_range("Dyadic.m", m, 0, 2 ** 31 - 1)
+        object.__setattr__(self, "m", m.astype(np.int64, copy=False))
+        object.__setattr__(self, "k", k.astype(np.int64, copy=False))
+
+    @property
+    def shape(self):
+        return self.m.shape
+
+    def as_fraction(self, i=()):
+        """Exact rational value (for docs, tests and reports; Python ints, no float)."""
+        from fractions import Fraction
+        return Fraction(int(self.m[i])) / Fraction(2) ** int(self.k[i])
+
+
+def dtype_for(bits: int, signed: bool) -> np.dtype:
+    """Smallest NumPy integer dtype that holds ``bits`` (int8/16/32, uint8/16/32)."""
+    for w in (8, 16, 32):
+        if bits <= w:
+            return np.dtype(f"{'int' if signed else 'uint'}{w}")
+    raise IntsimError(f"bits: {bits} > 32 has no storage dtype")
+
+
+@dataclass(frozen=True)
+class QTensor:
+    q: np.ndarray
+    zp: np.ndarray
+    scale: Dyadic
+    bits: int
+    signed: bool
+
+    def __post_init__(self):
+        check_int("QTensor.bits", self.bits, 2, 32)
+        check_int_array("QTensor.q", self.q)
+        check_int_array("QTensor.zp", np.asarray(self.zp))
+        if self.q.ndim < 1:
+            raise IntsimError("QTensor.q: needs at least one axis")
+        rows = self.q.shape[:-1]
+        if np.shape(self.zp) != rows:
+            raise IntsimError(f"QTensor.zp: shape {np.shape(self.zp)} != row shape {rows}")
+        if self.scale.shape != rows:
+            raise IntsimError(f"QTensor.scale: shape {self.scale.shape} != row shape {rows}")
+        lo, hi = int_range(self.bits, self.signed)
+        check_range("QTensor.q", self.q, lo, hi)
+
+    @property
+    def shape(self):
+        return self.q.shape
+
+    def centered(self) -> np.ndarray:
+        """``q - zp`` per row, int64 (exact)."""
+        return self.q.astype(np.int64) - np.asarray(self.zp, dtype=np.int64)[..., None]
