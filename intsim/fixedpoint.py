@@ -392,7 +392,8 @@ def dyadic_fit(num, den, m_bits: int = 8, k_range: tuple[int, int] = (-128, 127)
     ``num << k`` for k >= 0, ``den << -k`` otherwise, so no value exceeds
     ``max(num, den) * 2^(m_bits+1)``).  If ``m < 2^(m_bits-1)``, k grows by one; a
     rounding carry to ``2^m_bits`` halves m (exact, m is even).  Result: ``m`` in
-    ``[2^(m_bits-1), 2^m_bits - 1]`` (normalized), relative error <= 2^-m_bits.
+    ``[2^(m_bits-1), 2^m_bits - 1]`` (normalized); relative error <= 2^-m_bits for the
+    nearest modes, < 2^-(m_bits-1) for ``floor``.
 
     ``k`` outside ``k_range`` is clamped and m refitted at the clamped k: a k above
     the range loses mantissa bits (m may become 0), a k below the range saturates m
