@@ -42,7 +42,8 @@ class Dyadic:
     def as_fraction(self, i=()):
         """Exact rational value (for docs, tests and reports; Python ints, no float)."""
         from fractions import Fraction
-        return Fraction(int(self.m[i])) / Fraction(2) ** int(self.k[i])
+        m, k = int(self.m[i]), int(self.k[i])
+        return Fraction(m, 2 ** k) if k >= 0 else Fraction(m * 2 ** -k)
 
 
 def dtype_for(bits: int, signed: bool) -> np.dtype:
