@@ -1,0 +1,163 @@
+"""DI-Norm: RMSNorm as a scale-only integer operator.  Spec: docs/SPEC.md, DI-Norm.
+
+RMSNorm(x) = x / sqrt(mean(x^2)) (γ is folded into the next linear layer by the
+converter, eps is dropped: see :func:`di_norm`).  With x = (q - zp) * s per row the row
+scale s cancels, so the integer codes pass through unchanged and only a new per-row
+scale is computed:
+
+    s_out = sqrt(C) / sqrt(sum_j (q_j - zp)^2)
+
+from two integer square roots and one dyadic fit.  The next DI-MatMul requantizes its
+input per token anyway, so no per-element work is needed here.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .errors import IntsimError, IntsimOverflowError, check_choice, check_range
+from .fixedpoint import (_check_backend, _fit_ref, _isqrt_ref, bit_length_nb, bit_length_ref,
+                         dyadic_fit_nb, isqrt_nb, rounding_code)
+from .options import DEFAULT_SPEC, Spec
+from .qtensor import Dyadic, QTensor
+
+#: most channels per row: sumsq <= 2^16 * (2^16 - 1)^2 < 2^48
+NORM_C_LIMIT = 2 ** 16
+#: largest |q - zp| accepted (a 16-bit code against a 16-bit zero point)
+NORM_D_LIMIT = 2 ** 16 - 1
+#: sumsq << 2P stays <= 2^62 - 1 (isqrt's bound): bitlen(sumsq) + 2P <= 62
+SUMSQ_BITS = 62
+#: C << 2P' stays <= 2^61 - 1 (dyadic_fit's numerator bound): bitlen(C) + 2P' <= 61
+SQRT_C_BITS = 61
+#: pre-shift choices: per row from bitlen(sumsq), or one P fixed by (bits, C)
+PRESHIFTS = ("row", "fixed")
+
+
+def sqrt_c_const(C: int) -> tuple[int, int]:
+    """Per-model constant ``(n_C, P')`` with ``n_C = isqrt(C << 2P') = floor(sqrt(C) * 2^P')``.
+
+    ``P' = (61 - bitlen(C)) >> 1`` so ``C << 2P' < 2^61`` and ``n_C >= 2^29`` (bitlen of the
+    shifted value is 60 or 61).  Hardware stores the pair; intsim recomputes it (integer).
+    """
+    c = np.int64(C)
+    p2 = (SQRT_C_BITS - int(bit_length_ref(c))) >> 1
+    return int(_isqrt_ref(c << np.int64(2 * p2))), p2
+
+
+def fixed_preshift(C: int, bits: int) -> int:
+    """``P`` for ``preshift="fixed"``: ``(62 - bitlen(C * (2^bits - 1)^2)) >> 1``."""
+    dmax = (np.int64(1) << np.int64(bits)) - 1
+    return (SUMSQ_BITS - int(bit_length_ref(np.int64(C) * dmax * dmax))) >> 1
+
+
+def _di_norm_ref(q, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
+    d = q.astype(np.int64) - zp.astype(np.int64)[..., None]
+    sumsq_i64 = (d * d).sum(axis=-1)                 # <= C * (2^16 - 1)^2 < 2^48
+    zero = sumsq_i64 == 0
+    if p_fixed < 0:
+        p = (SUMSQ_BITS - bit_length_ref(sumsq_i64)) >> 1
+    else:
+        p = np.full(sumsq_i64.shape, p_fixed, dtype=np.int64)
+    p = np.where(zero, 0, p)
+    r = _isqrt_ref(sumsq_i64 << (2 * p))             # sumsq << 2P <= 2^62 - 1
+    r = np.where(zero, 1, r)
+    # s_out = (n_C 2^-P') / (r 2^-P) = fit(n_C / r) * 2^-(P' - P); final k in [k_lo, k_hi]
+    m, e, sat = _fit_ref(np.int64(n_c), r, m_bits, k_lo - p2 + p, k_hi - p2 + p, code)
+    k0 = min(max(0, k_lo), k_hi)
+    k = np.where(m == 0, k0, e + p2 - p)
+    return (np.where(zero, 0, m).astype(np.int64), np.where(zero, k0, k).astype(np.int64),
+            int(np.count_nonzero(sat & ~zero)))
+
+
+@njit(cache=True)
+def _di_norm_nb(q, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
+    rows, C = q.shape
+    m = np.zeros(rows, dtype=np.int64)
+    k = np.zeros(rows, dtype=np.int64)
+    k0 = min(max(0, k_lo), k_hi)
+    nsat = 0
+    for i in range(rows):
+        sumsq = np.int64(0)
+        for j in range(C):
+            d = np.int64(q[i, j]) - np.int64(zp[i])
+            sumsq += d * d
+        if sumsq == 0:
+            k[i] = k0
+            continue
+        if p_fixed < 0:
+            p = (SUMSQ_BITS - bit_length_nb(sumsq)) >> 1
+        else:
+            p = p_fixed
+        r = isqrt_nb(sumsq << (2 * p))
+        mi, e, sat = dyadic_fit_nb(np.int64(n_c), r, m_bits, k_lo - p2 + p, k_hi - p2 + p, code)
+        m[i] = mi
+        k[i] = e + p2 - p if mi != 0 else k0
+        if sat:
+            nsat += 1
+    return m, k, nsat
+
+
+def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
+            preshift: str = "row") -> tuple[QTensor, int]:
+    """DI-Norm: RMSNorm without γ and eps; returns the same codes with a new row scale.
+
+    Input: ``x`` with codes (..., C), ``1 <= C <= 2^16``, ``|q - zp| <= 2^16 - 1`` (any
+    width <= 16, signed or not, any zero point).  Its scale is ignored: it cancels.
+    Output: ``(QTensor(x.q, x.zp, Dyadic(m, k), x.bits, x.signed), n_saturated)``; the
+    codes are shared with ``x`` (not copied).  Real output ``(q - zp) * m * 2^-k``
+    approximates ``x / sqrt(mean(x^2))``.
+
+    Per row, integer only:
+
+    1. ``sumsq_i64 = sum_j (q_j - zp)^2``.  Bound: ``C * (2^16 - 1)^2 < 2^48``.
+    2. pre-shift ``P``: ``preshift="row"`` (default) ``P = (62 - bitlen(sumsq)) >> 1``;
+       ``"fixed"`` ``P = (62 - bitlen(C * (2^bits - 1)^2)) >> 1`` for the whole tensor.
+       Either way ``bitlen(sumsq << 2P) <= 62``, i.e. ``<= 2^62 - 1`` (isqrt's bound).
+       "row" leaves 30 or 31 bits in r for every row; "fixed" needs no per-row shift
+       amount but leaves fewer bits in rows of small codes (``r ~ 2^P * sqrt(sumsq)``).
+    3. ``r = isqrt(sumsq << 2P) = floor(sqrt(sumsq) * 2^P)``, ``1 <= r < 2^31``.
+    4. per-model constant ``(n_C, P') = sqrt_c_const(C)``, ``n_C = floor(sqrt(C) * 2^P')``,
+       ``2^29 <= n_C < 2^30.5``.
+    5. ``(m, e) = dyadic_fit(n_C, r)`` (mantissa ``spec.m_bits``, tie rule
+       ``spec.rounding``), ``k = e + P' - P``: ``s_out = (n_C 2^-P') / (r 2^-P)``.
+       Fit bounds: ``n_C < 2^31 <= 2^61 - 1``, ``r < 2^31 <= 2^(61 - m_bits) - 1``.
+       The exponent range ``spec.k_range`` applies to the final k (a saturation is
+       counted; ``spec.overflow == "raise"`` raises).
+
+    Error of the scale (preshift "row"): relative ``<= 2^-m_bits`` (fit, nearest modes)
+    ``+ 2^-29`` (the two isqrt truncations, ``1/n_C + 1/r``).
+    eps: dropped.  For a non-zero row ``sumsq >= 1``, so nothing divides by zero; the
+    float eps acts relative to the real mean square, which depends on the dynamic
+    scale this operator never sees (spec text gives the size of the effect).
+    All-zero row (``sumsq = 0``): ``m = 0`` (output exactly zero, what RMSNorm with any
+    eps > 0 gives), ``k = 0`` clamped into ``spec.k_range``.
+    """
+    _check_backend(backend)
+    check_choice("preshift", preshift, PRESHIFTS)
+    if not isinstance(x, QTensor):
+        raise IntsimError(f"x: expected a QTensor, got {type(x).__name__}")
+    if x.bits > 16:
+        raise IntsimError(f"x: bits {x.bits} > 16 is outside DI-Norm's declared input range")
+    C = x.q.shape[-1]
+    if not 1 <= C <= NORM_C_LIMIT:
+        raise IntsimError(f"x: row length C = {C} is outside [1, {NORM_C_LIMIT}]")
+    zp = np.asarray(x.zp, dtype=np.int64)
+    check_range("x zero point", zp, -NORM_D_LIMIT, NORM_D_LIMIT)
+    check_range("x (q - zp)", x.centered(), -NORM_D_LIMIT, NORM_D_LIMIT)
+    code = rounding_code(spec.rounding)
+    k_lo, k_hi = spec.k_range
+    n_c, p2 = sqrt_c_const(C)
+    p_fixed = fixed_preshift(C, x.bits) if preshift == "fixed" else -1
+    rows = x.q.shape[:-1]
+    if backend == "reference":
+        m, k, nsat = _di_norm_ref(x.q, zp, n_c, p2, p_fixed, spec.m_bits, k_lo, k_hi, code)
+    else:
+        q2 = np.ascontiguousarray(x.q).reshape(-1, C)
+        m, k, nsat = _di_norm_nb(q2, np.ascontiguousarray(zp).ravel(), n_c, p2, p_fixed,
+                                 spec.m_bits, k_lo, k_hi, code)
+        m, k = m.reshape(rows), k.reshape(rows)
+    if nsat and spec.overflow == "raise":
+        raise IntsimOverflowError(
+            f"x: {nsat} DI-Norm row scale(s) exceed the largest dyadic scale of m_bits="
+            f"{spec.m_bits}, k_bits={spec.k_bits} (use overflow='saturate' to clamp and count)")
+    return QTensor(x.q, x.zp, Dyadic(m, k), x.bits, x.signed), nsat
