@@ -39,10 +39,10 @@ def check_positions(positions, T: int, max_pos: int) -> np.ndarray:
 
 def _rope_ref(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
     T = q.shape[0]
-    half = head_dim // 2
+    hd2 = head_dim // 2
     d = (q.astype(np.int64) - zp.astype(np.int64)[:, None]).reshape(T, n_heads, head_dim)
-    a = d[..., :half]                                  # |a|, |b| <= 2^16
-    b = d[..., half:]
+    a = d[..., :hd2]                                  # |a|, |b| <= 2^16
+    b = d[..., hd2:]
     c = cos_q[pos].astype(np.int64)[:, None, :]        # |c|, |s| <= 2^f
     s = sin_q[pos].astype(np.int64)[:, None, :]
     y1 = a * c - b * s                                 # |.| <= 2^(17+f) <= 2^41
@@ -56,16 +56,16 @@ def _rope_ref(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
 @njit(cache=True)
 def _rope_nb(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
     T = q.shape[0]
-    half = head_dim // 2
+    hd2 = head_dim // 2
     y = np.empty((T, n_heads * head_dim), dtype=np.int64)
     for t in range(T):
         z = np.int64(zp[t])
         p = pos[t]
         for h in range(n_heads):
             base = h * head_dim
-            for i in range(half):
+            for i in range(hd2):
                 a = np.int64(q[t, base + i]) - z
-                b = np.int64(q[t, base + half + i]) - z
+                b = np.int64(q[t, base + hd2 + i]) - z
                 c = np.int64(cos_q[p, i])
                 s = np.int64(sin_q[p, i])
                 y1 = a * c - b * s
@@ -74,7 +74,7 @@ def _rope_nb(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
                     y1 = rshift_round_nb(y1, drop_bits, code)
                     y2 = rshift_round_nb(y2, drop_bits, code)
                 y[t, base + i] = y1
-                y[t, base + half + i] = y2
+                y[t, base + hd2 + i] = y2
     return y
 
 
