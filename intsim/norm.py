@@ -122,9 +122,13 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
        ``spec.rounding``), ``k = e + P' - P``: ``s_out = (n_C 2^-P') / (r 2^-P)``.
        Fit bounds: ``n_C < 2^31 <= 2^61 - 1``, ``r < 2^31 <= 2^(61 - m_bits) - 1``.
        The exponent range ``spec.k_range`` applies to the final k (a saturation is
-       counted; ``spec.overflow == "raise"`` raises).
+       counted; ``spec.overflow == "raise"`` raises).  Saturation cannot happen within
+       Spec's ranges: ``s_out <= sqrt(C) <= 2^8`` and ``m >= 2^(m_bits-1) >= 2`` give
+       ``k >= -7 > -8``, the smallest k_min (k_bits = 4).  A tiny scale above k_max
+       is refitted at k_max with fewer mantissa bits (dyadic_fit step 5).
 
-    Error of the scale (preshift "row"): relative ``<= 2^-m_bits`` (fit, nearest modes)
+    Error of the scale (preshift "row"): relative ``<= 1/(2^m_bits - 1)`` (fit, nearest modes;
+    2^-m_bits except when the quotient rounds up onto 2^(m_bits-1))
     ``+ 2^-29`` (the two isqrt truncations, ``1/n_C + 1/r``).
     eps: dropped.  For a non-zero row ``sumsq >= 1``, so nothing divides by zero; the
     float eps acts relative to the real mean square, which depends on the dynamic
