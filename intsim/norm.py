@@ -113,7 +113,7 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
     2. pre-shift ``P``: ``preshift="row"`` (default) ``P = (62 - bitlen(sumsq)) >> 1``;
        ``"fixed"`` ``P = (62 - bitlen(C * (2^bits - 1)^2)) >> 1`` for the whole tensor.
        Either way ``bitlen(sumsq << 2P) <= 62``, i.e. ``<= 2^62 - 1`` (isqrt's bound).
-       "row" leaves 30 or 31 bits in r for every row; "fixed" needs no per-row shift
+       "row" gives r in [2^30, 2^31) for every row; "fixed" needs no per-row shift
        amount but leaves fewer bits in rows of small codes (``r ~ 2^P * sqrt(sumsq)``).
     3. ``r = isqrt(sumsq << 2P) = floor(sqrt(sumsq) * 2^P)``, ``1 <= r < 2^31``.
     4. per-model constant ``(n_C, P') = sqrt_c_const(C)``, ``n_C = floor(sqrt(C) * 2^P')``,
