@@ -326,9 +326,13 @@ def _fit_ref(num, den, m_bits, k_lo, k_hi, code):
     k = np.int64(m_bits) - 1 - e
 
     def quot(kk):
+        # den << -k would leave int64 once bitlen(den) - k >= 63; then den * 2^-k >= 2^62
+        # > 2 * num, the quotient is below 1/2 and every rounding gives 0.
         pos = np.maximum(kk, 0)
         negk = np.maximum(-kk, 0)
-        return _div_round_ref(num << pos, den << negk, code)
+        tiny = bit_length_ref(den) + negk >= 63
+        q = _div_round_ref(num << pos, den << np.where(tiny, 0, negk), code)
+        return np.where(tiny, 0, q)
 
     m = quot(k)
     # num/den in (2^(e-1), 2^(e+1)) puts m in [2^(M-2), 2^M]; one step fixes the low side.
@@ -357,6 +361,8 @@ def _fit_ref(num, den, m_bits, k_lo, k_hi, code):
 def _fit_quot_nb(num, den, k, code):
     if k >= 0:
         return div_round_nb(num << k, den, code)
+    if bit_length_nb(den) - k >= 63:   # den * 2^-k >= 2^62 > 2 * num: quotient < 1/2
+        return np.int64(0)
     return div_round_nb(num, den << (-k), code)
 
 

@@ -177,6 +177,11 @@ def test_dyadic_fit_exponent_range_edges():
     # too small a value: k clamps to k_hi and m loses bits (here down to 0)
     m, k, sat = dyadic_fit(np.int64(1), np.int64(2 ** 40), 8, (-8, 7))
     assert (int(m), int(k), bool(sat)) == (0, 7, False)
+    # a range far below the value's exponent: den << -k_hi would leave int64; the exact
+    # quotient is below 1/2, so m = 0 in both backends
+    for backend in ("numba", "reference"):
+        m, k, sat = dyadic_fit(np.int64(3), np.int64(5), 8, (-1000, -900), backend=backend)
+        assert (int(m), int(k), bool(sat)) == (0, -900, False)
     m, k, sat = dyadic_fit(np.int64(0), np.int64(5), 8)
     assert (int(m), int(k)) == (0, 0)
 
