@@ -325,20 +325,21 @@ def _fit_ref(num, den, m_bits, k_lo, k_hi, code):
     e = bit_length_ref(num) - bit_length_ref(den)
     k = np.int64(m_bits) - 1 - e
 
-    def quot(kk):
+    def quot(kk, rcode=code):
         # den << -k would leave int64 once bitlen(den) - k >= 63; then den * 2^-k >= 2^62
         # > 2 * num, the quotient is below 1/2 and every rounding gives 0.
         pos = np.maximum(kk, 0)
         negk = np.maximum(-kk, 0)
         tiny = bit_length_ref(den) + negk >= 63
-        q = _div_round_ref(num << pos, den << np.where(tiny, 0, negk), code)
+        q = _div_round_ref(num << pos, den << np.where(tiny, 0, negk), rcode)
         return np.where(tiny, 0, q)
 
-    m = quot(k)
-    # num/den in (2^(e-1), 2^(e+1)) puts m in [2^(M-2), 2^M]; one step fixes the low side.
-    low = m < (top >> 1)
+    # num/den in (2^(e-1), 2^(e+1)) puts num * 2^k / den in (2^(M-2), 2^M).  Normalize on
+    # the FLOOR quotient: a value just below 2^(M-1) must move to k + 1 even when it
+    # would round up onto 2^(M-1), else its error is relative to a smaller value.
+    low = quot(k, 0) < (top >> 1)
     k = np.where(low, k + 1, k)
-    m = np.where(low, quot(k), m)
+    m = quot(k)
     carry = m >= top          # rounding carried up to 2^M: halve (exact: m is even)
     m = np.where(carry, m >> 1, m)
     k = np.where(carry, k - 1, k)
@@ -374,10 +375,9 @@ def dyadic_fit_nb(num, den, m_bits, k_lo, k_hi, code):
         return np.int64(0), np.int64(k0), False
     top = np.int64(1) << m_bits
     k = np.int64(m_bits - 1 - (bit_length_nb(num) - bit_length_nb(den)))
-    m = _fit_quot_nb(num, den, k, code)
-    if m < (top >> 1):
+    if _fit_quot_nb(num, den, k, 0) < (top >> 1):   # normalize on the floor quotient
         k += 1
-        m = _fit_quot_nb(num, den, k, code)
+    m = _fit_quot_nb(num, den, k, code)
     if m >= top:
         m >>= 1
         k -= 1
@@ -394,9 +394,9 @@ def dyadic_fit(num, den, m_bits: int = 8, k_range: tuple[int, int] = (-128, 127)
     """Fit the ratio ``num / den`` as ``m * 2^-k`` with an ``m_bits``-wide mantissa.
 
     Integer only.  With ``e = bitlen(num) - bitlen(den)`` the exponent starts at
-    ``k = m_bits - 1 - e`` and ``m = round(num * 2^k / den)`` (tie rule ``rounding``;
-    ``num << k`` for k >= 0, ``den << -k`` otherwise, so no value exceeds
-    ``max(num, den) * 2^(m_bits+1)``).  If ``m < 2^(m_bits-1)``, k grows by one; a
+    ``k = m_bits - 1 - e``; if ``floor(num * 2^k / den) < 2^(m_bits-1)``, k grows by one;
+    then ``m = round(num * 2^k / den)`` (tie rule ``rounding``; ``num << k`` for k >= 0,
+    ``den << -k`` otherwise, so no value exceeds ``max(num, den) * 2^(m_bits+1)``).  A
     rounding carry to ``2^m_bits`` halves m (exact, m is even).  Result: ``m`` in
     ``[2^(m_bits-1), 2^m_bits - 1]`` (normalized); relative error <= 2^-m_bits for the
     nearest modes, < 2^-(m_bits-1) for ``floor``.

@@ -155,6 +155,7 @@ def test_dyadic_fit_kernel_equals_reference(num, den, m_bits, rounding, krange):
 @example(255, 255, 8, HALF_UP)
 @example(511, 1, 8, HALF_UP)      # 511 = 0b1_1111_1111 rounds up to 512: the carry path
 @example(2 ** 61 - 1, 1, 16, HALF_EVEN)
+@example(15005, 16000, 4, HALF_UP)   # 7.50 at k=3 rounds onto 2^(M-1): must normalize to k=4
 def test_dyadic_fit_is_normalized_and_correctly_rounded(num, den, m_bits, rounding):
     assume(den <= fit_den_limit(m_bits))
     m, k, sat = (int(v) for v in dyadic_fit(np.int64(num), np.int64(den), m_bits, (-10 ** 6, 10 ** 6), rounding))
