@@ -121,6 +121,11 @@ def acc_bound(group_size: int, a_bits: int, w_bits: int) -> int:
     return group_size * (2 ** a_bits - 1) * (2 ** w_bits - 1)
 
 
+def max_group_size(a_bits: int, w_bits: int) -> int:
+    """Largest G with acc_bound(G, A, W) <= 2^31 - 1 (e.g. 33025 for A = W = 8)."""
+    return ACC_LIMIT // ((2 ** a_bits - 1) * (2 ** w_bits - 1))
+
+
 def p_bound(K: int, a_bits: int, w_bits: int, m_max: int, b_absmax: int) -> int:
     """|every partial sum of P| <= K * (2^A - 1) * ((2^W - 1) * max m + max |b|).
 

@@ -1,0 +1,157 @@
+# float-allowed: baseline measurement only (float32 BLAS timing and the float64 exactness check)
+"""``intsim bench``: the integer matmul core against float32 BLAS on this machine.
+
+Two shapes of LLaMA-7B linear layers, weights stored (N, K):
+
+* GEMM (128 x 4096) . (4096 x 4096): a 128-token prefill through q/k/v/o;
+* GEMV (1 x 4096) . (4096 x 11008): one decoded token through gate/up.
+
+Integer side: ``intsim.gemm.int_matmul`` on int8 x int8 random data (int32 results,
+the exact core of DI-MatMul), plus the whole ``di_matmul`` op (input requant, core,
+int64 fold, output requant; A = W = 8, per-channel scales) for the same shapes.  Float
+side: ``np.matmul`` on float32 copies (whatever BLAS NumPy links).  ops = 2 M N K;
+each timing is the best of ``repeats`` runs after a warm-up run (JIT compile, caches).
+The integer result is checked against float64 BLAS on a slice of output columns (exact:
+every sum is below 2^53) and against an int64 NumPy recompute of a few outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numba
+import numpy as np
+
+from .gemm import int_matmul
+
+GEMM_SHAPE = (128, 4096, 4096)     # M, K, N
+GEMV_SHAPE = (1, 4096, 11008)
+QUICK_GEMM = (16, 256, 256)
+QUICK_GEMV = (1, 256, 512)
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    blas = "unknown"
+    try:
+        cfg = np.show_config(mode="dicts")
+        b = cfg.get("Build Dependencies", {}).get("blas", {})
+        blas = f"{b.get('name', '?')} {b.get('version', '')}".strip()
+    except Exception:                                  # noqa: BLE001 - informational only
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "blas": blas, "numpy": np.__version__, "numba": numba.__version__,
+            "python": platform.python_version(),
+            "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                       "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+                            if k in os.environ}}
+
+
+def _best_time(fn, repeats: int) -> float:
+    fn()                                               # warm-up: JIT compile, page in
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _exact(x: np.ndarray, w: np.ndarray, out: np.ndarray, rng, ncols: int = 256) -> bool:
+    """int result == float64 BLAS recompute on ``ncols`` random columns (exact: |sum| <
+    K * 128^2 < 2^53), and == int64 NumPy on a 4 x 4 corner."""
+    cols = rng.choice(w.shape[0], size=min(ncols, w.shape[0]), replace=False)
+    ref = x.astype(np.float64) @ w[cols].astype(np.float64).T
+    ok = bool(np.array_equal(out[:, cols].astype(np.float64), ref))
+    small = x[:4].astype(np.int64) @ w[:4].astype(np.int64).T
+    return ok and bool(np.array_equal(out[:4, :4].astype(np.int64), small))
+
+
+def _di_matmul_time(x8: np.ndarray, w8: np.ndarray, repeats: int) -> float:
+    """Time the whole di_matmul op on the same data (int8 codes shifted to uint8)."""
+    from .matmul import QWeight, di_matmul
+    from .qtensor import Dyadic, QTensor
+    T, K = x8.shape
+    N = w8.shape[0]
+    xq = QTensor(x8.astype(np.int16), np.zeros(T, np.int32),
+                 Dyadic(np.full(T, 181), np.full(T, 14)), 8, True)
+    w = QWeight((w8.astype(np.int16) + 128).astype(np.uint8), 8, K,
+                np.full((N, 1), 40000, np.int64), np.full((N, 1), -40000 * 128, np.int64), 24)
+    return _best_time(lambda: di_matmul(xq, w, 8, 8, False), repeats)
+
+
+def collect(quick: bool = False, repeats: int = 5, seed: int = 0) -> dict:
+    """Run the benchmark; return one flat-ish dict (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    res: dict = {"quick": bool(quick), "repeats": int(repeats), "dtype": "int8 x int8 -> int32",
+                 "kernel": "intsim.gemm.int_matmul (tiled)"}
+    exact = True
+    for name, (M, K, N) in (("gemm", QUICK_GEMM if quick else GEMM_SHAPE),
+                            ("gemv", QUICK_GEMV if quick else GEMV_SHAPE)):
+        x = rng.integers(-127, 128, size=(M, K), dtype=np.int8)
+        w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
+        xf, wf = x.astype(np.float32), w.astype(np.float32)
+        ops = 2 * M * N * K
+        t_int = _best_time(lambda: int_matmul(x, w), repeats)
+        t_f32 = _best_time(lambda: np.matmul(xf, wf.T), repeats)
+        t_dot = _best_time(lambda: int_matmul(x, w, kernel="dot"), max(1, repeats // 2))
+        t_di = _di_matmul_time(x, w, max(1, repeats // 2))
+        ok = _exact(x, w, int_matmul(x, w), rng)
+        exact &= ok
+        res[f"{name}_shape"] = {"M": M, "K": K, "N": N}
+        res[f"{name}_int_gops"] = ops / t_int / 1e9
+        res[f"{name}_f32_gops"] = ops / t_f32 / 1e9
+        res[f"{name}_ratio"] = t_f32 / t_int
+        res[f"{name}_int_dot_gops"] = ops / t_dot / 1e9
+        res[f"{name}_di_matmul_gops"] = ops / t_di / 1e9
+        res[f"{name}_exact"] = ok
+    res["exact"] = bool(exact)
+    res["machine"] = machine_info()
+    return res
+
+
+def format_table(r: dict) -> str:
+    lines = [f"intsim bench ({'quick' if r['quick'] else 'full'}; best of {r['repeats']}; "
+             f"{r['dtype']})",
+             f"  {'shape':<34} {'int GOP/s':>10} {'f32 GOP/s':>10} {'ratio':>7} "
+             f"{'dot GOP/s':>10} {'di_matmul':>10} {'exact':>6}"]
+    for name in ("gemm", "gemv"):
+        s = r[f"{name}_shape"]
+        shape = f"{name.upper()} ({s['M']}x{s['K']}).({s['K']}x{s['N']})"
+        lines.append(f"  {shape:<34} {r[f'{name}_int_gops']:>10.1f} {r[f'{name}_f32_gops']:>10.1f} "
+                     f"{r[f'{name}_ratio']:>6.2f}x {r[f'{name}_int_dot_gops']:>10.1f} "
+                     f"{r[f'{name}_di_matmul_gops']:>10.1f} {str(r[f'{name}_exact']):>6}")
+    m = r["machine"]
+    lines.append(f"  cpu: {m['cpu']}, {m['cores']} cores, numba threads {m['numba_threads']}, "
+                 f"BLAS {m['blas']}, numpy {m['numpy']}, numba {m['numba']}")
+    lines.append("  int = tiled int8 kernel; dot = simple kernel; di_matmul = whole op "
+                 "(A = W = 8, per-channel); ops = 2MNK")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="intsim bench",
+                                description="integer matmul core vs float32 BLAS")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    a = p.parse_args(argv)
+    r = collect(quick=a.quick, repeats=max(1, a.repeats))
+    print(json.dumps(r) if a.json else format_table(r))
+    return 0 if r["exact"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
