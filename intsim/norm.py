@@ -98,7 +98,7 @@ def _di_norm_nb(q, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
 
 
 def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
-            preshift: str = "row") -> tuple[QTensor, int]:
+            preshift: str | None = None) -> tuple[QTensor, int]:
     """DI-Norm: RMSNorm without γ and eps; returns the same codes with a new row scale.
 
     Input: ``x`` with codes (..., C), ``1 <= C <= 2^16``, ``|q - zp| <= 2^16 - 1`` (any
@@ -137,6 +137,7 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
     eps > 0 gives), ``k = 0`` clamped into ``spec.k_range``.
     """
     _check_backend(backend)
+    preshift = spec.norm_preshift if preshift is None else preshift
     check_choice("preshift", preshift, PRESHIFTS)
     if not isinstance(x, QTensor):
         raise IntsimError(f"x: expected a QTensor, got {type(x).__name__}")

@@ -14,6 +14,7 @@ from .fixedpoint import HALF_UP, ROUNDINGS
 OVERFLOW_POLICIES = ("raise", "saturate")
 SIGMOID_FRAMES = ("stable", "rowmax")
 SOFTMAX_DIVS = ("reciprocal", "divide")
+NORM_PRESHIFTS = ("row", "fixed")
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,11 @@ class Spec:
     residual_bits: int = 16
     #: RoPE cos/sin table fraction bits (signed Q1.f, f = rope_frac_bits)
     rope_frac_bits: int = 14
+    #: RoPE: bits rounded off the exact rotation (0 = keep it exact, f = back to input scale)
+    rope_drop_bits: int = 0
+    #: DI-Norm pre-shift before the integer sqrt: per row from bitlen(sumsq), or one
+    #: fixed shift per declared input width (friendlier to a fixed-width datapath)
+    norm_preshift: str = "row"
 
     def __post_init__(self):
         check_int("m_bits", self.m_bits, 2, 16)
@@ -58,8 +64,10 @@ class Spec:
         check_int("swiglu_in_bits", self.swiglu_in_bits, 4, 16)
         check_choice("sigmoid_frame", self.sigmoid_frame, SIGMOID_FRAMES)
         check_int("sigmoid_bits", self.sigmoid_bits, 4, 24)
-        check_int("residual_bits", self.residual_bits, 8, 24)
+        check_int("residual_bits", self.residual_bits, 8, 16)
         check_int("rope_frac_bits", self.rope_frac_bits, 8, 24)
+        check_int("rope_drop_bits", self.rope_drop_bits, 0, self.rope_frac_bits)
+        check_choice("norm_preshift", self.norm_preshift, NORM_PRESHIFTS)
 
     @property
     def k_range(self) -> tuple[int, int]:

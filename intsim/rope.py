@@ -80,7 +80,7 @@ def _rope_nb(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
 
 def rope(x: QTensor, positions: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray,
          n_heads: int, head_dim: int, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
-         drop_bits: int = 0) -> tuple[np.ndarray, Dyadic]:
+         drop_bits: int | None = None) -> tuple[np.ndarray, Dyadic]:
     """Rotate each head's channel pairs by the position's integer cos/sin; exact.
 
     Inputs: ``x`` codes (T, n_heads * head_dim), per-token scale ``(m_x, k_x)``, any
@@ -117,7 +117,7 @@ def rope(x: QTensor, positions: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray
     if head_dim % 2:
         raise IntsimError(f"head_dim: {head_dim} is odd; RoPE pairs channel i with i + head_dim/2")
     f = spec.rope_frac_bits
-    drop_bits = check_int("drop_bits", drop_bits, 0, f)
+    drop_bits = check_int("drop_bits", spec.rope_drop_bits if drop_bits is None else drop_bits, 0, f)
     if x.q.ndim != 2 or x.q.shape[1] != n_heads * head_dim:
         raise IntsimError(f"x: shape {x.q.shape} != (T, n_heads * head_dim) = "
                           f"(T, {n_heads * head_dim})")
