@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, check_int_array, check_range
-from .fixedpoint import (ABS_LIMIT, _check_backend, _div_round_ref, _rshift_round_ref,
+from .fixedpoint import (ABS_LIMIT, _as_i64, _check_backend, _div_round_ref, _rshift_round_ref,
                          bit_length_nb, bit_length_ref, div_round_nb, rounding_code,
                          rshift_round_nb)
 from .options import DEFAULT_SPEC, Spec
@@ -161,7 +161,7 @@ def di_exp(x: np.ndarray, scale: Dyadic, spec: Spec = DEFAULT_SPEC,
     check_int_array("x", x)
     if x.ndim < 1:
         raise IntsimError(f"x: needs at least one axis, got shape {x.shape}")
-    x64 = x.astype(np.int64, copy=False)
+    x64 = _as_i64("x", x)                              # refuses uint64 beyond int64
     if x64.size and int(x64.max()) > 0:
         idx = np.unravel_index(int(np.argmax(x64)), x64.shape)
         raise IntsimError(f"x: DI-Exp needs x <= 0 (max-subtracted input), got "

@@ -25,7 +25,7 @@ from numba import njit
 from .errors import IntsimError, check_choice, check_int, check_int_array, check_range
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_unit_nb, row_scale
-from .fixedpoint import (_check_backend, _div_round_ref, _rshift_round_ref, bit_length_nb,
+from .fixedpoint import (_as_i64, _check_backend, _div_round_ref, _rshift_round_ref, bit_length_nb,
                          bit_length_ref, div_round_nb, rounding_code, rshift_round_nb)
 from .options import DEFAULT_SPEC, SOFTMAX_DIVS, Spec
 from .qtensor import Dyadic, QTensor, dtype_for
@@ -253,7 +253,7 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
         raise IntsimError(f"scores: needs a non-empty last axis, got shape {scores.shape}")
     if scores.shape[-1] > COLS_LIMIT:
         raise IntsimError(f"scores: {scores.shape[-1]} columns exceed {COLS_LIMIT}")
-    x64 = scores.astype(np.int64, copy=False)
+    x64 = _as_i64("scores", scores)                    # refuses uint64 beyond int64
     check_range("scores", x64, -SCORE_LIMIT, SCORE_LIMIT)
     rows = scores.shape[:-1]
     m, k = row_scale("scale", scale, rows, m_lo=0, m_hi=M_IN_LIMIT)

@@ -248,6 +248,8 @@ def test_di_exp_bad_input():
     with pytest.raises(IntsimError, match=r"^x:"):
         di_exp(np.array([[-1.0]]), one)
     with pytest.raises(IntsimError, match=r"^x:"):
+        di_exp(np.array([[2 ** 64 - 1]], dtype=np.uint64), one)   # would wrap to -1
+    with pytest.raises(IntsimError, match=r"^x:"):
         di_exp([[-1]], one)
     with pytest.raises(IntsimError, match=r"^x:"):
         di_exp(np.array(-1), one)

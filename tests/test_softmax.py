@@ -131,6 +131,7 @@ def _run(case, backend):
 @example(_case([[0, -1, -2, -3]], 0, 5))                                   # zero scale
 @example(_case([[0, 1, 2, 3]] * 4, 255, 12, causal=True, q_offset=-1, pf=7))
 @example(_case([[0, -1]], 1, -5))                                          # C clamped to 1
+@example(_case([[0, -1, -3, -5, -6, -100]], 200, 10, softmax_clip=1, softmax_p_out=16))  # clip
 def test_softmax_kernel_equals_reference(case):
     a, b = _run(case, "numba"), _run(case, "reference")
     assert a.q.dtype == b.q.dtype and a.bits == b.bits and not a.signed
@@ -142,6 +143,7 @@ def test_softmax_kernel_equals_reference(case):
 @given(softmax_cases(max_cols=5))
 @example(_case([[SCORE_LIMIT, -SCORE_LIMIT, 0]], M_LIM, K_LIM))
 @example(_case([[3, 3, -9]], 3, 62 - 4 + 2, softmax_clip=15))              # split branch of C
+@example(_case([[0, -1, -3, -5, -6, -100]], 200, 10, softmax_clip=1, softmax_p_out=16))  # clip
 def test_softmax_reference_equals_python_int_model(case):
     x, m, k, mask, causal, q_offset, spec, pf = case
     got = _run(case, "reference")
@@ -396,6 +398,8 @@ def test_softmax_bad_input():
     x = np.array([[1, 2, 3]])
     with pytest.raises(IntsimError, match=r"^scores:"):
         di_clipped_softmax(np.array([[1.0, 2.0]]), s1)
+    with pytest.raises(IntsimError, match=r"^scores:"):
+        di_clipped_softmax(np.array([[2 ** 64 - 1, 0]], dtype=np.uint64), s1)
     with pytest.raises(IntsimError, match=r"^scores:"):
         di_clipped_softmax(np.array([[SCORE_LIMIT + 1, 0]]), s1)
     with pytest.raises(IntsimError, match=r"^scores:"):
