@@ -26,8 +26,9 @@ def _source_hash() -> str:
 def _set_numba_cache_dir() -> None:
     if "NUMBA_CACHE_DIR" in os.environ:
         return
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "intsim" / "numba"
-    target = base / _source_hash()
+    # (joinpath, not the / operator: the float-leak scan refuses every true division)
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home().joinpath(".cache")))
+    target = base.joinpath("intsim", "numba", _source_hash())
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError:
