@@ -10,7 +10,8 @@ Integer side: ``intsim.gemm.int_matmul`` on int8 x int8 random data (int32 resul
 the exact core of DI-MatMul), plus the whole ``di_matmul`` op (input requant, core,
 int64 fold, output requant; A = W = 8, per-channel scales) for the same shapes.  Float
 side: ``np.matmul`` on float32 copies (whatever BLAS NumPy links).  ops = 2 M N K;
-each timing is the best of ``repeats`` runs after a warm-up run (JIT compile, caches).
+each timing is the best of many runs after a warm-up run (JIT compile, caches), the
+integer and float timings interleaved so that both see the same machine load.
 The integer result is checked against float64 BLAS on a slice of output columns (exact:
 every sum is below 2^53) and against an int64 NumPy recompute of a few outputs.
 """
@@ -59,13 +60,22 @@ def machine_info() -> dict:
                             if k in os.environ}}
 
 
-def _best_time(fn, repeats: int) -> float:
+def _best_time(fn, repeats: int, min_time: float = 0.0, max_runs: int = 500) -> float:
+    """Best wall time of at least ``repeats`` runs, continuing until ``min_time`` seconds
+    have been spent (at most ``max_runs`` runs), after one warm-up run.
+
+    On a 2-core machine shared with other work, a run in which one of the two worker
+    threads waits for a core takes several times longer; the best of many runs is the
+    machine's undisturbed speed."""
     fn()                                               # warm-up: JIT compile, page in
     best = float("inf")
-    for _ in range(repeats):
+    start = time.perf_counter()
+    runs = 0
+    while runs < repeats or (time.perf_counter() - start < min_time and runs < max_runs):
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
+        runs += 1
     return best
 
 
@@ -79,7 +89,7 @@ def _exact(x: np.ndarray, w: np.ndarray, out: np.ndarray, rng, ncols: int = 256)
     return ok and bool(np.array_equal(out[:4, :4].astype(np.int64), small))
 
 
-def _di_matmul_time(x8: np.ndarray, w8: np.ndarray, repeats: int) -> float:
+def _di_matmul_time(x8: np.ndarray, w8: np.ndarray, repeats: int, min_time: float) -> float:
     """Time the whole di_matmul op on the same data (int8 codes shifted to uint8)."""
     from .matmul import QWeight, di_matmul
     from .qtensor import Dyadic, QTensor
@@ -89,13 +99,20 @@ def _di_matmul_time(x8: np.ndarray, w8: np.ndarray, repeats: int) -> float:
                  Dyadic(np.full(T, 181), np.full(T, 14)), 8, True)
     w = QWeight((w8.astype(np.int16) + 128).astype(np.uint8), 8, K,
                 np.full((N, 1), 40000, np.int64), np.full((N, 1), -40000 * 128, np.int64), 24)
-    return _best_time(lambda: di_matmul(xq, w, 8, 8, False), repeats)
+    return _best_time(lambda: di_matmul(xq, w, 8, 8, False), repeats, min_time)
 
 
-def collect(quick: bool = False, repeats: int = 5, seed: int = 0) -> dict:
-    """Run the benchmark; return one flat-ish dict (see module docstring)."""
+def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
+            min_time: float | None = None) -> dict:
+    """Run the benchmark; return one flat-ish dict (see module docstring).
+
+    Each timing is the best of at least ``repeats`` runs and of ``min_time`` seconds of
+    runs (default 1 s, 0 in quick mode)."""
+    if min_time is None:
+        min_time = 0.0 if quick else 1.0
     rng = np.random.default_rng(seed)
-    res: dict = {"quick": bool(quick), "repeats": int(repeats), "dtype": "int8 x int8 -> int32",
+    res: dict = {"quick": bool(quick), "repeats": int(repeats), "min_time_s": min_time,
+                 "dtype": "int8 x int8 -> int32",
                  "kernel": "intsim.gemm.int_matmul (tiled)"}
     exact = True
     for name, (M, K, N) in (("gemm", QUICK_GEMM if quick else GEMM_SHAPE),
@@ -104,10 +121,13 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0) -> dict:
         w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
         xf, wf = x.astype(np.float32), w.astype(np.float32)
         ops = 2 * M * N * K
-        t_int = _best_time(lambda: int_matmul(x, w), repeats)
-        t_f32 = _best_time(lambda: np.matmul(xf, wf.T), repeats)
-        t_dot = _best_time(lambda: int_matmul(x, w, kernel="dot"), max(1, repeats // 2))
-        t_di = _di_matmul_time(x, w, max(1, repeats // 2))
+        t_int, t_f32 = float("inf"), float("inf")
+        for _ in range(2):                             # interleaved: both see the same load
+            t_int = min(t_int, _best_time(lambda: int_matmul(x, w), repeats, min_time / 2))
+            t_f32 = min(t_f32, _best_time(lambda: np.matmul(xf, wf.T), repeats, min_time / 2))
+        t_dot = _best_time(lambda: int_matmul(x, w, kernel="dot"), max(1, repeats // 2),
+                           min_time / 2)
+        t_di = _di_matmul_time(x, w, max(1, repeats // 2), min_time / 2)
         ok = _exact(x, w, int_matmul(x, w), rng)
         exact &= ok
         res[f"{name}_shape"] = {"M": M, "K": K, "N": N}
@@ -123,8 +143,8 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0) -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"intsim bench ({'quick' if r['quick'] else 'full'}; best of {r['repeats']}; "
-             f"{r['dtype']})",
+    lines = [f"intsim bench ({'quick' if r['quick'] else 'full'}; best of >= {r['repeats']} runs "
+             f"and >= {r['min_time_s']:g} s per timing; {r['dtype']})",
              f"  {'shape':<34} {'int GOP/s':>10} {'f32 GOP/s':>10} {'ratio':>7} "
              f"{'dot GOP/s':>10} {'di_matmul':>10} {'exact':>6}"]
     for name in ("gemm", "gemv"):
@@ -146,9 +166,11 @@ def main(argv=None) -> int:
                                 description="integer matmul core vs float32 BLAS")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement")
+    p.add_argument("--repeats", type=int, default=5, help="least timed runs per measurement")
+    p.add_argument("--min-time", type=float, default=None,
+                   help="seconds of runs per measurement (default 1, quick 0)")
     a = p.parse_args(argv)
-    r = collect(quick=a.quick, repeats=max(1, a.repeats))
+    r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
 
