@@ -32,8 +32,11 @@ class Spec:
     softmax_in_bits: int = 16
     #: DI-ClippedSoftmax: clip c in real units, x - max >= -c (paper: 15)
     softmax_clip: int = 15
-    #: DI-ClippedSoftmax: output probability bits, scale 2^-(p_out - 1)... see SPEC (paper: 8)
+    #: DI-ClippedSoftmax: output probability bits (paper: 8)
     softmax_p_out: int = 8
+    #: DI-ClippedSoftmax: fraction bits F of the probabilities, scale 2^-F; None means
+    #: F = p_out (full resolution, 1.0 saturates to 1 - 2^-F); paper: p_out - 1
+    softmax_p_frac: int | None = None
     #: DI-ClippedSoftmax: IntDiv form, one reciprocal per row or a divide per element
     softmax_div: str = "reciprocal"
     #: DI-SwiGLU: bits the gate and up inputs are quantized to (paper: 8)
@@ -42,6 +45,8 @@ class Spec:
     sigmoid_frame: str = "stable"
     #: DI-SwiGLU: bits of the sigmoid value, scale 2^-(sigmoid_bits)
     sigmoid_bits: int = 15
+    #: DI-SwiGLU: guard bits the sigmoid input is shifted left by before DI-Exp (paper: 0)
+    sigmoid_guard_bits: int = 8
     #: residual stream width (signed, symmetric, per token) (paper: 16)
     residual_bits: int = 16
     #: RoPE cos/sin table fraction bits (signed Q1.f, f = rope_frac_bits)
@@ -57,13 +62,16 @@ class Spec:
         check_int("k_bits", self.k_bits, 4, 16)
         check_choice("rounding", self.rounding, ROUNDINGS)
         check_choice("overflow", self.overflow, OVERFLOW_POLICIES)
-        check_int("softmax_in_bits", self.softmax_in_bits, 4, 24)
+        check_int("softmax_in_bits", self.softmax_in_bits, 4, 16)
         check_int("softmax_clip", self.softmax_clip, 1, 1000)
         check_int("softmax_p_out", self.softmax_p_out, 2, 16)
+        if self.softmax_p_frac is not None:
+            check_int("softmax_p_frac", self.softmax_p_frac, 1, self.softmax_p_out)
         check_choice("softmax_div", self.softmax_div, SOFTMAX_DIVS)
         check_int("swiglu_in_bits", self.swiglu_in_bits, 4, 16)
         check_choice("sigmoid_frame", self.sigmoid_frame, SIGMOID_FRAMES)
         check_int("sigmoid_bits", self.sigmoid_bits, 4, 24)
+        check_int("sigmoid_guard_bits", self.sigmoid_guard_bits, 0, 16)
         check_int("residual_bits", self.residual_bits, 8, 16)
         check_int("rope_frac_bits", self.rope_frac_bits, 8, 24)
         check_int("rope_drop_bits", self.rope_drop_bits, 0, self.rope_frac_bits)
@@ -76,7 +84,8 @@ class Spec:
     @classmethod
     def paper(cls) -> "Spec":
         """The choices as the I-LLM paper draws them, where it draws them."""
-        return cls(softmax_in_bits=8, softmax_p_out=8, sigmoid_frame="rowmax")
+        return cls(softmax_in_bits=8, softmax_p_out=8, softmax_p_frac=7, sigmoid_frame="rowmax",
+                   sigmoid_guard_bits=0)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -47,11 +47,15 @@ class Dyadic:
 
 
 def dtype_for(bits: int, signed: bool) -> np.dtype:
-    """Smallest NumPy integer dtype that holds ``bits`` (int8/16/32, uint8/16/32)."""
-    for w in (8, 16, 32):
+    """Smallest NumPy integer dtype that holds ``bits`` (int8..int64, uint8..uint64)."""
+    for w in (8, 16, 32, 64):
         if bits <= w:
             return np.dtype(f"{'int' if signed else 'uint'}{w}")
-    raise IntsimError(f"bits: {bits} > 32 has no storage dtype")
+    raise IntsimError(f"bits: {bits} > 64 has no storage dtype")
+
+
+#: widest code a QTensor holds: 62-bit signed (int64 storage), within requant_rows' |v| bound
+MAX_BITS = 62
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,7 @@ class QTensor:
     signed: bool
 
     def __post_init__(self):
-        check_int("QTensor.bits", self.bits, 2, 32)
+        check_int("QTensor.bits", self.bits, 2, MAX_BITS)
         check_int_array("QTensor.q", self.q)
         check_int_array("QTensor.zp", np.asarray(self.zp))
         if self.q.ndim < 1:
@@ -79,6 +83,20 @@ class QTensor:
     @property
     def shape(self):
         return self.q.shape
+
+    @classmethod
+    def exact(cls, v: np.ndarray, scale: Dyadic) -> "QTensor":
+        """Wrap exact signed integers (e.g. an unrequantized product) as a QTensor.
+
+        ``bits`` is the smallest symmetric signed width holding ``max |v|`` (at least
+        2, at most 62), storage int64; zero point 0.  Nothing is rounded.
+        """
+        check_int_array("v", v)
+        v64 = v.astype(np.int64, copy=False)
+        check_range("v", v64, -(2 ** (MAX_BITS - 1) - 1), 2 ** (MAX_BITS - 1) - 1)
+        amax = int(np.abs(v64).max()) if v64.size else 0
+        return cls(v64, np.zeros(v64.shape[:-1], dtype=np.int32), scale,
+                   max(2, amax.bit_length() + 1), True)
 
     def centered(self) -> np.ndarray:
         """``q - zp`` per row, int64 (exact)."""

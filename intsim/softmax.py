@@ -227,7 +227,8 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
     visible) and/or ``causal`` (row i sees cols ``j <= i + q_offset``).
     Options: ``spec.softmax_clip`` c (real units), ``spec.softmax_in_bits`` b (<= 16),
     ``spec.softmax_p_out``, ``spec.softmax_div``, ``spec.rounding``; keyword
-    ``p_frac_bits`` F in [1, p_out] (default p_out; the paper's scale is p_out - 1).
+    ``p_frac_bits`` F in [1, p_out] (default ``spec.softmax_p_frac``, None = p_out; the
+    paper's scale is p_out - 1).
 
     Steps (module docstring): max over visible columns; ``x~ = max(x - max, -C)`` with
     ``C = clamp(rnd(c * 2^k / m), 1, 2^61)``; ``requant_rows`` to b-bit asymmetric codes,
@@ -259,6 +260,8 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
     m, k = row_scale("scale", scale, rows, m_lo=0, m_hi=M_IN_LIMIT)
     p_out = spec.softmax_p_out
     in_bits = check_int("spec.softmax_in_bits", spec.softmax_in_bits, 2, IN_BITS_MAX)
+    if p_frac_bits is None:
+        p_frac_bits = spec.softmax_p_frac
     F = p_out if p_frac_bits is None else check_int("p_frac_bits", p_frac_bits, 1, p_out)
     recip = check_choice("spec.softmax_div", spec.softmax_div, SOFTMAX_DIVS) == "reciprocal"
     vis = visibility(scores.shape, mask, causal, q_offset)

@@ -133,7 +133,7 @@ def _check_q(name: str, x) -> QTensor:
 
 def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
               alpha_k: int = 0, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
-              guard_bits: int = 8) -> tuple[np.ndarray, Dyadic]:
+              guard_bits: int | None = None) -> tuple[np.ndarray, Dyadic]:
     """DI-SwiGLU: ``y ~= x1 * sigmoid(x1 / alpha) * x2`` per token, integer only.
 
     Inputs: ``gate`` (x1) and ``up`` (x2) QTensors of equal shape (..., C), at most 16
@@ -141,7 +141,7 @@ def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
     ``alpha_inv``: None (alpha = 1) or int mantissas [C], ``1 <= m_c <= 2^24``, with the
     shared exponent ``alpha_k`` in [0, 48]: ``1/alpha_c = m_c * 2^-alpha_k``.
     Options: ``spec.sigmoid_frame`` ("stable" | "rowmax"), ``spec.sigmoid_bits`` B,
-    ``spec.rounding``; keyword ``guard_bits`` g in [0, 16] (default 8; the paper: 0).
+    ``spec.rounding``; keyword ``guard_bits`` g in [0, 16] (default ``spec.sigmoid_guard_bits``, 8; paper 0).
 
     Steps (module docstring): ``z = ((x1 - zp1) * m_c) << g`` with scale
     ``m1 * 2^-(k1 + alpha_k + g)``; DI-Exp's row unit T for that scale; the sigmoid code
@@ -166,7 +166,8 @@ def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
     if gate.shape != up.shape:
         raise IntsimError(f"up: shape {up.shape} != gate shape {gate.shape}")
     C = gate.shape[-1]
-    g = check_int("guard_bits", guard_bits, 0, GUARD_LIMIT)
+    g = check_int("guard_bits", spec.sigmoid_guard_bits if guard_bits is None else guard_bits,
+                  0, GUARD_LIMIT)
     if alpha_inv is None:
         mc = np.ones(C, dtype=np.int64)
         ka = 0

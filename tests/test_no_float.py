@@ -44,7 +44,9 @@ def _violations(src: str, fname: str):
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith(("float", "f4", "f8")):
             out.append(f"{where}: float dtype string {node.value!r}")
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) else [])
+            # a relative import names a module of ours (e.g. `from .exp import di_exp`)
+            absolute = isinstance(node, ast.ImportFrom) and node.level == 0
+            names = [a.name for a in node.names] + ([node.module] if absolute else [])
             if any(n in ("math", "cmath", "statistics", "torch", "scipy") or n in FLOAT_NAMES
                    or n in FLOAT_FUNCS for n in names if n):
                 out.append(f"{where}: imports {names}")
@@ -71,7 +73,9 @@ def test_scanner_catches_each_kind_of_float():
     """The scan itself must be able to fail: every construct below is one violation."""
     samples = ["x = 0.5", "y = a / b", "a /= 2", "z = np.float32(1)", "w = x.astype(float)",
                "v = np.exp(x)", "u = np.round(x)", "import math", "t = np.zeros(3, 'float64')",
-               "s = np.mean(x)", "r = math.floor(x)", "from numpy import float64"]
+               "s = np.mean(x)", "r = math.floor(x)", "from numpy import float64",
+               "from numpy import exp", "from math import floor"]
     for s in samples:
         assert _violations(s, "sample.py"), f"scanner missed: {s}"
-    assert not _violations("y = a // b\nz = np.int64(x) >> 3\nq = np.zeros(3, np.int32)", "ok.py")
+    assert not _violations("y = a // b\nz = np.int64(x) >> 3\nq = np.zeros(3, np.int32)\n"
+                           "from .exp import di_exp", "ok.py")
