@@ -27,7 +27,7 @@ from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
 from .fixedpoint import _check_backend
-from .gemm import _NC, _TC, _TC1, _TR, I32_MAX, tile_sums_nb
+from .gemm import _NC, _TC, _TC1, _TR, I32_MAX, VEC, _dot_tile, tile_sums_nb
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
 from .requant import V_LIMIT, requant_rows
@@ -177,6 +177,31 @@ def _di_acc_ref(xq: np.ndarray, zx: np.ndarray, w: QWeight) -> tuple[np.ndarray,
 
 # ------------------------------------------------------------------ core: Numba kernel
 
+@njit(cache=True, inline="always")
+def _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, R, C, s, pacc, mx):
+    """One full R x C tile (R, C compile-time constants), every group: the vector tile
+    sums, then ``acc = raw - zx * qsum`` and ``pacc += m * acc + b * xs`` (int64) in a
+    constant-trip loop the compiler unrolls.  Returns the running max |acc|."""
+    ng = q.shape[1] // G
+    steps = G // VEC
+    for j in range(R * C):
+        pacc[j] = 0
+    for g in range(ng):
+        _dot_tile(xq, t0, q, n0, g * G, steps, s, R, C)
+        for r in range(R):
+            zt = zx[t0 + r]
+            xsv = xs[t0 + r, g]
+            for c in range(C):
+                acc = np.int64(s[r * C + c]) - zt * qsum[n0 + c, g]
+                a = abs(acc)
+                mx = a if a > mx else mx
+                pacc[r * C + c] += m[n0 + c, g] * acc + b[n0 + c, g] * xsv
+    for r in range(R):
+        for c in range(C):
+            P[t0 + r, n0 + c] = pacc[r * C + c]
+    return mx
+
+
 @njit(cache=True, parallel=True)
 def _di_acc_nb(xq, zx, q, qsum, m, b, G, P):
     """Steps 2-3 fused, same integers as ``_di_acc_ref``.
@@ -184,7 +209,8 @@ def _di_acc_nb(xq, zx, q, qsum, m, b, G, P):
     Per tile and group the vector tile gives ``raw = sum_j x_q * q`` (int32, 0 <= raw <=
     acc_bound since both codes are >= 0); ``acc = raw - zx * qsum`` equals
     ``sum_j (x_q - zx) * q`` exactly; ``P += m * acc + b * xs`` in int64.
-    Returns max |acc| seen.
+    Full tiles (3 x 3, and 1 x 8 for single rows) with G a multiple of 16 take the
+    unrolled path; ragged edges and other G the generic one.  Returns max |acc| seen.
     """
     T, K = xq.shape
     N = q.shape[0]
@@ -198,8 +224,10 @@ def _di_acc_nb(xq, zx, q, qsum, m, b, G, P):
             xs[t, g] = sx - G * zx[t]
     nchunks = (N + _NC - 1) // _NC
     amax = np.zeros(max(nchunks, 1), dtype=np.int64)
+    aligned = G % VEC == 0
     for ci in prange(nchunks):
         s = np.empty(max(_TR * _TC, _TC1), dtype=np.int32)
+        pacc = np.empty(max(_TR * _TC, _TC1), dtype=np.int64)
         n_lo = ci * _NC
         n_hi = min(N, n_lo + _NC)
         mx = np.int64(0)
@@ -209,19 +237,26 @@ def _di_acc_nb(xq, zx, q, qsum, m, b, G, P):
             tc = _TC if nr == _TR else _TC1
             for n0 in range(n_lo, n_hi, tc):
                 nc = min(tc, n_hi - n0)
-                for r in range(nr):
-                    for c in range(nc):
-                        P[t0 + r, n0 + c] = 0
-                for g in range(ng):
-                    tile_sums_nb(xq, t0, nr, q, n0, nc, g * G, G, s)
+                if aligned and nr == _TR and nc == _TC:
+                    mx = _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, _TR, _TC,
+                                         s, pacc, mx)
+                elif aligned and nr == 1 and nc == _TC1:
+                    mx = _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, 1, _TC1,
+                                         s, pacc, mx)
+                else:
                     for r in range(nr):
-                        t = t0 + r
                         for c in range(nc):
-                            n = n0 + c
-                            acc = np.int64(s[r * nc + c]) - zx[t] * qsum[n, g]
-                            if abs(acc) > mx:
-                                mx = abs(acc)
-                            P[t, n] += m[n, g] * acc + b[n, g] * xs[t, g]
+                            P[t0 + r, n0 + c] = 0
+                    for g in range(ng):
+                        tile_sums_nb(xq, t0, nr, q, n0, nc, g * G, G, s)
+                        for r in range(nr):
+                            t = t0 + r
+                            for c in range(nc):
+                                n = n0 + c
+                                acc = np.int64(s[r * nc + c]) - zx[t] * qsum[n, g]
+                                if abs(acc) > mx:
+                                    mx = abs(acc)
+                                P[t, n] += m[n, g] * acc + b[n, g] * xs[t, g]
             t0 += nr
         amax[ci] = mx
     return amax.max()
