@@ -32,7 +32,9 @@ Loop structure (2 cores, 32 KiB L1d and 512 KiB L2 per core): ``prange`` over ch
 ``_NC`` weight rows (a chunk of 48 rows x 4096 bytes stays in L2); inside a chunk the
 R-row x tile (R x K bytes, in L1) is reused against every C-row weight tile.  Single
 rows (GEMV, and the last T mod R rows) use a 1 x ``_TC1`` tile; leftover columns a
-1 x 1 tile.  Measured numbers: intsim/bench.py and docs/spec/40-matmul.md.
+1 x 1 tile.  Measured (``intsim bench``, 2-core Zen 3): GEMM (128x4096).(4096x4096)
+about 255 GOP/s against 160 for float32 BLAS; GEMV (1x4096).(4096x11008) about 85
+against 18 (docs/spec/40-matmul.md).
 """
 from __future__ import annotations
 
