@@ -31,9 +31,13 @@ from .errors import IntsimError, IntsimOverflowError, check_choice, check_int, c
 # --------------------------------------------------------------------------- names
 
 FLOOR, HALF_UP, HALF_EVEN, HALF_AWAY = "floor", "half_up", "half_even", "half_away"
+#: the tie rules a run may select (Spec.rounding)
 ROUNDINGS = (FLOOR, HALF_UP, HALF_EVEN, HALF_AWAY)
+#: directed rounding toward +inf: not a tie rule a run selects, but the requantizer's
+#: scale fit uses it so that codes computed against the fitted scale never exceed Q
+CEIL = "ceil"
 #: integer codes passed into Numba kernels (strings do not cross the jit boundary cheaply)
-ROUND_CODE = {FLOOR: 0, HALF_UP: 1, HALF_EVEN: 2, HALF_AWAY: 3}
+ROUND_CODE = {FLOOR: 0, HALF_UP: 1, HALF_EVEN: 2, HALF_AWAY: 3, CEIL: 4}
 BACKENDS = ("numba", "reference")
 
 #: |x| bound for shifts and divisions: keeps 2*r, x + 2^(s-1) and |x| inside int64.
@@ -75,6 +79,8 @@ def _round_qr_ref(q, r, d, neg, code):
     """
     if code == 0:
         return q
+    if code == 4:
+        return q + (r > 0)
     two_r = 2 * r
     up = (two_r > d).astype(np.int64)
     tie = two_r == d
@@ -91,6 +97,8 @@ def _round_qr_ref(q, r, d, neg, code):
 def _round_qr_nb(q, r, d, neg, code):
     if code == 0:
         return q
+    if code == 4:
+        return q + 1 if r > 0 else q
     two_r = 2 * r
     if two_r > d:
         return q + 1
@@ -114,9 +122,10 @@ def _rshift_round_ref(x, s, code):
     d = np.left_shift(np.int64(1), sc)
     r = x - (q << sc)
     out = _round_qr_ref(q, r, d, x < 0, code)
-    # s >= 63 with |x| < 2^62: |x / 2^s| < 1/2, so every nearest mode gives 0 and
-    # floor gives -1 for negative x.
-    far = np.where(x < 0, -1, 0) if code == 0 else np.zeros_like(x)
+    # s >= 63 with |x| < 2^62: |x / 2^s| < 1/2, so every nearest mode gives 0,
+    # floor gives -1 for negative x and ceil gives 1 for positive x.
+    far = (np.where(x < 0, -1, 0) if code == 0 else
+           np.where(x > 0, 1, 0) if code == 4 else np.zeros_like(x))
     return np.where(big, far, out).astype(np.int64)
 
 
@@ -128,6 +137,8 @@ def rshift_round_nb(x, s, code):
     if s >= 63:
         if code == 0 and x < 0:
             return np.int64(-1)
+        if code == 4 and x > 0:
+            return np.int64(1)
         return np.int64(0)
     q = x >> s
     r = x - (q << s)
@@ -332,7 +343,7 @@ def _fit_ref(num, den, m_bits, k_lo, k_hi, code):
         negk = np.maximum(-kk, 0)
         tiny = bit_length_ref(den) + negk >= 63
         q = _div_round_ref(num << pos, den << np.where(tiny, 0, negk), rcode)
-        return np.where(tiny, 0, q)
+        return np.where(tiny, np.where((num > 0) & (rcode == 4), 1, 0), q)  # ceil of (0, 1/2) is 1
 
     # num/den in (2^(e-1), 2^(e+1)) puts num * 2^k / den in (2^(M-2), 2^M).  Normalize on
     # the FLOOR quotient: a value just below 2^(M-1) must move to k + 1 even when it
@@ -363,7 +374,7 @@ def _fit_quot_nb(num, den, k, code):
     if k >= 0:
         return div_round_nb(num << k, den, code)
     if bit_length_nb(den) - k >= 63:   # den * 2^-k >= 2^62 > 2 * num: quotient < 1/2
-        return np.int64(0)
+        return np.int64(1) if (code == 4 and num > 0) else np.int64(0)
     return div_round_nb(num, den << (-k), code)
 
 

@@ -12,6 +12,7 @@ from .errors import IntsimError, check_choice, check_int
 from .fixedpoint import HALF_UP, ROUNDINGS
 
 OVERFLOW_POLICIES = ("raise", "saturate")
+REQUANT_MODES = ("fitted", "range")
 SIGMOID_FRAMES = ("stable", "rowmax")
 SOFTMAX_DIVS = ("reciprocal", "divide")
 NORM_PRESHIFTS = ("row", "fixed")
@@ -25,6 +26,10 @@ class Spec:
     k_bits: int = 8
     #: tie rule of every requantization: dyadic fits, requant divisions, rounding shifts
     rounding: str = HALF_UP
+    #: requantizer codes: "fitted" = against the fitted scale (error <= 1/2 LSB whatever
+    #: m_bits), "range" = from the exact row range, as the paper draws it (the scale's
+    #: m_bits rounding then adds up to Q * 2^-m_bits LSB)
+    requant_mode: str = "fitted"
     #: what a value outside its container does: raise IntsimOverflowError, or
     #: saturate (clamp and count).  Never wraps.
     overflow: str = "raise"
@@ -62,6 +67,7 @@ class Spec:
         check_int("k_bits", self.k_bits, 4, 16)
         check_choice("rounding", self.rounding, ROUNDINGS)
         check_choice("overflow", self.overflow, OVERFLOW_POLICIES)
+        check_choice("requant_mode", self.requant_mode, REQUANT_MODES)
         check_int("softmax_in_bits", self.softmax_in_bits, 4, 16)
         check_int("softmax_clip", self.softmax_clip, 1, 1000)
         check_int("softmax_p_out", self.softmax_p_out, 2, 16)
@@ -84,7 +90,7 @@ class Spec:
     @classmethod
     def paper(cls) -> "Spec":
         """The choices as the I-LLM paper draws them, where it draws them."""
-        return cls(softmax_in_bits=8, softmax_p_out=8, softmax_p_frac=7, sigmoid_frame="rowmax",
+        return cls(requant_mode="range", softmax_in_bits=8, softmax_p_out=8, softmax_p_frac=7, sigmoid_frame="rowmax",
                    sigmoid_guard_bits=0)
 
     def to_dict(self) -> dict:

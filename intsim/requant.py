@@ -29,11 +29,12 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import (_div_round_ref, _fit_ref, _check_backend, bit_length_nb, bit_length_ref,
-                         div_round_nb, dyadic_fit_nb, rounding_code)
+from .fixedpoint import (ROUND_CODE, CEIL, _div_round_ref, _fit_ref, _check_backend, bit_length_nb,
+                         bit_length_ref, div_round_nb, dyadic_fit_nb, rounding_code)
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor, dtype_for
 
+CEIL_CODE = ROUND_CODE[CEIL]
 #: |v| bound of the requantizer's input (keeps R = hi - lo inside int64)
 V_LIMIT = 2 ** 61 - 1
 #: bound of the input mantissa (m_in * R' <= 2^28 * 2^32 = 2^60 < dyadic_fit's 2^61)
@@ -45,7 +46,13 @@ def _code_range(bits: int, symmetric: bool) -> int:
     return 2 ** (bits - 1) - 1 if symmetric else 2 ** bits - 1
 
 
-def _requant_ref(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code):
+def _code_div_ref(a, m_o, e, code):
+    """``rnd(a * 2^e / m_o)`` exactly: ``a << e`` for e >= 0, else ``m_o << -e``."""
+    pos = np.maximum(e, 0)
+    return _div_round_ref(a << pos, m_o << np.maximum(-e, 0), code)
+
+
+def _requant_ref(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitted):
     Q = np.int64(_code_range(bits, symmetric))
     if symmetric:
         R = np.maximum(np.abs(v.min(axis=-1)), np.abs(v.max(axis=-1)))
@@ -55,26 +62,43 @@ def _requant_ref(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code):
     vs = v >> sh[..., None]
     if symmetric:
         Rs = np.maximum(np.abs(vs.min(axis=-1)), np.abs(vs.max(axis=-1)))
-        zp = np.zeros_like(Rs)
+        lo = np.zeros_like(Rs)
     else:
         lo = np.minimum(vs.min(axis=-1), 0)
         Rs = np.maximum(vs.max(axis=-1), 0) - lo
     zero = Rs == 0
+    # scale: final k = e + k_in - sh must lie in [k_lo, k_hi]
+    m, e, sat = _fit_ref(m_in * Rs, Q, m_bits, k_lo - k_in + sh, k_hi - k_in + sh,
+                         CEIL_CODE if fitted else code)
+    # rows whose codes follow the fitted scale: not saturated, non-zero, and m << -e inside
+    # int64 (only a scale refitted at k_max can fail that; such rows keep range codes)
+    by_scale = fitted & ~sat & (m > 0) & (bit_length_ref(m) - np.minimum(e, 0) <= 62)
     Rd = np.where(zero, 1, Rs)
-    if not symmetric:
-        zp = np.where(zero, 0, _div_round_ref(-lo * Q, Rd, code))
-    q = _div_round_ref(vs * Q, Rd[..., None], code)
+    md = np.where(by_scale, m, 1)
+    ed = np.where(by_scale, e, 0)
+    a_in = np.where(by_scale, m_in, 1)
+    zp_r = _div_round_ref(-lo * Q, Rd, code)
+    zp_f = _code_div_ref(-lo * a_in, md, ed, code)
+    zp = np.where(zero, 0, np.where(by_scale, zp_f, zp_r))
+    q_r = _div_round_ref(vs * Q, Rd[..., None], code)
+    q_f = _code_div_ref(vs * a_in[..., None], md[..., None], ed[..., None], code)
+    q = np.where(by_scale[..., None], q_f, q_r)
     lo_q = -Q if symmetric else 0
     q = np.clip(q + zp[..., None], lo_q, Q)
     q = np.where(zero[..., None], 0, q)
-    # final k = e + k_in - sh must lie in [k_lo, k_hi]
-    m, e, sat = _fit_ref(m_in * Rs, Q, m_bits, k_lo - k_in + sh, k_hi - k_in + sh, code)
     k = np.where(m == 0, np.clip(0, k_lo, k_hi), e + k_in - sh)
     return q, zp, m, k, int(np.count_nonzero(sat))
 
 
+@njit(cache=True, inline="always")
+def _code_div_nb(a, m_o, e, code):
+    if e >= 0:
+        return div_round_nb(a << e, m_o, code)
+    return div_round_nb(a, m_o << (-e), code)
+
+
 @njit(cache=True)
-def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, q_out):
+def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitted, q_out):
     rows, C = v.shape
     Q = (np.int64(1) << (bits - 1)) - 1 if symmetric else (np.int64(1) << bits) - 1
     zp = np.zeros(rows, dtype=np.int64)
@@ -108,18 +132,27 @@ def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, q_out)
                 q_out[i, j] = 0
             k[i] = min(max(0, k_lo), k_hi)
             continue
-        z = np.int64(0) if symmetric else div_round_nb(-lo * Q, Rs, code)
-        zp[i] = z
-        qlo = -Q if symmetric else np.int64(0)
-        for j in range(C):
-            t = div_round_nb((v[i, j] >> sh) * Q, Rs, code) + z
-            q_out[i, j] = min(max(t, qlo), Q)
         mi, e, sat = dyadic_fit_nb(m_in[i] * Rs, Q, m_bits, k_lo - k_in[i] + sh,
-                                   k_hi - k_in[i] + sh, code)
+                                   k_hi - k_in[i] + sh, 4 if fitted else code)
         m[i] = mi
         k[i] = e + k_in[i] - sh if mi != 0 else min(max(0, k_lo), k_hi)
         if sat:
             nsat += 1
+        by_scale = fitted and not sat and mi > 0 and bit_length_nb(mi) - min(e, 0) <= 62
+        if by_scale:
+            z = _code_div_nb(-lo * m_in[i], mi, e, code)
+        elif symmetric:
+            z = np.int64(0)
+        else:
+            z = div_round_nb(-lo * Q, Rs, code)
+        zp[i] = z
+        qlo = -Q if symmetric else np.int64(0)
+        for j in range(C):
+            if by_scale:
+                t = _code_div_nb((v[i, j] >> sh) * m_in[i], mi, e, code) + z
+            else:
+                t = div_round_nb((v[i, j] >> sh) * Q, Rs, code) + z
+            q_out[i, j] = min(max(t, qlo), Q)
     return zp, m, k, nsat
 
 
@@ -151,16 +184,17 @@ def requant_rows(v: np.ndarray, scale_in: Dyadic, bits: int, symmetric: bool = F
     check_range(f"{name} scale k", k_in, -(2 ** 20), 2 ** 20)
     code = rounding_code(spec.rounding)
     k_lo, k_hi = spec.k_range
+    fitted = spec.requant_mode == "fitted"
     if backend == "reference":
         q, zp, m, k, nsat = _requant_ref(v64, m_in, k_in, bits, symmetric, spec.m_bits,
-                                         k_lo, k_hi, code)
+                                         k_lo, k_hi, code, fitted)
     else:
         C = v.shape[-1]
         v2 = np.ascontiguousarray(v64).reshape(-1, C)
         q = np.empty(v2.shape, dtype=np.int64)
         zp, m, k, nsat = _requant_nb(v2, np.ascontiguousarray(m_in).ravel(),
                                      np.ascontiguousarray(k_in).ravel(), bits, symmetric,
-                                     spec.m_bits, k_lo, k_hi, code, q)
+                                     spec.m_bits, k_lo, k_hi, code, fitted, q)
         q, zp, m, k = q.reshape(v.shape), zp.reshape(rows), m.reshape(rows), k.reshape(rows)
     if nsat and spec.overflow == "raise":
         raise IntsimOverflowError(

@@ -9,13 +9,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from intsim.errors import IntsimError, IntsimOverflowError
-from intsim.fixedpoint import (ABS_LIMIT, FLOOR, HALF_AWAY, HALF_EVEN, HALF_UP, ROUNDINGS,
+from intsim.fixedpoint import (ABS_LIMIT, CEIL, FLOOR, HALF_AWAY, HALF_EVEN, HALF_UP, ROUNDINGS,
                                bit_length_ref, div_round, dyadic_fit, dyadic_mul, fit_den_limit,
                                floor_div, isqrt, rshift_round, saturate)
 
 BIG = ABS_LIMIT
 i64s = st.integers(-BIG, BIG)
-roundings = st.sampled_from(ROUNDINGS)
+roundings = st.sampled_from(ROUNDINGS + (CEIL,))   # ceil: the requantizer's directed fit
 
 
 def exact_round(fr: Fraction, rounding: str) -> int:
@@ -24,6 +24,8 @@ def exact_round(fr: Fraction, rounding: str) -> int:
     rem = fr - fl
     if rounding == FLOOR:
         return fl
+    if rounding == CEIL:
+        return math.ceil(fr)
     if rem > Fraction(1, 2):
         return fl + 1
     if rem < Fraction(1, 2):
@@ -37,6 +39,7 @@ def test_oracle_tie_rules_on_named_points():
     assert [exact_round(Fraction(v, 2), HALF_EVEN) for v in (-5, -3, -1, 1, 3, 5)] == [-2, -2, 0, 0, 2, 2]
     assert [exact_round(Fraction(v, 2), HALF_AWAY) for v in (-5, -3, -1, 1, 3, 5)] == [-3, -2, -1, 1, 2, 3]
     assert [exact_round(Fraction(v, 2), FLOOR) for v in (-5, -3, -1, 1, 3, 5)] == [-3, -2, -1, 0, 1, 2]
+    assert [exact_round(Fraction(v, 3), CEIL) for v in (-4, -1, 0, 1, 4)] == [-1, 0, 0, 1, 2]
 
 
 # ---------------------------------------------------------------- rshift_round
@@ -167,7 +170,7 @@ def test_dyadic_fit_is_normalized_and_correctly_rounded(num, den, m_bits, roundi
     assert m == exact or (m == 2 ** (m_bits - 1) and exact_round(ratio * Fraction(2) ** (k + 1), rounding) == 2 ** m_bits)
     # relative error: half an LSB of a mantissa >= 2^(M-1), i.e. <= 2^-M, for nearest modes;
     # a whole LSB (< 2^-(M-1)) for floor
-    bound = ratio / 2 ** m_bits if rounding != FLOOR else ratio / 2 ** (m_bits - 1)
+    bound = ratio / 2 ** m_bits if rounding not in (FLOOR, CEIL) else ratio / 2 ** (m_bits - 1)
     assert abs(Fraction(m) / Fraction(2) ** k - ratio) <= bound
 
 

@@ -143,21 +143,22 @@ def test_di_matmul_kernel_equals_reference_large():
 
 # ---------------------------------------------------------------- (b) close to float
 
-def tol_lsb(out_bits: int, symmetric: bool, m_bits: int) -> float:
+def tol_lsb(out_bits: int, symmetric: bool, m_bits: int, mode: str = "fitted") -> float:
     """Bound on |decoded output - exact product| in output LSBs (the fitted output scale).
 
     P is exact, so all error comes from requant_rows(P): with Q the code range,
     R' the (pre-shifted) row range and s = s_in 2^sh R'/Q the ideal output scale,
     * code rounding: rnd(v'Q/R') is within 1/2, and the asymmetric zero point
       rnd(-lo'Q/R') adds another 1/2 (the end clamp acts only on a tie): 1/2 or 1 LSB;
-    * scale fit: s_fit = s (1 + e), |e| <= 2^-m_bits, scales a code of magnitude <= Q:
-      Q e / (1 - e) LSB;
+    * scale fit ("range" mode only: "fitted" computes codes against the stored scale):
+      s_fit = s (1 + e), |e| <= 2^-m_bits, scales a code of magnitude <= Q: Q e / (1 - e) LSB;
     * pre-shift floor: under 2^sh s_in = s Q / R' <= Q 2^-31 LSB (R' >= 2^31 when sh > 0);
     plus 1e-6 LSB for the float64 evaluation of the reference.
     """
     Q = 2 ** (out_bits - 1) - 1 if symmetric else 2 ** out_bits - 1
     e = 2.0 ** -m_bits
-    return (0.5 if symmetric else 1.0) + Q * e / (1 - e) + Q * 2.0 ** -31 + 1e-6
+    fit = Q * e / (1 - e) if mode == "range" else 0.0
+    return (0.5 if symmetric else 1.0) + fit + Q * 2.0 ** -31 + 1e-6
 
 
 def _float_of(qt):
@@ -168,7 +169,8 @@ def _float_of(qt):
 @pytest.mark.parametrize("W,G,A", [(2, 32, 4), (3, 64, 6), (4, 128, 8), (6, 256, 8),
                                    (8, 256, 8), (4, 256, 4)])
 @pytest.mark.parametrize("out_bits,out_sym", [(8, False), (4, False), (16, True), (8, True)])
-def test_di_matmul_close_to_float(W, G, A, out_bits, out_sym):
+@pytest.mark.parametrize("mode", ["fitted", "range"])
+def test_di_matmul_close_to_float(W, G, A, out_bits, out_sym, mode):
     rng = np.random.default_rng(W * 1000 + G + A + out_bits)
     T, N, K = 6, 40, 256
     wf = rng.standard_normal((N, K)) * 0.02
@@ -178,7 +180,7 @@ def test_di_matmul_close_to_float(W, G, A, out_bits, out_sym):
     xf[0] = 0.0                                             # an all-zero token
     xq = np.rint(xf * 1000).astype(np.int32).clip(-32767, 32767)
     x = _qtensor(xq, np.zeros(T), np.full(T, 131), np.full(T, 17), 16, True)
-    spec = DEFAULT_SPEC
+    spec = Spec(requant_mode=mode)
     y, stats = di_matmul(x, w, A, out_bits, out_sym, spec, backend="reference")
     assert stats["out_scale_saturated"] == 0 and stats["in_scale_saturated"] == 0
     # the exact product of the step-1 input and the integer weight, in float64
@@ -189,7 +191,7 @@ def test_di_matmul_close_to_float(W, G, A, out_bits, out_sym):
     live = y.scale.m > 0
     assert np.all(y.scale.m[live] >= 2 ** (spec.m_bits - 1))  # normalized: the bound applies
     err = np.abs(got[live] - exact[live]) / lsb[live, None]
-    assert err.max() <= tol_lsb(out_bits, out_sym, spec.m_bits)
+    assert err.max() <= tol_lsb(out_bits, out_sym, spec.m_bits, mode)
     assert not live[0] and np.all(got[0] == 0) and np.all(exact[0] == 0)
 
 
