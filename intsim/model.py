@@ -1,0 +1,114 @@
+"""The integer LLaMA model as the interpreter sees it: configuration, widths, parameters.
+
+``IntModel`` is what ``intsim.modelfile.load_model`` returns and what ``forward()`` runs.
+Every array is an integer array; every scale a dyadic pair.  The float side
+(``converters/``) builds it from a checkpoint: RMSNorm γ's are folded into the next
+linear layer (q/k/v, gate/up, lm_head), the embedding is quantized per row, the RoPE
+tables are data.  docs/MODEL_FORMAT.md gives the on-disk form.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import IntsimError, check_int, check_int_array
+from .matmul import QWeight
+from .options import Spec
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    n_layers: int
+    dim: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    ffn_dim: int
+    vocab_size: int
+    max_pos: int            # rows of the RoPE tables = the longest context accepted
+    rope_theta: str         # kept as text (a float is data for the converter, not for us)
+    bos_id: int
+    eos_id: int
+
+    def __post_init__(self):
+        for name in ("n_layers", "dim", "n_heads", "n_kv_heads", "head_dim", "ffn_dim",
+                     "vocab_size", "max_pos"):
+            check_int(f"config.{name}", getattr(self, name), 1)
+        if self.n_heads % self.n_kv_heads:
+            raise IntsimError(f"config: n_heads {self.n_heads} is not a multiple of "
+                              f"n_kv_heads {self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise IntsimError(f"config.head_dim: {self.head_dim} must be even (RoPE pairs)")
+
+
+@dataclass(frozen=True)
+class Widths:
+    """Bit widths of the integer graph (per model; the paper's WxAy setting)."""
+    w_bits: int = 8          # linear weights (all seven projections)
+    a_bits: int = 8          # every DI-MatMul input, and Q, K, V, P in attention
+    group_size: int = 0      # 0 = per output channel, else the weight group size
+    head_w_bits: int = 8     # LM head weights (per output channel)
+    emb_bits: int = 8        # embedding table (per row, symmetric)
+    qk_bits: int = 16        # q/k projection outputs (symmetric, before RoPE)
+
+    def __post_init__(self):
+        check_int("w_bits", self.w_bits, 2, 8)
+        check_int("a_bits", self.a_bits, 2, 8)
+        check_int("group_size", self.group_size, 0)
+        check_int("head_w_bits", self.head_w_bits, 2, 8)
+        check_int("emb_bits", self.emb_bits, 2, 8)
+        check_int("qk_bits", self.qk_bits, 2, 16)
+
+
+@dataclass(frozen=True)
+class LayerParams:
+    wq: QWeight             # [n_heads*head_dim, dim], γ_attn folded in
+    wk: QWeight             # [n_kv_heads*head_dim, dim], γ_attn folded in
+    wv: QWeight             # [n_kv_heads*head_dim, dim], γ_attn folded in
+    wo: QWeight             # [dim, n_heads*head_dim]
+    w_gate: QWeight         # [ffn_dim, dim], γ_ffn folded in
+    w_up: QWeight           # [ffn_dim, dim], γ_ffn folded in
+    w_down: QWeight         # [dim, ffn_dim]
+    alpha_inv: np.ndarray | None = None   # FSBR act-smooth 1/α per ffn channel (int64), or None
+    alpha_k: int = 0
+
+
+@dataclass(frozen=True)
+class IntModel:
+    config: ModelConfig
+    widths: Widths
+    spec: Spec
+    emb_q: np.ndarray       # [vocab, dim] int8, symmetric per row
+    emb_m: np.ndarray       # [vocab] int64 mantissas
+    emb_k: np.ndarray       # [vocab] int64 exponents
+    layers: tuple           # of LayerParams, n_layers long
+    w_head: QWeight         # [vocab, dim], γ_final folded in (a copy when embeddings are tied)
+    cos_q: np.ndarray       # [max_pos, head_dim/2] int16, Q1.f with f = spec.rope_frac_bits
+    sin_q: np.ndarray
+    meta: dict = field(default_factory=dict)   # provenance: format version, hashes, sources
+
+    def __post_init__(self):
+        c = self.config
+        check_int_array("emb_q", self.emb_q, ndim=2)
+        if self.emb_q.shape != (c.vocab_size, c.dim):
+            raise IntsimError(f"emb_q: shape {self.emb_q.shape} != (vocab, dim) = {(c.vocab_size, c.dim)}")
+        if len(self.layers) != c.n_layers:
+            raise IntsimError(f"layers: {len(self.layers)} given, config says {c.n_layers}")
+        q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        for i, L in enumerate(self.layers):
+            want = {"wq": (q_out, c.dim), "wk": (kv_out, c.dim), "wv": (kv_out, c.dim),
+                    "wo": (c.dim, q_out), "w_gate": (c.ffn_dim, c.dim), "w_up": (c.ffn_dim, c.dim),
+                    "w_down": (c.dim, c.ffn_dim)}
+            for name, shape in want.items():
+                got = getattr(L, name).q.shape
+                if got != shape:
+                    raise IntsimError(f"layers.{i}.{name}: shape {got} != {shape}")
+        if self.w_head.q.shape != (c.vocab_size, c.dim):
+            raise IntsimError(f"w_head: shape {self.w_head.q.shape} != {(c.vocab_size, c.dim)}")
+        want_rope = (c.max_pos, c.head_dim // 2)
+        for name in ("cos_q", "sin_q"):
+            t = getattr(self, name)
+            check_int_array(name, t, ndim=2)
+            if t.shape != want_rope:
+                raise IntsimError(f"{name}: shape {t.shape} != (max_pos, head_dim/2) = {want_rope}")
