@@ -51,3 +51,34 @@ def make_block(seed: int = 0, vocab: int = 256, dim: int = 64, n_heads: int = 4,
                           lin(dim, dim), lin(dim, dim), lin(dim, dim), lin(dim, dim),
                           lin(ffn, dim), lin(ffn, dim), lin(dim, ffn), lin(vocab, dim, 8, dim),
                           cos_q, sin_q)
+
+
+def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
+               ffn: int = 96, vocab: int = 128, max_pos: int = 64, w_bits: int = 8, a_bits: int = 8,
+               group_size: int = 0, spec=None, alpha: bool = False):
+    """A seeded random LLaMA as an ``IntModel`` (no checkpoint, no tokenizer): for tests
+    of the interpreter.  Weights ~ N(0, 1/fan_in); γ's are folded in as the converter does."""
+    from intsim.model import IntModel, LayerParams, ModelConfig, Widths
+    from intsim.options import Spec
+    spec = Spec() if spec is None else spec
+    rng = np.random.default_rng(seed)
+    hd = dim // n_heads
+
+    def lin(n, k, bits=w_bits, g=group_size):
+        gamma = 1.0 + 0.1 * rng.standard_normal(k)
+        return quantize_weight(rng.standard_normal((n, k)) / np.sqrt(k) * gamma, bits, g or k)
+
+    layers = []
+    for _ in range(n_layers):
+        a_inv, a_k = None, 0
+        if alpha:
+            a_k = 20
+            a_inv = np.rint(np.exp(0.3 * rng.standard_normal(ffn)) * 2 ** a_k).astype(np.int64)
+        layers.append(LayerParams(lin(n_heads * hd, dim), lin(n_kv_heads * hd, dim), lin(n_kv_heads * hd, dim),
+                                  lin(dim, n_heads * hd), lin(ffn, dim), lin(ffn, dim), lin(dim, ffn),
+                                  a_inv, a_k))
+    emb_q, emb_m, emb_k = quantize_embedding(rng.standard_normal((vocab, dim)) * 0.5)
+    cos_q, sin_q = rope_tables(hd, max_pos, 10000.0, spec.rope_frac_bits)
+    cfg = ModelConfig(n_layers, dim, n_heads, n_kv_heads, hd, ffn, vocab, max_pos, "10000.0", 1, 2)
+    return IntModel(cfg, Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size), spec,
+                    emb_q, emb_m, emb_k, tuple(layers), lin(vocab, dim, 8, dim), cos_q, sin_q)

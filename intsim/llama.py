@@ -1,0 +1,219 @@
+"""The integer LLaMA graph: one straight ``forward()`` over the I-LLM operators.
+
+Shapes: T new tokens, S = past + T cached positions, D model dim, H query heads,
+Hkv key/value heads, hd head dim, F ffn dim, V vocab.  Every array is an integer array;
+every scale a ``Dyadic`` per row.  docs/SPEC.md section 14 fixes the attention folds.
+
+``taps``, if given, is called as ``taps(name, value)`` with every intermediate in
+execution order (the golden exporter's hook); it only observes, so capturing never
+changes a result.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .attention import fold_scales, pv, qk_scores
+from .embedding import check_token_ids, embed
+from .errors import IntsimError
+from .fixedpoint import dyadic_fit
+from .head import argmax, inv_sqrt_dyadic
+from .matmul import di_matmul, di_matmul_acc
+from .model import IntModel
+from .norm import di_norm
+from .qtensor import Dyadic, QTensor
+from .requant import M_IN_LIMIT, requant_rows
+from .residual import residual_add
+from .rope import rope
+from .softmax import di_clipped_softmax
+from .swiglu import di_swiglu
+
+#: guard bits of the three scale folds (section 14); each keeps |vals * m| << guard < 2^62
+#: for the widths the model allows: keys |acc| <= 256 * 255^2 < 2^24, m < 2^16;
+#: probabilities p < 2^16, m < 2^16; head outputs |acc| < 2^31, m < 2^16.
+GUARD_K, GUARD_V, GUARD_O = 16, 16, 12
+
+
+def mul_scales(a: Dyadic, b: Dyadic, spec) -> Dyadic:
+    """``a * b`` as one Dyadic: exact while the mantissa product is <= 2^28 (the
+    requantizer's input bound), else refitted to 28 bits (tie rule ``spec.rounding``)."""
+    m = a.m * b.m
+    if m.size == 0 or int(m.max()) <= M_IN_LIMIT:
+        return Dyadic(m, a.k + b.k)
+    mf, kf, _ = dyadic_fit(m, np.int64(1), 28, (-(2 ** 20), 2 ** 20), spec.rounding)
+    return Dyadic(mf, a.k + b.k + kf)
+
+
+@dataclass
+class KVCache:
+    """Per layer: K codes per (position, kv head), V codes per position, with their
+    zero points and scales.  Preallocated to ``capacity`` positions."""
+    k_q: list
+    k_zp: list
+    k_m: list
+    k_k: list
+    v_q: list
+    v_zp: list
+    v_m: list
+    v_k: list
+    capacity: int
+    length: int = 0
+
+    @classmethod
+    def empty(cls, model: IntModel, capacity: int | None = None) -> "KVCache":
+        c = model.config
+        cap = c.max_pos if capacity is None else capacity
+        L, Hkv, hd = c.n_layers, c.n_kv_heads, c.head_dim
+
+        def arr(shape, dt):
+            return [np.zeros(shape, dtype=dt) for _ in range(L)]
+        return cls(arr((cap, Hkv, hd), np.uint8), arr((cap, Hkv), np.int32), arr((cap, Hkv), np.int64),
+                   arr((cap, Hkv), np.int64), arr((cap, Hkv * hd), np.uint8), arr((cap,), np.int32),
+                   arr((cap,), np.int64), arr((cap,), np.int64), cap)
+
+    def put(self, li: int, at: int, k: QTensor, v: QTensor) -> None:
+        T = k.q.shape[0]
+        self.k_q[li][at:at + T], self.k_zp[li][at:at + T] = k.q, k.zp
+        self.k_m[li][at:at + T], self.k_k[li][at:at + T] = k.scale.m, k.scale.k
+        self.v_q[li][at:at + T], self.v_zp[li][at:at + T] = v.q, v.zp
+        self.v_m[li][at:at + T], self.v_k[li][at:at + T] = v.scale.m, v.scale.k
+
+
+def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: np.ndarray,
+              cache: KVCache, backend: str, tap) -> QTensor:
+    """One attention block: q/k/v DI-MatMul, RoPE, QK^T with the key-scale fold,
+    DI-ClippedSoftmax, PV with the value-scale fold, heads aligned, o_proj.
+    ``pos``: RoPE positions [T]; ``visible``: [T, S] which cached positions each query sees."""
+    c, w, spec, L = model.config, model.widths, model.spec, model.layers[li]
+    T, H, Hkv, hd, A = hn.q.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
+    past, S = cache.length, cache.length + T
+    q, _ = di_matmul(hn, L.wq, A, w.qk_bits, True, spec, backend)            # [T, H*hd] sym
+    k, _ = di_matmul(hn, L.wk, A, w.qk_bits, True, spec, backend)            # [T, Hkv*hd] sym
+    v, _ = di_matmul(hn, L.wv, A, A, False, spec, backend)                   # [T, Hkv*hd] per token
+    qr, qs = rope(q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)    # exact int64
+    kr, ks = rope(k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
+    # Q and K per (token, head) at A bits
+    qh, _ = requant_rows(qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
+                         np.repeat(qs.k[:, None], H, 1)), A, False, spec, backend, name="q")
+    kh, _ = requant_rows(kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
+                         np.repeat(ks.k[:, None], Hkv, 1)), A, False, spec, backend, name="k")
+    cache.put(li, past, kh, v)
+    kq, kz, km, kk = (a[li][:S] for a in (cache.k_q, cache.k_zp, cache.k_m, cache.k_k))
+    vq, vz, vm, vk = (a[li][:S] for a in (cache.v_q, cache.v_zp, cache.v_m, cache.v_k))
+    rep = H // Hkv
+    # scores: exact int32 accumulators, then the key scales folded along each row
+    acc = qk_scores(qh.centered(), kq.astype(np.int64) - kz[..., None], backend)   # [H, T, S]
+    kmh, kkh = np.repeat(km.T, rep, 0)[:, None, :], np.repeat(kk.T, rep, 0)[:, None, :]
+    sc, kref = fold_scales(acc, kmh, kkh, GUARD_K, visible[None], spec, backend, name="scores")
+    s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
+    p = di_clipped_softmax(sc, mul_scales(s_row, kref, spec), mask=visible[None], spec=spec,
+                           backend=backend)                                    # [H, T, S]
+    # value scales folded into the probabilities, requantized per row to A bits
+    pt, pref = fold_scales(p.q.astype(np.int64), vm, vk, GUARD_V, visible[None], spec, backend,
+                           name="p*v_scale")
+    pq, _ = requant_rows(pt, mul_scales(p.scale, pref, spec), A, False, spec, backend, name="p")
+    att = pv(pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd), backend)
+    # heads to one per-token scale, then o_proj
+    hm, hk = np.repeat(pq.scale.m.T, hd, 1), np.repeat(pq.scale.k.T, hd, 1)   # [T, H*hd]
+    ao, aos = fold_scales(att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec, backend, name="heads")
+    o, _ = di_matmul(QTensor.exact(ao, aos), L.wo, A, spec.residual_bits, True, spec, backend)
+    if tap:
+        for name, t in (("q_proj", q), ("k_proj", k), ("v_proj", v), ("q_rope", QTensor.exact(qr, qs)),
+                        ("k_rope", QTensor.exact(kr, ks)), ("q", qh), ("k", kh), ("scores", QTensor.exact(sc, s_row)),
+                        ("softmax", p), ("p_v", pq), ("pv", QTensor.exact(ao, aos)), ("o_proj", o)):
+            tap(f"layers.{li}.attn.{name}", t)
+    return o
+
+
+def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
+            backend: str = "numba", tap=None, segments: np.ndarray | None = None
+            ) -> tuple[np.ndarray, Dyadic]:
+    """Run ``ids`` (the next T tokens) through the model; return int64 logits [T, V] and
+    their per-token scale.  With a ``cache`` holding ``past`` positions the tokens sit at
+    positions past..past+T-1 and are appended to it.  ``segments`` (non-decreasing ints,
+    no cache) packs several prompts into one call: each token sees only earlier tokens of
+    its own segment, and positions restart at 0 per segment."""
+    c, w, spec = model.config, model.widths, model.spec
+    ids = check_token_ids(ids, c.vocab_size)
+    if ids.ndim != 1 or ids.size == 0:
+        raise IntsimError(f"token ids: expected a non-empty 1-d sequence, got shape {ids.shape}")
+    cache = KVCache.empty(model, ids.size) if cache is None else cache
+    past, T = cache.length, ids.size
+    if past + T > min(cache.capacity, c.max_pos):
+        raise IntsimError(f"token ids: {past} cached + {T} new positions exceed the context of "
+                          f"{min(cache.capacity, c.max_pos)}")
+    pos, visible = _positions(past, T, segments)
+    h = embed(ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)   # [T, D] int8
+    if tap:
+        tap("embed", h)
+    for li, L in enumerate(model.layers):
+        hn, _ = di_norm(h, spec, backend)                                        # scale-only
+        o = attention(model, li, hn, pos, visible, cache, backend, tap)          # [T, D] int16
+        h, _ = residual_add(h, o, spec, backend)                                 # stream, 16-bit
+        hn2, _ = di_norm(h, spec, backend)
+        g, _ = di_matmul(hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
+        u, _ = di_matmul(hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
+        y, ys = di_swiglu(g, u, L.alpha_inv, L.alpha_k, spec, backend)           # exact int64
+        d, _ = di_matmul(QTensor.exact(y, ys), L.w_down, w.a_bits, spec.residual_bits, True, spec,
+                         backend)
+        h2, _ = residual_add(h, d, spec, backend)
+        if tap:
+            for name, t in (("attn_norm", hn), ("attn_residual", h), ("ffn_norm", hn2), ("gate", g),
+                            ("up", u), ("swiglu", QTensor.exact(y, ys)), ("down", d), ("residual", h2)):
+                tap(f"layers.{li}.{name}", t)
+        h = h2
+    cache.length = past + T
+    hf, _ = di_norm(h, spec, backend)
+    logits, ls, _ = di_matmul_acc(hf, model.w_head, w.a_bits, spec, backend)     # [T, V] int64
+    if tap:
+        tap("final_norm", hf)
+        tap("logits", QTensor.exact(logits, ls))
+    return logits, ls
+
+
+def _positions(past: int, T: int, segments) -> tuple[np.ndarray, np.ndarray]:
+    """RoPE positions [T] and the visibility [T, past + T] of the cached positions."""
+    if segments is None:
+        pos = np.arange(past, past + T, dtype=np.int64)
+        return pos, np.arange(past + T)[None, :] <= pos[:, None]
+    seg = np.asarray(segments)
+    if past or seg.shape != (T,) or seg.dtype.kind not in "iu" or np.any(np.diff(seg) < 0):
+        raise IntsimError("segments: expected non-decreasing integers, one per token, and no cache")
+    first = np.searchsorted(seg, seg, side="left")              # index where each segment starts
+    pos = np.arange(T, dtype=np.int64) - first
+    idx = np.arange(T)
+    return pos, (seg[None, :] == seg[:, None]) & (idx[None, :] <= idx[:, None])
+
+
+def forward_batch(model: IntModel, prompts: list, backend: str = "numba") -> list:
+    """Logits of several prompts computed in ONE packed call (block-diagonal causal
+    attention); each prompt gets exactly the logits it gets alone."""
+    ids = np.concatenate([check_token_ids(p, model.config.vocab_size) for p in prompts])
+    seg = np.repeat(np.arange(len(prompts)), [len(p) for p in prompts])
+    logits, _ = forward(model, ids, None, backend, segments=seg)
+    return np.split(logits, np.cumsum([len(p) for p in prompts])[:-1])
+
+
+def generate(model: IntModel, ids: np.ndarray, max_new_tokens: int, backend: str = "numba",
+             stop_at_eos: bool = True, on_token=None) -> tuple[list, list]:
+    """Greedy decoding: prefill ``ids``, then one token at a time through the KV cache.
+
+    Returns ``(new_ids, logits_list)``: the generated ids and, for each of them, the int64
+    logits row it was chosen from (the prompt's last position first).  ``on_token(id)`` is called per new token.
+    """
+    ids = check_token_ids(ids, model.config.vocab_size)
+    cache = KVCache.empty(model, min(model.config.max_pos, ids.size + max_new_tokens))
+    logits, _ = forward(model, ids, cache, backend)
+    out_ids, out_logits = [], [logits[-1:]]
+    for step in range(max_new_tokens):
+        nxt = int(argmax(out_logits[-1], backend)[0])
+        out_ids.append(nxt)
+        if on_token:
+            on_token(nxt)
+        if (step == max_new_tokens - 1 or (stop_at_eos and nxt == model.config.eos_id)
+                or cache.length >= cache.capacity):
+            break
+        logits, _ = forward(model, np.array([nxt], dtype=np.int64), cache, backend)
+        out_logits.append(logits)
+    return out_ids, out_logits
