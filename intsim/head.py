@@ -4,6 +4,8 @@ Spec: docs/SPEC.md, LM head and 1/sqrt(d).
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 
@@ -53,6 +55,7 @@ def argmax(logits: np.ndarray, backend: str = "numba") -> np.ndarray:
     return out.reshape(logits.shape[:-1])
 
 
+@lru_cache(maxsize=64)   # a per-model constant: computed once per distinct argument
 def inv_sqrt_dyadic(head_dim: int, m_bits: int = 8) -> Dyadic:
     """``1/sqrt(head_dim)`` as a dyadic ``m * 2^-k``, correctly rounded to nearest, integer only.
 

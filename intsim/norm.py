@@ -12,6 +12,8 @@ input per token anyway, so no per-element work is needed here.
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numba import njit
 
@@ -33,6 +35,7 @@ SQRT_C_BITS = 61
 PRESHIFTS = ("row", "fixed")
 
 
+@lru_cache(maxsize=64)   # a per-model constant: computed once per distinct argument
 def sqrt_c_const(C: int) -> tuple[int, int]:
     """Per-model constant ``(n_C, P')`` with ``n_C = isqrt(C << 2P') = floor(sqrt(C) * 2^P')``.
 
