@@ -1,0 +1,584 @@
+"""Checkpoint converter: a float LLaMA checkpoint -> one integer model file.
+
+``convert(src, out)`` (and the command line ``intsim convert SRC --out MODEL``) reads a
+Hugging Face LLaMA folder (``config.json``, ``model.safetensors`` or shards with
+``model.safetensors.index.json``, ``tokenizer.json``) or a ``.gguf`` file (imported
+first with ``converters.gguf_import``), and writes the integer model that
+``intsim.modelfile.load_model`` reads (docs/MODEL_FORMAT.md).  Float work happens here
+only, in float64 NumPy:
+
+a. FSBR calibration, if given (``converters.calib``): the smoothing vectors are folded
+   into the weights and RMSNorm gains; LWC gives clipping bounds; the SwiGLU act-smooth
+   gives ``alpha``, stored as the integer ``alpha_inv`` mantissas of each layer;
+b. RMSNorm gains are folded into the next linear's input columns (docs/SPEC.md section
+   8): input norm -> q, k, v; post-attention norm -> gate, up; final norm -> LM head (a
+   copy of the embedding when they are tied);
+c. quantization: the seven linears with ``converters.weights.quantize_weight`` (W bits,
+   per output channel or per group, LWC bounds when calibrated), the LM head per output
+   channel at ``head_w_bits``, the embedding per row at 8 bits
+   (``converters.embedding.quantize_embedding``);
+d. RoPE tables (``converters.rope_tables.rope_tables``, ``spec.rope_frac_bits``);
+e. one safetensors file of integer tensors with a JSON header, written atomically.
+
+Every refusal names the offending file and config key or tensor, and happens before
+anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from intsim import __version__
+from intsim.errors import IntsimError
+from intsim.matmul import QWeight, check_bounds
+from intsim.model import IntModel, LayerParams, ModelConfig, Widths
+from intsim.modelfile import linear_shapes, save_model
+from intsim.options import Spec
+
+from . import calib as fsbr
+from .embedding import quantize_embedding
+from .rope_tables import rope_tables
+from .weights import quantize_weight
+
+__all__ = ["ConvertError", "convert", "build_model", "read_hf_dir", "HFSource", "main",
+           "DEFAULT_MAX_POS_CAP", "W_SCALE_BITS"]
+
+#: default max_pos is the checkpoint's max_position_embeddings capped here (RoPE table rows)
+DEFAULT_MAX_POS_CAP = 8192
+#: mantissa bits of the weight group scales (converters.weights.quantize_weight)
+W_SCALE_BITS = 16
+_FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
+_HF_LINEARS = {
+    "wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
+    "wv": "self_attn.v_proj.weight", "wo": "self_attn.o_proj.weight",
+    "w_gate": "mlp.gate_proj.weight", "w_up": "mlp.up_proj.weight",
+    "w_down": "mlp.down_proj.weight",
+}
+_INDEX = "model.safetensors.index.json"
+
+
+class ConvertError(IntsimError):
+    """A checkpoint the converter refuses; the message names the file and key or tensor."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ====================================================================== reading the folder
+
+@dataclass
+class _TensorRef:
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class HFSource:
+    """A validated-on-read Hugging Face folder: config, tensor index, tokenizer bytes."""
+    path: Path
+    config: dict
+    config_text: str
+    tensors: dict[str, _TensorRef]
+    weight_files: list[Path]
+    tokenizer_json: bytes
+    _headers: dict = field(default_factory=dict, repr=False)
+
+    def get(self, name: str) -> np.ndarray:
+        """Tensor ``name`` as float64 (F32 / F16 / F64 via safetensors.numpy, BF16 by hand)."""
+        from safetensors import safe_open
+
+        ref = self.tensors[name]
+        try:
+            if ref.dtype == "BF16":
+                raw = self._raw(ref.file, name)
+                u = np.frombuffer(raw, dtype="<u2").astype(np.uint32) << np.uint32(16)
+                a = u.view(np.float32).reshape(ref.shape)
+            else:
+                with safe_open(str(ref.file), framework="np") as f:
+                    a = f.get_tensor(name)
+        except ConvertError:
+            raise
+        except Exception as e:
+            raise ConvertError(f"{ref.file}: tensor '{name}' is unreadable: {e}") from e
+        a = a.astype(np.float64)
+        if not np.all(np.isfinite(a)):
+            raise ConvertError(f"{ref.file}: tensor '{name}' holds a non-finite value")
+        return a
+
+    def _raw(self, file: Path, name: str) -> bytes:
+        if file not in self._headers:
+            with open(file, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                self._headers[file] = (8 + n, json.loads(f.read(n)))
+        base, hdr = self._headers[file]
+        b, e = hdr[name]["data_offsets"]
+        with open(file, "rb") as f:
+            f.seek(base + b)
+            raw = f.read(e - b)
+        if len(raw) != e - b:
+            raise ConvertError(f"{file}: tensor '{name}' is truncated")
+        return raw
+
+
+def _scan_file(path: Path, out: dict[str, _TensorRef], expect: set[str] | None = None) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            keys = list(f.keys())
+            for k in keys:
+                sl = f.get_slice(k)
+                out[k] = _TensorRef(path, sl.get_dtype(), tuple(int(v) for v in sl.get_shape()))
+    except FileNotFoundError:
+        raise ConvertError(f"{path}: no such weight file") from None
+    except Exception as e:
+        raise ConvertError(f"{path}: not a readable safetensors file (truncated or corrupt?): "
+                           f"{e}") from e
+    if expect is not None:
+        missing = sorted(expect - set(keys))
+        if missing:
+            raise ConvertError(f"{path}: tensor '{missing[0]}' listed for this file in {_INDEX} "
+                               f"is not in it")
+
+
+def read_hf_dir(src) -> HFSource:
+    """Index a Hugging Face LLaMA folder (no weights are loaded yet)."""
+    d = Path(src)
+    if not d.is_dir():
+        raise ConvertError(f"{d}: not a folder (expected a Hugging Face LLaMA folder or a "
+                           f".gguf file)")
+    cfg_path = d / "config.json"
+    try:
+        text = cfg_path.read_text()
+        config = json.loads(text)
+    except FileNotFoundError:
+        raise ConvertError(f"{cfg_path}: missing (every Hugging Face folder has one)") from None
+    except ValueError as e:
+        raise ConvertError(f"{cfg_path}: not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ConvertError(f"{cfg_path}: expected a JSON object")
+    tensors: dict[str, _TensorRef] = {}
+    single, index = d / "model.safetensors", d / _INDEX
+    if single.is_file():
+        files = [single]
+        _scan_file(single, tensors)
+    elif index.is_file():
+        try:
+            wmap = json.loads(index.read_text())["weight_map"]
+            assert isinstance(wmap, dict) and all(isinstance(v, str) for v in wmap.values())
+        except (ValueError, KeyError, TypeError, AssertionError) as e:
+            raise ConvertError(f"{index}: not a valid index (needs a 'weight_map' of tensor -> "
+                               f"file): {e}") from e
+        files = []
+        for fname in sorted(set(wmap.values())):
+            fp = d / fname
+            if Path(fname).name != fname or not fp.is_file():
+                raise ConvertError(f"{index}: weight file '{fname}' is missing from {d}")
+            files.append(fp)
+            part: dict[str, _TensorRef] = {}
+            _scan_file(fp, part, {k for k, v in wmap.items() if v == fname})
+            for k in part:
+                if wmap.get(k) != fname:
+                    raise ConvertError(f"{fp}: tensor '{k}' is not listed for this file in "
+                                       f"{_INDEX}")
+            tensors.update(part)
+    else:
+        other = sorted(p.name for p in d.glob("*.bin")) + sorted(p.name for p in d.glob("*.pth"))
+        hint = f" (found {other[0]}: only safetensors checkpoints are read)" if other else ""
+        raise ConvertError(f"{d}: no model.safetensors or {_INDEX}{hint}")
+    tok = d / "tokenizer.json"
+    try:
+        tok_bytes = tok.read_bytes()
+    except FileNotFoundError:
+        raise ConvertError(f"{tok}: missing (the model file embeds the tokenizer; the "
+                           f"fast-tokenizer JSON is needed)") from None
+    return HFSource(d, config, text, tensors, files, tok_bytes)
+
+
+# ====================================================================== validating
+
+def _cfg_int(cfg: dict, key: str, where: Path, default=None, lo: int = 1) -> int:
+    v = cfg.get(key, default)
+    if v is None:
+        raise ConvertError(f"{where}: required key '{key}' is missing")
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise ConvertError(f"{where}: '{key}' = {v!r} is not an integer >= {lo}")
+    return v
+
+
+def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig, bool, dict]:
+    """Validate config.json against the tensors; return (ModelConfig, tied, float extras)."""
+    cfg, where = src.config, src.path / "config.json"
+    mt, arch = cfg.get("model_type"), cfg.get("architectures")
+    if mt is None and arch is None:
+        raise ConvertError(f"{where}: neither 'model_type' nor 'architectures' is set; cannot "
+                           f"tell that this is a LLaMA checkpoint")
+    if mt is not None and mt != "llama":
+        raise ConvertError(f"{where}: 'model_type' is {mt!r}; only 'llama' is supported")
+    if arch is not None and arch != ["LlamaForCausalLM"]:
+        raise ConvertError(f"{where}: 'architectures' is {arch!r}; only ['LlamaForCausalLM'] "
+                           f"is supported")
+    if cfg.get("rope_scaling") is not None:
+        raise ConvertError(f"{where}: 'rope_scaling' is {cfg['rope_scaling']!r}; RoPE scaling "
+                           f"is not supported (only plain RoPE, rope_scaling null)")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key, False) not in (False, None):
+            raise ConvertError(f"{where}: '{key}' is {cfg[key]!r}; linear biases are not "
+                               f"supported")
+    act = cfg.get("hidden_act", "silu")
+    if act != "silu":
+        raise ConvertError(f"{where}: 'hidden_act' is {act!r}; only 'silu' (SwiGLU) is "
+                           f"supported")
+    dim = _cfg_int(cfg, "hidden_size", where)
+    ffn = _cfg_int(cfg, "intermediate_size", where)
+    n_layers = _cfg_int(cfg, "num_hidden_layers", where)
+    n_heads = _cfg_int(cfg, "num_attention_heads", where)
+    n_kv = _cfg_int(cfg, "num_key_value_heads", where, default=n_heads)
+    vocab = _cfg_int(cfg, "vocab_size", where)
+    if n_heads % n_kv:
+        raise ConvertError(f"{where}: 'num_attention_heads' {n_heads} is not a multiple of "
+                           f"'num_key_value_heads' {n_kv}")
+    if cfg.get("head_dim") is not None:
+        head_dim = _cfg_int(cfg, "head_dim", where)
+    else:
+        if dim % n_heads:
+            raise ConvertError(f"{where}: 'hidden_size' {dim} is not divisible by "
+                               f"'num_attention_heads' {n_heads} and 'head_dim' is not given")
+        head_dim = dim // n_heads
+    if head_dim % 2:
+        raise ConvertError(f"{where}: head_dim {head_dim} is odd; RoPE needs channel pairs")
+    theta = cfg.get("rope_theta", 10000.0)
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (
+            math.isfinite(theta) and theta > 1):
+        raise ConvertError(f"{where}: 'rope_theta' = {theta!r} is not a number > 1")
+    cfg_max = _cfg_int(cfg, "max_position_embeddings", where, default=2048)
+    if max_pos is None:
+        max_pos = min(cfg_max, DEFAULT_MAX_POS_CAP)
+    elif isinstance(max_pos, bool) or not isinstance(max_pos, int) or max_pos < 1:
+        raise ConvertError(f"max_pos: {max_pos!r} is not an integer >= 1")
+    tie_cfg = cfg.get("tie_word_embeddings", False)
+    if not isinstance(tie_cfg, bool):
+        raise ConvertError(f"{where}: 'tie_word_embeddings' = {tie_cfg!r} is not a boolean")
+
+    def token_id(key):
+        v = cfg.get(key)
+        if isinstance(v, list):          # e.g. several end-of-sequence ids: the first
+            v = v[0] if v else None
+        if v is None:
+            return -1
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
+            raise ConvertError(f"{where}: '{key}' = {cfg.get(key)!r} is not a token id in "
+                               f"[0, {vocab})")
+        return v
+
+    # tensors: names, dtypes, shapes
+    q_out, kv_out = n_heads * head_dim, n_kv * head_dim
+    want = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,)}
+    hf_shapes = {"wq": (q_out, dim), "wk": (kv_out, dim), "wv": (kv_out, dim),
+                 "wo": (dim, q_out), "w_gate": (ffn, dim), "w_up": (ffn, dim),
+                 "w_down": (dim, ffn)}
+    for i in range(n_layers):
+        p = f"model.layers.{i}."
+        want[p + "input_layernorm.weight"] = (dim,)
+        want[p + "post_attention_layernorm.weight"] = (dim,)
+        for k, name in _HF_LINEARS.items():
+            want[p + name] = hf_shapes[k]
+    have = src.tensors
+    tied = tie_cfg or "lm_head.weight" not in have
+    if "lm_head.weight" in have:
+        want["lm_head.weight"] = (vocab, dim)
+    elif not tie_cfg:
+        raise ConvertError(f"{src.path}: tensor 'lm_head.weight' is missing and "
+                           f"'tie_word_embeddings' is false in config.json")
+    for name in sorted(have):
+        ref = have[name]
+        if name.endswith(".bias"):
+            raise ConvertError(f"{ref.file}: tensor '{name}': bias tensors are not supported "
+                               f"(LLaMA has none)")
+        if name.endswith("rotary_emb.inv_freq"):
+            continue                     # a buffer some old checkpoints carry: recomputed
+        if name not in want:
+            raise ConvertError(f"{ref.file}: unexpected tensor '{name}' (not part of a "
+                               f"{n_layers}-layer LLaMA with this config)")
+    for name, shape in want.items():
+        ref = have.get(name)
+        if ref is None:
+            raise ConvertError(f"{src.path}: tensor '{name}' is missing")
+        if ref.dtype not in _FLOAT_DTYPES:
+            raise ConvertError(f"{ref.file}: tensor '{name}': dtype {ref.dtype}, expected one "
+                               f"of {', '.join(_FLOAT_DTYPES)}")
+        if ref.shape != shape:
+            raise ConvertError(f"{ref.file}: tensor '{name}': shape {ref.shape}, expected "
+                               f"{shape} from config.json")
+    # tokenizer
+    from tokenizers import Tokenizer
+    tpath = src.path / "tokenizer.json"
+    try:
+        tk = Tokenizer.from_str(src.tokenizer_json.decode("utf-8"))
+    except Exception as e:
+        raise ConvertError(f"{tpath}: not a loadable tokenizer.json: {e}") from e
+    n_tok = tk.get_vocab_size(with_added_tokens=True)
+    if n_tok > vocab:
+        raise ConvertError(f"{tpath}: {n_tok} tokens, more than 'vocab_size' {vocab} in "
+                           f"config.json")
+    mc = ModelConfig(n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
+                     head_dim=head_dim, ffn_dim=ffn, vocab_size=vocab, max_pos=max_pos,
+                     rope_theta=repr(float(theta)), bos_id=token_id("bos_token_id"),
+                     eos_id=token_id("eos_token_id"))
+    extras = {"rope_theta": float(theta), "rms_norm_eps": cfg.get("rms_norm_eps"),
+              "tie_word_embeddings": tied}
+    return mc, tied, extras
+
+
+# ====================================================================== building
+
+def _quantize(name: str, w: np.ndarray, bits: int, G: int, a_bits: int,
+              bounds=None) -> QWeight:
+    try:
+        qw = quantize_weight(w, bits, G, scale_mant_bits=W_SCALE_BITS, bounds=bounds)
+        check_bounds(w.shape[1], qw, a_bits)
+    except (ValueError, IntsimError) as e:
+        raise ConvertError(f"{name}: {e}") from e
+    return qw
+
+
+def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
+                spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
+                qkt_tie: str = "refuse", _source_info: dict | None = None
+                ) -> tuple[IntModel, bytes]:
+    """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
+
+    Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
+    """
+    try:
+        widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
+                        head_w_bits=head_w_bits)
+    except IntsimError as e:
+        raise ConvertError(f"widths: {e}") from e
+    if not isinstance(spec, Spec):
+        raise ConvertError(f"spec: expected an intsim.options.Spec, got {type(spec).__name__}")
+    hf = src if isinstance(src, HFSource) else read_hf_dir(src)
+    config, tied, extras = check_config(hf, max_pos)
+    shapes = linear_shapes(config)
+    for name, (N, K) in shapes.items():
+        if group_size and K % group_size:
+            raise ConvertError(f"group_size: {group_size} does not divide K = {K}, the input "
+                               f"width of {name} (choose a divisor of {K}, or 0 for per "
+                               f"output channel)")
+
+    calib_info, layer_calib = None, None
+    if calib is not None:
+        cpath = Path(calib)
+        params = fsbr.read_calib(cpath)
+        layer_calib = fsbr.prepare_calib(params, config, group_size, qkt_tie=qkt_tie,
+                                         source=str(cpath))
+        with open(cpath, "rb") as f:
+            fmt = "pth" if f.read(2) == b"PK" else "safetensors"
+        calib_info = {"path": str(cpath.absolute()), "sha256": _sha256(cpath), "format": fmt,
+                      "qkt_tie": qkt_tie, **fsbr.describe(params)}
+
+    # embedding: per row, 8 bits, dyadic scales of spec.m_bits
+    emb = hf.get("model.embed_tokens.weight")
+    try:
+        emb_q, emb_m, emb_k = quantize_embedding(emb, bits=widths.emb_bits,
+                                                 scale_mant_bits=spec.m_bits,
+                                                 k_range=spec.k_range)
+    except ValueError as e:
+        raise ConvertError(f"model.embed_tokens.weight: {e}") from e
+
+    layers = []
+    for i in range(config.n_layers):
+        p = f"model.layers.{i}."
+        w = {k: hf.get(p + name) for k, name in _HF_LINEARS.items()}
+        g_attn = hf.get(p + "input_layernorm.weight")
+        g_ffn = hf.get(p + "post_attention_layernorm.weight")
+        alpha = None
+        lc = layer_calib[i] if layer_calib is not None else None
+        if lc is not None:
+            w, g_attn, g_ffn, alpha = fsbr.apply_smoothing(w, g_attn, g_ffn, lc, config)
+        # fold the RMSNorm gains into the input columns of the next linears
+        for k in ("wq", "wk", "wv"):
+            w[k] = w[k] * g_attn[None, :]
+        for k in ("w_gate", "w_up"):
+            w[k] = w[k] * g_ffn[None, :]
+        q = {}
+        for k, wf in w.items():
+            G = group_size or wf.shape[1]
+            bounds = None
+            if lc is not None and k in lc.lwc:
+                up, low = lc.lwc[k]
+                bounds = fsbr.lwc_bounds(wf, up, low, G)
+            q[k] = _quantize(f"layers.{i}.{k} ({p}{_HF_LINEARS[k]})", wf, w_bits, G, a_bits,
+                             bounds)
+        alpha_inv, alpha_k = None, 0
+        if alpha is not None:
+            alpha_inv, alpha_k = fsbr.alpha_inv_mantissas(
+                alpha, where=f"{calib}: layer {i}: 'x1x2_smooth_scale'")
+        layers.append(LayerParams(**q, alpha_inv=alpha_inv, alpha_k=alpha_k))
+
+    head = emb if tied else hf.get("lm_head.weight")
+    if tied and "lm_head.weight" in hf.tensors and not np.array_equal(
+            hf.get("lm_head.weight"), emb):
+        raise ConvertError(f"{hf.path}: 'tie_word_embeddings' is true but tensor "
+                           f"'lm_head.weight' differs from 'model.embed_tokens.weight'")
+    head = head * hf.get("model.norm.weight")[None, :]
+    w_head = _quantize("head (lm_head.weight, final norm folded)", head, head_w_bits,
+                       config.dim, a_bits)
+    try:
+        cos_q, sin_q = rope_tables(config.head_dim, config.max_pos, extras["rope_theta"],
+                                   spec.rope_frac_bits)
+    except ValueError as e:
+        raise ConvertError(f"rope tables: {e}") from e
+
+    files = {"config.json": _sha256(hf.path / "config.json"),
+             "tokenizer.json": hashlib.sha256(hf.tokenizer_json).hexdigest()}
+    if (hf.path / _INDEX).is_file() and hf.weight_files[0].name != "model.safetensors":
+        files[_INDEX] = _sha256(hf.path / _INDEX)
+    for fp in hf.weight_files:
+        files[fp.name] = _sha256(fp)
+    source = {"kind": "hf", "path": str(hf.path.absolute()), "sha256": files,
+              "config_json": hf.config_text, "tie_word_embeddings": tied,
+              "rms_norm_eps": None if extras["rms_norm_eps"] is None
+              else repr(extras["rms_norm_eps"])}
+    if _source_info:
+        source.update(_source_info)
+    meta = {"generator": f"converters.convert (intsim {__version__})", "source": source,
+            "calib": calib_info,
+            "quantizer": {"weights": "converters.weights.quantize_weight",
+                          "weight_scale_mant_bits": W_SCALE_BITS,
+                          "embedding": "converters.embedding.quantize_embedding",
+                          "embedding_scale_mant_bits": spec.m_bits}}
+    try:
+        model = IntModel(config=config, widths=widths, spec=spec, emb_q=emb_q, emb_m=emb_m,
+                         emb_k=emb_k, layers=tuple(layers), w_head=w_head, cos_q=cos_q,
+                         sin_q=sin_q, meta=meta)
+    except IntsimError as e:
+        raise ConvertError(f"model: {e}") from e
+    return model, hf.tokenizer_json
+
+
+def _is_gguf(path: Path) -> bool:
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
+            spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
+            qkt_tie: str = "refuse") -> Path:
+    """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
+
+    ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
+    (2..8) of the seven linears; ``a_bits``: activation bits (2..8) recorded for the
+    interpreter (and used to prove the DI-MatMul bounds here); ``group_size``: 0 = one
+    scale per output channel, else the weight group size (must divide every K);
+    ``calib``: an FSBR parameter file (official ``.pth`` or the safetensors form);
+    ``spec``: the integer options stored in the file (``rope_frac_bits`` shapes the RoPE
+    tables, ``m_bits``/``k_bits`` the embedding scales); ``max_pos``: RoPE table rows
+    (default: ``max_position_embeddings`` capped at 8192); ``head_w_bits``: LM head bits;
+    ``qkt_tie``: ``"refuse"`` or ``"geomean"`` for a q/k smoothing vector whose RoPE pairs
+    differ (``converters.calib.prepare_calib``).
+
+    Nothing is written unless everything succeeded: the file is written under a temporary
+    name next to ``out`` and renamed into place.
+    """
+    t0 = time.perf_counter()
+    src, out = Path(src), Path(out)
+    if out.is_dir():
+        raise ConvertError(f"{out}: is a folder; --out names the model file to write")
+    if not src.exists():
+        raise ConvertError(f"{src}: no such file or folder")
+    kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
+              max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie)
+    if src.is_file() and _is_gguf(src):
+        from .gguf_import import GGUFImportError, import_gguf
+        with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
+                                         if out.parent.exists() else None) as tmp:
+            try:
+                hf_dir = import_gguf(src, Path(tmp) / "hf")
+            except GGUFImportError as e:
+                raise ConvertError(str(e)) from e
+            hf = read_hf_dir(hf_dir)
+            info = {"kind": "gguf", "path": str(src.absolute()),
+                    "gguf_sha256": _sha256(src)}
+            model, tok = build_model(hf, _source_info=info, **kw)
+            model.meta["source"]["imported_sha256"] = model.meta["source"].pop("sha256")
+            model.meta["source"]["sha256"] = {src.name: info["gguf_sha256"]}
+    elif src.is_dir():
+        model, tok = build_model(src, **kw)
+    else:
+        raise ConvertError(f"{src}: neither a Hugging Face folder nor a GGUF file")
+    save_model(model, out, tok)
+    dt = time.perf_counter() - t0
+    print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{w_bits}A{a_bits}"
+          f"{f' G{group_size}' if group_size else ''}{', FSBR' if calib else ''}) in {dt:.1f} s",
+          file=sys.stderr)
+    return out
+
+
+# ====================================================================== command line
+
+def build_parser(prog: str = "intsim convert") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Convert a float LLaMA checkpoint (a Hugging Face folder with config.json, "
+                    "safetensors weights and tokenizer.json, or a .gguf file) into one integer "
+                    "model file for 'intsim run'. RMSNorm gains are folded into the next "
+                    "linear layers, weights quantized, RoPE tables tabulated; the tokenizer is "
+                    "embedded. Format: docs/MODEL_FORMAT.md.")
+    p.add_argument("src", metavar="SRC", help="Hugging Face LLaMA folder or .gguf file")
+    p.add_argument("--out", metavar="MODEL", required=True,
+                   help="model file to write (replaced atomically)")
+    p.add_argument("--wbits", metavar="W", type=int, default=8,
+                   help="weight bits of the seven linears per block, 2..8 (default 8)")
+    p.add_argument("--abits", metavar="A", type=int, default=8,
+                   help="activation bits of every matmul input, 2..8 (default 8)")
+    p.add_argument("--group-size", metavar="G", type=int, default=0,
+                   help="weight group size; 0 = one scale per output channel (default)")
+    p.add_argument("--head-wbits", metavar="W", type=int, default=8,
+                   help="LM head weight bits, per output channel (default 8)")
+    p.add_argument("--calib", metavar="FILE",
+                   help="FSBR calibration: the official fsbr_parameters.pth (read without "
+                        "torch, no pickled code run) or the safetensors form")
+    p.add_argument("--qkt-tie", choices=("refuse", "geomean"), default="refuse",
+                   help="a qkt_smooth_scale whose RoPE-paired channels differ: refuse "
+                        "(default) or use each pair's geometric mean")
+    p.add_argument("--max-pos", metavar="N", type=int, default=None,
+                   help=f"longest context (RoPE table rows); default: the checkpoint's "
+                        f"max_position_embeddings, at most {DEFAULT_MAX_POS_CAP}")
+    return p
+
+
+def main(argv=None, prog: str = "intsim convert") -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
+                group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
+                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie)
+    except IntsimError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(prog="python -m converters.convert"))
