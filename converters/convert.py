@@ -50,7 +50,7 @@ from .rope_tables import rope_tables
 from .weights import quantize_weight
 
 __all__ = ["ConvertError", "convert", "build_model", "read_hf_dir", "HFSource", "main",
-           "DEFAULT_MAX_POS_CAP", "W_SCALE_BITS"]
+           "add_arguments", "run", "parse_spec", "DEFAULT_MAX_POS_CAP", "W_SCALE_BITS"]
 
 #: default max_pos is the checkpoint's max_position_embeddings capped here (RoPE table rows)
 DEFAULT_MAX_POS_CAP = 8192
@@ -537,14 +537,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
 
 # ====================================================================== command line
 
-def build_parser(prog: str = "intsim convert") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Convert a float LLaMA checkpoint (a Hugging Face folder with config.json, "
-                    "safetensors weights and tokenizer.json, or a .gguf file) into one integer "
-                    "model file for 'intsim run'. RMSNorm gains are folded into the next "
-                    "linear layers, weights quantized, RoPE tables tabulated; the tokenizer is "
-                    "embedded. Format: docs/MODEL_FORMAT.md.")
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The converter's arguments, for a stand-alone parser or an ``intsim convert`` subparser."""
     p.add_argument("src", metavar="SRC", help="Hugging Face LLaMA folder or .gguf file")
     p.add_argument("--out", metavar="MODEL", required=True,
                    help="model file to write (replaced atomically)")
@@ -565,19 +559,56 @@ def build_parser(prog: str = "intsim convert") -> argparse.ArgumentParser:
     p.add_argument("--max-pos", metavar="N", type=int, default=None,
                    help=f"longest context (RoPE table rows); default: the checkpoint's "
                         f"max_position_embeddings, at most {DEFAULT_MAX_POS_CAP}")
+    p.add_argument("--spec", metavar="SPEC", default=None,
+                   help="spec options stored in the model: 'paper' (Spec.paper()), or a JSON "
+                        "object of options over the defaults, e.g. '{\"rope_frac_bits\": 12}' "
+                        "(default: the defaults)")
     return p
 
 
-def main(argv=None, prog: str = "intsim convert") -> int:
-    args = build_parser(prog).parse_args(argv)
+def parse_spec(text: str | None) -> Spec:
+    """``None`` -> Spec(); ``"paper"`` -> Spec.paper(); a JSON object -> defaults + options."""
+    if text is None:
+        return Spec()
+    if text.strip() == "paper":
+        return Spec.paper()
+    try:
+        over = json.loads(text)
+    except ValueError as e:
+        raise ConvertError(f"--spec: not 'paper' and not a JSON object: {e}") from e
+    if not isinstance(over, dict):
+        raise ConvertError("--spec: expected a JSON object of spec options")
+    try:
+        return Spec.from_dict({**Spec().to_dict(), **over})
+    except IntsimError as e:
+        raise ConvertError(f"--spec: {e}") from e
+
+
+def build_parser(prog: str = "intsim convert") -> argparse.ArgumentParser:
+    return add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION))
+
+
+DESCRIPTION = ("Convert a float LLaMA checkpoint (a Hugging Face folder with config.json, "
+               "safetensors weights and tokenizer.json, or a .gguf file) into one integer "
+               "model file for 'intsim run'. RMSNorm gains are folded into the next linear "
+               "layers, weights quantized, RoPE tables tabulated; the tokenizer is embedded. "
+               "Format: docs/MODEL_FORMAT.md.")
+
+
+def run(args, prog: str = "intsim convert") -> int:
+    """Run a conversion from parsed arguments (``add_arguments``); 0 on success, 2 on error."""
     try:
         convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
                 group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
-                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie)
+                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec))
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None, prog: str = "intsim convert") -> int:
+    return run(build_parser(prog).parse_args(argv), prog)
 
 
 if __name__ == "__main__":

@@ -636,6 +636,14 @@ def test_cli(tmp_path, capsys):
     assert m.widths.w_bits == 6 and m.widths.group_size == 32
     assert CV.main([str(src), "--out", str(out), "--group-size", "48"]) == 2
     assert "intsim convert: error: group_size: 48 does not divide" in capsys.readouterr().err
+    assert CV.main([str(src), "--out", str(out), "--spec", "paper"]) == 0
+    assert load_model(out).spec == Spec.paper()
+    assert CV.main([str(src), "--out", str(out), "--spec", '{"rope_frac_bits": 16}']) == 0
+    m = load_model(out)
+    assert m.spec.rope_frac_bits == 16 and m.cos_q.dtype == np.int32
+    assert int(np.abs(m.cos_q).max()) == 2 ** 16
+    assert CV.main([str(src), "--out", str(out), "--spec", '{"bogus": 1}']) == 2
+    assert "--spec: spec options: unknown option(s) ['bogus']" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- GGUF source
