@@ -113,9 +113,18 @@ def write_pth(path: Path, layers: dict[int, list[tuple[str, Stored]]], *,
 CFG = ModelConfig(n_layers=2, dim=16, n_heads=4, n_kv_heads=2, head_dim=8, ffn_dim=24,
                   vocab_size=32, max_pos=16, rope_theta="10000.0", bos_id=1, eos_id=2)
 KV = CFG.n_kv_heads * CFG.head_dim
-NK = {"self_attn.q_proj": (32, 16), "self_attn.k_proj": (KV, 16), "self_attn.v_proj": (KV, 16),
-      "self_attn.o_proj": (16, 32), "mlp.gate_proj": (24, 16), "mlp.up_proj": (24, 16),
-      "mlp.down_proj": (16, 24)}
+
+
+def linear_nk(cfg):
+    """[N, K] of each linear, under the official module names."""
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    return {"self_attn.q_proj": (q, cfg.dim), "self_attn.k_proj": (kv, cfg.dim),
+            "self_attn.v_proj": (kv, cfg.dim), "self_attn.o_proj": (cfg.dim, q),
+            "mlp.gate_proj": (cfg.ffn_dim, cfg.dim), "mlp.up_proj": (cfg.ffn_dim, cfg.dim),
+            "mlp.down_proj": (cfg.dim, cfg.ffn_dim)}
+
+
+NK = linear_nk(CFG)
 
 
 def tied_pairs(rng, n_kv, hd):
@@ -135,7 +144,7 @@ def official_params(seed=0, n_layers=2, cfg=CFG) -> dict[int, dict[str, np.ndarr
              "fc2_smooth_scale": rng.uniform(0.3, 3.0, cfg.ffn_dim),
              "qkt_smooth_scale": tied_pairs(rng, cfg.n_kv_heads, cfg.head_dim),
              "x1x2_smooth_scale": rng.uniform(0.3, 3.0, cfg.ffn_dim)}
-        for lin, (N, _) in NK.items():
+        for lin, (N, _) in linear_nk(cfg).items():
             for kind in ("upbound_factor", "lowbound_factor"):
                 p[f"{lin}.weight_quantizer.{kind}"] = rng.uniform(1.0, 5.0, (N, 1))
         out[i] = {k: v.astype(np.float32) for k, v in p.items()}
@@ -265,13 +274,15 @@ def test_torch_save_roundtrip(tmp_path):
                        ("bf16", base.to(torch.bfloat16)),
                        ("half", base.to(torch.float16)[2]),
                        ("param", torch.nn.Parameter(base[:, :1].clone()))])
-    torch.save({0: sd0, 1: OrderedDict([("x", torch.ones(3, dtype=torch.float64))])},
+    lin = torch.nn.Linear(3, 2).state_dict()     # a module state dict carries _metadata
+    torch.save({0: sd0, 1: OrderedDict([("x", torch.ones(3, dtype=torch.float64))]), 2: lin},
                tmp_path / "real.pth")
     got = C.read_calib(tmp_path / "real.pth")
     for name, t in sd0.items():
         want = t.detach().to(torch.float64).numpy()
         np.testing.assert_array_equal(got[0][name].astype(np.float64), want, err_msg=name)
     np.testing.assert_array_equal(got[1]["x"], np.ones(3))
+    np.testing.assert_array_equal(got[2]["weight"], lin["weight"].numpy())
 
 
 # ---------------------------------------------------------------- safetensors form

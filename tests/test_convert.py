@@ -168,7 +168,8 @@ def test_rope_tables_are_cos_sin(tiny):
 
 
 def test_explicit_head_dim_gqa_and_group_size(tmp_path):
-    src = make_tiny_hf(tmp_path / "hf", n_heads=4, n_kv_heads=1, head_dim=24, seed=2)
+    src = make_tiny_hf(tmp_path / "hf", n_heads=4, n_kv_heads=1, head_dim=24, seed=2,
+                       rope_theta=500000.0)
     out = convert(src, tmp_path / "m.intsim", w_bits=4, a_bits=6, group_size=32,
                   head_w_bits=6, max_pos=40)
     m = load_model(out)
@@ -188,7 +189,9 @@ def test_explicit_head_dim_gqa_and_group_size(tmp_path):
         assert qw.bits == 4 and qw.group_size == 32 and qw.n_groups == w.shape[1] // 32
         assert_weight_close(qw, w, 4, 32, k)
     assert m.w_head.bits == 6 and m.w_head.group_size == 64
-    assert m.cos_q.shape == (40, 12)
+    assert m.cos_q.shape == (40, 12) and c.rope_theta == "500000.0"
+    ang = np.arange(40)[:, None] * 500000.0 ** (-np.arange(0, 24, 2) / 24)[None, :]
+    assert np.abs(m.sin_q * 2.0 ** -14 - np.sin(ang)).max() <= 2.0 ** -15 + 1e-12
 
 
 def test_sharded_equals_single_file(tmp_path, tiny):
