@@ -16,11 +16,23 @@ def _bench(args) -> int:
     return bench_main(argv)
 
 
+def _add_convert(sub) -> None:
+    # the float side: imported only when the subcommand is built (numpy float work lives there)
+    from converters import convert as cv
+    c = sub.add_parser("convert", help="float LLaMA checkpoint (HF directory or GGUF) -> integer model file",
+                       description=cv.DESCRIPTION)
+    cv.add_arguments(c)
+    c.set_defaults(func=cv.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="intsim",
         description="Bit-exact integer-only reference simulator of I-LLM quantized LLaMA models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_convert(sub)
+    from .run import add_run_parsers
+    add_run_parsers(sub)
     d = sub.add_parser("demo", help="run every integer operator on a fixed seeded example",
                        description="Runs one transformer-block-shaped chain of the integer "
                                    "operators on seeded inputs and prints each op's output "

@@ -16,7 +16,7 @@ import numpy as np
 
 from .attention import fold_scales, pv, qk_scores
 from .embedding import check_token_ids, embed
-from .errors import IntsimError
+from .errors import IntsimError, trusted
 from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
@@ -144,6 +144,15 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
         raise IntsimError(f"token ids: {past} cached + {T} new positions exceed the context of "
                           f"{min(cache.capacity, c.max_pos)}")
     pos, visible = _positions(past, T, segments)
+    if backend == "numba":
+        with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
+            return _layers(model, ids, pos, visible, cache, backend, tap)
+    return _layers(model, ids, pos, visible, cache, backend, tap)
+
+
+def _layers(model, ids, pos, visible, cache, backend, tap):
+    c, w, spec = model.config, model.widths, model.spec
+    past, T = cache.length, ids.size
     h = embed(ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)   # [T, D] int8
     if tap:
         tap("embed", h)

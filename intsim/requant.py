@@ -26,7 +26,7 @@ Per row, all integer (``Q`` the code range, ``rnd`` the spec's tie rule):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
 from .fixedpoint import (ROUND_CODE, CEIL, _div_round_ref, _fit_ref, _check_backend, bit_length_nb,
@@ -97,15 +97,15 @@ def _code_div_nb(a, m_o, e, code):
     return div_round_nb(a, m_o << (-e), code)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitted, q_out):
     rows, C = v.shape
     Q = (np.int64(1) << (bits - 1)) - 1 if symmetric else (np.int64(1) << bits) - 1
     zp = np.zeros(rows, dtype=np.int64)
     m = np.zeros(rows, dtype=np.int64)
     k = np.zeros(rows, dtype=np.int64)
-    nsat = 0
-    for i in range(rows):
+    sat_rows = np.zeros(rows, dtype=np.int64)
+    for i in prange(rows):
         vmin = v[i, 0]
         vmax = v[i, 0]
         for j in range(1, C):
@@ -137,7 +137,7 @@ def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitted
         m[i] = mi
         k[i] = e + k_in[i] - sh if mi != 0 else min(max(0, k_lo), k_hi)
         if sat:
-            nsat += 1
+            sat_rows[i] = 1
         by_scale = fitted and not sat and mi > 0 and bit_length_nb(mi) - min(e, 0) <= 62
         if by_scale:
             z = _code_div_nb(-lo * m_in[i], mi, e, code)
@@ -153,7 +153,7 @@ def _requant_nb(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitted
             else:
                 t = div_round_nb((v[i, j] >> sh) * Q, Rs, code) + z
             q_out[i, j] = min(max(t, qlo), Q)
-    return zp, m, k, nsat
+    return zp, m, k, sat_rows.sum()
 
 
 def requant_rows(v: np.ndarray, scale_in: Dyadic, bits: int, symmetric: bool = False,
