@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     from .run import add_run_parsers
     add_run_parsers(sub)
+    from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax
+    add_ppl_parser(sub)
     d = sub.add_parser("demo", help="run every integer operator on a fixed seeded example",
                        description="Runs one transformer-block-shaped chain of the integer "
                                    "operators on seeded inputs and prints each op's output "

@@ -1,0 +1,97 @@
+"""``intsim ppl``: perplexity of the integer model beside its float reference.
+
+The float side of the CLI: the integer model runs integer-only from token ids to int64
+logits; here, at the very end and for evaluation only, the logits become float64 for the
+log-softmax (``converters.evaluate.dequantize_logits``).  The float reference is the
+checkpoint the model file was converted from (re-imported when that was a GGUF).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from intsim.errors import IntsimError
+from intsim.llama import forward
+from intsim.modelfile import load_model, load_tokenizer
+
+
+def _progress(label: str):
+    def show(i: int, n: int) -> None:
+        if sys.stderr.isatty() or i == n:
+            bar = "#" * (30 * i // n)
+            print(f"\r{label} [{bar:<30}] {i}/{n}", end="\n" if i == n else "", file=sys.stderr,
+                  flush=True)
+    return show
+
+
+def int_nll_fn(model, backend: str = "numba"):
+    """Per-position negative log-likelihood of a window from the integer model."""
+    from .evaluate import dequantize_logits, nll_from_logits
+
+    def nll(window: np.ndarray) -> np.ndarray:
+        P, s = forward(model, window.astype(np.int64), None, backend)
+        return nll_from_logits(dequantize_logits(P, s.m, s.k), window)
+    return nll
+
+
+def float_reference_dir(model) -> Path:
+    """The float checkpoint the model was converted from (re-imported when it was a GGUF)."""
+    src = model.meta.get("source", {})
+    path = Path(src.get("path", ""))
+    if not path.exists():
+        raise IntsimError(f"float reference: the source {path} recorded in the model file is gone; "
+                          f"pass --float-src DIR")
+    if src.get("kind") != "gguf":
+        return path
+    from .gguf_import import import_gguf
+    cache = Path.home().joinpath(".cache", "intsim", "hf", src["sha256"][path.name][:16])
+    if not (cache / "config.json").exists():
+        import_gguf(path, cache)
+    return cache
+
+
+def cmd_ppl(args) -> int:
+    from .evaluate import nll_from_logits, perplexity, read_text_tokens
+    from .float_model import FloatLlama
+    model = load_model(args.model)
+    tok = load_tokenizer(model)
+    tokens = read_text_tokens(args.text, tok, args.max_tokens)
+    ctx = min(args.ctx, model.config.max_pos)
+    t0 = time.perf_counter()
+    res_int = perplexity(int_nll_fn(model), tokens, ctx, _progress("integer"))
+    t_int = time.perf_counter() - t0
+    out = {"ppl_int": res_int["ppl"], "tokens": res_int["tokens"], "windows": res_int["windows"],
+           "ctx": ctx, "int_seconds": round(t_int, 1), "model": str(args.model)}
+    if not args.no_float:
+        fdir = Path(args.float_src) if args.float_src else float_reference_dir(model)
+        fm = FloatLlama.from_hf(fdir)
+        t0 = time.perf_counter()
+        res_f = perplexity(lambda w: nll_from_logits(fm.logits(w), w), tokens, ctx, _progress("float"))
+        out.update(ppl_float=res_f["ppl"], ratio=res_int["ppl"] / res_f["ppl"],
+                   float_seconds=round(time.perf_counter() - t0, 1))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>14}: {v:.4f}" if isinstance(v, float) else f"{k:>14}: {v}")
+    return 0
+
+
+def add_ppl_parser(sub) -> None:
+    p = sub.add_parser("ppl", help="perplexity of the integer model and of its float reference",
+                       description="Perplexity over consecutive non-overlapping windows of --ctx "
+                                   "tokens of a text file, for the integer model and for the float "
+                                   "checkpoint it was converted from. Log-softmax is taken in "
+                                   "float64 at the very end, outside the integer datapath.")
+    p.add_argument("model", metavar="MODEL", help="integer model file")
+    p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N", help="score only the first N tokens")
+    p.add_argument("--ctx", type=int, default=512, metavar="N", help="window length (default 512)")
+    p.add_argument("--float-src", metavar="DIR", help="float HF folder (default: the source in the model file)")
+    p.add_argument("--no-float", action="store_true", help="skip the float reference")
+    p.add_argument("--json", action="store_true", help="print one JSON object (ppl_int, ppl_float, tokens, ...)")
+    p.set_defaults(func=cmd_ppl)
