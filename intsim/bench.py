@@ -158,6 +158,15 @@ def format_table(r: dict) -> str:
                  f"BLAS {m['blas']}, numpy {m['numpy']}, numba {m['numba']}")
     lines.append("  int = tiled int8 kernel; dot = simple kernel; di_matmul = whole op "
                  "(A = W = 8, per-channel); ops = 2MNK")
+    if "model" in r:
+        lines.append(f"  model {r['model']} ({r['int_file_mib']:.0f} MiB; float checkpoint "
+                     f"{r.get('float_file_mib', 0):.0f} MiB)")
+        for name in ("decode", "prefill"):
+            i, t, q = r.get(f"{name}_int_tok_s"), r.get(f"{name}_torch_tok_s"), r.get(f"{name}_ratio")
+            lines.append(f"  {name:<8} int {i or 0:8.1f} tok/s   torch fp32 {t or 0:8.1f} tok/s   "
+                         f"ratio {q or 0:5.2f}x")
+        lines.append(f"  peak RSS: int {r.get('int_peak_rss_mib', 0):.0f} MiB, torch "
+                     f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
     return "\n".join(lines)
 
 
@@ -169,8 +178,14 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=5, help="least timed runs per measurement")
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of runs per measurement (default 1, quick 0)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="also time this integer model file against PyTorch fp32 on its float "
+                        "checkpoint (decode, prefill, file size, peak memory)")
     a = p.parse_args(argv)
     r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
+    if a.model:
+        from converters.modelbench import model_bench   # the float side: PyTorch baseline
+        r.update(model_bench(a.model))
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
 

@@ -12,7 +12,8 @@ def _demo(args) -> int:
 
 def _bench(args) -> int:
     from .bench import main as bench_main
-    argv = (["--json"] if args.json else []) + (["--quick"] if args.quick else [])
+    argv = ((["--json"] if args.json else []) + (["--quick"] if args.quick else [])
+            + (["--model", args.model] if args.model else []))
     return bench_main(argv)
 
 
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "np.matmul on the same shapes in the same run.")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
+    b.add_argument("--model", metavar="MODEL", help="also time this integer model file against "
+                   "PyTorch fp32 on its float checkpoint (decode, prefill, size, peak memory)")
     b.set_defaults(func=_bench)
     return p
 
