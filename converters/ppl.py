@@ -73,12 +73,35 @@ def cmd_ppl(args) -> int:
         res_f = perplexity(lambda w: nll_from_logits(fm.logits(w), w), tokens, ctx, _progress("float"))
         out.update(ppl_float=res_f["ppl"], ratio=res_int["ppl"] / res_f["ppl"],
                    float_seconds=round(time.perf_counter() - t0, 1))
+        if args.layers:
+            errs = layer_errors(model, fm, tokens[:ctx])
+            out["layer_rel_rms_error"] = [round(e, 5) for e in errs]
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
-            print(f"{k:>14}: {v:.4f}" if isinstance(v, float) else f"{k:>14}: {v}")
+            if isinstance(v, list):
+                v = " ".join(f"{e:.4f}" for e in v)
+            print(f"{k:>19}: {v:.4f}" if isinstance(v, float) else f"{k:>19}: {v}")
     return 0
+
+
+def dequantize_tap(t) -> np.ndarray:
+    """A tapped QTensor as float64: (q - zp) * m * 2^-k per row (evaluation only)."""
+    q = t.q.astype(np.float64) - t.zp.astype(np.float64)[..., None]
+    return q * np.ldexp(t.scale.m.astype(np.float64), -t.scale.k.astype(np.int32))[..., None]
+
+
+def layer_errors(model, float_model, ids: np.ndarray) -> list:
+    """Relative RMS error of the integer residual stream after each layer (and of the
+    embedding, index 0) against the float reference on the same tokens."""
+    from .evaluate import per_layer_error
+    taps = {}
+    forward(model, ids.astype(np.int64), tap=lambda name, t: taps.__setitem__(name, t))
+    ints = [dequantize_tap(taps["embed"])] + [dequantize_tap(taps[f"layers.{i}.residual"])
+                                             for i in range(model.config.n_layers)]
+    _, ftaps = float_model.logits(ids, hidden_taps=True)
+    return per_layer_error(ints, [np.asarray(f, dtype=np.float64) for f in ftaps])
 
 
 def add_ppl_parser(sub) -> None:
@@ -93,5 +116,8 @@ def add_ppl_parser(sub) -> None:
     p.add_argument("--ctx", type=int, default=512, metavar="N", help="window length (default 512)")
     p.add_argument("--float-src", metavar="DIR", help="float HF folder (default: the source in the model file)")
     p.add_argument("--no-float", action="store_true", help="skip the float reference")
+    p.add_argument("--layers", action="store_true",
+                   help="also the relative RMS error of the integer residual stream after each layer "
+                        "against the float reference, on the first window")
     p.add_argument("--json", action="store_true", help="print one JSON object (ppl_int, ppl_float, tokens, ...)")
     p.set_defaults(func=cmd_ppl)

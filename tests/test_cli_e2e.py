@@ -68,3 +68,13 @@ def test_cli_errors_name_the_file_or_argument(tiny, tmp_path):
     assert r.returncode == 2 and "truncated.intsim" in r.stderr
     for cmd in (["run", "--help"], ["ppl", "--help"], ["convert", "--help"]):
         assert "usage" in intsim(*cmd).stdout.lower()
+
+
+def test_ppl_layers_reports_a_small_error_per_layer(tiny):
+    _, model, text = tiny
+    r = json.loads(intsim("ppl", model, "--text", text, "--ctx", "32", "--max-tokens", "32",
+                          "--layers", "--json").stdout)
+    errs = r["layer_rel_rms_error"]
+    assert len(errs) == 3                       # embedding + 2 layers
+    # W8A8: the embedding's per-row 8-bit codes err by ~0.3 % RMS; the stream stays within 10 %
+    assert errs[0] < 0.01 and max(errs) < 0.10, errs
