@@ -17,6 +17,7 @@ import numpy as np
 from .attention import fold_scales, pv, qk_scores
 from .embedding import check_token_ids, embed
 from .errors import IntsimError, trusted
+from .fastpath import forward_fast
 from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
@@ -146,6 +147,10 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
     pos, visible = _positions(past, T, segments)
     if backend == "numba":
         with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
+            if tap is None:   # the fused path: the same integers in one compiled call
+                out = forward_fast(model, ids, pos, visible, cache)
+                if out is not None:
+                    return out
             return _layers(model, ids, pos, visible, cache, backend, tap)
     return _layers(model, ids, pos, visible, cache, backend, tap)
 

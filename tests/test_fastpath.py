@@ -1,0 +1,315 @@
+"""The fused fast path (intsim.fastpath, intsim.fastgemm) equals the op-by-op reference.
+
+Kernels: the fast requantizer row, the reciprocal divides, the fast DI-Exp, DI-SwiGLU's
+row and the packed GEMV against the NumPy references over hypothesis inputs with
+independent extremes.  Whole model: ``forward_fast`` against ``forward(backend=
+"reference")`` for spec variants, threads on and off, prefill and decode, and the
+fallbacks (unsupported bounds, saturation under overflow="raise").
+"""
+import dataclasses
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import assume, example, given, settings, strategies as st
+from hypothesis.extra.numpy import arrays
+
+from converters.synthetic import make_model
+from intsim import fastpath, llama
+from intsim.errors import IntsimError, IntsimOverflowError, trusted
+from intsim.exp import _exp_apply_ref, _exp_unit_ref
+from intsim.fastgemm import PackedWeight, gemv_acc_packed, gemv_acc_packed_par
+from intsim.fastpath import (_div_by_scale, _exp_apply_fast, forward_fast, requant_row,
+                             swiglu_row)
+from intsim.fixedpoint import ROUND_CODE, _div_round_ref, div_round_nb
+from intsim.llama import KVCache, _positions, forward
+from intsim.matmul import QWeight, _di_acc_ref
+from intsim.options import Spec
+from intsim.requant import M_IN_LIMIT, V_LIMIT, _requant_ref
+from intsim.swiglu import _out_scale_ref, _sigmoid_ref
+
+ROUNDINGS = ["floor", "half_up", "half_even", "half_away"]
+IDS = np.array([3, 17, 42, 5, 99, 7, 1, 64, 0, 127, 9, 33])
+
+
+def test_guard_constants_match_the_graph():
+    assert (fastpath.GUARD_K, fastpath.GUARD_V, fastpath.GUARD_O) == (llama.GUARD_K, llama.GUARD_V,
+                                                                       llama.GUARD_O)
+
+
+# ------------------------------------------------------------------ requantizer row
+
+vals = st.one_of(st.integers(-(2 ** 20), 2 ** 20), st.integers(-V_LIMIT, V_LIMIT),
+                 st.integers(-300, 300))
+
+
+@given(arrays(np.int64, st.integers(1, 24), elements=vals, fill=st.nothing()),
+       st.integers(2, 16), st.booleans(), st.sampled_from(ROUNDINGS),
+       st.one_of(st.integers(0, 2 ** 16), st.integers(0, M_IN_LIMIT)), st.integers(-60, 60),
+       st.sampled_from(["fitted", "range"]), st.sampled_from([4, 8, 12, 16]),
+       st.sampled_from([4, 8, 16]))
+@example(np.zeros(3, dtype=np.int64), 8, False, "half_up", 200, 10, "fitted", 8, 8)
+@example(np.full(3, 7, dtype=np.int64), 8, False, "half_up", 200, 10, "fitted", 8, 8)
+@example(np.array([V_LIMIT, -V_LIMIT, 0]), 16, True, "half_even", 2 ** 16, -60, "fitted", 16, 16)
+@example(np.array([-(2 ** 32) + 1, 2 ** 32 - 1, 0]), 16, False, "half_away", M_IN_LIMIT, 60,
+         "fitted", 16, 16)
+@example(np.array([3, -9]), 8, False, "half_up", 255, -2000, "fitted", 8, 8)     # saturates
+@example(np.array([3, -9, 1]), 8, False, "half_up", 1, 200, "fitted", 8, 4)       # k above range
+@example(np.array([-5]), 4, False, "half_even", 1, 0, "fitted", 4, 4)
+def test_requant_row_kernel_equals_reference(v, bits, sym, rounding, m_in, k_in, mode, m_bits,
+                                             k_bits):
+    spec = Spec(rounding=rounding, requant_mode=mode, m_bits=m_bits, k_bits=k_bits)
+    k_lo, k_hi = spec.k_range
+    code = ROUND_CODE[rounding]
+    q, zp, m, k, nsat = _requant_ref(v[None, :], np.array([m_in]), np.array([k_in]), bits, sym,
+                                     m_bits, k_lo, k_hi, code, mode == "fitted")
+    out = np.empty(v.size, dtype=np.int64)
+    z2, m2, k2, s2 = requant_row(v, np.int64(0), np.int64(m_in), np.int64(k_in), bits, sym,
+                                 m_bits, k_lo, k_hi, code, mode == "fitted", out)
+    assert np.array_equal(out, q[0]) and (z2, m2, k2, s2) == (zp[0], m[0], k[0], nsat)
+
+
+@given(arrays(np.int16, st.integers(1, 40), elements=st.integers(-(2 ** 15) + 1, 2 ** 15 - 1),
+              fill=st.nothing()),
+       st.integers(-(2 ** 15), 2 ** 15), st.integers(2, 8), st.sampled_from(ROUNDINGS),
+       st.integers(0, 2 ** 16), st.integers(-30, 30))
+def test_requant_row_zero_point_and_narrow_dtypes_equal_reference(v, zin, bits, rounding, m_in,
+                                                                 k_in):
+    """The row reads any integer dtype and subtracts the input zero point itself; codes
+    land in a narrow output dtype."""
+    code = ROUND_CODE[rounding]
+    v64 = v.astype(np.int64) - zin
+    q, zp, m, k, nsat = _requant_ref(v64[None, :], np.array([m_in]), np.array([k_in]), bits,
+                                     False, 8, -128, 127, code, True)
+    out = np.empty(v.size, dtype=np.uint8)
+    res = requant_row(v, np.int64(zin), np.int64(m_in), np.int64(k_in), bits, False, 8, -128,
+                      127, code, True, out)
+    assert np.array_equal(out, q[0].astype(np.uint8)) and res == (zp[0], m[0], k[0], nsat)
+
+
+# ------------------------------------------------------------------ reciprocal divides
+
+@given(st.integers(-(2 ** 16), 2 ** 16), st.integers(1, 2 ** 16 - 1), st.integers(0, 40),
+       st.integers(0, 2 ** 40), st.sampled_from([1, 127, 255, 2 ** 15 - 1, 2 ** 16 - 1]),
+       st.sampled_from(ROUNDINGS))
+@example(2 ** 16 - 1, 2 ** 16 - 1, 0, 2 ** 16 - 2, 2 ** 16 - 1, "half_even")
+@example(-(2 ** 16) + 1, 2 ** 16 - 1, 40, 2 ** 40 - 1, 2 ** 16 - 1, "half_away")
+def test_div_by_scale_equals_div_round(q_target, mi, s, low, Q, rounding):
+    """a = (q_target * mi) << s plus a low part: quotients inside and beyond [-Q, Q] (the
+    latter take the exact divide), every tie rule, remainders at 0 and just below D."""
+    assume(mi.bit_length() + s <= 62)
+    D = mi << s
+    a = q_target * D + low % D
+    assume(abs(a) <= 2 ** 62 - 1)
+    Q1 = Q + 1
+    M = (1 << fastpath.RECIP_SHIFT) // mi
+    code = ROUND_CODE[rounding]
+    got = _div_by_scale(np.int64(a), np.int64(s), np.int64(mi), np.int64(Q1), np.int64(2 * Q1 * mi),
+                        np.int64(M), code)
+    assert got == div_round_nb(np.int64(a), np.int64(D), code) == int(_div_round_ref(a, D, code))
+
+
+@given(st.one_of(st.integers(-(2 ** 17), 0), st.integers(-(2 ** 62) + 1, 0)),
+       st.integers(1, 2 ** 31 - 1), st.integers(-200, 200), st.sampled_from(ROUNDINGS))
+@example(0, 1, 0, "half_up")
+@example(-(2 ** 62) + 1, 2 ** 31 - 1, 200, "floor")
+@example(-63, 1, 0, "half_up")                       # q = 63 exactly: 0
+@example(-62, 1, 0, "half_up")
+def test_exp_apply_fast_equals_reference(x, m, k, rounding):
+    code = ROUND_CODE[rounding]
+    T, j = _exp_unit_ref(np.array([m]), np.array([k]), code)
+    T, j = int(T[0]), int(j[0])
+    want = int(_exp_apply_ref(np.array([x]), T, j, code)[0])
+    MT = (1 << fastpath.EXP_SHIFT) // T
+    assert _exp_apply_fast(np.int64(x), np.int64(T), np.int64(j), np.int64(MT), code) == want
+
+
+# ------------------------------------------------------------------ DI-SwiGLU row
+
+@given(st.integers(1, 30).flatmap(lambda C: st.tuples(
+    arrays(np.int64, C, elements=st.integers(0, 2 ** 16 - 1), fill=st.nothing()),
+    arrays(np.int64, C, elements=st.integers(0, 2 ** 16 - 1), fill=st.nothing()),
+    arrays(np.int64, C, elements=st.integers(1, 2 ** 24), fill=st.nothing()))),
+    st.integers(0, 2 ** 16 - 1), st.integers(0, 2 ** 16 - 1),
+    st.one_of(st.just(0), st.integers(1, 2 ** 28)), st.one_of(st.just(0), st.integers(1, 2 ** 28)),
+    st.integers(-100, 100), st.integers(-100, 100), st.integers(0, 48), st.integers(0, 16),
+    st.integers(4, 24), st.booleans(), st.sampled_from(ROUNDINGS))
+def test_swiglu_row_kernel_equals_reference(arrs, zg, zu, mg, mu, kg, ku, ka, gd, B, rowmax,
+                                            rounding):
+    g, u, mc = arrs
+    code = ROUND_CODE[rounding]
+    cfg = np.zeros(fastpath.C_NCONF, dtype=np.int64)
+    cfg[fastpath.C_CODE], cfg[fastpath.C_GSW], cfg[fastpath.C_SIGB] = code, gd, B
+    cfg[fastpath.C_ROWMAX] = rowmax
+    y = np.empty(g.size, dtype=np.int64)
+    m, k = swiglu_row(g, np.int64(zg), np.int64(mg), np.int64(kg), u, np.int64(zu), np.int64(mu),
+                      np.int64(ku), mc, np.int64(ka), cfg, y)
+    a1 = (g - zg)[None, :]
+    a2 = np.zeros_like(a1) if mg == 0 or mu == 0 else (u - zu)[None, :]
+    z = (a1 * mc[None, :]) << np.int64(gd)
+    sig = _sigmoid_ref(z, np.array([mg]), np.array([kg + ka + gd]), B, rowmax, code)
+    mo, ko = _out_scale_ref(np.array([mg]), np.array([mu]), np.array([kg + ku + B]), code)
+    assert np.array_equal(y, (a1 * sig * a2)[0]) and (m, k) == (mo[0], ko[0])
+
+
+# ------------------------------------------------------------------ packed GEMV
+
+@st.composite
+def packed_case(draw):
+    G = 16 * draw(st.integers(1, 4))
+    K = G * draw(st.integers(1, 3))
+    T = draw(st.integers(1, 3))
+    ws = []
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
+    extreme = draw(st.booleans())
+    for N in draw(st.lists(st.integers(1, 20), min_size=1, max_size=3)):
+        q = np.full((N, K), 255, np.uint8) if extreme else rng.integers(0, 256, (N, K)).astype(np.uint8)
+        m = np.full((N, K // G), 2 ** 24 - 1) if extreme else rng.integers(0, 2 ** 24, (N, K // G))
+        b = rng.choice([-(2 ** 32) + 1, 2 ** 32 - 1], (N, K // G)) if extreme else \
+            rng.integers(-(2 ** 32) + 1, 2 ** 32, (N, K // G))
+        ws.append(QWeight(q, 8, G, m, b, draw(st.integers(-5, 5))))
+    xq = np.full((T, K), 255, np.uint8) if extreme else rng.integers(0, 256, (T, K)).astype(np.uint8)
+    zx = rng.integers(0, 256, T)
+    return ws, xq, zx
+
+
+@given(packed_case(), st.booleans())
+def test_gemv_packed_kernel_equals_reference(case, parallel):
+    ws, xq, zx = case
+    pw = PackedWeight(ws)
+    P = np.full((xq.shape[0], pw.qsum.shape[0]), -7, dtype=np.int64)
+    (gemv_acc_packed_par if parallel else gemv_acc_packed)(xq, zx, pw.wp, pw.qsum, pw.m, pw.b,
+                                                            pw.G, P)
+    want = np.concatenate([_di_acc_ref(xq, zx, w)[0] for w in ws], axis=1)
+    assert np.array_equal(P[:, :pw.N], want) and not P[:, pw.N:].any()
+
+
+def test_packed_weight_refuses_unpackable_groups():
+    w24 = QWeight(np.zeros((4, 48), np.uint8), 8, 24, np.ones((4, 2), np.int64),
+                  np.zeros((4, 2), np.int64), 0)
+    w16 = QWeight(np.zeros((4, 48), np.uint8), 8, 16, np.ones((4, 3), np.int64),
+                  np.zeros((4, 3), np.int64), 0)
+    with pytest.raises(IntsimError, match="group_size"):
+        PackedWeight([w24])
+    with pytest.raises(IntsimError, match="weights"):
+        PackedWeight([w16, w24])
+
+
+# ------------------------------------------------------------------ whole model
+
+def same(a, b):
+    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)
+            and np.array_equal(a[1].k, b[1].k))
+
+
+def run_fast(model, ids, cache, segments=None):
+    """forward_fast directly (asserting it ran, i.e. no silent fallback)."""
+    pos, vis = _positions(cache.length, ids.size, segments)
+    with trusted():
+        out = forward_fast(model, ids, pos, vis, cache)
+    assert out is not None, "the fast path fell back"
+    return out
+
+
+MODELS = {
+    "default": dict(),
+    "w4a4_g32_mha": dict(n_kv_heads=4, w_bits=4, a_bits=4, group_size=32),
+    "alpha_rowmax_divide": dict(alpha=True, spec=Spec(sigmoid_frame="rowmax", softmax_div="divide")),
+    "m16_refit_half_away": dict(spec=Spec(m_bits=16, k_bits=12, rounding="half_away")),
+    "fixed_norm_rope_drop_floor": dict(spec=Spec(norm_preshift="fixed", rope_drop_bits=6,
+                                                 rounding="floor", softmax_p_frac=6)),
+    "paper_range": dict(spec=Spec.paper()),
+    "group24_unpacked": dict(group_size=24, dim=48, n_heads=3, n_kv_heads=1),
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS), ids=list(MODELS))
+def model(request):
+    return make_model(5, **MODELS[request.param])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_forward_fast_equals_reference(model, threads):
+    ref = forward(model, IDS, backend="reference")
+    prev = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        full = run_fast(model, IDS, KVCache.empty(model, IDS.size))
+        cache = KVCache.empty(model, IDS.size)
+        steps = [run_fast(model, IDS[i:i + 1], cache) for i in range(IDS.size)]
+    finally:
+        numba.set_num_threads(prev)
+    assert same(full, ref)
+    assert np.array_equal(np.concatenate([s[0] for s in steps]), ref[0])
+    assert np.array_equal(np.concatenate([s[1].m for s in steps]), ref[1].m)
+    assert np.array_equal(np.concatenate([s[1].k for s in steps]), ref[1].k)
+    assert cache.length == IDS.size
+
+
+def test_forward_fast_parallel_gemv_and_chunks(model, monkeypatch):
+    monkeypatch.setattr(fastpath, "GEMV_PARALLEL", True)
+    ref = forward(model, IDS, backend="reference")
+    cache = KVCache.empty(model, IDS.size)
+    parts = [run_fast(model, IDS[a:b], cache) for a, b in ((0, 5), (5, 6), (6, 12))]
+    assert np.array_equal(np.concatenate([p[0] for p in parts]), ref[0])
+
+
+def test_forward_fast_packed_segments_equal_reference():
+    m = make_model(6)
+    seg = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3])
+    got = run_fast(m, IDS, KVCache.empty(m, IDS.size), segments=seg)
+    assert same(got, forward(m, IDS, backend="reference", segments=seg))
+
+
+@settings(max_examples=8)
+@given(st.lists(st.integers(0, 127), min_size=1, max_size=40), st.integers(0, 2 ** 16))
+def test_forward_fast_random_prompts_equal_reference(ids, seed):
+    m = _small_model(seed % 4)
+    ids = np.array(ids)
+    assert same(run_fast(m, ids, KVCache.empty(m, ids.size)), forward(m, ids, backend="reference"))
+
+
+_SMALL = {}
+
+
+def _small_model(i):
+    if i not in _SMALL:
+        _SMALL[i] = make_model(10 + i, n_layers=1, spec=Spec(rounding=ROUNDINGS[i]))
+    return _SMALL[i]
+
+
+def _huge(spec):
+    m = make_model(7, n_layers=1, spec=spec)
+    return dataclasses.replace(m, emb_k=m.emb_k - 44)
+
+
+def test_forward_fast_saturation_raises_like_reference():
+    """Embedding scales near 2^40 with k_bits = 4: the residual sum's scale exceeds the
+    largest dyadic scale.  overflow="raise" raises the op-by-op error (the fast path
+    hands over), overflow="saturate" gives the reference's integers."""
+    m = _huge(Spec(k_bits=4))
+    with pytest.raises(IntsimOverflowError) as ref_err:
+        forward(m, IDS, backend="reference")
+    with pytest.raises(IntsimOverflowError) as fast_err:
+        forward(m, IDS)
+    assert str(fast_err.value) == str(ref_err.value)
+    pos, vis = _positions(0, IDS.size, None)
+    with trusted():
+        assert forward_fast(m, IDS, pos, vis, KVCache.empty(m, IDS.size)) is None
+    m2 = _huge(Spec(k_bits=4, overflow="saturate"))
+    assert same(run_fast(m2, IDS, KVCache.empty(m2, IDS.size)), forward(m2, IDS, backend="reference"))
+
+
+def test_forward_fast_declines_what_it_cannot_prove():
+    """Contexts beyond the PV int32 bound and non-contiguous masks go the op-by-op way."""
+    m = make_model(8, n_layers=1)
+    assert fastpath.visible_ranges(np.array([[True, False, True]])) is None
+    assert fastpath.visible_ranges(np.array([[False, False]])) is None
+    lo, hi = fastpath.visible_ranges(np.array([[False, True, True], [True, False, False]]))
+    assert lo.tolist() == [1, 0] and hi.tolist() == [3, 1]
+    assert fastpath._max_context(8) == (2 ** 31 - 1) // 255 ** 2
+    cache = KVCache.empty(m, 4)
+    cache.length = fastpath.prepare(m).max_context
+    pos, vis = _positions(0, 1, None)
+    with trusted():
+        assert forward_fast(m, IDS[:1], pos, vis, cache) is None
