@@ -41,8 +41,8 @@ from numba import njit, prange, typed
 from .errors import IntsimError, IntsimOverflowError
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import T_BITS, exp_unit_nb
-from .fastgemm import VEC, PackedWeight, gemv_acc_packed, gemv_acc_packed_par
-from .fixedpoint import (_round_qr_nb, bit_length_nb, div_round_nb, dyadic_fit_nb, isqrt_nb,
+from .fastgemm import VEC, PackedWeight, dot_tile_flat, gemv_acc_packed, gemv_acc_packed_par
+from .fixedpoint import (bit_length_nb, div_round_nb, dyadic_fit_nb, isqrt_nb,
                          rounding_code, rshift_round_nb)
 from .head import inv_sqrt_dyadic
 from .matmul import _di_acc_nb, check_bounds
@@ -76,6 +76,44 @@ FOLD_LIMIT = 2 ** 62 - 1
 # ------------------------------------------------------------------ row primitives
 
 @njit(cache=True, inline="always")
+def _round_bl(q, r, d, neg, code):
+    """``fixedpoint._round_qr_nb`` without branches on the data (same values): rounds
+    ``q + r/d`` (0 <= r < d) by ``code``; the comparisons become 0/1 integers, so a
+    random remainder costs no branch misprediction.  ``2r < 2d <= 2^63`` (callers)."""
+    if code == 0:
+        return q
+    if code == 4:
+        return q + np.int64(r > 0)
+    two_r = 2 * r
+    up = np.int64(two_r > d)
+    tie = np.int64(two_r == d)
+    if code == 1:                                      # half_up: ties toward +inf
+        return q + up + tie
+    if code == 2:                                      # half_even: ties to the even one
+        return q + up + (tie & q)
+    return q + up + (tie & np.int64(not neg))          # half_away: ties away from 0
+
+
+@njit(cache=True, inline="always")
+def _div_round_bl(a, b, code):
+    """``fixedpoint.div_round_nb`` (b >= 1) with branch-free rounding (same values)."""
+    q = a // b
+    return _round_bl(q, a - q * b, b, a < 0, code)
+
+
+@njit(cache=True, inline="always")
+def _rshift_bl(x, s, code):
+    """``fixedpoint.rshift_round_nb`` (|x| <= 2^62 - 1, s >= 0) with branch-free rounding
+    of the common case 0 < s < 63 (same values)."""
+    if s == 0:
+        return x
+    if s >= 63:
+        return rshift_round_nb(x, s, code)
+    q = x >> s
+    return _round_bl(q, x - (q << s), np.int64(1) << s, x < 0, code)
+
+
+@njit(cache=True, inline="always")
 def _div_by_scale(a, s, mi, Q1, U, M, code):
     """``rnd(a / (mi * 2^s))`` (tie rule ``code``), equal to ``div_round_nb(a, mi << s)``.
 
@@ -92,13 +130,13 @@ def _div_by_scale(a, s, mi, Q1, U, M, code):
     n = a >> s
     u = n + Q1 * mi
     if u < 0 or u >= U:
-        return div_round_nb(a, mi << s, code)
+        return _div_round_bl(a, mi << s, code)
     q0 = (u * M) >> RECIP_SHIFT
     r0 = u - q0 * mi
     if r0 >= mi:
         q0 += 1
         r0 -= mi
-    return _round_qr_nb(q0 - Q1, (r0 << s) + (a - (n << s)), mi << s, a < 0, code)
+    return _round_bl(q0 - Q1, (r0 << s) + (a - (n << s)), mi << s, a < 0, code)
 
 
 @njit(cache=True)
@@ -142,6 +180,39 @@ def requant_row(v, zin, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, f
     k = e + k_in - sh if mi != 0 else k0
     by_scale = fitted and not sat and mi > 0 and bit_length_nb(mi) - min(e, 0) <= 62
     qlo = -Q if symmetric else np.int64(0)
+    if by_scale and (code == 0 or code == 1):
+        # floor / half_up: q = floor(X / Dd) with X = ((a << sl) + cadd) >> sr:
+        #   floor   e >= 0: X = a << e,                   Dd = mi
+        #           e <  0: X = a >> s,                   Dd = mi    (floor(floor(a/2^s)/mi))
+        #   half_up e >= 0: X = (a << (e + 1)) + mi,      Dd = 2 mi  (floor(a 2^e / mi + 1/2))
+        #           e <  0: X = (2a + mi 2^s) >> (s + 1), Dd = mi    (floor(a / D + 1/2))
+        # |a 2^e / mi| <= Q (module proof of _div_by_scale), so X / Dd lies in [-Q1, Q1):
+        # u = X + Q1 Dd in [0, 2 Q1 Dd), 2 Q1 Dd <= 2^34, and q = floor(u / Dd) - Q1 by
+        # the reciprocal M = floor(2^46 / Dd) (u M < 2 Q1 2^46 <= 2^63, error < 2^-12) and
+        # one 0/1 correction.  |2a + mi 2^s| <= 2^61 + 2^62.  Branch-free; a violated
+        # range (impossible by the proof) is detected and the row redone exactly.
+        z = _code_div_nb(-lo * m_in, mi, e, code)
+        Q1 = Q + 1
+        if e >= 0:
+            sl, sr = e + code, np.int64(0)
+            cadd = mi if code == 1 else np.int64(0)
+            Dd = mi << code
+        else:
+            sl, sr = np.int64(code), -e + code
+            cadd = (mi << -e) if code == 1 else np.int64(0)
+            Dd = mi
+        U = 2 * Q1 * Dd
+        M = (np.int64(1) << RECIP_SHIFT) // Dd
+        bad = np.int64(0)
+        for j in range(C):
+            a = ((np.int64(v[j]) - zin) >> sh) * m_in
+            u = (((a << sl) + cadd) >> sr) + Q1 * Dd
+            bad |= np.int64(u < 0) | np.int64(u >= U)
+            q0 = (u * M) >> RECIP_SHIFT
+            q0 += np.int64(u - q0 * Dd >= Dd)
+            out[j] = min(max(q0 - Q1 + z, qlo), Q)
+        if bad == 0:
+            return z, mi, k, 1 if sat else 0
     if by_scale:
         z = _code_div_nb(-lo * m_in, mi, e, code)
         Q1 = Q + 1
@@ -161,7 +232,7 @@ def requant_row(v, zin, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, f
     else:
         z = np.int64(0) if symmetric else div_round_nb(-lo * Q, Rs, code)
         for j in range(C):
-            t = div_round_nb(((np.int64(v[j]) - zin) >> sh) * Q, Rs, code) + z
+            t = _div_round_bl(((np.int64(v[j]) - zin) >> sh) * Q, Rs, code) + z
             out[j] = min(max(t, qlo), Q)
     return z, mi, k, 1 if sat else 0
 
@@ -196,7 +267,7 @@ def _exp_apply_fast(x, T, j, MT, code):
     q or q - 1; one remainder test fixes it.  ``r = q T - n = -(n - q T)``.
     """
     if j > 0:
-        x = rshift_round_nb(x, j, code)
+        x = _rshift_bl(x, j, code)
     n = -x
     if n >= EXP_Q_ZERO * T:
         return np.int64(0)
@@ -222,8 +293,8 @@ def rope_head(q, zq, p, cos_q, sin_q, base, hd, drop, code, y):
         y1 = a * c - b * s
         y2 = a * s + b * c
         if drop:
-            y1 = rshift_round_nb(y1, drop, code)
-            y2 = rshift_round_nb(y2, drop, code)
+            y1 = _rshift_bl(y1, drop, code)
+            y2 = _rshift_bl(y2, drop, code)
         y[i] = y1
         y[hd2 + i] = y2
 
@@ -249,44 +320,63 @@ def residual_row(qa, ma, ka, qb, mb, kb, code, s):
         vb = np.int64(qb[j]) * mb
         vc = va if a_coarse else vb
         vf = vb if a_coarse else va
-        s[j] = (vc << sc) + rshift_round_nb(vf, sf, code)
+        s[j] = (vc << sc) + _rshift_bl(vf, sf, code)
     return K
 
 
+@njit(cache=True, inline="always")
+def _sigmoid_code(z, M, T, j, MT, e2, B, rowmax, code):
+    """DI-SwiGLU's sigmoid code of one z (``swiglu._sigmoid_row_nb``), same integer."""
+    if not rowmax:
+        e = _exp_apply_fast(-abs(z), T, j, MT, code)       # |z| <= 2^56, e <= T
+        num = T if z >= 0 else e
+        return _div_round_bl(num << B, T + e, code)        # T 2^B <= 2^54, T + e <= 2^31
+    e1 = _exp_apply_fast(z - M, T, j, MT, code)            # z - M >= -2^57
+    den = e1 + e2
+    if den == 0:
+        return np.int64(0)                                  # 0/0 (both underflow) -> 0
+    return _div_round_bl(e1 << B, den, code)
+
+
 @njit(cache=True)
-def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, cfg, y):
+def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, unit_alpha, cfg, y):
     """One row of DI-SwiGLU (``swiglu._swiglu_nb`` + ``_out_scale_nb``): fills ``y`` and
-    returns its scale ``(m, k)``.  Bounds: |z| <= 2^56, e <= T <= 2^30, T 2^B <= 2^54."""
+    returns its scale ``(m, k)``.  Bounds: |z| <= 2^56, e <= T <= 2^30, T 2^B <= 2^54.
+
+    With every 1/alpha = 1 (``unit_alpha``) the sigmoid code depends on the row and the
+    gate code only (z = (g - zg) << guard), so when the 2^b possible codes are no more
+    than the row's columns it is tabulated once per code: the same integers with fewer
+    divides.
+    """
     code = cfg[C_CODE]
     gd = cfg[C_GSW]
     B = cfg[C_SIGB]
+    rowmax = cfg[C_ROWMAX] != 0
     C = g.shape[0]
     dead = mg == 0 or mu == 0
     kz = kg + ka + gd
     T, j = exp_unit_nb(max(mg, np.int64(1)), kz, code)
     MT = (np.int64(1) << EXP_SHIFT) // T
-    if cfg[C_ROWMAX] == 0:
-        for c in range(C):
-            a1 = np.int64(g[c]) - zg
-            a2 = np.int64(0) if dead else np.int64(u[c]) - zu
-            z = (a1 * mc[c]) << gd
-            e = _exp_apply_fast(-abs(z), T, j, MT, code)
-            num = T if z >= 0 else e
-            sig = div_round_nb(num << B, T + e, code)
-            y[c] = a1 * sig * a2
-    else:
-        M = np.int64(0)
+    M = np.int64(0)
+    e2 = np.int64(0)
+    if rowmax:
         for c in range(C):
             M = max(M, ((np.int64(g[c]) - zg) * mc[c]) << gd)
         e2 = _exp_apply_fast(-M, T, j, MT, code)
+    ncodes = np.int64(1) << cfg[C_SWB]
+    if unit_alpha and ncodes <= C:
+        tab = np.empty(ncodes, dtype=np.int64)
+        for q in range(ncodes):
+            tab[q] = _sigmoid_code((q - zg) << gd, M, T, j, MT, e2, B, rowmax, code)
         for c in range(C):
             a1 = np.int64(g[c]) - zg
             a2 = np.int64(0) if dead else np.int64(u[c]) - zu
-            z = (a1 * mc[c]) << gd
-            e1 = _exp_apply_fast(z - M, T, j, MT, code)
-            den = e1 + e2
-            sig = np.int64(0) if den == 0 else div_round_nb(e1 << B, den, code)
-            y[c] = a1 * sig * a2
+            y[c] = a1 * tab[g[c]] * a2
+    else:
+        for c in range(C):
+            a1 = np.int64(g[c]) - zg
+            a2 = np.int64(0) if dead else np.int64(u[c]) - zu
+            y[c] = a1 * _sigmoid_code((a1 * mc[c]) << gd, M, T, j, MT, e2, B, rowmax, code) * a2
     mm = mg * mu                                       # <= 2^56
     kk = kg + ku + B
     if mm <= M_IN_LIMIT:
@@ -349,7 +439,53 @@ def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 
 @njit(cache=True)
-def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, lo, hi, cfg,
+def kv_prep(Kq, Vq, S, Hkv, hd, ksum, VT):
+    """Per layer, for the cached positions [0, S): ``ksum[j, g] = sum_d k[j, g, d]`` (raw
+    codes, <= hd (2^A - 1)) and the values transposed, ``VT[g, d, j] = v[j, g hd + d]``
+    (uint8; columns S.. are zero padding that tiles may read, against zero weights)."""
+    for j in range(S):
+        for g in range(Hkv):
+            sk = np.int64(0)
+            for d in range(hd):
+                sk += Kq[j, g, d]
+            ksum[j, g] = sk
+    VT[:, :, S:] = 0
+    for j in range(S):
+        for g in range(Hkv):
+            for d in range(hd):
+                VT[g, d, j] = Vq[j, g * hd + d]
+
+
+@njit(cache=True)
+def _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw):
+    """``raw[jj] = sum_d q[t, h, d] k[lo + jj, g, d]`` (raw codes, int32: both >= 0, so
+    every partial sum is at most hd (2^A - 1)^2 <= 2^31 - 1, checked in prepare)."""
+    H, hd = Qh.shape[1], Qh.shape[2]
+    Hkv = Kq.shape[1]
+    if tiled:                        # hd % 16 == 0: 1 x 8 vector tiles over the keys
+        xoff = (t * H + h) * hd
+        s8 = np.empty(8, dtype=np.int32)
+        jj = 0
+        while jj + 8 <= n:
+            dot_tile_flat(Qh, xoff, 0, Kq, ((lo + jj) * Hkv + g) * hd, VEC, Hkv * hd, hd // VEC,
+                          s8, 1, 8)
+            for c in range(8):
+                raw[jj + c] = s8[c]
+            jj += 8
+        while jj < n:
+            dot_tile_flat(Qh, xoff, 0, Kq, ((lo + jj) * Hkv + g) * hd, VEC, 0, hd // VEC, s8, 1, 1)
+            raw[jj] = s8[0]
+            jj += 1
+    else:
+        for jj in range(n):
+            a32 = np.int32(0)
+            for d in range(hd):
+                a32 += np.int32(Qh[t, h, d]) * np.int32(Kq[lo + jj, g, d])
+            raw[jj] = a32
+
+
+@njit(cache=True)
+def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg,
               att, pm, pk):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
     key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to A bits, PV.
@@ -357,29 +493,27 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, lo, hi, cf
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     fitted = cfg[C_FITTED] != 0
     H, Hkv, hd = cfg[C_H], cfg[C_HKV], cfg[C_HD]
+    tiled = hd % VEC == 0
     g = h // (H // Hkv)
     n = hi - lo
     sat = 0
-    # centered query codes, |qc| <= 2^A - 1
-    qc = np.empty(hd, dtype=np.int32)
+    zqv = zq[t, h]
     sq = np.int64(0)
     for d in range(hd):
-        qc[d] = np.int32(Qh[t, h, d]) - np.int32(zq[t, h])
-        sq += qc[d]
+        sq += Qh[t, h, d]
     kr = np.int64(2 ** 62)
     for j in range(lo, hi):
         kr = min(kr, Kk[j, g])
-    # scores and the key-scale fold.  sum_d qc k is int32: |.| <= hd (2^A-1)^2 <= 2^31 - 1
-    # (checked in prepare); acc = that - zk sum qc = sum qc (k - zk) exactly.
+    # scores: sum_d (q - zq)(k - zk) = raw - zk sum q - zq sum k + hd zq zk  (exact, int64)
+    raw = np.empty(n, dtype=np.int32)
+    _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw)
     sc = np.empty(n, dtype=np.int64)
     mxs = np.int64(0)
     for jj in range(n):
         j = lo + jj
-        a32 = np.int32(0)
-        for d in range(hd):
-            a32 += qc[d] * np.int32(Kq[j, g, d])
-        acc = np.int64(a32) - np.int64(Kzp[j, g]) * sq
-        v = rshift_round_nb((acc * Km[j, g]) << GUARD_K, Kk[j, g] - kr, code)
+        zk = np.int64(Kzp[j, g])
+        acc = np.int64(raw[jj]) - zk * sq - zqv * ksum[j, g] + hd * zqv * zk
+        v = _rshift_bl((acc * Km[j, g]) << GUARD_K, Kk[j, g] - kr, code)   # the key fold
         sc[jj] = v
         if jj == 0 or v > mxs:
             mxs = v
@@ -413,33 +547,43 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, lo, hi, cf
     if cfg[C_RECIP]:
         f = np.int64(2 ** RECIP_BITS - 1) // S
         for jj in range(n):
-            p = min(rshift_round_nb(cq[jj] * f, np.int64(RECIP_BITS) - F, code), pmax)
+            p = min(_rshift_bl(cq[jj] * f, np.int64(RECIP_BITS) - F, code), pmax)
             j = lo + jj
-            sc[jj] = rshift_round_nb((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
+            sc[jj] = _rshift_bl((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
     else:
         for jj in range(n):
-            p = min(div_round_nb(cq[jj] << F, S, code), pmax)
+            p = min(_div_round_bl(cq[jj] << F, S, code), pmax)
             j = lo + jj
-            sc[jj] = rshift_round_nb((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
+            sc[jj] = _rshift_bl((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
     # probabilities times value scales, requantized to A bits: scale (1, F + vr + G_V)
+    pb = np.zeros(n + VEC, dtype=np.uint8)
     zp_, mp, kp, s = requant_row(sc, np.int64(0), np.int64(1), F + vr + GUARD_V, cfg[C_A],
-                                 False, m_bits, k_lo, k_hi, code, fitted, cq)
+                                 False, m_bits, k_lo, k_hi, code, fitted, pb)
     sat += s
     pm[t, h], pk[t, h] = mp, kp
-    # PV: sum_j (p - zp) (v - zv) = sum_j (p - zp) v - sum_j (p - zp) zv, int32 parts
-    # bounded by S (2^A - 1)^2 <= 2^31 - 1 (checked in prepare)
-    o32 = np.zeros(hd, dtype=np.int32)
+    # PV: sum_j (p - zp)(v - zv).  The probabilities times scales are >= 0, so zp = 0
+    # (range [0, R]); then it is sum_j p v - sum_j p zv.  The int32 sums are bounded by
+    # S (2^A - 1)^2 <= 2^31 - 1 (checked in prepare); the zero padding of pb meets
+    # VT's padding columns.
     corr = np.int64(0)
-    base = g * hd
     for jj in range(n):
-        pc = np.int32(cq[jj] - zp_)
-        if pc != 0:
-            j = lo + jj
-            corr += np.int64(pc) * np.int64(Vzp[j])
-            for d in range(hd):
-                o32[d] += pc * np.int32(Vq[j, base + d])
-    for d in range(hd):
-        att[t, h, d] = np.int64(o32[d]) - corr
+        corr += np.int64(pb[jj]) * np.int64(Vzp[lo + jj])
+    if tiled and zp_ == 0:
+        Sp = VT.shape[2]
+        s8 = np.empty(8, dtype=np.int32)
+        nst = (n + VEC - 1) // VEC
+        for d0 in range(0, hd, 8):
+            dot_tile_flat(pb, 0, 0, VT, (g * hd + d0) * Sp + lo, VEC, Sp, nst, s8, 1, 8)
+            for c in range(8):
+                att[t, h, d0 + c] = np.int64(s8[c]) - corr
+    else:
+        base = g * hd
+        for d in range(hd):
+            o = np.int64(0)
+            for jj in range(n):
+                j = lo + jj
+                o += (np.int64(pb[jj]) - zp_) * (np.int64(Vq[j, base + d]) - np.int64(Vzp[j]))
+            att[t, h, d] = o
     return sat
 
 
@@ -455,8 +599,8 @@ def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx):
     ao = np.empty(H * hd, dtype=np.int64)
     for h in range(H):
         for d in range(hd):
-            ao[h * hd + d] = rshift_round_nb((att[t, h, d] * pm[t, h]) << GUARD_O, pk[t, h] - kref,
-                                             code)
+            ao[h * hd + d] = _rshift_bl((att[t, h, d] * pm[t, h]) << GUARD_O, pk[t, h] - kref,
+                                        code)
     z, m, k, s = requant_row(ao, np.int64(0), np.int64(1), kref + GUARD_O, cfg[C_A], False,
                              cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI], code, cfg[C_FITTED] != 0, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
@@ -482,7 +626,7 @@ def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg):
 
 
 @njit(cache=True)
-def _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
+def _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
     """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization."""
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     fitted = cfg[C_FITTED] != 0
@@ -494,7 +638,7 @@ def _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
     zu, mu, ku, s2 = requant_row(Pu[t], np.int64(0), mx[t], kx[t] + wku, cfg[C_SWB], False,
                                  m_bits, k_lo, k_hi, code, fitted, ub)
     y = np.empty(F, dtype=np.int64)
-    my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, cfg, y)
+    my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, unit, cfg, y)
     z, m, k, s3 = requant_row(y, np.int64(0), my, ky, cfg[C_A], False, m_bits, k_lo, k_hi, code,
                               fitted, xq[t])
     zx[t], mxo[t], kxo[t] = z, m, k
@@ -547,29 +691,31 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 
 @njit(cache=True)
-def _st_attn(par, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, vlo, vhi, cfg, att, pm, pk):
+def _st_attn(par, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg,
+             att, pm, pk):
     if par:
-        return _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, vlo, vhi, cfg,
-                            att, pm, pk)
+        return _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi,
+                            cfg, att, pm, pk)
     sat = 0
     T, H = Qh.shape[0], Qh.shape[1]
     for i in range(T * H):
         t, h = i // H, i % H
-        sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, vlo[t], vhi[t],
-                         cfg, att, pm, pk)
+        sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo[t],
+                         vhi[t], cfg, att, pm, pk)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, vlo, vhi, cfg, att, pm, pk):
+def _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg, att,
+                 pm, pk):
     T, H = Qh.shape[0], Qh.shape[1]
     sats = np.zeros(T * H, dtype=np.int64)
     # longest rows first (causal rows grow with t): better balance between threads
     for ii in prange(T * H):
         i = T * H - 1 - ii
         t, h = i // H, i % H
-        sats[i] = _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, vlo[t],
-                            vhi[t], cfg, att, pm, pk)
+        sats[i] = _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk,
+                            vlo[t], vhi[t], cfg, att, pm, pk)
     return sats.sum()
 
 
@@ -612,21 +758,21 @@ def _st_resid_par(P, mx, kx, wk, h, hm, hk, cfg):
 
 
 @njit(cache=True)
-def _st_swiglu(par, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
+def _st_swiglu(par, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
     if par:
-        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
     sat = 0
     for t in range(Pg.shape[0]):
-        sat += _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        sat += _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
+def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
     T = Pg.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
-        sats[t] = _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        sats[t] = _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
     return sats.sum()
 
 
@@ -699,6 +845,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     pm = np.empty((T, H), dtype=np.int64)
     pk = np.empty((T, H), dtype=np.int64)
     xo = np.empty((T, H * hd), dtype=np.uint8)
+    S = past + T
+    ksum = np.empty((S, Hkv), dtype=np.int64)
+    VT = np.empty((Hkv, hd, S + VEC), dtype=np.uint8)
     sat = 0
     pfix = cfg[C_PFIX_EMB]
     for li in range(nL):
@@ -732,8 +881,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                     k += kf
                 sm[hh, t] = m
                 sk[hh, t] = k
-        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], Vq_l[li],
-                        Vzp_l[li], Vm_l[li], Vk_l[li], vlo, vhi, cfg, att, pm, pk)
+        kv_prep(Kq_l[li], Vq_l[li], S, Hkv, hd, ksum, VT)
+        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], ksum,
+                        Vq_l[li], VT, Vzp_l[li], Vm_l[li], Vk_l[li], vlo, vhi, cfg, att, pm, pk)
         sat += _st_heads(par, att, pm, pk, cfg, xo, zx, mx, kx)
         Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
         _matmuls(cfg, xo, zx, (w0 + 3,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb, (Po,))
@@ -746,8 +896,12 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                  (Pg, Pu))
         Ff = Pg.shape[1]
         xf = np.empty((T, Ff), dtype=np.uint8)
-        sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li], cfg,
-                          xf, zx, mx, kx)
+        unit = True
+        for c in range(Ff):
+            if alpha[li, c] != 1:
+                unit = False
+        sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li], unit,
+                          cfg, xf, zx, mx, kx)
         Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
         _matmuls(cfg, xf, zx, (w0 + 6,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 3, Pw, Pqs, Pm, Pb, (Pd,))
         sat += _st_resid(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg)

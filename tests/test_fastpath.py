@@ -126,30 +126,52 @@ def test_exp_apply_fast_equals_reference(x, m, k, rounding):
 
 # ------------------------------------------------------------------ DI-SwiGLU row
 
-@given(st.integers(1, 30).flatmap(lambda C: st.tuples(
-    arrays(np.int64, C, elements=st.integers(0, 2 ** 16 - 1), fill=st.nothing()),
-    arrays(np.int64, C, elements=st.integers(0, 2 ** 16 - 1), fill=st.nothing()),
-    arrays(np.int64, C, elements=st.integers(1, 2 ** 24), fill=st.nothing()))),
-    st.integers(0, 2 ** 16 - 1), st.integers(0, 2 ** 16 - 1),
-    st.one_of(st.just(0), st.integers(1, 2 ** 28)), st.one_of(st.just(0), st.integers(1, 2 ** 28)),
-    st.integers(-100, 100), st.integers(-100, 100), st.integers(0, 48), st.integers(0, 16),
-    st.integers(4, 24), st.booleans(), st.sampled_from(ROUNDINGS))
-def test_swiglu_row_kernel_equals_reference(arrs, zg, zu, mg, mu, kg, ku, ka, gd, B, rowmax,
-                                            rounding):
-    g, u, mc = arrs
+@st.composite
+def swiglu_case(draw):
+    nb = draw(st.sampled_from([4, 8, 16]))
+    C = draw(st.integers(1, 40))
+    codes = st.integers(0, 2 ** nb - 1)
+    g = draw(arrays(np.int64, C, elements=codes, fill=st.nothing()))
+    u = draw(arrays(np.int64, C, elements=codes, fill=st.nothing()))
+    unit = draw(st.booleans())
+    mc = np.ones(C, np.int64) if unit else draw(arrays(np.int64, C, elements=st.integers(1, 2 ** 24),
+                                                       fill=st.nothing()))
+    return nb, g, u, mc, unit, draw(codes), draw(codes)
+
+
+@given(swiglu_case(), st.one_of(st.just(0), st.integers(1, 2 ** 28)),
+       st.one_of(st.just(0), st.integers(1, 2 ** 28)), st.integers(-100, 100),
+       st.integers(-100, 100), st.integers(0, 48), st.integers(0, 16), st.integers(4, 24),
+       st.booleans(), st.sampled_from(ROUNDINGS))
+def test_swiglu_row_kernel_equals_reference(case, mg, mu, kg, ku, ka, gd, B, rowmax, rounding):
+    """Per element and tabulated (unit 1/alpha, 2^b codes <= columns) sigmoid codes."""
+    nb, g, u, mc, unit, zg, zu = case
     code = ROUND_CODE[rounding]
     cfg = np.zeros(fastpath.C_NCONF, dtype=np.int64)
     cfg[fastpath.C_CODE], cfg[fastpath.C_GSW], cfg[fastpath.C_SIGB] = code, gd, B
-    cfg[fastpath.C_ROWMAX] = rowmax
+    cfg[fastpath.C_ROWMAX], cfg[fastpath.C_SWB] = rowmax, nb
     y = np.empty(g.size, dtype=np.int64)
     m, k = swiglu_row(g, np.int64(zg), np.int64(mg), np.int64(kg), u, np.int64(zu), np.int64(mu),
-                      np.int64(ku), mc, np.int64(ka), cfg, y)
+                      np.int64(ku), mc, np.int64(ka), unit, cfg, y)
     a1 = (g - zg)[None, :]
     a2 = np.zeros_like(a1) if mg == 0 or mu == 0 else (u - zu)[None, :]
     z = (a1 * mc[None, :]) << np.int64(gd)
     sig = _sigmoid_ref(z, np.array([mg]), np.array([kg + ka + gd]), B, rowmax, code)
     mo, ko = _out_scale_ref(np.array([mg]), np.array([mu]), np.array([kg + ku + B]), code)
     assert np.array_equal(y, (a1 * sig * a2)[0]) and (m, k) == (mo[0], ko[0])
+
+
+def test_swiglu_row_table_covers_every_code():
+    """A row that uses all 16 codes of a 4-bit gate, columns = 16: the table path."""
+    cfg = np.zeros(fastpath.C_NCONF, dtype=np.int64)
+    cfg[fastpath.C_CODE], cfg[fastpath.C_GSW], cfg[fastpath.C_SIGB], cfg[fastpath.C_SWB] = 1, 8, 15, 4
+    g = np.arange(16, dtype=np.int64)
+    u = np.arange(15, -1, -1, dtype=np.int64)
+    y = np.empty(16, dtype=np.int64)
+    swiglu_row(g, np.int64(7), np.int64(150), np.int64(6), u, np.int64(8), np.int64(140), np.int64(7),
+               np.ones(16, np.int64), np.int64(0), True, cfg, y)
+    sig = _sigmoid_ref(((g - 7) << 8)[None, :], np.array([150]), np.array([14]), 15, False, 1)
+    assert np.array_equal(y, ((g - 7) * sig[0] * (u - 8)))
 
 
 # ------------------------------------------------------------------ packed GEMV
