@@ -240,3 +240,165 @@ def gemv_acc_packed_par(xq, zx, wp, qsum, m, b, G, P):
         s = np.empty(PACK_N, dtype=np.int32)
         _gemv_blocks(xq, t, zx[t], wp, qsum, m, b, G, xs[t], c0, min(nblk, c0 + _CHUNK_BLOCKS),
                      s, P)
+
+
+# ------------------------------------------------------------------ GEMM (row layout)
+
+#: register tile of the multi-row kernel (R token rows x C weight rows) and weight rows
+#: per chunk (a multiple of 3 and of 8: 48 rows x K codes stay in L1/L2 while the token
+#: rows stream past)
+_GR, _GC, _GNC = 3, 3, 48
+
+
+@njit(cache=True, inline="always")
+def _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0, n0, R, C, s, P):
+    """P[t0:t0+R, n0:n0+C] for all groups (R, C compile-time): tile sums, then the exact
+    fold of ``_di_acc_nb`` (``acc = raw - zx qsum``, ``P += m acc + b xs``, int64)."""
+    K = xq.shape[1]
+    for r in range(R):
+        for c in range(C):
+            P[t0 + r, n0 + c] = 0
+    for g in range(K // G):
+        dot_tile_flat(xq, t0 * K + g * G, K, q, n0 * K + g * G, VEC, K, G // VEC, s, R, C)
+        gu = np.uint64(g)
+        for r in range(R):
+            tu = np.uint64(t0 + r)       # unsigned indices: no negative-index wraparound code
+            zt = zx[tu]
+            xsg = xs[tu, gu]
+            for c in range(C):
+                n = np.uint64(n0 + c)
+                acc = np.int64(s[r * C + c]) - zt * qsum[n, gu]
+                P[tu, n] += m[n, gu] * acc + b[n, gu] * xsg
+
+
+@njit(cache=True, inline="always")
+def _raw_tile(xq, q, t0, n0, c0, R, C, s, raw):
+    """One group-free tile: ``raw[t, n - c0] = sum_j x_q[t, j] q[n, j]`` (int32)."""
+    K = xq.shape[1]
+    dot_tile_flat(xq, t0 * K, K, q, n0 * K, VEC, K, K // VEC, s, R, C)
+    for r in range(R):
+        for c in range(C):
+            raw[np.uint64(t0 + r), np.uint64(n0 - c0 + c)] = s[r * C + c]
+
+
+@njit(cache=True)
+def _gemm_chunk(xq, zx, xs, q, qsum, m, b, G, n_lo, n_hi, P):
+    T, K = xq.shape
+    s = np.empty(_GR * _GC + PACK_N, dtype=np.int32)
+    if G == K:
+        # one group (per-channel weights): the tiles write the raw int32 sums of the
+        # chunk, then one pass folds them, P = m (raw - zx qsum) + b xs (int64; unsigned
+        # indices, so the pass has no negative-index wraparound code and vectorizes)
+        raw = np.empty((T, _GNC), dtype=np.int32)
+        t0 = 0
+        while t0 + _GR <= T:
+            n0 = n_lo
+            while n0 + _GC <= n_hi:
+                _raw_tile(xq, q, t0, n0, n_lo, _GR, _GC, s, raw)
+                n0 += _GC
+            while n0 < n_hi:
+                for r in range(_GR):
+                    _raw_tile(xq, q, t0 + r, n0, n_lo, 1, 1, s, raw)
+                n0 += 1
+            t0 += _GR
+        while t0 < T:
+            n0 = n_lo
+            while n0 + PACK_N <= n_hi:
+                _raw_tile(xq, q, t0, n0, n_lo, 1, PACK_N, s, raw)
+                n0 += PACK_N
+            while n0 < n_hi:
+                _raw_tile(xq, q, t0, n0, n_lo, 1, 1, s, raw)
+                n0 += 1
+            t0 += 1
+        z = np.uint64(0)
+        for t in range(T):
+            tu = np.uint64(t)
+            zt = zx[tu]
+            xst = xs[tu, z]
+            for c in range(n_hi - n_lo):
+                n = np.uint64(n_lo + c)
+                P[tu, n] = m[n, z] * (np.int64(raw[tu, np.uint64(c)]) - zt * qsum[n, z]) \
+                    + b[n, z] * xst
+        return
+    t0 = 0
+    while t0 + _GR <= T:
+        n0 = n_lo
+        while n0 + _GC <= n_hi:
+            _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0, n0, _GR, _GC, s, P)
+            n0 += _GC
+        while n0 < n_hi:
+            for r in range(_GR):
+                _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0 + r, n0, 1, 1, s, P)
+            n0 += 1
+        t0 += _GR
+    while t0 < T:
+        n0 = n_lo
+        while n0 + PACK_N <= n_hi:
+            _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0, n0, 1, PACK_N, s, P)
+            n0 += PACK_N
+        while n0 < n_hi:
+            _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0, n0, 1, 1, s, P)
+            n0 += 1
+        t0 += 1
+
+
+@njit(cache=True)
+def _all_group_sums(xq, zx, G):
+    T, K = xq.shape
+    xs = np.empty((T, K // G), dtype=np.int64)
+    for t in range(T):
+        _row_group_sums(xq, t, zx[t], G, xs[t])
+    return xs
+
+
+@njit(cache=True)
+def gemm_acc_rows(xq, zx, q, qsum, m, b, G, P):
+    """DI-MatMul steps 2-3 on the row-layout weight (``QWeight.q``), single thread: the
+    same integers as ``matmul._di_acc_ref``, for ``G % 16 == 0``.  3 x 3 register tiles
+    (1 x 8 for leftover token rows), chunks of 48 weight rows."""
+    N = q.shape[0]
+    xs = _all_group_sums(xq, zx, G)
+    for c0 in range(0, N, _GNC):
+        _gemm_chunk(xq, zx, xs, q, qsum, m, b, G, c0, min(N, c0 + _GNC), P)
+
+
+@njit(cache=True, parallel=True)
+def gemm_acc_rows_par(xq, zx, q, qsum, m, b, G, P):
+    """:func:`gemm_acc_rows` with the weight-row chunks split over threads."""
+    N = q.shape[0]
+    xs = _all_group_sums(xq, zx, G)
+    nch = (N + _GNC - 1) // _GNC
+    for ci in prange(nch):
+        c0 = ci * _GNC
+        _gemm_chunk(xq, zx, xs, q, qsum, m, b, G, c0, min(N, c0 + _GNC), P)
+
+
+@njit(cache=True, parallel=True)
+def gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, widx, G, outs):
+    """:func:`gemm_acc_rows` for the weights ``Wq[widx[i]]`` (with their qsum, m, b
+    lists) that read the same input, into ``outs[i]``: all chunks in ONE parallel
+    region.  One group size G (a multiple of 16)."""
+    nw = len(widx)
+    starts = np.zeros(nw + 1, dtype=np.int64)
+    for i in range(nw):
+        starts[i + 1] = starts[i] + (Wq[widx[i]].shape[0] + _GNC - 1) // _GNC
+    xs = _all_group_sums(xq, zx, G)
+    for ci in prange(starts[nw]):
+        i = 0
+        while ci >= starts[i + 1]:
+            i += 1
+        w = widx[i]
+        c0 = (ci - starts[i]) * _GNC
+        N = Wq[w].shape[0]
+        _gemm_chunk(xq, zx, xs, Wq[w], Wqs[w], Wm[w], Wb[w], G, c0, min(N, c0 + _GNC), outs[i])
+
+
+@njit(cache=True)
+def gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, widx, G, outs):
+    """Single-thread :func:`gemm_acc_multi_par`."""
+    xs = _all_group_sums(xq, zx, G)
+    for i in range(len(widx)):
+        w = widx[i]
+        N = Wq[w].shape[0]
+        for c0 in range(0, N, _GNC):
+            _gemm_chunk(xq, zx, xs, Wq[w], Wqs[w], Wm[w], Wb[w], G, c0, min(N, c0 + _GNC), outs[i])

@@ -41,7 +41,8 @@ from numba import njit, prange, typed
 from .errors import IntsimError, IntsimOverflowError
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import T_BITS, exp_unit_nb
-from .fastgemm import VEC, PackedWeight, dot_tile_flat, gemv_acc_packed, gemv_acc_packed_par
+from .fastgemm import (VEC, PackedWeight, dot_tile_flat, gemm_acc_multi, gemm_acc_multi_par,
+                       gemv_acc_packed, gemv_acc_packed_par)
 from .fixedpoint import (bit_length_nb, div_round_nb, dyadic_fit_nb, isqrt_nb,
                          rounding_code, rshift_round_nb)
 from .head import inv_sqrt_dyadic
@@ -103,12 +104,16 @@ def _div_round_bl(a, b, code):
 
 @njit(cache=True, inline="always")
 def _rshift_bl(x, s, code):
-    """``fixedpoint.rshift_round_nb`` (|x| <= 2^62 - 1, s >= 0) with branch-free rounding
-    of the common case 0 < s < 63 (same values)."""
-    if s == 0:
-        return x
+    """``fixedpoint.rshift_round_nb`` (|x| <= 2^62 - 1, s >= 0), same values, without a
+    branch on s for 0 <= s <= 62: floor is ``x >> s``; half_up is ``(x + h) >> s`` with
+    ``h = (2^s) >> 1`` (= floor(x / 2^s + 1/2); h = 0 at s = 0; |x| + h < 2^63); the other
+    rules read the remainder (s = 0: remainder 0, so q = x)."""
     if s >= 63:
         return rshift_round_nb(x, s, code)
+    if code == 1:
+        return (x + ((np.int64(1) << s) >> 1)) >> s
+    if code == 0:
+        return x >> s
     q = x >> s
     return _round_bl(q, x - (q << s), np.int64(1) << s, x < 0, code)
 
@@ -439,16 +444,21 @@ def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 
 @njit(cache=True)
-def kv_prep(Kq, Vq, S, Hkv, hd, ksum, VT):
-    """Per layer, for the cached positions [0, S): ``ksum[j, g] = sum_d k[j, g, d]`` (raw
-    codes, <= hd (2^A - 1)) and the values transposed, ``VT[g, d, j] = v[j, g hd + d]``
-    (uint8; columns S.. are zero padding that tiles may read, against zero weights)."""
+def kv_prep(Kq, Kzp, Km, Kk, Vq, S, Hkv, hd, kpar, VT):
+    """Per layer, for the cached positions [0, S): the key parameters per kv head in
+    contiguous rows, ``kpar[g, 0..3, j]`` = (zero point, mantissa, exponent, raw code sum
+    ``sum_d k[j, g, d]`` <= hd (2^A - 1)), and the values transposed, ``VT[g, d, j] =
+    v[j, g hd + d]`` (uint8; columns S.. are zero padding that tiles may read against
+    zero probabilities)."""
     for j in range(S):
         for g in range(Hkv):
             sk = np.int64(0)
             for d in range(hd):
                 sk += Kq[j, g, d]
-            ksum[j, g] = sk
+            kpar[g, 0, j] = Kzp[j, g]
+            kpar[g, 1, j] = Km[j, g]
+            kpar[g, 2, j] = Kk[j, g]
+            kpar[g, 3, j] = sk
     VT[:, :, S:] = 0
     for j in range(S):
         for g in range(Hkv):
@@ -485,11 +495,12 @@ def _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw):
 
 
 @njit(cache=True)
-def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg,
-              att, pm, pk):
+def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, att, pm, pk):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
     key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to A bits, PV.
-    Section 14; each step as its op-by-op kernel on the visible columns (module doc)."""
+    Section 14; each step as its op-by-op kernel on the visible columns (module doc).
+    The per-position parameters are read through views starting at lo, so every loop
+    index is a plain counter (no negative-index wraparound code in the loops)."""
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     fitted = cfg[C_FITTED] != 0
     H, Hkv, hd = cfg[C_H], cfg[C_HKV], cfg[C_HD]
@@ -497,26 +508,31 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, 
     g = h // (H // Hkv)
     n = hi - lo
     sat = 0
+    kz = kpar[g, 0, lo:hi]
+    km = kpar[g, 1, lo:hi]
+    kk = kpar[g, 2, lo:hi]
+    ks_ = kpar[g, 3, lo:hi]
+    vm = Vm[lo:hi]
+    vk = Vk[lo:hi]
+    vz = Vzp[lo:hi]
     zqv = zq[t, h]
     sq = np.int64(0)
     for d in range(hd):
         sq += Qh[t, h, d]
-    kr = np.int64(2 ** 62)
-    for j in range(lo, hi):
-        kr = min(kr, Kk[j, g])
+    kr = kk[0]
+    for jj in range(1, n):
+        kr = min(kr, kk[jj])
     # scores: sum_d (q - zq)(k - zk) = raw - zk sum q - zq sum k + hd zq zk  (exact, int64)
     raw = np.empty(n, dtype=np.int32)
     _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw)
     sc = np.empty(n, dtype=np.int64)
-    mxs = np.int64(0)
+    c0 = hd * zqv
     for jj in range(n):
-        j = lo + jj
-        zk = np.int64(Kzp[j, g])
-        acc = np.int64(raw[jj]) - zk * sq - zqv * ksum[j, g] + hd * zqv * zk
-        v = _rshift_bl((acc * Km[j, g]) << GUARD_K, Kk[j, g] - kr, code)   # the key fold
-        sc[jj] = v
-        if jj == 0 or v > mxs:
-            mxs = v
+        acc = np.int64(raw[jj]) - kz[jj] * sq - zqv * ks_[jj] + c0 * kz[jj]
+        sc[jj] = _rshift_bl((acc * km[jj]) << GUARD_K, kk[jj] - kr, code)   # the key fold
+    mxs = sc[0]
+    for jj in range(1, n):
+        mxs = max(mxs, sc[jj])
     # DI-ClippedSoftmax: center, clip, requant, DI-Exp, normalize
     ms = sm[h, t]
     ks = sk[h, t] + kr + GUARD_K
@@ -541,20 +557,19 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, 
     S = max(S, np.int64(1))
     F = cfg[C_F]
     pmax = cfg[C_PMAX]
-    vr = np.int64(2 ** 62)
-    for j in range(lo, hi):
-        vr = min(vr, Vk[j])
+    vr = vk[0]
+    for jj in range(1, n):
+        vr = min(vr, vk[jj])
     if cfg[C_RECIP]:
         f = np.int64(2 ** RECIP_BITS - 1) // S
+        sh = np.int64(RECIP_BITS) - F
         for jj in range(n):
-            p = min(_rshift_bl(cq[jj] * f, np.int64(RECIP_BITS) - F, code), pmax)
-            j = lo + jj
-            sc[jj] = _rshift_bl((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
+            p = min(_rshift_bl(cq[jj] * f, sh, code), pmax)
+            sc[jj] = _rshift_bl((p * vm[jj]) << GUARD_V, vk[jj] - vr, code)
     else:
         for jj in range(n):
             p = min(_div_round_bl(cq[jj] << F, S, code), pmax)
-            j = lo + jj
-            sc[jj] = _rshift_bl((p * Vm[j]) << GUARD_V, Vk[j] - vr, code)
+            sc[jj] = _rshift_bl((p * vm[jj]) << GUARD_V, vk[jj] - vr, code)
     # probabilities times value scales, requantized to A bits: scale (1, F + vr + G_V)
     pb = np.zeros(n + VEC, dtype=np.uint8)
     zp_, mp, kp, s = requant_row(sc, np.int64(0), np.int64(1), F + vr + GUARD_V, cfg[C_A],
@@ -567,7 +582,7 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, 
     # VT's padding columns.
     corr = np.int64(0)
     for jj in range(n):
-        corr += np.int64(pb[jj]) * np.int64(Vzp[lo + jj])
+        corr += np.int64(pb[jj]) * np.int64(vz[jj])
     if tiled and zp_ == 0:
         Sp = VT.shape[2]
         s8 = np.empty(8, dtype=np.int32)
@@ -581,8 +596,7 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, 
         for d in range(hd):
             o = np.int64(0)
             for jj in range(n):
-                j = lo + jj
-                o += (np.int64(pb[jj]) - zp_) * (np.int64(Vq[j, base + d]) - np.int64(Vzp[j]))
+                o += (np.int64(pb[jj]) - zp_) * (np.int64(Vq[lo + jj, base + d]) - np.int64(vz[jj]))
             att[t, h, d] = o
     return sat
 
@@ -691,69 +705,68 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 
 @njit(cache=True)
-def _st_attn(par, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg,
-             att, pm, pk):
-    if par:
-        return _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi,
-                            cfg, att, pm, pk)
+def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg,
+                att, pm, pk, xo, zx, mx, kx):
+    """Every head of token t, then the heads' fold and o_proj's input quantization."""
     sat = 0
-    T, H = Qh.shape[0], Qh.shape[1]
-    for i in range(T * H):
-        t, h = i // H, i % H
-        sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo[t],
-                         vhi[t], cfg, att, pm, pk)
-    return sat
-
-
-@njit(cache=True, parallel=True)
-def _st_attn_par(Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg, att,
-                 pm, pk):
-    T, H = Qh.shape[0], Qh.shape[1]
-    sats = np.zeros(T * H, dtype=np.int64)
-    # longest rows first (causal rows grow with t): better balance between threads
-    for ii in prange(T * H):
-        i = T * H - 1 - ii
-        t, h = i // H, i % H
-        sats[i] = _attn_row(t, h, Qh, zq, sm, sk, Kq, Kzp, Km, Kk, ksum, Vq, VT, Vzp, Vm, Vk,
-                            vlo[t], vhi[t], cfg, att, pm, pk)
-    return sats.sum()
+    for h in range(Qh.shape[1]):
+        sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo[t], vhi[t], cfg,
+                         att, pm, pk)
+    return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, mx, kx)
 
 
 @njit(cache=True)
-def _st_heads(par, att, pm, pk, cfg, xq, zx, mx, kx):
+def _st_attn(par, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg,
+             att, pm, pk, xo, zx, mx, kx):
     if par:
-        return _st_heads_par(att, pm, pk, cfg, xq, zx, mx, kx)
+        return _st_attn_par(Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi,
+                            cfg, att, pm, pk, xo, zx, mx, kx)
     sat = 0
-    for t in range(att.shape[0]):
-        sat += _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx)
+    for t in range(Qh.shape[0]):
+        sat += _attn_token(t, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi,
+                           cfg, att, pm, pk, xo, zx, mx, kx)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_heads_par(att, pm, pk, cfg, xq, zx, mx, kx):
-    T = att.shape[0]
+def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg, att,
+                 pm, pk, xo, zx, mx, kx):
+    T = Qh.shape[0]
     sats = np.zeros(T, dtype=np.int64)
-    for t in prange(T):
-        sats[t] = _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx)
+    # tokens in the order 0, T-1, 1, T-2, ...: causal rows grow with t, and the threads
+    # take equal contiguous blocks of this order, i.e. about equal work
+    for ii in prange(T):
+        t = ii // 2 if ii % 2 == 0 else T - 1 - ii // 2
+        sats[t] = _attn_token(t, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo,
+                              vhi, cfg, att, pm, pk, xo, zx, mx, kx)
     return sats.sum()
 
 
 @njit(cache=True)
-def _st_resid(par, P, mx, kx, wk, h, hm, hk, cfg):
+def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
+    """The residual add of a projection (``_resid_row``), then the next DI-Norm and input
+    quantization of the updated stream row (``_norm_quant_row``; mx, kx of row t are
+    read before they are overwritten)."""
+    return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg)
+            + _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx))
+
+
+@njit(cache=True)
+def _st_resid_norm(par, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
     if par:
-        return _st_resid_par(P, mx, kx, wk, h, hm, hk, cfg)
+        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
     sat = 0
     for t in range(h.shape[0]):
-        sat += _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg)
+        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_resid_par(P, mx, kx, wk, h, hm, hk, cfg):
+def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
     T = h.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
-        sats[t] = _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg)
+        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
     return sats.sum()
 
 
@@ -798,6 +811,11 @@ def _matmuls(cfg, xq, zx, widx, Wq, Wqs, Wm, Wb, Gs, pidx, Pw, Pqs, Pm, Pb, outs
             for n in range(o.shape[1]):
                 o[0, n] = P[0, off + n]
             off += o.shape[1]
+    elif cfg[C_PACKED] != 0:       # one group size, a multiple of 16
+        if cfg[C_PAR] != 0:
+            gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, widx, Gs[widx[0]], outs)
+        else:
+            gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, widx, Gs[widx[0]], outs)
     else:
         for i in range(len(outs)):
             w = widx[i]
@@ -846,15 +864,13 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     pk = np.empty((T, H), dtype=np.int64)
     xo = np.empty((T, H * hd), dtype=np.uint8)
     S = past + T
-    ksum = np.empty((S, Hkv), dtype=np.int64)
+    kpar = np.empty((Hkv, 4, S), dtype=np.int64)
     VT = np.empty((Hkv, hd, S + VEC), dtype=np.uint8)
-    sat = 0
-    pfix = cfg[C_PFIX_EMB]
+    sat = _st_norm_quant(par, h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx)
+    pfix = cfg[C_PFIX_RES]
     for li in range(nL):
         w0 = 7 * li
-        # attention block
-        sat += _st_norm_quant(par, h, pfix, cfg, xq, zx, mx, kx)
-        pfix = cfg[C_PFIX_RES]
+        # attention block (xq: this layer's normed input, quantized)
         Pq = np.empty((T, Wq[w0].shape[0]), dtype=np.int64)
         Pk = np.empty((T, Wq[w0 + 1].shape[0]), dtype=np.int64)
         Pv = np.empty((T, Wq[w0 + 2].shape[0]), dtype=np.int64)
@@ -881,15 +897,13 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                     k += kf
                 sm[hh, t] = m
                 sk[hh, t] = k
-        kv_prep(Kq_l[li], Vq_l[li], S, Hkv, hd, ksum, VT)
-        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], ksum,
-                        Vq_l[li], VT, Vzp_l[li], Vm_l[li], Vk_l[li], vlo, vhi, cfg, att, pm, pk)
-        sat += _st_heads(par, att, pm, pk, cfg, xo, zx, mx, kx)
+        kv_prep(Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], Vq_l[li], S, Hkv, hd, kpar, VT)
+        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], kpar, Vq_l[li], VT, Vzp_l[li], Vm_l[li],
+                        Vk_l[li], vlo, vhi, cfg, att, pm, pk, xo, zx, mx, kx)
         Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
         _matmuls(cfg, xo, zx, (w0 + 3,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb, (Po,))
-        sat += _st_resid(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg)
+        sat += _st_resid_norm(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, pfix, cfg, xq, zx)
         # feed-forward block
-        sat += _st_norm_quant(par, h, pfix, cfg, xq, zx, mx, kx)
         Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
         Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
         _matmuls(cfg, xq, zx, (w0 + 4, w0 + 5), Wq, Wqs, Wm, Wb, Gs, 4 * li + 2, Pw, Pqs, Pm, Pb,
@@ -904,9 +918,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                           cfg, xf, zx, mx, kx)
         Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
         _matmuls(cfg, xf, zx, (w0 + 6,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 3, Pw, Pqs, Pm, Pb, (Pd,))
-        sat += _st_resid(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg)
-    # final norm and the LM head accumulators
-    sat += _st_norm_quant(par, h, pfix, cfg, xq, zx, mx, kx)
+        # the residual, then the next layer's (or the final) DI-Norm and quantization
+        sat += _st_resid_norm(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, pfix, cfg, xq, zx)
+    # the LM head accumulators of the final normed stream
     wh = 7 * nL
     logits = np.empty((T, Wq[wh].shape[0]), dtype=np.int64)
     _matmuls(cfg, xq, zx, (wh,), Wq, Wqs, Wm, Wb, Gs, 4 * nL, Pw, Pqs, Pm, Pb, (logits,))
@@ -918,7 +932,10 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
 
 # ------------------------------------------------------------------ Python side
 
-#: use the multi-thread packed GEMV for single token rows (else one thread)
+#: use the multi-thread packed GEMV for single token rows (else one thread).  Off by
+#: default: a decode step would open ~150 parallel regions, each of which waits for a
+#: time slice when another process shares the cores (measured: 1 s per token instead
+#: of 13 ms on the shared 2-core host); alone on 2 cores it gives ~100 against ~78 tok/s.
 GEMV_PARALLEL = False
 _NO_FAST = object()
 _prepared: dict = {}
