@@ -18,10 +18,11 @@ from converters.synthetic import make_model
 from intsim import fastpath, llama
 from intsim.errors import IntsimError, IntsimOverflowError, trusted
 from intsim.exp import _exp_apply_ref, _exp_unit_ref
-from intsim.fastgemm import PackedWeight, gemv_acc_packed, gemv_acc_packed_par
-from intsim.fastpath import (_div_by_scale, _exp_apply_fast, forward_fast, requant_row,
-                             swiglu_row)
-from intsim.fixedpoint import ROUND_CODE, _div_round_ref, div_round_nb
+from intsim.fastgemm import (PackedWeight, gemm_acc_multi, gemm_acc_multi_par, gemm_acc_rows,
+                             gemm_acc_rows_par, gemv_acc_packed, gemv_acc_packed_par)
+from intsim.fastpath import (_div_by_scale, _div_round_bl, _exp_apply_fast, _round_bl, _rshift_bl,
+                             forward_fast, requant_row, swiglu_row)
+from intsim.fixedpoint import ROUND_CODE, _div_round_ref, _rshift_round_ref, div_round_nb
 from intsim.llama import KVCache, _positions, forward
 from intsim.matmul import QWeight, _di_acc_ref
 from intsim.options import Spec
@@ -85,6 +86,34 @@ def test_requant_row_zero_point_and_narrow_dtypes_equal_reference(v, zin, bits, 
     res = requant_row(v, np.int64(zin), np.int64(m_in), np.int64(k_in), bits, False, 8, -128,
                       127, code, True, out)
     assert np.array_equal(out, q[0].astype(np.uint8)) and res == (zp[0], m[0], k[0], nsat)
+
+
+# ------------------------------------------------------------------ branch-free roundings
+
+@given(st.one_of(st.integers(-(2 ** 62) + 1, 2 ** 62 - 1), st.integers(-40, 40)),
+       st.one_of(st.integers(0, 70), st.just(0), st.just(1), st.just(62), st.just(63)),
+       st.sampled_from(ROUNDINGS + ["ceil"]))
+@example(-3, 1, "half_even")       # ties of both parities and signs
+@example(-1, 1, "half_away")
+@example(5, 1, "half_up")
+@example(2 ** 62 - 1, 62, "half_up")
+@example(-(2 ** 62) + 1, 62, "floor")
+def test_rshift_bl_equals_reference(x, s, rounding):
+    code = ROUND_CODE[rounding]
+    assert _rshift_bl(np.int64(x), np.int64(s), code) == int(_rshift_round_ref(x, s, code))
+
+
+@given(st.one_of(st.integers(-(2 ** 62) + 1, 2 ** 62 - 1), st.integers(-50, 50)),
+       st.one_of(st.integers(1, 2 ** 62 - 1), st.integers(1, 10)),
+       st.sampled_from(ROUNDINGS + ["ceil"]))
+@example(-5, 2, "half_even")
+@example(-5, 2, "half_away")
+@example(7, 2, "half_up")
+def test_div_round_bl_equals_reference(a, b, rounding):
+    code = ROUND_CODE[rounding]
+    assert _div_round_bl(np.int64(a), np.int64(b), code) == int(_div_round_ref(a, b, code))
+    q, r = divmod(a, b)
+    assert _round_bl(np.int64(q), np.int64(r), np.int64(b), a < 0, code) == int(_div_round_ref(a, b, code))
 
 
 # ------------------------------------------------------------------ reciprocal divides
@@ -204,6 +233,42 @@ def test_gemv_packed_kernel_equals_reference(case, parallel):
                                                             pw.G, P)
     want = np.concatenate([_di_acc_ref(xq, zx, w)[0] for w in ws], axis=1)
     assert np.array_equal(P[:, :pw.N], want) and not P[:, pw.N:].any()
+
+
+@given(packed_case(), st.integers(1, 11), st.booleans())
+def test_gemm_rows_kernel_equals_reference(case, T, parallel):
+    """Row-layout GEMM: 3 x 3 tiles, leftover rows (1 x 8, 1 x 1) and columns, one group
+    (raw tiles + fold pass) and several groups (fold per tile), one weight and several."""
+    ws, xq, zx = case
+    rng = np.random.default_rng(T)
+    extreme = bool((xq == 255).all())
+    xq = np.full((T, xq.shape[1]), 255, np.uint8) if extreme else \
+        rng.integers(0, 256, (T, xq.shape[1])).astype(np.uint8)
+    zx = rng.integers(0, 256, T)
+    want = [_di_acc_ref(xq, zx, w)[0] for w in ws]
+    w = ws[0]
+    P = np.full((T, w.q.shape[0]), -7, dtype=np.int64)
+    (gemm_acc_rows_par if parallel else gemm_acc_rows)(xq, zx, w.q, w.qsum, w.m, w.b, w.group_size, P)
+    assert np.array_equal(P, want[0])
+    lists = [numba.typed.List([getattr(x, a) for x in ws]) for a in ("q", "qsum", "m", "b")]
+    outs = tuple(np.full((T, x.q.shape[0]), -7, dtype=np.int64) for x in ws)
+    (gemm_acc_multi_par if parallel else gemm_acc_multi)(xq, zx, *lists, tuple(range(len(ws))),
+                                                         w.group_size, outs)
+    assert all(np.array_equal(o, r) for o, r in zip(outs, want))
+
+
+@pytest.mark.parametrize("G", [32, 96])
+def test_gemm_rows_chunks_equal_reference(G):
+    """N = 101: two full 48-row chunks and a ragged one, T = 7: 3 x 3 tiles plus a row."""
+    rng = np.random.default_rng(G)
+    w = QWeight(rng.integers(0, 256, (101, 96)).astype(np.uint8), 8, G,
+                rng.integers(0, 2 ** 24, (101, 96 // G)), rng.integers(-(2 ** 32) + 1, 2 ** 32, (101, 96 // G)), 0)
+    xq = rng.integers(0, 256, (7, 96)).astype(np.uint8)
+    zx = rng.integers(0, 256, 7)
+    for f in (gemm_acc_rows, gemm_acc_rows_par):
+        P = np.empty((7, 101), dtype=np.int64)
+        f(xq, zx, w.q, w.qsum, w.m, w.b, G, P)
+        assert np.array_equal(P, _di_acc_ref(xq, zx, w)[0])
 
 
 def test_packed_weight_refuses_unpackable_groups():
