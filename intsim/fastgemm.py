@@ -374,11 +374,10 @@ def gemm_acc_rows_par(xq, zx, q, qsum, m, b, G, P):
 
 
 @njit(cache=True, parallel=True)
-def gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, widx, G, outs):
-    """:func:`gemm_acc_rows` for the weights ``Wq[widx[i]]`` (with their qsum, m, b
-    lists) that read the same input, into ``outs[i]``: all chunks in ONE parallel
+def gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs):
+    """:func:`gemm_acc_rows` for the weights ``Wq[widx[i]]``, i < nw (with their qsum, m,
+    b lists) that read the same input, into ``outs[i]``: all chunks in ONE parallel
     region.  One group size G (a multiple of 16)."""
-    nw = len(widx)
     starts = np.zeros(nw + 1, dtype=np.int64)
     for i in range(nw):
         starts[i + 1] = starts[i] + (Wq[widx[i]].shape[0] + _GNC - 1) // _GNC
@@ -394,10 +393,10 @@ def gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, widx, G, outs):
 
 
 @njit(cache=True)
-def gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, widx, G, outs):
+def gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs):
     """Single-thread :func:`gemm_acc_multi_par`."""
     xs = _all_group_sums(xq, zx, G)
-    for i in range(len(widx)):
+    for i in range(nw):
         w = widx[i]
         N = Wq[w].shape[0]
         for c0 in range(0, N, _GNC):

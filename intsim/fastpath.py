@@ -46,7 +46,7 @@ from .fastgemm import (VEC, PackedWeight, dot_tile_flat, gemm_acc_multi, gemm_ac
 from .fixedpoint import (bit_length_nb, div_round_nb, dyadic_fit_nb, isqrt_nb,
                          rounding_code, rshift_round_nb)
 from .head import inv_sqrt_dyadic
-from .matmul import _di_acc_nb, check_bounds
+from .matmul import check_bounds
 from .norm import NORM_C_LIMIT, SUMSQ_BITS, fixed_preshift, sqrt_c_const
 from .qtensor import Dyadic, dtype_for
 from .requant import M_IN_LIMIT, PRE_BITS, _code_div_nb
@@ -662,22 +662,12 @@ def _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo
 # ------------------------------------------------------------------ stages (serial / parallel)
 
 @njit(cache=True)
-def _st_norm_quant(par, h, pfix, cfg, xq, zx, mx, kx):
-    if par:
-        return _st_norm_quant_par(h, pfix, cfg, xq, zx, mx, kx)
+def _st_norm_quant(h, pfix, cfg, xq, zx, mx, kx):
+    """DI-Norm and input quantization of every row (once per forward: serial)."""
     sat = 0
     for t in range(h.shape[0]):
         sat += _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx)
     return sat
-
-
-@njit(cache=True, parallel=True)
-def _st_norm_quant_par(h, pfix, cfg, xq, zx, mx, kx):
-    T = h.shape[0]
-    sats = np.zeros(T, dtype=np.int64)
-    for t in prange(T):
-        sats[t] = _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx)
-    return sats.sum()
 
 
 @njit(cache=True)
@@ -793,33 +783,33 @@ def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo
 
 @njit(cache=True)
 def _matmuls(cfg, xq, zx, widx, Wq, Wqs, Wm, Wb, Gs, pidx, Pw, Pqs, Pm, Pb, outs):
-    """DI-MatMul steps 2-3 of the weights ``widx`` (row layout) that share the input xq,
-    into ``outs`` (one int64 [T, N] per weight).  One token row on a packable model:
-    the packed stack ``pidx`` (the same weights, rows stacked) instead."""
+    """DI-MatMul steps 2-3 of the weights ``widx[i]`` (row layout) that share the input xq,
+    into ``outs[i]`` (int64 [T, N] each).  A single token row reads the packed stack
+    ``pidx`` (the same weights, rows stacked) instead.  ``widx`` and ``outs`` are always
+    3-tuples, unused trailing slots holding an empty (0, 0) array, so this compiles once.
+    The weights of one call share their group size (a multiple of 16: prepare checks)."""
     T = xq.shape[0]
-    if T == 1 and cfg[C_PACKED] != 0:
+    nw = 0
+    while nw < 3 and outs[nw].shape[0] == T:
+        nw += 1
+    G = Gs[widx[0]]
+    if T == 1:
         Np = Pqs[pidx].shape[0]
         P = np.empty((1, Np), dtype=np.int64)
-        G = Gs[widx[0]]
         if cfg[C_GEMV_PAR] != 0:
             gemv_acc_packed_par(xq, zx, Pw[pidx], Pqs[pidx], Pm[pidx], Pb[pidx], G, P)
         else:
             gemv_acc_packed(xq, zx, Pw[pidx], Pqs[pidx], Pm[pidx], Pb[pidx], G, P)
         off = 0
-        for i in range(len(outs)):
+        for i in range(nw):
             o = outs[i]
             for n in range(o.shape[1]):
                 o[0, n] = P[0, off + n]
             off += o.shape[1]
-    elif cfg[C_PACKED] != 0:       # one group size, a multiple of 16
-        if cfg[C_PAR] != 0:
-            gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, widx, Gs[widx[0]], outs)
-        else:
-            gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, widx, Gs[widx[0]], outs)
+    elif cfg[C_PAR] != 0:
+        gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs)
     else:
-        for i in range(len(outs)):
-            w = widx[i]
-            _di_acc_nb(xq, zx, Wq[w], Wqs[w], Wm[w], Wb[w], Gs[w], outs[i])
+        gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs)
 
 
 # ------------------------------------------------------------------ the whole forward
@@ -865,8 +855,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     xo = np.empty((T, H * hd), dtype=np.uint8)
     S = past + T
     kpar = np.empty((Hkv, 4, S), dtype=np.int64)
+    nul = np.empty((0, 0), dtype=np.int64)      # unused slots of _matmuls' 3-tuples
     VT = np.empty((Hkv, hd, S + VEC), dtype=np.uint8)
-    sat = _st_norm_quant(par, h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx)
+    sat = _st_norm_quant(h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx)
     pfix = cfg[C_PFIX_RES]
     for li in range(nL):
         w0 = 7 * li
@@ -874,8 +865,8 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         Pq = np.empty((T, Wq[w0].shape[0]), dtype=np.int64)
         Pk = np.empty((T, Wq[w0 + 1].shape[0]), dtype=np.int64)
         Pv = np.empty((T, Wq[w0 + 2].shape[0]), dtype=np.int64)
-        _matmuls(cfg, xq, zx, (w0, w0 + 1, w0 + 2), Wq, Wqs, Wm, Wb, Gs, 4 * li, Pw, Pqs, Pm, Pb,
-                 (Pq, Pk, Pv))
+        _matmuls(cfg, xq, zx, (w0, w0 + 1, w0 + 2), Wq, Wqs, Wm, Wb, Gs, 4 * li, Pw, Pqs, Pm,
+                 Pb, (Pq, Pk, Pv))
         wk3 = Wk[w0:w0 + 3]
         sat += _st_qkv(par, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past, Qh, zq, qm, qk,
                        Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], Vq_l[li], Vzp_l[li], Vm_l[li],
@@ -901,29 +892,32 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], kpar, Vq_l[li], VT, Vzp_l[li], Vm_l[li],
                         Vk_l[li], vlo, vhi, cfg, att, pm, pk, xo, zx, mx, kx)
         Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
-        _matmuls(cfg, xo, zx, (w0 + 3,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb, (Po,))
+        _matmuls(cfg, xo, zx, (w0 + 3, w0, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb,
+                 (Po, nul, nul))
         sat += _st_resid_norm(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, pfix, cfg, xq, zx)
         # feed-forward block
         Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
         Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
-        _matmuls(cfg, xq, zx, (w0 + 4, w0 + 5), Wq, Wqs, Wm, Wb, Gs, 4 * li + 2, Pw, Pqs, Pm, Pb,
-                 (Pg, Pu))
+        _matmuls(cfg, xq, zx, (w0 + 4, w0 + 5, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 2, Pw, Pqs, Pm,
+                 Pb, (Pg, Pu, nul))
         Ff = Pg.shape[1]
         xf = np.empty((T, Ff), dtype=np.uint8)
-        unit = True
+        unit = np.int64(1)
         for c in range(Ff):
             if alpha[li, c] != 1:
-                unit = False
+                unit = np.int64(0)
         sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li], unit,
                           cfg, xf, zx, mx, kx)
         Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
-        _matmuls(cfg, xf, zx, (w0 + 6,), Wq, Wqs, Wm, Wb, Gs, 4 * li + 3, Pw, Pqs, Pm, Pb, (Pd,))
+        _matmuls(cfg, xf, zx, (w0 + 6, w0, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 3, Pw, Pqs, Pm, Pb,
+                 (Pd, nul, nul))
         # the residual, then the next layer's (or the final) DI-Norm and quantization
         sat += _st_resid_norm(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, pfix, cfg, xq, zx)
     # the LM head accumulators of the final normed stream
     wh = 7 * nL
     logits = np.empty((T, Wq[wh].shape[0]), dtype=np.int64)
-    _matmuls(cfg, xq, zx, (wh,), Wq, Wqs, Wm, Wb, Gs, 4 * nL, Pw, Pqs, Pm, Pb, (logits,))
+    _matmuls(cfg, xq, zx, (wh, wh, wh), Wq, Wqs, Wm, Wb, Gs, 4 * nL, Pw, Pqs, Pm, Pb,
+             (logits, nul, nul))
     kout = np.empty(T, dtype=np.int64)
     for t in range(T):
         kout[t] = kx[t] + Wk[wh]
@@ -964,8 +958,8 @@ class FastModel:
                            PackedWeight([L.w_gate, L.w_up]), PackedWeight([L.w_down])]
             stacks.append(PackedWeight([model.w_head]))
             self.packed = True
-        except IntsimError:   # a group size that is not a multiple of 16, or mixed ones
-            self.packed = False
+        except IntsimError:   # a group size that is not a multiple of 16, or mixed ones:
+            self.packed = False   # prepare() declines, the op-by-op path runs
         if not self.packed:   # typed lists need one element to carry their type
             stacks = [PackedWeight.__new__(PackedWeight)]
             stacks[0].wp = np.zeros(1, np.uint8)
@@ -1056,6 +1050,8 @@ def prepare(model):
     if hit is not None and hit[0]() is model:
         return None if hit[1] is _NO_FAST else hit[1]
     fm = FastModel(model) if _supported(model) else _NO_FAST
+    if fm is not _NO_FAST and not fm.packed:
+        fm = _NO_FAST
     _prepared[key] = (weakref.ref(model, lambda _r, k=key: _prepared.pop(k, None)), fm)
     return None if fm is _NO_FAST else fm
 

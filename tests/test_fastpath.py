@@ -252,8 +252,8 @@ def test_gemm_rows_kernel_equals_reference(case, T, parallel):
     assert np.array_equal(P, want[0])
     lists = [numba.typed.List([getattr(x, a) for x in ws]) for a in ("q", "qsum", "m", "b")]
     outs = tuple(np.full((T, x.q.shape[0]), -7, dtype=np.int64) for x in ws)
-    (gemm_acc_multi_par if parallel else gemm_acc_multi)(xq, zx, *lists, tuple(range(len(ws))),
-                                                         w.group_size, outs)
+    (gemm_acc_multi_par if parallel else gemm_acc_multi)(xq, zx, *lists, len(ws),
+                                                         tuple(range(len(ws))), w.group_size, outs)
     assert all(np.array_equal(o, r) for o, r in zip(outs, want))
 
 
@@ -306,7 +306,7 @@ MODELS = {
     "fixed_norm_rope_drop_floor": dict(spec=Spec(norm_preshift="fixed", rope_drop_bits=6,
                                                  rounding="floor", softmax_p_frac=6)),
     "paper_range": dict(spec=Spec.paper()),
-    "group24_unpacked": dict(group_size=24, dim=48, n_heads=3, n_kv_heads=1),
+    "group16_mqa": dict(group_size=16, n_kv_heads=1, w_bits=6),
 }
 
 
@@ -388,7 +388,11 @@ def test_forward_fast_saturation_raises_like_reference():
 
 
 def test_forward_fast_declines_what_it_cannot_prove():
-    """Contexts beyond the PV int32 bound and non-contiguous masks go the op-by-op way."""
+    """Group sizes that are not a multiple of 16, contexts beyond the PV int32 bound and
+    non-contiguous masks go the op-by-op way (and forward() still equals the reference)."""
+    g24 = make_model(9, group_size=24, dim=48, n_heads=3, n_kv_heads=1)
+    assert fastpath.prepare(g24) is None
+    assert same(forward(g24, IDS), forward(g24, IDS, backend="reference"))
     m = make_model(8, n_layers=1)
     assert fastpath.visible_ranges(np.array([[True, False, True]])) is None
     assert fastpath.visible_ranges(np.array([[False, False]])) is None
