@@ -63,6 +63,9 @@ RECIP_SHIFT = 46
 EXP_SHIFT = 57
 #: a DI-Exp quotient q >= EXP_Q_ZERO gives 0 (e >> q with e <= 2^30)
 EXP_Q_ZERO = 63
+#: padding columns of the transposed values (KVCache.v_t): PV tiles read up to 15
+#: positions past the last visible one, against zero probabilities
+VT_PAD = VEC
 #: I32 accumulator limit of the attention matmuls
 I32_MAX = 2 ** 31 - 1
 #: the fold bound |vals * m| << guard <= 2^62 - 1 (attention.fold_scales)
@@ -406,9 +409,10 @@ def _norm_quant_row(t, h, hbits_pfix, cfg, xq, zx, mx, kx):
 
 @njit(cache=True)
 def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-             Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk):
+             Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT):
     """q/k/v outputs of token t: requant to qk_bits (q, k) and A bits (v); RoPE; Q and K
-    per (token, head) at A bits; K and V written to the cache at past + t."""
+    per (token, head) at A bits; K and V written to the cache at past + t, with the
+    cache's derived copies (``KVCache.k_par``, ``v_t``)."""
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     fitted = cfg[C_FITTED] != 0
     A, H, Hkv, hd = cfg[C_A], cfg[C_H], cfg[C_HKV], cfg[C_HD]
@@ -436,34 +440,18 @@ def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
         z, m, k, s = requant_row(y, np.int64(0), mk, kk + fshift, A, False, m_bits, k_lo, k_hi,
                                  code, fitted, Kq[at, g])
         Kzp[at, g], Km[at, g], Kk[at, g] = z, m, k
+        ksum = np.int64(0)
+        for d in range(hd):
+            ksum += Kq[at, g, d]
+        kpar[g, 0, at], kpar[g, 1, at], kpar[g, 2, at], kpar[g, 3, at] = z, m, k, ksum
         sat += s
     z, m, k, s = requant_row(Pv[t], np.int64(0), mx[t], kx[t] + wk3[2], A, False, m_bits, k_lo,
                              k_hi, code, fitted, Vq[at])
     Vzp[at], Vm[at], Vk[at] = z, m, k
+    for g in range(Hkv):
+        for d in range(hd):
+            VT[g, d, at] = Vq[at, g * hd + d]
     return sat + s
-
-
-@njit(cache=True)
-def kv_prep(Kq, Kzp, Km, Kk, Vq, S, Hkv, hd, kpar, VT):
-    """Per layer, for the cached positions [0, S): the key parameters per kv head in
-    contiguous rows, ``kpar[g, 0..3, j]`` = (zero point, mantissa, exponent, raw code sum
-    ``sum_d k[j, g, d]`` <= hd (2^A - 1)), and the values transposed, ``VT[g, d, j] =
-    v[j, g hd + d]`` (uint8; columns S.. are zero padding that tiles may read against
-    zero probabilities)."""
-    for j in range(S):
-        for g in range(Hkv):
-            sk = np.int64(0)
-            for d in range(hd):
-                sk += Kq[j, g, d]
-            kpar[g, 0, j] = Kzp[j, g]
-            kpar[g, 1, j] = Km[j, g]
-            kpar[g, 2, j] = Kk[j, g]
-            kpar[g, 3, j] = sk
-    VT[:, :, S:] = 0
-    for j in range(S):
-        for g in range(Hkv):
-            for d in range(hd):
-                VT[g, d, j] = Vq[j, g * hd + d]
 
 
 @njit(cache=True)
@@ -672,25 +660,25 @@ def _st_norm_quant(h, pfix, cfg, xq, zx, mx, kx):
 
 @njit(cache=True)
 def _st_qkv(par, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-            Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk):
+            Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT):
     if par:
         return _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk)
+                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
     sat = 0
     for t in range(Pq.shape[0]):
         sat += _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                        Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk)
+                        Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
     return sat
 
 
 @njit(cache=True, parallel=True)
 def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk):
+                Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT):
     T = Pq.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
         sats[t] = _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk)
+                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
     return sats.sum()
 
 
@@ -817,7 +805,7 @@ def _matmuls(cfg, xq, zx, widx, Wq, Wqs, Wm, Wb, Gs, pidx, Pw, Pqs, Pm, Pb, outs
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q,
                 Wq, Wqs, Wm, Wb, Gs, Wk, Pw, Pqs, Pm, Pb, alpha, alpha_k,
-                Kq_l, Kzp_l, Km_l, Kk_l, Vq_l, Vzp_l, Vm_l, Vk_l):
+                Kq_l, Kzp_l, Km_l, Kk_l, Vq_l, Vzp_l, Vm_l, Vk_l, Kpar_l, VT_l):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations).
 
     Weight lists (index ``7 * layer + j``, j = q, k, v, o, gate, up, down; the head last):
@@ -853,10 +841,7 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     pm = np.empty((T, H), dtype=np.int64)
     pk = np.empty((T, H), dtype=np.int64)
     xo = np.empty((T, H * hd), dtype=np.uint8)
-    S = past + T
-    kpar = np.empty((Hkv, 4, S), dtype=np.int64)
     nul = np.empty((0, 0), dtype=np.int64)      # unused slots of _matmuls' 3-tuples
-    VT = np.empty((Hkv, hd, S + VEC), dtype=np.uint8)
     sat = _st_norm_quant(h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx)
     pfix = cfg[C_PFIX_RES]
     for li in range(nL):
@@ -870,7 +855,7 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         wk3 = Wk[w0:w0 + 3]
         sat += _st_qkv(par, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past, Qh, zq, qm, qk,
                        Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], Vq_l[li], Vzp_l[li], Vm_l[li],
-                       Vk_l[li])
+                       Vk_l[li], Kpar_l[li], VT_l[li])
         # row scale of the scores: s_q / sqrt(hd), refitted to 28 bits (all rows) when a
         # mantissa product exceeds 2^28 (llama.mul_scales)
         mmax = np.int64(0)
@@ -888,9 +873,8 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                     k += kf
                 sm[hh, t] = m
                 sk[hh, t] = k
-        kv_prep(Kq_l[li], Kzp_l[li], Km_l[li], Kk_l[li], Vq_l[li], S, Hkv, hd, kpar, VT)
-        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], kpar, Vq_l[li], VT, Vzp_l[li], Vm_l[li],
-                        Vk_l[li], vlo, vhi, cfg, att, pm, pk, xo, zx, mx, kx)
+        sat += _st_attn(par, Qh, zq, sm, sk, Kq_l[li], Kpar_l[li], Vq_l[li], VT_l[li], Vzp_l[li],
+                        Vm_l[li], Vk_l[li], vlo, vhi, cfg, att, pm, pk, xo, zx, mx, kx)
         Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
         _matmuls(cfg, xo, zx, (w0 + 3, w0, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb,
                  (Po, nul, nul))
@@ -1058,7 +1042,7 @@ def prepare(model):
 
 def _cache_lists(cache):
     """Typed lists over the cache's per-layer arrays (memoized on the cache object)."""
-    names = ("k_q", "k_zp", "k_m", "k_k", "v_q", "v_zp", "v_m", "v_k")
+    names = ("k_q", "k_zp", "k_m", "k_k", "v_q", "v_zp", "v_m", "v_k", "k_par", "v_t")
     ident = tuple(id(a) for n in names for a in getattr(cache, n))
     memo = getattr(cache, "_fast_lists", None)
     if memo is not None and memo[0] == ident:
@@ -1066,6 +1050,33 @@ def _cache_lists(cache):
     lists = tuple(typed.List(getattr(cache, n)) for n in names)
     cache._fast_lists = (ident, lists)
     return lists
+
+
+_CACHE_DTYPES = (("k_q", np.uint8, 3), ("k_zp", np.int32, 2), ("k_m", np.int64, 2),
+                 ("k_k", np.int64, 2), ("v_q", np.uint8, 2), ("v_zp", np.int32, 1),
+                 ("v_m", np.int64, 1), ("v_k", np.int64, 1))
+
+
+def _cache_ok(cache, c) -> bool:
+    """The cache holds what KVCache.empty makes (the compiled path's array types)."""
+    if cache.k_par is None or cache.v_t is None:
+        return False
+    for name, dt, shape in (("k_par", np.int64, (c.n_kv_heads, 4, cache.capacity)),
+                            ("v_t", np.uint8, (c.n_kv_heads, c.head_dim, cache.capacity + VT_PAD))):
+        arrs = getattr(cache, name)
+        if len(arrs) != c.n_layers or any(
+                not isinstance(a, np.ndarray) or a.dtype != dt or a.shape != shape
+                or not a.flags.c_contiguous for a in arrs):
+            return False
+    for name, dt, nd in _CACHE_DTYPES:
+        arrs = getattr(cache, name)
+        if len(arrs) != c.n_layers:
+            return False
+        for a in arrs:
+            if (not isinstance(a, np.ndarray) or a.dtype != dt or a.ndim != nd
+                    or not a.flags.c_contiguous or a.shape[0] < cache.capacity):
+                return False
+    return True
 
 
 def visible_ranges(visible: np.ndarray):
@@ -1088,7 +1099,7 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     fm = prepare(model)
     if fm is None or cache.length + ids.size > fm.max_context:
         return None
-    if cache.k_q[0].dtype != np.uint8 or cache.v_q[0].dtype != np.uint8:
+    if not _cache_ok(cache, model.config):
         return None
     rng = visible_ranges(visible)
     if rng is None:

@@ -17,7 +17,7 @@ import numpy as np
 from .attention import fold_scales, pv, qk_scores
 from .embedding import check_token_ids, embed
 from .errors import IntsimError, trusted
-from .fastpath import forward_fast
+from .fastpath import VT_PAD, forward_fast
 from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
@@ -49,7 +49,14 @@ def mul_scales(a: Dyadic, b: Dyadic, spec) -> Dyadic:
 @dataclass
 class KVCache:
     """Per layer: K codes per (position, kv head), V codes per position, with their
-    zero points and scales.  Preallocated to ``capacity`` positions."""
+    zero points and scales.  Preallocated to ``capacity`` positions.
+
+    ``k_par`` and ``v_t`` are derived copies that the fused fast path (intsim.fastpath)
+    reads: per layer, the key parameters per kv head in contiguous rows,
+    ``k_par[g, :, j] = (k_zp, k_m, k_k, sum_d k_q)`` of position j (int64 [Hkv, 4,
+    capacity]), and the values transposed, ``v_t[g, d, j] = v_q[j, g * hd + d]`` (uint8
+    [Hkv, hd, capacity + 16], the last 16 columns padding).  ``put`` and the fast path
+    keep them in step; code that writes the cache arrays any other way must too."""
     k_q: list
     k_zp: list
     k_m: list
@@ -60,6 +67,8 @@ class KVCache:
     v_k: list
     capacity: int
     length: int = 0
+    k_par: list | None = None
+    v_t: list | None = None
 
     @classmethod
     def empty(cls, model: IntModel, capacity: int | None = None) -> "KVCache":
@@ -71,7 +80,8 @@ class KVCache:
             return [np.zeros(shape, dtype=dt) for _ in range(L)]
         return cls(arr((cap, Hkv, hd), np.uint8), arr((cap, Hkv), np.int32), arr((cap, Hkv), np.int64),
                    arr((cap, Hkv), np.int64), arr((cap, Hkv * hd), np.uint8), arr((cap,), np.int32),
-                   arr((cap,), np.int64), arr((cap,), np.int64), cap)
+                   arr((cap,), np.int64), arr((cap,), np.int64), cap, 0,
+                   arr((Hkv, 4, cap), np.int64), arr((Hkv, hd, cap + VT_PAD), np.uint8))
 
     def put(self, li: int, at: int, k: QTensor, v: QTensor) -> None:
         T = k.q.shape[0]
@@ -79,6 +89,12 @@ class KVCache:
         self.k_m[li][at:at + T], self.k_k[li][at:at + T] = k.scale.m, k.scale.k
         self.v_q[li][at:at + T], self.v_zp[li][at:at + T] = v.q, v.zp
         self.v_m[li][at:at + T], self.v_k[li][at:at + T] = v.scale.m, v.scale.k
+        if self.k_par is not None:
+            kp = self.k_par[li]
+            kp[:, 0, at:at + T], kp[:, 1, at:at + T] = k.zp.T, k.scale.m.T
+            kp[:, 2, at:at + T], kp[:, 3, at:at + T] = k.scale.k.T, k.q.sum(axis=2, dtype=np.int64).T
+            Hkv, hd = k.q.shape[1], k.q.shape[2]
+            self.v_t[li][:, :, at:at + T] = v.q.reshape(T, Hkv, hd).transpose(1, 2, 0)
 
 
 def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: np.ndarray,

@@ -341,6 +341,26 @@ def test_forward_fast_parallel_gemv_and_chunks(model, monkeypatch):
     assert np.array_equal(np.concatenate([p[0] for p in parts]), ref[0])
 
 
+CACHE_FIELDS = ("k_q", "k_zp", "k_m", "k_k", "v_q", "v_zp", "v_m", "v_k", "k_par", "v_t")
+
+
+def test_cache_written_by_either_path_is_the_same():
+    """The fast path and KVCache.put (op-by-op path) write identical caches, derived
+    copies included, so the two paths can take turns on one cache."""
+    m = make_model(11)
+    fast, slow = KVCache.empty(m, IDS.size), KVCache.empty(m, IDS.size)
+    run_fast(m, IDS[:7], fast)
+    forward(m, IDS[:7], slow, tap=lambda name, t: None)          # taps force op by op
+    for f in CACHE_FIELDS:
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(fast, f), getattr(slow, f))), f
+    # op-by-op prefill, fast decode, fast prefill of a rewound cache: all == reference
+    ref = forward(m, IDS, backend="reference")
+    steps = [run_fast(m, IDS[i:i + 1], slow) for i in range(7, IDS.size)]
+    assert np.array_equal(np.concatenate([s[0] for s in steps]), ref[0][7:])
+    slow.length = 0
+    assert same(run_fast(m, IDS, slow), ref)
+
+
 def test_forward_fast_packed_segments_equal_reference():
     m = make_model(6)
     seg = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3, 3, 3])
@@ -399,6 +419,11 @@ def test_forward_fast_declines_what_it_cannot_prove():
     lo, hi = fastpath.visible_ranges(np.array([[False, True, True], [True, False, False]]))
     assert lo.tolist() == [1, 0] and hi.tolist() == [3, 1]
     assert fastpath._max_context(8) == (2 ** 31 - 1) // 255 ** 2
+    odd = KVCache.empty(m, 4)
+    odd.k_m = [a.astype(np.int32) for a in odd.k_m]                 # not what empty() makes
+    pos, vis = _positions(0, 2, None)
+    with trusted():
+        assert forward_fast(m, IDS[:2], pos, vis, odd) is None
     cache = KVCache.empty(m, 4)
     cache.length = fastpath.prepare(m).max_context
     pos, vis = _positions(0, 1, None)
