@@ -21,7 +21,11 @@ from intsim.exp import _exp_apply_ref, _exp_unit_ref
 from intsim.fastgemm import (PackedWeight, gemm_acc_multi, gemm_acc_multi_par, gemm_acc_rows,
                              gemm_acc_rows_par, gemv_acc_packed, gemv_acc_packed_par)
 from intsim.fastpath import (_div_by_scale, _div_round_bl, _exp_apply_fast, _round_bl, _rshift_bl,
-                             forward_fast, requant_row, swiglu_row)
+                             forward_fast, norm_row, requant_row, residual_row, rope_head,
+                             swiglu_row)
+from intsim.norm import _di_norm_ref, fixed_preshift, sqrt_c_const
+from intsim.residual import _align_ref
+from intsim.rope import _rope_ref
 from intsim.fixedpoint import ROUND_CODE, _div_round_ref, _rshift_round_ref, div_round_nb
 from intsim.llama import KVCache, _positions, forward
 from intsim.matmul import QWeight, _di_acc_ref
@@ -201,6 +205,58 @@ def test_swiglu_row_table_covers_every_code():
                np.ones(16, np.int64), np.int64(0), True, cfg, y)
     sig = _sigmoid_ref(((g - 7) << 8)[None, :], np.array([150]), np.array([14]), 15, False, 1)
     assert np.array_equal(y, ((g - 7) * sig[0] * (u - 8)))
+
+
+# ------------------------------------------------------------------ DI-Norm, residual, RoPE rows
+
+@given(arrays(np.int64, st.integers(1, 64), elements=st.integers(-(2 ** 16) + 1, 2 ** 16 - 1),
+              fill=st.nothing()),
+       st.sampled_from(ROUNDINGS), st.sampled_from([4, 8, 16]), st.sampled_from([4, 8, 12]),
+       st.booleans())
+@example(np.zeros(5, dtype=np.int64), "half_up", 8, 8, False)
+@example(np.full(64, 2 ** 16 - 1, dtype=np.int64), "half_even", 16, 4, True)
+def test_norm_row_kernel_equals_reference(x, rounding, m_bits, k_bits, fixed):
+    spec = Spec(m_bits=m_bits, k_bits=k_bits)
+    k_lo, k_hi = spec.k_range
+    code = ROUND_CODE[rounding]
+    n_c, p2 = sqrt_c_const(x.size)
+    pf = fixed_preshift(x.size, 16) if fixed else -1
+    m, k, nsat = _di_norm_ref(x[None, :], np.zeros(1, np.int64), n_c, p2, pf, m_bits, k_lo, k_hi, code)
+    assert norm_row(x, np.int64(0), n_c, p2, pf, m_bits, k_lo, k_hi, code) == (m[0], k[0], nsat)
+
+
+@given(st.integers(1, 30).flatmap(lambda C: st.tuples(
+    arrays(np.int64, C, elements=st.integers(-(2 ** 15) + 1, 2 ** 15 - 1), fill=st.nothing()),
+    arrays(np.int64, C, elements=st.integers(-(2 ** 15) + 1, 2 ** 15 - 1), fill=st.nothing()))),
+    st.integers(0, 2 ** 31 - 1), st.integers(0, 2 ** 31 - 1), st.integers(-200, 200),
+    st.integers(-200, 200), st.sampled_from(ROUNDINGS))
+@example((np.zeros(3, np.int64), np.array([1, -1, 5])), 7, 9, 0, 90, "half_even")
+def test_residual_row_kernel_equals_reference(ab, ma, mb, ka, kb, rounding):
+    qa, qb = ab
+    code = ROUND_CODE[rounding]
+    z = np.zeros(1, np.int64)
+    want, K, _ = _align_ref(qa[None, :], z, np.array([ma]), np.array([ka]), qb[None, :], z,
+                            np.array([mb]), np.array([kb]), code)
+    s = np.empty(qa.size, dtype=np.int64)
+    assert residual_row(qa, np.int64(ma), np.int64(ka), qb, np.int64(mb), np.int64(kb), code, s) == K[0]
+    assert np.array_equal(s, want[0])
+
+
+@given(st.integers(1, 4), st.sampled_from([2, 8, 64]), st.integers(0, 6), st.integers(0, 2 ** 31),
+       st.sampled_from(ROUNDINGS), st.integers(8, 24))
+def test_rope_head_kernel_equals_reference(H, hd, drop, seed, rounding, f):
+    rng = np.random.default_rng(seed)
+    q = rng.integers(-(2 ** 15) + 1, 2 ** 15, (1, H * hd))
+    cos_q = rng.integers(-(2 ** f), 2 ** f + 1, (9, hd // 2)).astype(np.int32)
+    sin_q = rng.integers(-(2 ** f), 2 ** f + 1, (9, hd // 2)).astype(np.int32)
+    p = int(rng.integers(0, 9))
+    code = ROUND_CODE[rounding]
+    drop = min(drop, f)
+    want = _rope_ref(q, np.zeros(1, np.int64), np.array([p]), cos_q, sin_q, H, hd, drop, code)[0]
+    y = np.empty(hd, dtype=np.int64)
+    for h in range(H):
+        rope_head(q[0], np.int64(0), p, cos_q, sin_q, h * hd, hd, drop, code, y)
+        assert np.array_equal(y, want[h * hd:(h + 1) * hd])
 
 
 # ------------------------------------------------------------------ packed GEMV
