@@ -14,21 +14,38 @@ What differs from the op-by-op path (all exact):
 * one input quantization per distinct input: q/k/v (and gate/up) read the same
   normed tensor, so ``requant_rows`` of it runs once, not three times (deterministic);
 * the requantizer's per-element division by the row's fitted scale (``fitted`` mode)
-  uses the identity ``floor(a / (m 2^s)) = floor(floor(a / 2^s) / m)`` and an exact
-  reciprocal multiply for the small divide (``_div_by_scale``), with the remainder
-  recomputed exactly for the tie rule;
-* DI-Exp's ``floor(n / T)`` uses the same reciprocal form (``_exp_apply_fast``);
-* attention works per (token, head) row over the row's visible columns only: masked
+  uses ``floor(a / (m 2^s)) = floor(floor(a / 2^s) / m)`` and an exact reciprocal
+  multiply for the small divide; floor and half_up fold the rounding into the dividend
+  (``requant_row``), the other rules recompute the remainder (``_div_by_scale``);
+* DI-Exp's ``floor(n / T)`` uses the same reciprocal form (``_exp_apply_fast``); with
+  unit 1/alpha, DI-SwiGLU's sigmoid code is tabulated per row over the gate codes;
+* every tie rule is evaluated without data-dependent branches (``_round_bl``,
+  ``_rshift_bl``, ``_div_round_bl``): the same values, no mispredicted branches;
+* attention works per query row over the row's visible positions only: masked
   columns are exact zeros in the op-by-op path, and every step they enter (row max and
   min over a range that always contains 0, sums, matmuls) is unchanged by zeros;
-* QK^T and PV use ``sum (q - zq) (k - zk) = sum (q - zq) k - zk sum (q - zq)``;
-* decode (one token row) reads packed weights (intsim.fastgemm), several matrices with
-  one input stacked into one.
+  QK^T and PV run on raw codes in the vector tile of intsim.fastgemm, with the zero
+  points applied after: ``sum (q - zq)(k - zk) = sum q k - zk sum q - zq sum k +
+  hd zq zk``;
+* the matmuls read the row-layout weights in 3 x 3 vector tiles (prefill), or packed
+  copies with one contiguous stream per 8 output channels (one token row; q/k/v and
+  gate/up stacked into one matrix each), intsim.fastgemm.
+
+Threads: with ``numba.get_num_threads() > 1`` a prefill (T > 1) splits every stage
+over threads (9 parallel regions per layer); one token row runs on one thread unless
+``GEMV_PARALLEL``.  Parallel regions wait for every thread, so a second process on the
+same cores slows them down badly: run with NUMBA_NUM_THREADS=1 when sharing cores.
 
 The op-by-op path still runs when a ``tap`` observes intermediates, and as the fallback
-whenever this path cannot prove a bound statically (:func:`prepare` returns None) or a
+whenever this path cannot prove a bound statically or does not cover a configuration
+(:func:`prepare` returns None: e.g. a group size that is not a multiple of 16), for a
+cache not made by ``KVCache.empty``, a mask whose rows are not one range, or after a
 scale saturated under ``overflow = "raise"`` (the op-by-op path then raises the error
 naming the operator).
+
+Numba caches compiled code per source file: this module's cache does not notice edits
+to the kernels it calls in other intsim modules; clear ``__pycache__/*.nbi`` after
+changing those.
 """
 from __future__ import annotations
 
