@@ -129,6 +129,26 @@ def dot_tile_flat(typingctx, x, xoff, xrs, w, woff, wstep, wcs, nsteps, s, R, C)
             ph.add_incoming(zero8, entry)
             ph.add_incoming(new[j], loop)
             finals.append(ph)
+        if nc == 8:
+            # eight accumulators -> one vector of their eight lane sums, by a pairwise
+            # tree (sums of the same terms, int32, each bounded like the final sum):
+            # ~10 vector ops instead of eight separate horizontal reductions
+            def hadd(x, y):                   # per 128-bit half: x0+x1, x2+x3, y0+y1, y2+y3
+                lo = ir.Constant(v8, [0, 2, 8, 10, 4, 6, 12, 14])
+                hi = ir.Constant(v8, [1, 3, 9, 11, 5, 7, 13, 15])
+                return builder.add(builder.shuffle_vector(x, y, lo),
+                                   builder.shuffle_vector(x, y, hi))
+            lo4 = ir.Constant(v8, [0, 1, 2, 3, 8, 9, 10, 11])
+            hi4 = ir.Constant(v8, [4, 5, 6, 7, 12, 13, 14, 15])
+            for r in range(nr):
+                a = finals[r * 8:(r + 1) * 8]
+                h = [hadd(a[0], a[1]), hadd(a[2], a[3]), hadd(a[4], a[5]), hadd(a[6], a[7])]
+                q0, q1 = hadd(h[0], h[1]), hadd(h[2], h[3])
+                tot = builder.add(builder.shuffle_vector(q0, q1, lo4),
+                                  builder.shuffle_vector(q0, q1, hi4))
+                dst = builder.bitcast(builder.gep(sarr.data, [_I64(r * 8)]), v8.as_pointer())
+                builder.store(tot, dst, align=4)
+            return context.get_dummy_value()
         reduce_add = cgutils.get_or_insert_function(
             builder.module, ir.FunctionType(_I32, [v8]), "llvm.vector.reduce.add.v8i32")
         for j, ph in enumerate(finals):

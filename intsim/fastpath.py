@@ -500,12 +500,14 @@ def _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw):
 
 
 @njit(cache=True)
-def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, att, pm, pk):
+def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, att, pm, pk,
+              raw, sc, cq, pb):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
     key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to A bits, PV.
     Section 14; each step as its op-by-op kernel on the visible columns (module doc).
     The per-position parameters are read through views starting at lo, so every loop
-    index is a plain counter (no negative-index wraparound code in the loops)."""
+    index is a plain counter (no negative-index wraparound code in the loops).  ``raw``,
+    ``sc``, ``cq`` (>= n entries) and ``pb`` (>= n + 16) are scratch rows."""
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     fitted = cfg[C_FITTED] != 0
     H, Hkv, hd = cfg[C_H], cfg[C_HKV], cfg[C_HD]
@@ -528,9 +530,7 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, 
     for jj in range(1, n):
         kr = min(kr, kk[jj])
     # scores: sum_d (q - zq)(k - zk) = raw - zk sum q - zq sum k + hd zq zk  (exact, int64)
-    raw = np.empty(n, dtype=np.int32)
     _qk_raw(Qh, t, h, Kq, g, lo, n, tiled, raw)
-    sc = np.empty(n, dtype=np.int64)
     c0 = hd * zqv
     for jj in range(n):
         acc = np.int64(raw[jj]) - kz[jj] * sq - zqv * ks_[jj] + c0 * kz[jj]
@@ -544,7 +544,6 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, 
     thr = _clip_threshold_nb(cfg[C_CLIP], ms, ks, code)
     for jj in range(n):
         sc[jj] = max(sc[jj] - mxs, -thr) if ms != 0 else 0
-    cq = np.empty(n, dtype=np.int64)
     zc, mr, kr2, s = requant_row(sc, np.int64(0), ms, ks, cfg[C_INB], False, m_bits, k_lo,
                                  k_hi, code, fitted, cq)
     sat += s
@@ -576,7 +575,8 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, lo, hi, cfg, 
             p = min(_div_round_bl(cq[jj] << F, S, code), pmax)
             sc[jj] = _rshift_bl((p * vm[jj]) << GUARD_V, vk[jj] - vr, code)
     # probabilities times value scales, requantized to A bits: scale (1, F + vr + G_V)
-    pb = np.zeros(n + VEC, dtype=np.uint8)
+    for jj in range(n, n + VEC):
+        pb[jj] = 0                       # the tail that PV tiles read against padding
     zp_, mp, kp, s = requant_row(sc, np.int64(0), np.int64(1), F + vr + GUARD_V, cfg[C_A],
                                  False, m_bits, k_lo, k_hi, code, fitted, pb)
     sat += s
@@ -704,9 +704,14 @@ def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg,
                 att, pm, pk, xo, zx, mx, kx):
     """Every head of token t, then the heads' fold and o_proj's input quantization."""
     sat = 0
+    n = vhi[t] - vlo[t]
+    raw = np.empty(n, dtype=np.int32)
+    sc = np.empty(n, dtype=np.int64)
+    cq = np.empty(n, dtype=np.int64)
+    pb = np.empty(n + VEC, dtype=np.uint8)
     for h in range(Qh.shape[1]):
         sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo[t], vhi[t], cfg,
-                         att, pm, pk)
+                         att, pm, pk, raw, sc, cq, pb)
     return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, mx, kx)
 
 

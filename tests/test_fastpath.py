@@ -26,7 +26,7 @@ from intsim.fastpath import (_div_by_scale, _div_round_bl, _exp_apply_fast, _rou
 from intsim.norm import _di_norm_ref, fixed_preshift, sqrt_c_const
 from intsim.residual import _align_ref
 from intsim.rope import _rope_ref
-from intsim.fixedpoint import ROUND_CODE, _div_round_ref, _rshift_round_ref, div_round_nb
+from intsim.fixedpoint import ROUND_CODE, _div_round_ref, _rshift_round_ref, bit_length_nb, div_round_nb
 from intsim.llama import KVCache, _positions, forward
 from intsim.matmul import QWeight, _di_acc_ref
 from intsim.options import Spec
@@ -90,6 +90,20 @@ def test_requant_row_zero_point_and_narrow_dtypes_equal_reference(v, zin, bits, 
     res = requant_row(v, np.int64(zin), np.int64(m_in), np.int64(k_in), bits, False, 8, -128,
                       127, code, True, out)
     assert np.array_equal(out, q[0].astype(np.uint8)) and res == (zp[0], m[0], k[0], nsat)
+
+
+# ------------------------------------------------------------------ bit length
+
+@given(st.one_of(st.integers(0, 2 ** 63 - 1), st.integers(0, 300)))
+@example(0)
+@example(1)
+@example(2 ** 62)
+@example(2 ** 63 - 1)
+def test_bit_length_nb_matches_python(v):
+    """fixedpoint.bit_length_nb (count-leading-zeros form) on every width, int64 and uint8."""
+    assert bit_length_nb(np.int64(v)) == v.bit_length()
+    if v < 256:
+        assert bit_length_nb(np.uint8(v)) == v.bit_length()
 
 
 # ------------------------------------------------------------------ branch-free roundings
