@@ -347,20 +347,48 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
 
 # ====================================================================== building
 
-def _quantize(name: str, w: np.ndarray, bits: int, G: int, a_bits: int,
-              bounds=None) -> QWeight:
+def _quantize(name: str, w: np.ndarray, bits, G: int, a_bits: int,
+              bounds=None, max_bits: int = 8) -> QWeight:
     try:
         qw = quantize_weight(w, bits, G, scale_mant_bits=W_SCALE_BITS, bounds=bounds)
+        if qw.row_bits is not None and qw.bits < max_bits:   # the container is --wbits
+            qw = QWeight(qw.q, max_bits, G, qw.m, qw.b, qw.k, qw.row_bits)
         check_bounds(w.shape[1], qw, a_bits)
     except (ValueError, IntsimError) as e:
         raise ConvertError(f"{name}: {e}") from e
     return qw
 
 
+#: where RMSNorm's γ goes: folded into the next linears' weights, or kept per channel
+#: in DI-Norm (intsim.norm.norm_weight) so the activation quantizer sees x/rms * γ / s
+NORM_GAINS = ("fold", "channel")
+
+
+def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
+    """γ (or γ / s) -> signed 16-bit mantissas and one exponent: ``g ~ q * 2^-k``.
+
+    ``k`` is the largest integer in [0, 31] with ``round(max|g| 2^k) <= 2^15 - 1``;
+    rounding to nearest, ties to even (np.rint).  Relative error per channel
+    ``<= 2^-(k+1) / |g_c|``, at most 2^-15 of the largest |g|.
+    """
+    from intsim.norm import NORM_W_K_MAX, NORM_W_LIMIT
+    g = np.asarray(g, dtype=np.float64)
+    if not np.all(np.isfinite(g)):
+        raise ConvertError(f"{name}: non-finite values")
+    amax = float(np.abs(g).max()) if g.size else 0.0
+    if np.rint(amax) > NORM_W_LIMIT:
+        raise ConvertError(f"{name}: largest |value| {amax:.6g} exceeds {NORM_W_LIMIT}, the "
+                           f"16-bit norm weight's range")
+    k = 0
+    while k < NORM_W_K_MAX and np.rint(amax * 2.0 ** (k + 1)) <= NORM_W_LIMIT:
+        k += 1
+    return np.rint(g * 2.0 ** k).astype(np.int16), k
+
+
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-                qkt_tie: str = "refuse", _source_info: dict | None = None
-                ) -> tuple[IntModel, bytes]:
+                qkt_tie: str = "refuse", norm_gain: str = "fold", row_bits=None,
+                _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
     Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
@@ -372,6 +400,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         raise ConvertError(f"widths: {e}") from e
     if not isinstance(spec, Spec):
         raise ConvertError(f"spec: expected an intsim.options.Spec, got {type(spec).__name__}")
+    if norm_gain not in NORM_GAINS:
+        raise ConvertError(f"norm_gain: {norm_gain!r} is not one of {', '.join(NORM_GAINS)}")
     hf = src if isinstance(src, HFSource) else read_hf_dir(src)
     config, tied, extras = check_config(hf, max_pos)
     shapes = linear_shapes(config)
@@ -380,6 +410,18 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
             raise ConvertError(f"group_size: {group_size} does not divide K = {K}, the input "
                                f"width of {name} (choose a divisor of {K}, or 0 for per "
                                f"output channel)")
+
+    mix, mix_info = None, None
+    if row_bits is not None:
+        from .mixllm import MixError, read_row_bits
+        try:
+            mix = read_row_bits(row_bits, config.n_layers, linear_shapes(config), w_bits)
+        except MixError as e:
+            raise ConvertError(str(e)) from e
+        from safetensors import safe_open
+        with safe_open(str(row_bits), "numpy") as f:
+            mix_info = {"path": str(Path(row_bits).absolute()), "sha256": _sha256(Path(row_bits)),
+                        **json.loads((f.metadata() or {}).get("mixllm", "{}"))}
 
     calib_info, layer_calib = None, None
     if calib is not None:
@@ -411,11 +453,19 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         lc = layer_calib[i] if layer_calib is not None else None
         if lc is not None:
             w, g_attn, g_ffn, alpha = fsbr.apply_smoothing(w, g_attn, g_ffn, lc, config)
-        # fold the RMSNorm gains into the input columns of the next linears
-        for k in ("wq", "wk", "wv"):
-            w[k] = w[k] * g_attn[None, :]
-        for k in ("w_gate", "w_up"):
-            w[k] = w[k] * g_ffn[None, :]
+        norms = {}
+        if norm_gain == "fold":
+            # fold the RMSNorm gains into the input columns of the next linears
+            for k in ("wq", "wk", "wv"):
+                w[k] = w[k] * g_attn[None, :]
+            for k in ("w_gate", "w_up"):
+                w[k] = w[k] * g_ffn[None, :]
+        else:
+            # keep γ (/ s) per channel in DI-Norm, before the matmuls' activation quantizer
+            for n, g, hfn in (("attn_norm", g_attn, "input_layernorm"),
+                              ("ffn_norm", g_ffn, "post_attention_layernorm")):
+                norms[f"{n}_w"], norms[f"{n}_k"] = quantize_norm_gain(
+                    g, f"layers.{i}.{n}_w ({p}{hfn}.weight{' / s' if lc is not None else ''})")
         q = {}
         for k, wf in w.items():
             G = group_size or wf.shape[1]
@@ -423,13 +473,13 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
             if lc is not None and k in lc.lwc:
                 up, low = lc.lwc[k]
                 bounds = fsbr.lwc_bounds(wf, up, low, G)
-            q[k] = _quantize(f"layers.{i}.{k} ({p}{_HF_LINEARS[k]})", wf, w_bits, G, a_bits,
-                             bounds)
+            q[k] = _quantize(f"layers.{i}.{k} ({p}{_HF_LINEARS[k]})", wf,
+                             w_bits if mix is None else mix[(i, k)], G, a_bits, bounds, w_bits)
         alpha_inv, alpha_k = None, 0
         if alpha is not None:
             alpha_inv, alpha_k = fsbr.alpha_inv_mantissas(
                 alpha, where=f"{calib}: layer {i}: 'x1x2_smooth_scale'")
-        layers.append(LayerParams(**q, alpha_inv=alpha_inv, alpha_k=alpha_k))
+        layers.append(LayerParams(**q, alpha_inv=alpha_inv, alpha_k=alpha_k, **norms))
 
     head = emb if tied else hf.get("lm_head.weight")
     if tied and "lm_head.weight" in hf.tensors and not np.array_equal(
@@ -458,8 +508,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     if _source_info:
         source.update(_source_info)
     meta = {"generator": f"converters.convert (intsim {__version__})", "source": source,
-            "calib": calib_info,
-            "quantizer": {"weights": "converters.weights.quantize_weight",
+            "calib": calib_info, "row_bits": mix_info,
+            "quantizer": {"weights": "converters.weights.quantize_weight", "norm_gain": norm_gain,
                           "weight_scale_mant_bits": W_SCALE_BITS,
                           "embedding": "converters.embedding.quantize_embedding",
                           "embedding_scale_mant_bits": spec.m_bits}}
@@ -484,7 +534,7 @@ def _is_gguf(path: Path) -> bool:
 
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-            qkt_tie: str = "refuse") -> Path:
+            qkt_tie: str = "refuse", norm_gain: str = "fold", row_bits=None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -496,7 +546,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     tables, ``m_bits``/``k_bits`` the embedding scales); ``max_pos``: RoPE table rows
     (default: ``max_position_embeddings`` capped at 8192); ``head_w_bits``: LM head bits;
     ``qkt_tie``: ``"refuse"`` or ``"geomean"`` for a q/k smoothing vector whose RoPE pairs
-    differ (``converters.calib.prepare_calib``).
+    differ (``converters.calib.prepare_calib``); ``norm_gain``: ``"fold"`` (γ into the next
+    linears) or ``"channel"`` (γ, divided by FSBR's qkv/fc1 smoothing, kept per channel in
+    DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
+    (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``.
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -508,7 +561,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     if not src.exists():
         raise ConvertError(f"{src}: no such file or folder")
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
-              max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie)
+              max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
+              row_bits=row_bits)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -556,6 +610,12 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--qkt-tie", choices=("refuse", "geomean"), default="refuse",
                    help="a qkt_smooth_scale whose RoPE-paired channels differ: refuse "
                         "(default) or use each pair's geometric mean")
+    p.add_argument("--norm-gain", choices=NORM_GAINS, default="fold",
+                   help="RMSNorm gain: fold into the next linears (default) or keep per "
+                        "channel in DI-Norm (channel: FSBR's qkv/fc1 smoothing then acts)")
+    p.add_argument("--row-bits", metavar="FILE", default=None,
+                   help="mixed precision between output channels: a selection written by "
+                        "'python -m converters.mixllm' (per-channel widths <= --wbits)")
     p.add_argument("--max-pos", metavar="N", type=int, default=None,
                    help=f"longest context (RoPE table rows); default: the checkpoint's "
                         f"max_position_embeddings, at most {DEFAULT_MAX_POS_CAP}")
@@ -600,7 +660,8 @@ def run(args, prog: str = "intsim convert") -> int:
     try:
         convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
                 group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
-                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec))
+                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec),
+                norm_gain=args.norm_gain, row_bits=args.row_bits)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

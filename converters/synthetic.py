@@ -55,9 +55,11 @@ def make_block(seed: int = 0, vocab: int = 256, dim: int = 64, n_heads: int = 4,
 
 def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
                ffn: int = 96, vocab: int = 128, max_pos: int = 64, w_bits: int = 8, a_bits: int = 8,
-               group_size: int = 0, spec=None, alpha: bool = False):
+               group_size: int = 0, spec=None, alpha: bool = False, norm_weights: bool = False):
     """A seeded random LLaMA as an ``IntModel`` (no checkpoint, no tokenizer): for tests
-    of the interpreter.  Weights ~ N(0, 1/fan_in); γ's are folded in as the converter does."""
+    of the interpreter.  Weights ~ N(0, 1/fan_in); γ's are folded in as the converter does,
+    and with ``norm_weights`` each layer also keeps per-channel DI-Norm weights (16-bit
+    mantissas around 2^12, a few negative, exponent 12) as ``--norm-gain channel`` does."""
     from intsim.model import IntModel, LayerParams, ModelConfig, Widths
     from intsim.options import Spec
     spec = Spec() if spec is None else spec
@@ -74,9 +76,15 @@ def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4
         if alpha:
             a_k = 20
             a_inv = np.rint(np.exp(0.3 * rng.standard_normal(ffn)) * 2 ** a_k).astype(np.int64)
+        norms = {}
+        if norm_weights:
+            for n in ("attn_norm", "ffn_norm"):
+                g = np.exp(0.7 * rng.standard_normal(dim)) * np.where(rng.random(dim) < 0.1, -1, 1)
+                norms[f"{n}_w"] = np.clip(np.rint(g * 2 ** 12), -32767, 32767).astype(np.int16)
+                norms[f"{n}_k"] = 12
         layers.append(LayerParams(lin(n_heads * hd, dim), lin(n_kv_heads * hd, dim), lin(n_kv_heads * hd, dim),
                                   lin(dim, n_heads * hd), lin(ffn, dim), lin(ffn, dim), lin(dim, ffn),
-                                  a_inv, a_k))
+                                  a_inv, a_k, **norms))
     emb_q, emb_m, emb_k = quantize_embedding(rng.standard_normal((vocab, dim)) * 0.5)
     cos_q, sin_q = rope_tables(hd, max_pos, 10000.0, spec.rope_frac_bits)
     cfg = ModelConfig(n_layers, dim, n_heads, n_kv_heads, hd, ffn, vocab, max_pos, "10000.0", 1, 2)

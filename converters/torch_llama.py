@@ -117,6 +117,11 @@ class TorchLlama:
         buf_v[:, self.pos:end] = v
         return buf_k[:, :end], buf_v[:, :end]
 
+    def _lin(self, i: int, name: str, h):
+        """Layer i's linear ``name`` (wq wk wv wo wg wu wd) applied to h [T, K]: h W^T.
+        A hook point: converters.mixllm overrides it to record inputs and gradients."""
+        return h @ self.layers[i][name].T
+
     def _forward(self, ids):
         """Run ids [T] at positions pos..pos+T-1 through the cache; logits float32 [T, V]."""
         torch, c = self.torch, self.cfg
@@ -130,17 +135,17 @@ class TorchLlama:
         x = self.emb[ids]                                                    # [T, D]
         for i, L in enumerate(self.layers):
             h = self._rms(x, L["ln1"])
-            q = (h @ L["wq"].T).view(T, H, hd).transpose(0, 1)               # [H, T, hd]
-            k = (h @ L["wk"].T).view(T, KV, hd).transpose(0, 1)              # [KV, T, hd]
-            v = (h @ L["wv"].T).view(T, KV, hd).transpose(0, 1)              # [KV, T, hd]
+            q = self._lin(i, "wq", h).view(T, H, hd).transpose(0, 1)               # [H, T, hd]
+            k = self._lin(i, "wk", h).view(T, KV, hd).transpose(0, 1)              # [KV, T, hd]
+            v = self._lin(i, "wv", h).view(T, KV, hd).transpose(0, 1)              # [KV, T, hd]
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             kc, vc = self._store(i, k, v, end)                               # [KV, end, hd]
             o = F.scaled_dot_product_attention(
                 q, kc, vc, attn_mask=mask, is_causal=(mask is None and T > 1),
                 enable_gqa=(KV != H))                                        # [H, T, hd]
-            x = x + o.transpose(0, 1).reshape(T, H * hd) @ L["wo"].T
+            x = x + self._lin(i, "wo", o.transpose(0, 1).reshape(T, H * hd))
             h = self._rms(x, L["ln2"])
-            x = x + (F.silu(h @ L["wg"].T) * (h @ L["wu"].T)) @ L["wd"].T
+            x = x + self._lin(i, "wd", F.silu(self._lin(i, "wg", h)) * self._lin(i, "wu", h))
         self.pos = end
         return self._rms(x, self.norm) @ self.head.T                         # [T, V]
 

@@ -24,9 +24,12 @@ import numpy as np
 from intsim.matmul import K_LIMIT, M_LIMIT, QWeight
 
 
-def quantize_weight(w_float: np.ndarray, bits: int, group_size: int, scale_mant_bits: int = 16,
+def quantize_weight(w_float: np.ndarray, bits, group_size: int, scale_mant_bits: int = 16,
                     bounds: tuple[np.ndarray, np.ndarray] | None = None) -> QWeight:
     """Quantize ``w_float`` [N, K] to ``bits``-bit codes with group-wise integer scales.
+
+    ``bits``: one width for the matrix, or an integer array [N] of per-output-channel
+    widths (mixed precision, MixLLM: the result's ``row_bits``; Q below is then per row).
 
     ``group_size`` G divides K (G == K: per output channel).  ``scale_mant_bits`` M in
     2..24: the largest group scale gets an M-bit mantissa; a group whose scale is 2^-d of
@@ -44,7 +47,14 @@ def quantize_weight(w_float: np.ndarray, bits: int, group_size: int, scale_mant_
         raise ValueError(f"w_float: expected a non-empty 2-d [N, K] matrix, got shape {w.shape}")
     if not np.all(np.isfinite(w)):
         raise ValueError("w_float: contains a non-finite value")
-    if not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 8):
+    row_bits = None
+    if isinstance(bits, np.ndarray):
+        if bits.shape != (w.shape[0],) or bits.dtype.kind not in "iu":
+            raise ValueError(f"bits: a per-row array must be integers of shape ({w.shape[0]},)")
+        if bits.min() < 2 or bits.max() > 8:
+            raise ValueError(f"bits: per-row widths [{bits.min()}, {bits.max()}] outside [2, 8]")
+        row_bits, bits = bits.astype(np.uint8), int(bits.max())
+    elif not (isinstance(bits, (int, np.integer)) and 2 <= bits <= 8):
         raise ValueError(f"bits: {bits!r} is outside [2, 8]")
     if not (isinstance(scale_mant_bits, (int, np.integer)) and 2 <= scale_mant_bits <= 24):
         raise ValueError(f"scale_mant_bits: {scale_mant_bits!r} is outside [2, 24]")
@@ -52,7 +62,9 @@ def quantize_weight(w_float: np.ndarray, bits: int, group_size: int, scale_mant_
     if not (isinstance(group_size, (int, np.integer)) and 1 <= group_size <= K
             and K % group_size == 0):
         raise ValueError(f"group_size: {group_size!r} does not divide K = {K}")
-    G, ng, Q, M = int(group_size), K // int(group_size), 2 ** bits - 1, int(scale_mant_bits)
+    G, ng, M = int(group_size), K // int(group_size), int(scale_mant_bits)
+    Q = (2 ** bits - 1 if row_bits is None
+         else (2.0 ** row_bits.astype(np.int64) - 1)[:, None])        # [N, 1] per row
     wg = w.reshape(N, ng, G)
     if bounds is None:
         lo = np.minimum(wg.min(axis=2), 0.0)
@@ -69,7 +81,7 @@ def quantize_weight(w_float: np.ndarray, bits: int, group_size: int, scale_mant_
     smax = float(s.max())
     if smax == 0.0:
         z = np.zeros((N, ng), dtype=np.int64)
-        return QWeight(np.zeros((N, K), dtype=np.uint8), bits, G, z, z.copy(), 0)
+        return QWeight(np.zeros((N, K), dtype=np.uint8), bits, G, z, z.copy(), 0, row_bits)
     _, e = np.frexp(smax)                      # smax = f * 2^e, f in [0.5, 1)
     k = M - int(e)                             # smax * 2^k in [2^(M-1), 2^M)
     m = np.rint(np.ldexp(s, k))
@@ -84,9 +96,9 @@ def quantize_weight(w_float: np.ndarray, bits: int, group_size: int, scale_mant_
     live = m > 0
     s_div = np.where(live, s_eff, 1.0)
     zp = np.where(live, np.clip(np.rint(-lo / s_div), 0, Q), 0).astype(np.int64)
-    q = np.clip(np.rint(wg / s_div[:, :, None]) + zp[:, :, None], 0, Q)
+    q = np.clip(np.rint(wg / s_div[:, :, None]) + zp[:, :, None], 0, np.asarray(Q)[..., None])
     q = np.where(live[:, :, None], q, 0).astype(np.uint8).reshape(N, K)
-    return QWeight(q, bits, G, m, -m * zp, k)
+    return QWeight(q, bits, G, m, -m * zp, k, row_bits)
 
 
 def dequantize_weight(w: QWeight) -> np.ndarray:

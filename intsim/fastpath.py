@@ -413,13 +413,23 @@ def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, unit_alpha, cfg, y):
 # ------------------------------------------------------------------ stage rows
 
 @njit(cache=True)
-def _norm_quant_row(t, h, hbits_pfix, cfg, xq, zx, mx, kx):
-    """DI-Norm of stream row t, then DI-MatMul's input quantization to A bits."""
+def _norm_quant_row(t, h, hbits_pfix, cfg, xq, zx, mx, kx, g, gk, gu):
+    """DI-Norm of stream row t, its per-channel weight ``g`` (``norm.norm_weight``: exact
+    ``h * g``, |.| < 2^31, exponent ``+ gk``; skipped when ``gu``: no weight), then
+    DI-MatMul's input quantization to A bits."""
     code, m_bits, k_lo, k_hi = cfg[C_CODE], cfg[C_MBITS], cfg[C_KLO], cfg[C_KHI]
     mn, kn, s1 = norm_row(h[t], np.int64(0), cfg[C_NC], cfg[C_P2], hbits_pfix, m_bits, k_lo,
                           k_hi, code)
-    z, m, k, s2 = requant_row(h[t], np.int64(0), mn, kn, cfg[C_A], False, m_bits, k_lo, k_hi,
-                              code, cfg[C_FITTED] != 0, xq[t])
+    if gu:
+        z, m, k, s2 = requant_row(h[t], np.int64(0), mn, kn, cfg[C_A], False, m_bits, k_lo,
+                                  k_hi, code, cfg[C_FITTED] != 0, xq[t])
+    else:
+        D = h.shape[1]
+        v = np.empty(D, dtype=np.int64)
+        for j in range(D):
+            v[j] = np.int64(h[t, j]) * g[j]
+        z, m, k, s2 = requant_row(v, np.int64(0), mn, kn + gk, cfg[C_A], False, m_bits, k_lo,
+                                  k_hi, code, cfg[C_FITTED] != 0, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
     return s1 + s2
 
@@ -667,11 +677,11 @@ def _swiglu_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo
 # ------------------------------------------------------------------ stages (serial / parallel)
 
 @njit(cache=True)
-def _st_norm_quant(h, pfix, cfg, xq, zx, mx, kx):
+def _st_norm_quant(h, pfix, cfg, xq, zx, mx, kx, g, gk, gu):
     """DI-Norm and input quantization of every row (once per forward: serial)."""
     sat = 0
     for t in range(h.shape[0]):
-        sat += _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx)
+        sat += _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx, g, gk, gu)
     return sat
 
 
@@ -743,30 +753,30 @@ def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, Vq, VT, Vzp, Vm, Vk, vlo, vhi, cfg, a
 
 
 @njit(cache=True)
-def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
+def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu):
     """The residual add of a projection (``_resid_row``), then the next DI-Norm and input
     quantization of the updated stream row (``_norm_quant_row``; mx, kx of row t are
     read before they are overwritten)."""
     return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg)
-            + _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx))
+            + _norm_quant_row(t, h, pfix, cfg, xq, zx, mx, kx, g, gk, gu))
 
 
 @njit(cache=True)
-def _st_resid_norm(par, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
+def _st_resid_norm(par, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu):
     if par:
-        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
+        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu)
     sat = 0
     for t in range(h.shape[0]):
-        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
+        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx):
+def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu):
     T = h.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
-        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx)
+        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, pfix, cfg, xq, zx, g, gk, gu)
     return sats.sum()
 
 
@@ -826,7 +836,7 @@ def _matmuls(cfg, xq, zx, widx, Wq, Wqs, Wm, Wb, Gs, pidx, Pw, Pqs, Pm, Pb, outs
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q,
-                Wq, Wqs, Wm, Wb, Gs, Wk, Pw, Pqs, Pm, Pb, alpha, alpha_k,
+                Wq, Wqs, Wm, Wb, Gs, Wk, Pw, Pqs, Pm, Pb, alpha, alpha_k, NW, NK, NU,
                 Kq_l, Kzp_l, Km_l, Kk_l, Vq_l, Vzp_l, Vm_l, Vk_l, Kpar_l, VT_l):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations).
 
@@ -864,7 +874,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     pk = np.empty((T, H), dtype=np.int64)
     xo = np.empty((T, H * hd), dtype=np.uint8)
     nul = np.empty((0, 0), dtype=np.int64)      # unused slots of _matmuls' 3-tuples
-    sat = _st_norm_quant(h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx)
+    # DI-Norm weights of stage i (2l: layer l's attention norm, 2l + 1: its ffn norm,
+    # 2 nL: the final norm, always folded into the head): NW[i], NK[i], unit flag NU[i]
+    sat = _st_norm_quant(h, cfg[C_PFIX_EMB], cfg, xq, zx, mx, kx, NW[0], NK[0], NU[0])
     pfix = cfg[C_PFIX_RES]
     for li in range(nL):
         w0 = 7 * li
@@ -900,7 +912,8 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
         _matmuls(cfg, xo, zx, (w0 + 3, w0, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 1, Pw, Pqs, Pm, Pb,
                  (Po, nul, nul))
-        sat += _st_resid_norm(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, pfix, cfg, xq, zx)
+        sat += _st_resid_norm(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, pfix, cfg, xq, zx,
+                              NW[2 * li + 1], NK[2 * li + 1], NU[2 * li + 1])
         # feed-forward block
         Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
         Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
@@ -918,7 +931,8 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         _matmuls(cfg, xf, zx, (w0 + 6, w0, w0), Wq, Wqs, Wm, Wb, Gs, 4 * li + 3, Pw, Pqs, Pm, Pb,
                  (Pd, nul, nul))
         # the residual, then the next layer's (or the final) DI-Norm and quantization
-        sat += _st_resid_norm(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, pfix, cfg, xq, zx)
+        sat += _st_resid_norm(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, pfix, cfg, xq, zx,
+                              NW[2 * li + 2], NK[2 * li + 2], NU[2 * li + 2])
     # the LM head accumulators of the final normed stream
     wh = 7 * nL
     logits = np.empty((T, Wq[wh].shape[0]), dtype=np.int64)
@@ -981,6 +995,17 @@ class FastModel:
             if L.alpha_inv is not None:
                 self.alpha[i] = L.alpha_inv.astype(np.int64)
                 self.alpha_k[i] = L.alpha_k
+        nst = 2 * c.n_layers + 1
+        self.NW = np.ones((nst, c.dim), dtype=np.int64)
+        self.NK = np.zeros(nst, dtype=np.int64)
+        self.NU = np.ones(nst, dtype=np.int64)
+        for i, L in enumerate(model.layers):
+            for j, (g, gk) in enumerate(((L.attn_norm_w, L.attn_norm_k),
+                                         (L.ffn_norm_w, L.ffn_norm_k))):
+                if g is not None:
+                    self.NW[2 * i + j] = g.astype(np.int64)
+                    self.NK[2 * i + j] = gk
+                    self.NU[2 * i + j] = 0
         self.emb_q = np.ascontiguousarray(model.emb_q)
         self.emb_m = model.emb_m.astype(np.int64)
         self.emb_k = model.emb_k.astype(np.int64)
@@ -1133,7 +1158,7 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.Wq, fm.Wqs, fm.Wm, fm.Wb, fm.Gs, fm.Wk, fm.Pw, fm.Pqs, fm.Pm, fm.Pb, fm.alpha,
-        fm.alpha_k, *_cache_lists(cache))
+        fm.alpha_k, fm.NW, fm.NK, fm.NU, *_cache_lists(cache))
     if sat and fm.spec.overflow == "raise":
         return None                      # the op-by-op path raises, naming the operator
     cache.length += ids.size

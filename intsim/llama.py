@@ -22,7 +22,7 @@ from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
 from .model import IntModel
-from .norm import di_norm
+from .norm import di_norm, norm_weight
 from .qtensor import Dyadic, QTensor
 from .requant import M_IN_LIMIT, requant_rows
 from .residual import residual_add
@@ -178,10 +178,10 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
     if tap:
         tap("embed", h)
     for li, L in enumerate(model.layers):
-        hn, _ = di_norm(h, spec, backend)                                        # scale-only
+        hn = _gain(di_norm(h, spec, backend)[0], L.attn_norm_w, L.attn_norm_k, backend)
         o = attention(model, li, hn, pos, visible, cache, backend, tap)          # [T, D] int16
         h, _ = residual_add(h, o, spec, backend)                                 # stream, 16-bit
-        hn2, _ = di_norm(h, spec, backend)
+        hn2 = _gain(di_norm(h, spec, backend)[0], L.ffn_norm_w, L.ffn_norm_k, backend)
         g, _ = di_matmul(hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
         u, _ = di_matmul(hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
         y, ys = di_swiglu(g, u, L.alpha_inv, L.alpha_k, spec, backend)           # exact int64
@@ -200,6 +200,11 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
         tap("final_norm", hf)
         tap("logits", QTensor.exact(logits, ls))
     return logits, ls
+
+
+def _gain(hn: QTensor, g, gk: int, backend: str) -> QTensor:
+    """DI-Norm's per-channel weight when the model keeps one (else γ is in the weights)."""
+    return hn if g is None else norm_weight(hn, g, gk, backend)
 
 
 def _positions(past: int, T: int, segments) -> tuple[np.ndarray, np.ndarray]:

@@ -58,6 +58,10 @@ class QWeight:
     The zero-point form is ``b = -m * zp``; GGUF Q4_1's ``d * q + min`` is ``m = d * 2^k``,
     ``b = min * 2^k`` (when both are integers at one k).
 
+    ``row_bits``: optional uint8 [N], mixed precision between output channels (MixLLM):
+    row n's codes lie in [0, 2^row_bits[n] - 1], ``2 <= row_bits[n] <= bits``; ``bits`` is
+    then the widest row, and every bound below uses it (the narrow rows only tighten them).
+
     Derived at construction (not fields): ``qsum`` int64 [N, K/G], the per-group sum of
     the codes (used by the fast kernel), ``m_max`` and ``b_absmax`` (used by the bounds).
     """
@@ -67,6 +71,7 @@ class QWeight:
     m: np.ndarray
     b: np.ndarray
     k: int
+    row_bits: np.ndarray | None = None
     qsum: np.ndarray = field(init=False, repr=False)
     m_max: int = field(init=False, repr=False)
     b_absmax: int = field(init=False, repr=False)
@@ -81,6 +86,19 @@ class QWeight:
         if K % G:
             raise IntsimError(f"QWeight.group_size: {G} does not divide K = {K}")
         check_range("QWeight.q", self.q, 0, 2 ** bits - 1)
+        if self.row_bits is not None:
+            check_int_array("QWeight.row_bits", self.row_bits, ndim=1)
+            if self.row_bits.shape != (N,):
+                raise IntsimError(f"QWeight.row_bits: shape {self.row_bits.shape} != (N,) = ({N},)")
+            check_range("QWeight.row_bits", self.row_bits, 2, bits)
+            rb = self.row_bits.astype(np.uint8)
+            top = (np.int64(1) << rb.astype(np.int64)) - 1
+            over = self.q.astype(np.int64) > top[:, None]
+            if over.any():
+                n = int(np.argwhere(over)[0][0])
+                raise IntsimOverflowError(f"QWeight.q: row {n} holds code {int(self.q[n].max())} "
+                                          f"above its row_bits {int(rb[n])}-bit range")
+            object.__setattr__(self, "row_bits", rb)
         ng = K // G
         for name, lo, hi in (("m", 0, M_LIMIT), ("b", -B_LIMIT, B_LIMIT)):
             v = getattr(self, name)

@@ -3,7 +3,8 @@
 ``IntModel`` is what ``intsim.modelfile.load_model`` returns and what ``forward()`` runs.
 Every array is an integer array; every scale a dyadic pair.  The float side
 (``converters/``) builds it from a checkpoint: RMSNorm γ's are folded into the next
-linear layer (q/k/v, gate/up, lm_head), the embedding is quantized per row, the RoPE
+linear layer (q/k/v, gate/up, lm_head) or, for the two norms of each layer, kept as
+per-channel DI-Norm weights (``norm_weight``, the form FSBR's smoothing needs), the embedding is quantized per row, the RoPE
 tables are data.  docs/MODEL_FORMAT.md gives the on-disk form.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from .errors import IntsimError, check_int, check_int_array
 from .matmul import QWeight
+from .norm import check_norm_weight
 from .options import Spec
 
 
@@ -72,6 +74,12 @@ class LayerParams:
     w_down: QWeight         # [dim, ffn_dim]
     alpha_inv: np.ndarray | None = None   # FSBR act-smooth 1/α per ffn channel (int64), or None
     alpha_k: int = 0
+    # DI-Norm per-channel weights (γ / s as 16-bit mantissas, exponent *_k), or None when γ
+    # is folded into the next linears (then wq..wv, w_gate, w_up carry it, as above)
+    attn_norm_w: np.ndarray | None = None
+    attn_norm_k: int = 0
+    ffn_norm_w: np.ndarray | None = None
+    ffn_norm_k: int = 0
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,11 @@ class IntModel:
                 got = getattr(L, name).q.shape
                 if got != shape:
                     raise IntsimError(f"layers.{i}.{name}: shape {got} != {shape}")
+            for name in ("attn_norm_w", "ffn_norm_w"):
+                g = getattr(L, name)
+                if g is not None:
+                    check_norm_weight(f"layers.{i}.{name}", g,
+                                      getattr(L, name.replace("_w", "_k")), c.dim)
         if self.w_head.q.shape != (c.vocab_size, c.dim):
             raise IntsimError(f"w_head: shape {self.w_head.q.shape} != {(c.vocab_size, c.dim)}")
         want_rope = (c.max_pos, c.head_dim // 2)

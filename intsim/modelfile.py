@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 META_KEY = "intsim"
 #: the seven linear layers of a block, as LayerParams names them (and the tensor names)
 LINEARS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+#: the optional per-channel DI-Norm weights of a layer (int16; exponents in metadata norm_k)
+NORM_WEIGHTS = ("attn_norm_w", "ffn_norm_w")
 TOKENIZER_TENSOR = "tokenizer.json"
 REGENERATE = "regenerate it with: intsim convert SRC --out MODEL"
 
@@ -60,11 +62,17 @@ def rope_dtype(spec: Spec) -> np.dtype:
 
 
 def _qweight_tensors(prefix: str, w: QWeight) -> dict[str, np.ndarray]:
-    return {f"{prefix}.q": w.q, f"{prefix}.m": w.m, f"{prefix}.b": w.b}
+    t = {f"{prefix}.q": w.q, f"{prefix}.m": w.m, f"{prefix}.b": w.b}
+    if w.row_bits is not None:
+        t[f"{prefix}.row_bits"] = w.row_bits
+    return t
 
 
 def _qweight_meta(w: QWeight) -> dict:
-    return {"bits": w.bits, "group_size": w.group_size, "k": w.k}
+    d = {"bits": w.bits, "group_size": w.group_size, "k": w.k}
+    if w.row_bits is not None:
+        d["row_bits"] = True          # mixed precision between output channels (MixLLM)
+    return d
 
 
 def model_tensors(model: IntModel) -> dict[str, np.ndarray]:
@@ -76,6 +84,10 @@ def model_tensors(model: IntModel) -> dict[str, np.ndarray]:
             t.update(_qweight_tensors(f"layers.{i}.{name}", getattr(L, name)))
         if L.alpha_inv is not None:
             t[f"layers.{i}.alpha_inv"] = L.alpha_inv.astype(np.int64)
+        for n in NORM_WEIGHTS:
+            g = getattr(L, n)
+            if g is not None:
+                t[f"layers.{i}.{n}"] = g.astype(np.int16)
     t.update(_qweight_tensors("head", model.w_head))
     t["rope.cos"] = model.cos_q
     t["rope.sin"] = model.sin_q
@@ -127,6 +139,8 @@ def save_model(model: IntModel, path, tokenizer_json: bytes) -> Path:
         "spec": model.spec.to_dict(),
         "qweights": qmeta,
         "alpha_k": [None if L.alpha_inv is None else int(L.alpha_k) for L in model.layers],
+        "norm_k": [[None if getattr(L, n) is None else int(getattr(L, n.replace("_w", "_k")))
+                    for n in NORM_WEIGHTS] for L in model.layers],
         "tokenizer_sha256": hashlib.sha256(bytes(tokenizer_json)).hexdigest(),
         "tensor_sha256": tensors_sha256(tensors),
     })
@@ -231,6 +245,7 @@ def _expected(path: Path, h: dict, config: ModelConfig, widths: Widths, spec: Sp
     if not isinstance(alpha_k, list) or len(alpha_k) != c.n_layers:
         raise _err(path, f"metadata 'alpha_k': expected a list of {c.n_layers} entries; "
                          f"{REGENERATE}")
+    norm_k = _norm_k(path, h, c.n_layers)
     qw = h["qweights"]
     shapes = linear_shapes(c)
     for i in range(c.n_layers):
@@ -239,6 +254,9 @@ def _expected(path: Path, h: dict, config: ModelConfig, widths: Widths, spec: Sp
             want.update(_qweight_want(path, qw, f"layers.{i}.{name}", N, K, G, widths.w_bits))
         if alpha_k[i] is not None:
             want[f"layers.{i}.alpha_inv"] = (_I64, (c.ffn_dim,))
+        for n, nk in zip(NORM_WEIGHTS, norm_k[i]):
+            if nk is not None:
+                want[f"layers.{i}.{n}"] = (np.dtype(np.int16), (c.dim,))
     want.update(_qweight_want(path, qw, "head", c.vocab_size, c.dim, c.dim, widths.head_w_bits))
     rd = rope_dtype(spec)
     want["rope.cos"] = (rd, (c.max_pos, c.head_dim // 2))
@@ -248,9 +266,11 @@ def _expected(path: Path, h: dict, config: ModelConfig, widths: Widths, spec: Sp
 
 def _qweight_want(path: Path, qw: dict, prefix: str, N: int, K: int, G: int, bits: int) -> dict:
     s = qw.get(prefix)
-    if not isinstance(s, dict) or set(s) != {"bits", "group_size", "k"}:
-        raise _err(path, f"metadata 'qweights.{prefix}': expected {{bits, group_size, k}}, "
-                         f"got {s!r}; {REGENERATE}")
+    if (not isinstance(s, dict) or set(s) - {"row_bits"} != {"bits", "group_size", "k"}
+            or s.get("row_bits", True) is not True):
+        raise _err(path, f"metadata 'qweights.{prefix}': expected {{bits, group_size, k}} "
+                         f"(and row_bits: true for a mixed-precision weight), got {s!r}; "
+                         f"{REGENERATE}")
     if s["bits"] != bits or s["group_size"] != G:
         raise _err(path, f"metadata 'qweights.{prefix}': bits {s['bits']}, group_size "
                          f"{s['group_size']} disagree with the widths (bits {bits}, "
@@ -259,8 +279,11 @@ def _qweight_want(path: Path, qw: dict, prefix: str, N: int, K: int, G: int, bit
         raise _err(path, f"metadata 'widths.group_size': {G} does not divide K = {K} of "
                          f"{prefix}")
     ng = K // G
-    return {f"{prefix}.q": (_U8, (N, K)), f"{prefix}.m": (_I64, (N, ng)),
+    want = {f"{prefix}.q": (_U8, (N, K)), f"{prefix}.m": (_I64, (N, ng)),
             f"{prefix}.b": (_I64, (N, ng))}
+    if s.get("row_bits"):
+        want[f"{prefix}.row_bits"] = (_U8, (N,))
+    return want
 
 
 def load_model(path, *, verify: bool = True) -> IntModel:
@@ -309,7 +332,8 @@ def load_model(path, *, verify: bool = True) -> IntModel:
     def qweight(prefix: str) -> QWeight:
         s = h["qweights"][prefix]
         return _build(path, f"tensor '{prefix}'", QWeight, t[f"{prefix}.q"], s["bits"],
-                      s["group_size"], t[f"{prefix}.m"], t[f"{prefix}.b"], s["k"])
+                      s["group_size"], t[f"{prefix}.m"], t[f"{prefix}.b"], s["k"],
+                      t.get(f"{prefix}.row_bits"))
 
     layers = []
     for i in range(config.n_layers):
@@ -317,8 +341,13 @@ def load_model(path, *, verify: bool = True) -> IntModel:
         alpha = t.get(f"layers.{i}.alpha_inv")
         if alpha is not None:
             _check_alpha(path, i, alpha, ak)
-        layers.append(LayerParams(**{n: qweight(f"layers.{i}.{n}") for n in LINEARS},
-                                  alpha_inv=alpha, alpha_k=0 if ak is None else ak))
+        norms = {}
+        for n, nk in zip(NORM_WEIGHTS, _norm_k(path, h, config.n_layers)[i]):
+            norms[n] = t.get(f"layers.{i}.{n}")
+            norms[n.replace("_w", "_k")] = 0 if nk is None else nk
+        layers.append(_build(path, f"layer {i}", LayerParams,
+                             **{n: qweight(f"layers.{i}.{n}") for n in LINEARS},
+                             alpha_inv=alpha, alpha_k=0 if ak is None else ak, **norms))
     meta = dict(h)
     meta["file"] = str(path)
     return _build(path, "model", IntModel, config=config, widths=widths, spec=spec,
@@ -332,6 +361,23 @@ def _dict(path: Path, h: dict, key: str) -> dict:
         raise _err(path, f"metadata '{key}': expected an object, got {type(v).__name__}; "
                          f"{REGENERATE}")
     return v
+
+
+def _norm_k(path: Path, h: dict, n_layers: int) -> list:
+    """``norm_k``: per layer ``[attn, ffn]`` exponents of the DI-Norm weights, ``None`` where
+    γ is folded into the next linears (the whole key may be absent: all folded)."""
+    nk = h.get("norm_k")
+    if nk is None:
+        return [[None, None]] * n_layers
+    from .norm import NORM_W_K_MAX
+    ok = isinstance(nk, list) and len(nk) == n_layers and all(
+        isinstance(e, list) and len(e) == 2 and all(
+            v is None or (isinstance(v, int) and not isinstance(v, bool)
+                          and 0 <= v <= NORM_W_K_MAX) for v in e) for e in nk)
+    if not ok:
+        raise _err(path, f"metadata 'norm_k': expected {n_layers} pairs of integers in "
+                         f"[0, {NORM_W_K_MAX}] or null; {REGENERATE}")
+    return nk
 
 
 def _check_alpha(path: Path, i: int, alpha: np.ndarray, ak) -> None:

@@ -17,7 +17,8 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from .errors import IntsimError, IntsimOverflowError, check_choice, check_range
+from .errors import (IntsimError, IntsimOverflowError, check_choice, check_int, check_int_array,
+                     check_range)
 from .fixedpoint import (_check_backend, _fit_ref, _isqrt_ref, bit_length_nb, bit_length_ref,
                          dyadic_fit_nb, isqrt_nb, rounding_code)
 from .options import DEFAULT_SPEC, Spec
@@ -169,3 +170,69 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
             f"x: {nsat} DI-Norm row scale(s) exceed the largest dyadic scale of m_bits="
             f"{spec.m_bits}, k_bits={spec.k_bits} (use overflow='saturate' to clamp and count)")
     return QTensor(x.q, x.zp, Dyadic(m, k), x.bits, x.signed), nsat
+
+
+# ------------------------------------------------------------------ per-channel norm weight
+
+#: the per-channel weight's mantissas are signed 16-bit, symmetric: |g| <= 2^15 - 1
+NORM_W_BITS = 16
+NORM_W_LIMIT = 2 ** (NORM_W_BITS - 1) - 1
+#: exponent of the weight vector: g_real = g * 2^-gk, 0 <= gk <= 31
+NORM_W_K_MAX = 31
+
+
+def _norm_weight_ref(q, zp, g):
+    return (q.astype(np.int64) - zp.astype(np.int64)[..., None]) * g.astype(np.int64)
+
+
+@njit(cache=True)
+def _norm_weight_nb(q, zp, g, out):
+    for i in range(q.shape[0]):
+        z = np.int64(zp[i])
+        for j in range(q.shape[1]):
+            out[i, j] = (np.int64(q[i, j]) - z) * np.int64(g[j])   # |.| < 2^16 * 2^15 = 2^31
+
+
+def check_norm_weight(name: str, g, gk, C: int) -> tuple[np.ndarray, int]:
+    """Validate a per-channel norm weight ``(g, gk)`` for rows of ``C`` channels."""
+    check_int_array(name, g, ndim=1)
+    if g.shape != (C,):
+        raise IntsimError(f"{name}: shape {g.shape} != ({C},), one weight per channel")
+    check_range(name, g, -NORM_W_LIMIT, NORM_W_LIMIT)
+    check_int(f"{name} exponent", gk, 0, NORM_W_K_MAX)
+    return g.astype(np.int64), int(gk)
+
+
+def norm_weight(x: QTensor, g: np.ndarray, gk: int, backend: str = "numba") -> QTensor:
+    """DI-Norm's per-channel weight: ``y_j = (q_j - zp) * g_j`` exactly, scale ``(m, k + gk)``.
+
+    The RMSNorm gain γ (divided by FSBR's qkv/fc1 smoothing factors s) is kept in the
+    graph as signed 16-bit mantissas ``g`` with one exponent ``gk`` per vector (real
+    weight ``g_j * 2^-gk``; the converter rounds, ties to even, in float) instead of
+    being folded into the next linear layer, so the next DI-MatMul's per-token input
+    quantizer sees ``x / rms * γ / s``: the form the paper's smoothing is learned for.
+
+    Input: DI-Norm's output, ``|q - zp| <= 2^16 - 1``; ``|g| <= 2^15 - 1``,
+    ``0 <= gk <= 31``.  Output: ``QTensor.exact`` of int64 ``y`` with
+    ``|y| <= (2^16 - 1)(2^15 - 1) < 2^31``; nothing is rounded (the next DI-MatMul
+    requantizes the row to A bits, spec.rounding).
+    """
+    _check_backend(backend)
+    if not isinstance(x, QTensor):
+        raise IntsimError(f"x: expected a QTensor, got {type(x).__name__}")
+    C = x.q.shape[-1]
+    g, gk = check_norm_weight("weight", g, gk, C)
+    zp = np.asarray(x.zp, dtype=np.int64)
+    if x.bits > 16:
+        raise IntsimError(f"x: bits {x.bits} > 16 is outside the norm weight's declared input range")
+    check_range("x (q - zp)", x.centered(), -NORM_D_LIMIT, NORM_D_LIMIT)
+    if backend == "reference":
+        y = _norm_weight_ref(x.q, zp, g)
+    else:
+        rows = x.q.shape[:-1]
+        q2 = np.ascontiguousarray(x.q).reshape(-1, C)
+        y = np.empty(q2.shape, dtype=np.int64)
+        _norm_weight_nb(q2, np.ascontiguousarray(np.broadcast_to(zp, rows)).ravel(), g, y)
+        y = y.reshape(x.q.shape)
+    s = x.scale
+    return QTensor.exact(y, Dyadic(s.m, np.asarray(s.k, dtype=np.int64) + gk))

@@ -735,3 +735,52 @@ def test_gguf_source_equals_hf_source(tmp_path, tiny):
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
     with pytest.raises(ConvertError, match=r"bad.gguf: corrupt or truncated GGUF"):
         convert(tmp_path / "bad.gguf", tmp_path / "b.intsim")
+
+
+# ---------------------------------------------------------------- γ kept in DI-Norm
+
+def test_norm_gain_channel_keeps_gamma_per_channel(tmp_path):
+    """--norm-gain channel: q..v, gate, up carry no γ; DI-Norm's 16-bit weights are γ within
+    half an LSB of their exponent; the file round trip keeps them; the folded model has none."""
+    src = make_tiny_hf(tmp_path / "hf", seed=3)
+    model, tok = build_model(src, norm_gain="channel")
+    hf = hf_weights(src)
+    for i, L in enumerate(model.layers):
+        p = f"model.layers.{i}."
+        for k, name in LINEARS.items():
+            w = hf[p + name]
+            assert_weight_close(getattr(L, k), w, 8, w.shape[1], f"layer {i} {k} (no γ)")
+        for n, hfn in (("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")):
+            g, k = getattr(L, f"{n}_w"), getattr(L, f"{n}_k")
+            gam = hf[p + hfn + ".weight"]
+            assert g.dtype == np.int16 and np.abs(g).max() > 2 ** 14      # the range is used
+            assert np.abs(g * 2.0 ** -k - gam).max() <= 2.0 ** -(k + 1)
+    back = load_model(save_model(model, tmp_path / "m.intsim", tok))
+    for L1, L2 in zip(model.layers, back.layers):
+        for n in ("attn_norm_w", "ffn_norm_w"):
+            np.testing.assert_array_equal(getattr(L1, n), getattr(L2, n))
+        assert (L1.attn_norm_k, L1.ffn_norm_k) == (L2.attn_norm_k, L2.ffn_norm_k)
+    folded, _ = build_model(src)
+    assert all(L.attn_norm_w is None and L.ffn_norm_w is None for L in folded.layers)
+
+
+def test_norm_gain_refusals(tmp_path):
+    src = make_tiny_hf(tmp_path / "hf", seed=3)
+    with pytest.raises(ConvertError, match="norm_gain"):
+        build_model(src, norm_gain="sideways")
+    with pytest.raises(ConvertError, match=r"layers\.0\.attn_norm_w.*exceeds"):
+        CV.quantize_norm_gain(np.array([1.0, 40000.0]), "layers.0.attn_norm_w")
+    with pytest.raises(ConvertError, match="layers.1.ffn_norm_w: non-finite"):
+        CV.quantize_norm_gain(np.array([1.0, np.nan]), "layers.1.ffn_norm_w")
+    model, tok = build_model(src, norm_gain="channel")
+    out = save_model(model, tmp_path / "m.intsim", tok)
+    # a file whose norm_k metadata is out of range is refused by name
+    from safetensors import safe_open
+    with safe_open(str(out), "numpy") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    h = json.loads(meta["intsim"])
+    h["norm_k"][0][0] = 99
+    save_file(tensors, str(tmp_path / "bad.intsim"), metadata={"intsim": json.dumps(h)})
+    with pytest.raises(IntsimError, match="norm_k"):
+        load_model(tmp_path / "bad.intsim", verify=False)

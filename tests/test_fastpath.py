@@ -377,6 +377,7 @@ MODELS = {
                                                  rounding="floor", softmax_p_frac=6)),
     "paper_range": dict(spec=Spec.paper()),
     "group16_mqa": dict(group_size=16, n_kv_heads=1, w_bits=6),
+    "norm_weights": dict(norm_weights=True, alpha=True),
 }
 
 

@@ -16,6 +16,7 @@ CONFIGS = {
     "alpha_w6a6": dict(alpha=True, w_bits=6, a_bits=6),
     "paper_spec": dict(spec=Spec.paper()),
     "half_even_m12": dict(spec=Spec(rounding="half_even", m_bits=12)),
+    "norm_weights_w6a6": dict(norm_weights=True, w_bits=6, a_bits=6),
 }
 
 

@@ -161,3 +161,65 @@ def test_norm_bad_input():
         di_norm(qt([[1]], [0], 8, True), preshift="none")
     with pytest.raises(IntsimError, match="backend"):
         di_norm(qt([[1]], [0], 8, True), backend="cuda")
+
+
+# ------------------------------------------------------------------ per-channel norm weight
+
+from intsim.norm import NORM_W_K_MAX, NORM_W_LIMIT, norm_weight   # noqa: E402
+
+
+@st.composite
+def weighted_inputs(draw):
+    x = draw(norm_inputs())
+    C = x.q.shape[-1]
+    g = draw(arrays(np.int64, (C,), elements=st.integers(-NORM_W_LIMIT, NORM_W_LIMIT),
+                    fill=st.nothing()))
+    return x, g.astype(np.int16), draw(st.integers(0, NORM_W_K_MAX))
+
+
+@given(weighted_inputs())
+@example((qt([[2 ** 16 - 1, 0]], [0], 16, False), np.array([NORM_W_LIMIT, -NORM_W_LIMIT], np.int16), 31))
+@example((qt([[0, 0]], [2 ** 16 - 1], 16, False), np.array([-NORM_W_LIMIT, 1], np.int16), 0))
+def test_norm_weight_kernel_equals_reference(args):
+    x, g, gk = args
+    a, b = norm_weight(x, g, gk, "numba"), norm_weight(x, g, gk, "reference")
+    assert np.array_equal(a.q, b.q) and a.q.dtype == np.int64 and a.bits == b.bits
+    assert np.array_equal(a.scale.m, x.scale.m) and np.array_equal(a.scale.k, x.scale.k + gk)
+
+
+@given(weighted_inputs())
+def test_norm_weight_is_exact_against_python_ints(args):
+    """Exact product: the real value of every element equals (q - zp) s_x g 2^-gk."""
+    x, g, gk = args
+    y = norm_weight(x, g, gk)
+    for i in range(x.q.shape[0]):
+        for j in range(x.q.shape[1]):
+            want = Fraction(int(x.q[i, j]) - int(x.zp[i])) * x.scale.as_fraction(i) * int(g[j]) / 2 ** gk
+            assert Fraction(int(y.q[i, j])) * y.scale.as_fraction(i) == want
+
+
+def test_norm_weight_overflow_bound_with_python_ints():
+    """|y| <= (2^16 - 1)(2^15 - 1) < 2^31 at the extremes, both signs, both backends."""
+    bound = NORM_D_LIMIT * NORM_W_LIMIT
+    assert bound < 2 ** 31
+    x = qt([[2 ** 16 - 1, 0, 2 ** 16 - 1, 0]], [0], 16, False)
+    g = np.array([NORM_W_LIMIT, NORM_W_LIMIT, -NORM_W_LIMIT, -NORM_W_LIMIT], np.int16)
+    for backend in ("numba", "reference"):
+        y = norm_weight(x, g, 0, backend).q
+        assert [int(v) for v in y[0]] == [bound, 0, -bound, 0]
+    x = qt([[0, 2 ** 16 - 1]], [2 ** 16 - 1], 16, False)
+    assert int(norm_weight(x, g[:2], 0).q[0, 0]) == -bound
+
+
+def test_norm_weight_bad_input():
+    x = qt([[1, 2, 3]], [0], 8, True)
+    with pytest.raises(IntsimError, match=r"weight: shape"):
+        norm_weight(x, np.ones(2, np.int16), 0)
+    with pytest.raises(IntsimError, match="weight"):
+        norm_weight(x, np.array([1, 2, 40000]), 0)      # outside 16 bits
+    with pytest.raises(IntsimError, match="weight exponent"):
+        norm_weight(x, np.ones(3, np.int16), NORM_W_K_MAX + 1)
+    with pytest.raises(IntsimError, match="weight"):
+        norm_weight(x, np.ones(3), 0)
+    with pytest.raises(IntsimError, match="x: expected a QTensor"):
+        norm_weight(np.ones((1, 3)), np.ones(3, np.int16), 0)
