@@ -404,6 +404,9 @@ def prepare_calib(params: dict[int, dict[str, np.ndarray]], config, group_size: 
         what = (f"layer {missing[0]} is missing" if missing else f"has layer {extra[0]}")
         raise CalibError(f"{source}: layer count: the file has {len(have)} layers "
                          f"({what}); the model has {n} (layers 0..{n - 1})")
+    if not params[0]:
+        raise CalibError(f"{source}: layer 0 holds no parameters (an empty calibration "
+                         f"would convert as an uncalibrated model; leave --calib out instead)")
     dims = _dims(config)
     nk = _linear_nk(config)
     names0 = set(params[0])
