@@ -4,9 +4,12 @@ Shapes: T new tokens, S = past + T cached positions, D model dim, H query heads,
 Hkv key/value heads, hd head dim, F ffn dim, V vocab.  Every array is an integer array;
 every scale a ``Dyadic`` per row.  docs/SPEC.md section 14 fixes the attention folds.
 
-``taps``, if given, is called as ``taps(name, value)`` with every intermediate in
-execution order (the golden exporter's hook); it only observes, so capturing never
-changes a result.
+``tap``, if given, sees every op call in execution order (the golden exporter's hook):
+each op runs through ``_op(tap, name, fn, *args)``, which calls ``fn`` and then reports
+it.  A plain callable gets ``tap(name, QTensor)`` for each op whose output has a scale;
+an op-aware tap (attribute ``takes_op_calls``, e.g. ``intsim.golden.Recorder``) gets
+``tap(name, value, OpCall)`` for every op, with the function, its arguments and its whole
+result.  It only observes, so capturing never changes a result.  Names: docs/GOLDEN_FORMAT.md.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
 from .model import IntModel
-from .norm import di_norm, norm_weight
+from .norm import di_norm
 from .qtensor import Dyadic, QTensor
 from .requant import M_IN_LIMIT, requant_rows
 from .residual import residual_add
@@ -44,6 +47,30 @@ def mul_scales(a: Dyadic, b: Dyadic, spec) -> Dyadic:
         return Dyadic(m, a.k + b.k)
     mf, kf, _ = dyadic_fit(m, np.int64(1), 28, (-(2 ** 20), 2 ** 20), spec.rounding)
     return Dyadic(mf, a.k + b.k + kf)
+
+
+@dataclass(frozen=True)
+class OpCall:
+    """One op call as an op-aware tap sees it: the public op function, the arguments it
+    was given and its whole result."""
+    fn: object
+    args: tuple
+    kwargs: dict
+    result: object
+
+
+def _op(tap, op_name: str, fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)``, reported to ``tap`` (module doc) when there is one."""
+    out = fn(*args, **kwargs)
+    if tap is not None:
+        first = out[0] if isinstance(out, tuple) else out
+        if isinstance(out, tuple) and isinstance(first, np.ndarray) and isinstance(out[1], Dyadic):
+            first = QTensor.exact(first, out[1])          # exact integers and their scale
+        if getattr(tap, "takes_op_calls", False):
+            tap(op_name, first, OpCall(fn, args, kwargs, out))
+        elif isinstance(first, QTensor):
+            tap(op_name, first)
+    return out
 
 
 @dataclass
@@ -105,41 +132,43 @@ def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: n
     c, w, spec, L = model.config, model.widths, model.spec, model.layers[li]
     T, H, Hkv, hd, A = hn.q.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
     past, S = cache.length, cache.length + T
-    q, _ = di_matmul(hn, L.wq, A, w.qk_bits, True, spec, backend)            # [T, H*hd] sym
-    k, _ = di_matmul(hn, L.wk, A, w.qk_bits, True, spec, backend)            # [T, Hkv*hd] sym
-    v, _ = di_matmul(hn, L.wv, A, A, False, spec, backend)                   # [T, Hkv*hd] per token
-    qr, qs = rope(q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)    # exact int64
-    kr, ks = rope(k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
+    a = f"layers.{li}.attn"                                                  # op names
+    q, _ = _op(tap, f"{a}.q_proj", di_matmul, hn, L.wq, A, w.qk_bits, True, spec, backend)  # [T, H*hd]
+    k, _ = _op(tap, f"{a}.k_proj", di_matmul, hn, L.wk, A, w.qk_bits, True, spec, backend)  # [T, Hkv*hd]
+    v, _ = _op(tap, f"{a}.v_proj", di_matmul, hn, L.wv, A, A, False, spec, backend)  # per token
+    qr, qs = _op(tap, f"{a}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
+    kr, ks = _op(tap, f"{a}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
     # Q and K per (token, head) at A bits
-    qh, _ = requant_rows(qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
-                         np.repeat(qs.k[:, None], H, 1)), A, False, spec, backend, name="q")
-    kh, _ = requant_rows(kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
-                         np.repeat(ks.k[:, None], Hkv, 1)), A, False, spec, backend, name="k")
+    qh, _ = _op(tap, f"{a}.q", requant_rows, qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
+                np.repeat(qs.k[:, None], H, 1)), A, False, spec, backend, name="q")
+    kh, _ = _op(tap, f"{a}.k", requant_rows, kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
+                np.repeat(ks.k[:, None], Hkv, 1)), A, False, spec, backend, name="k")
     cache.put(li, past, kh, v)
     kq, kz, km, kk = (a[li][:S] for a in (cache.k_q, cache.k_zp, cache.k_m, cache.k_k))
     vq, vz, vm, vk = (a[li][:S] for a in (cache.v_q, cache.v_zp, cache.v_m, cache.v_k))
     rep = H // Hkv
     # scores: exact int32 accumulators, then the key scales folded along each row
-    acc = qk_scores(qh.centered(), kq.astype(np.int64) - kz[..., None], backend)   # [H, T, S]
+    acc = _op(tap, f"{a}.qk", qk_scores, qh.centered(), kq.astype(np.int64) - kz[..., None],
+              backend)                                                         # [H, T, S]
     kmh, kkh = np.repeat(km.T, rep, 0)[:, None, :], np.repeat(kk.T, rep, 0)[:, None, :]
-    sc, kref = fold_scales(acc, kmh, kkh, GUARD_K, visible[None], spec, backend, name="scores")
+    sc, kref = _op(tap, f"{a}.scores", fold_scales, acc, kmh, kkh, GUARD_K, visible[None], spec, backend,
+                   name="scores")
     s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
-    p = di_clipped_softmax(sc, mul_scales(s_row, kref, spec), mask=visible[None], spec=spec,
-                           backend=backend)                                    # [H, T, S]
+    p = _op(tap, f"{a}.softmax", di_clipped_softmax, sc, mul_scales(s_row, kref, spec),
+            mask=visible[None], spec=spec, backend=backend)                    # [H, T, S]
     # value scales folded into the probabilities, requantized per row to A bits
-    pt, pref = fold_scales(p.q.astype(np.int64), vm, vk, GUARD_V, visible[None], spec, backend,
-                           name="p*v_scale")
-    pq, _ = requant_rows(pt, mul_scales(p.scale, pref, spec), A, False, spec, backend, name="p")
-    att = pv(pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd), backend)
+    pt, pref = _op(tap, f"{a}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V, visible[None],
+                   spec, backend, name="p*v_scale")
+    pq, _ = _op(tap, f"{a}.p", requant_rows, pt, mul_scales(p.scale, pref, spec), A, False, spec, backend,
+                name="p")
+    att = _op(tap, f"{a}.pv", pv, pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
+              backend)                                                         # [T, H, hd]
     # heads to one per-token scale, then o_proj
     hm, hk = np.repeat(pq.scale.m.T, hd, 1), np.repeat(pq.scale.k.T, hd, 1)   # [T, H*hd]
-    ao, aos = fold_scales(att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec, backend, name="heads")
-    o, _ = di_matmul(QTensor.exact(ao, aos), L.wo, A, spec.residual_bits, True, spec, backend)
-    if tap:
-        for name, t in (("q_proj", q), ("k_proj", k), ("v_proj", v), ("q_rope", QTensor.exact(qr, qs)),
-                        ("k_rope", QTensor.exact(kr, ks)), ("q", qh), ("k", kh), ("scores", QTensor.exact(sc, s_row)),
-                        ("softmax", p), ("p_v", pq), ("pv", QTensor.exact(ao, aos)), ("o_proj", o)):
-            tap(f"layers.{li}.attn.{name}", t)
+    ao, aos = _op(tap, f"{a}.heads", fold_scales, att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec,
+                  backend, name="heads")
+    o, _ = _op(tap, f"{a}.o_proj", di_matmul, QTensor.exact(ao, aos), L.wo, A, spec.residual_bits, True,
+               spec, backend)
     return o
 
 
@@ -174,37 +203,26 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
 def _layers(model, ids, pos, visible, cache, backend, tap):
     c, w, spec = model.config, model.widths, model.spec
     past, T = cache.length, ids.size
-    h = embed(ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)   # [T, D] int8
-    if tap:
-        tap("embed", h)
+    h = _op(tap, "embed", embed, ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)  # [T, D]
     for li, L in enumerate(model.layers):
-        hn = _gain(di_norm(h, spec, backend)[0], L.attn_norm_w, L.attn_norm_k, backend)
+        hn, _ = _op(tap, f"layers.{li}.attn_norm", di_norm, h, spec, backend)    # scale-only
         o = attention(model, li, hn, pos, visible, cache, backend, tap)          # [T, D] int16
-        h, _ = residual_add(h, o, spec, backend)                                 # stream, 16-bit
-        hn2 = _gain(di_norm(h, spec, backend)[0], L.ffn_norm_w, L.ffn_norm_k, backend)
-        g, _ = di_matmul(hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
-        u, _ = di_matmul(hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False, spec, backend)
-        y, ys = di_swiglu(g, u, L.alpha_inv, L.alpha_k, spec, backend)           # exact int64
-        d, _ = di_matmul(QTensor.exact(y, ys), L.w_down, w.a_bits, spec.residual_bits, True, spec,
-                         backend)
-        h2, _ = residual_add(h, d, spec, backend)
-        if tap:
-            for name, t in (("attn_norm", hn), ("attn_residual", h), ("ffn_norm", hn2), ("gate", g),
-                            ("up", u), ("swiglu", QTensor.exact(y, ys)), ("down", d), ("residual", h2)):
-                tap(f"layers.{li}.{name}", t)
-        h = h2
+        h, _ = _op(tap, f"layers.{li}.attn_residual", residual_add, h, o, spec, backend)  # stream, 16-bit
+        hn2, _ = _op(tap, f"layers.{li}.ffn_norm", di_norm, h, spec, backend)
+        g, _ = _op(tap, f"layers.{li}.gate", di_matmul, hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits,
+                   False, spec, backend)
+        u, _ = _op(tap, f"layers.{li}.up", di_matmul, hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False,
+                   spec, backend)
+        y, ys = _op(tap, f"layers.{li}.swiglu", di_swiglu, g, u, L.alpha_inv, L.alpha_k, spec,
+                    backend)                                                     # exact int64
+        d, _ = _op(tap, f"layers.{li}.down", di_matmul, QTensor.exact(y, ys), L.w_down, w.a_bits,
+                   spec.residual_bits, True, spec, backend)
+        h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)
     cache.length = past + T
-    hf, _ = di_norm(h, spec, backend)
-    logits, ls, _ = di_matmul_acc(hf, model.w_head, w.a_bits, spec, backend)     # [T, V] int64
-    if tap:
-        tap("final_norm", hf)
-        tap("logits", QTensor.exact(logits, ls))
+    hf, _ = _op(tap, "final_norm", di_norm, h, spec, backend)
+    logits, ls, _ = _op(tap, "logits", di_matmul_acc, hf, model.w_head, w.a_bits, spec,
+                        backend)                                                 # [T, V] int64
     return logits, ls
-
-
-def _gain(hn: QTensor, g, gk: int, backend: str) -> QTensor:
-    """DI-Norm's per-channel weight when the model keeps one (else γ is in the weights)."""
-    return hn if g is None else norm_weight(hn, g, gk, backend)
 
 
 def _positions(past: int, T: int, segments) -> tuple[np.ndarray, np.ndarray]:
