@@ -58,7 +58,9 @@ integer ones written in float, rounding with a straight-through estimator (STE))
 * the norm input: ``x / rms(x) * (gamma / s_qkv)`` (resp. ``gamma_ffn / s_fc1``), the
   per-channel weight rounded to 16-bit mantissas over one exponent (DI-Norm's
   ``norm_weight``), quantized per token at A bits: the smoothing acts on what is
-  quantized (the runtime keeps gamma / s as a per-channel norm weight);
+  quantized.  The runtime does this when the model is converted with
+  ``intsim convert --norm-gain channel`` (the default ``fold`` folds gamma / s into
+  the weights, where the qkv and fc1 factors cancel): convert FSBR files with it;
 * weights: per output channel (or group of G), asymmetric min/max on the SMOOTHED
   weight with LWC bounds exactly as ``converters.calib.lwc_bounds`` interprets the
   factors (``hi = max(0, sigmoid(up) max W)``, ``lo = min(0, sigmoid(low) min W)``),
@@ -123,9 +125,6 @@ LWC_INIT = 4.0
 INIT_CLAMP = 1e-5
 #: DI-Exp's log2(e) ~ 23/16 = 1.4375 (intsim.exp.LOG2E_Q4)
 LOG2E_Q4 = 23 / 16
-#: DI-Norm per-channel weight: signed 16-bit mantissas, one exponent in [0, 31]
-NORM_W_LIMIT = 2 ** 15 - 1
-NORM_W_K_MAX = 31
 #: q/k projection output width (intsim.model.Widths.qk_bits)
 QK_BITS = 16
 #: RoPE table fraction bits come from spec.rope_frac_bits; tables round half away
@@ -401,16 +400,13 @@ def fq_weight(w, bits: int, group_size: int = 0, up=None, low=None, r=None, c=No
 
 
 def _norm_weight_q(g):
-    """gamma / s as DI-Norm's per-channel weight: signed 16-bit mantissas over one
-    exponent gk in [0, 31] with max |g| 2^gk <= 2^15 - 1, rounded half to even (STE)."""
+    """gamma / s as DI-Norm's per-channel weight, rounded exactly as the converter
+    does (``converters.convert.quantize_norm_gain``: signed 16-bit mantissas over one
+    exponent), with the gradient passed straight through."""
     torch = _torch()
-    gmax = float(g.detach().abs().max())
-    gk = NORM_W_K_MAX if gmax == 0 else min(NORM_W_K_MAX, max(0, math.floor(
-        math.log2(NORM_W_LIMIT / gmax))))
-    while gk > 0 and round(gmax * 2 ** gk) > NORM_W_LIMIT:
-        gk -= 1
-    with torch.no_grad():
-        val = torch.round(g.detach() * 2.0 ** gk).div_(2.0 ** gk)
+    from .convert import quantize_norm_gain
+    q, k = quantize_norm_gain(g.detach().cpu().double().numpy(), "norm weight (gamma / s)")
+    val = torch.as_tensor(np.ldexp(q.astype(np.float64), -k), dtype=g.dtype, device=g.device)
     return _ste(g, val)
 
 

@@ -278,10 +278,11 @@ def test_files_read_back_and_convert_accepts_them(tiny, w4a4_run, tmp_path):
     raw = torch.load(paths["pth"], weights_only=True)
     assert isinstance(raw, dict) and isinstance(raw[0], OrderedDict)
     assert json.loads(paths["report"].read_text())["layers"][0]["layer"] == 0
-    for p in (paths["pth"], paths["safetensors"]):
-        out = tmp_path / f"{p.suffix[1:]}.intsim"
+    for p, gain in ((paths["pth"], "channel"), (paths["safetensors"], "channel"),
+                    (paths["pth"], "fold")):
+        out = tmp_path / f"{p.suffix[1:]}-{gain}.intsim"
         rc = convert_main([str(tiny), "--out", str(out), "--wbits", "4", "--abits", "4",
-                           "--calib", str(p)])
+                           "--calib", str(p), "--norm-gain", gain])
         assert rc == 0 and out.is_file()
 
 
