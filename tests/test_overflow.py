@@ -1,0 +1,310 @@
+"""intsim overflow: peaks, headroom and saturations against an independent recompute.
+
+Everything runs on small seeded synthetic models with the reference backend (no Numba
+compile of the graph): report values are compared with peaks recomputed here with plain
+Python loops from the op inputs that forward() hands an op-aware tap; a crafted
+embedding row forces a scale saturation at a known token; the PNG is decoded.
+"""
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from collections import Counter
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from converters.synthetic import make_model
+from intsim import overflow as ov
+from intsim.errors import IntsimError, IntsimOverflowError
+from intsim.fixedpoint import dyadic_fit
+from intsim.llama import forward
+from intsim.plot import _GLYPHS, GLYPH_H, GLYPH_W, HEADROOM_CLASSES, SAT_RGB, headroom_rgb
+from intsim.requant import requant_rows
+
+IDS = np.array([3, 5, 9, 7, 11, 2, 5])
+
+
+@pytest.fixture(scope="module")
+def model():
+    # group-wise weights (G = 16 over K = 32 and 48): the fold has partial sums
+    return make_model(seed=1, n_layers=2, vocab=64, dim=32, n_heads=4, n_kv_heads=2, ffn=48,
+                      group_size=16)
+
+
+@pytest.fixture(scope="module")
+def report(model):
+    return ov.overflow_report(model, IDS, "saturate", backend="reference")
+
+
+class _Calls:
+    takes_op_calls = True
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, name, value, call):
+        self.calls.append((name, call))
+
+
+@pytest.fixture(scope="module")
+def calls(model):
+    tap = _Calls()
+    forward(model, IDS, None, "reference", tap=tap)
+    return dict(tap.calls)
+
+
+def _entry(report, name):
+    hits = [e for e in report.entries if e.name == name]
+    assert len(hits) == 1, name
+    return hits[0]
+
+
+# ------------------------------------------------------------------ report == Python ints
+
+def _loop_matmul_peaks(x, w, a_bits):
+    """acc peak and the fold's partial-sum peak, by plain loops in Python ints."""
+    xq, _ = requant_rows(x.centered(), x.scale, a_bits, False, backend="reference")
+    codes = xq.q.reshape(-1, w.q.shape[1]).tolist()
+    zps = np.asarray(xq.zp).reshape(-1).tolist()
+    G, ng = w.group_size, w.q.shape[1] // w.group_size
+    q, m, b = w.q.tolist(), w.m.tolist(), w.b.tolist()
+    acc_peak = p_peak = 0
+    for t, row in enumerate(codes):
+        xc = [c - zps[t] for c in row]
+        for n in range(len(q)):
+            P = 0
+            for g in range(ng):
+                acc = sum(xc[j] * q[n][j] for j in range(g * G, g * G + G))
+                xs = sum(xc[g * G:g * G + G])
+                acc_peak = max(acc_peak, abs(acc))
+                P += m[n][g] * acc + b[n][g] * xs
+                p_peak = max(p_peak, abs(P))
+    return acc_peak, p_peak
+
+
+def test_report_matmul_peaks_equal_python_int_loops(model, report, calls):
+    for name in ("layers.0.attn.q_proj", "layers.1.down", "layers.0.gate", "logits"):
+        c = calls[name]
+        x, w, a_bits = c.args[0], c.args[1], c.args[2]
+        acc_peak, p_peak = _loop_matmul_peaks(x, w, a_bits)
+        e_acc, e_p = _entry(report, f"{name}.acc"), _entry(report, f"{name}.P")
+        assert (e_acc.peak, e_p.peak) == (acc_peak, p_peak)
+        assert e_acc.headroom == 31 - acc_peak.bit_length()
+        assert e_p.headroom == 63 - p_peak.bit_length()
+        A, W = a_bits, w.bits
+        assert e_acc.bound == w.group_size * (2 ** A - 1) * (2 ** W - 1)
+        assert e_acc.bound_headroom == 31 - e_acc.bound.bit_length()
+
+
+def test_report_attention_accumulators_equal_python_int_loops(model, report, calls):
+    c = calls["layers.1.attn.qk"]
+    qc, kc = c.args[0].tolist(), c.args[1].tolist()
+    T, H, hd = len(qc), len(qc[0]), len(qc[0][0])
+    rep = H // len(kc[0])
+    peak = max(abs(sum(qc[i][h][d] * kc[j][h // rep][d] for d in range(hd)))
+               for h in range(H) for i in range(T) for j in range(len(kc)))
+    e = _entry(report, "layers.1.attn.qk.acc")
+    assert e.peak == peak and e.headroom == 31 - peak.bit_length()
+    c = calls["layers.0.attn.pv"]
+    pc, vc = c.args[0].tolist(), c.args[1].tolist()
+    S, hd = len(vc), len(vc[0][0])
+    peak = max(abs(sum(pc[h][i][j] * vc[j][h // rep][d] for j in range(S)))
+               for h in range(H) for i in range(T) for d in range(hd))
+    e = _entry(report, "layers.0.attn.pv.acc")
+    assert e.peak == peak and e.bound == S * 255 ** 2
+
+
+def test_report_residual_sum_equals_python_int_loop(report, calls):
+    c = calls["layers.1.attn_residual"]
+    a, b = c.args[0], c.args[1]
+    peak = 0
+    for i in range(a.q.shape[0]):
+        va = [(int(q) - int(a.zp[i])) * int(a.scale.m[i]) for q in a.q[i]]
+        vb = [(int(q) - int(b.zp[i])) * int(b.scale.m[i]) for q in b.q[i]]
+        ka, kb = int(a.scale.k[i]), int(b.scale.k[i])
+        vc, vf = (va, vb) if ka <= kb else (vb, va)
+        kc, kf = min(ka, kb), max(ka, kb)
+        L = max(abs(v) for v in vc).bit_length()
+        sc = 0 if L == 0 else min(kf - kc, 60 - L)
+        sf = kf - (kf if L == 0 else kc + sc)
+        assert sf == 0                         # exact alignment (every practical case)
+        peak = max(peak, max(abs((x << sc) + y) for x, y in zip(vc, vf)))
+    e = _entry(report, "layers.1.attn_residual.sum")
+    assert e.peak == peak and e.headroom == 63 - peak.bit_length()
+
+
+def test_report_norm_and_softmax_sums_equal_python_int_loops(report, calls):
+    x = calls["final_norm"].args[0]
+    sumsq = [sum((int(q) - int(x.zp[i])) ** 2 for q in x.q[i]) for i in range(x.q.shape[0])]
+    assert _entry(report, "final_norm.sumsq").peak == max(sumsq)
+    # softmax: S = sum of DI-Exp over the visible columns, here from the public di_exp on
+    # the clipped, requantized scores of the same call
+    from intsim.exp import di_exp
+    from intsim.softmax import visibility
+    c = calls["layers.0.attn.softmax"]
+    scores, scale, spec = c.args[0], c.args[1], c.kwargs["spec"]
+    vis = visibility(scores.shape, c.kwargs["mask"])
+    H, T, S = scores.shape
+    peak = 0
+    for h in range(H):
+        for i in range(T):
+            cols = [j for j in range(S) if vis[h, i, j]]
+            m, k = int(scale.m[h, i]), int(scale.k[h, i])
+            assert m > 0 and spec.rounding == "half_up"
+            num, den = (spec.softmax_clip << k, m) if k >= 0 else (spec.softmax_clip, m << -k)
+            C = min(max((2 * num + den) // (2 * den), 1), 2 ** 61)   # clip in units, half_up
+            mx = max(int(scores[h, i, j]) for j in cols)
+            xt = np.array([[max(int(scores[h, i, j]) - mx, -C) if j in cols else 0
+                            for j in range(S)]], dtype=np.int64)
+            qt, _ = requant_rows(xt, type(scale)(scale.m[h, i:i + 1], scale.k[h, i:i + 1]),
+                                 spec.softmax_in_bits, False, spec, "reference")
+            xq = np.where(vis[h, i][None], qt.centered(), 0)
+            sc = qt.scale if int(qt.scale.m[0]) else type(scale)(np.ones(1, np.int64), np.zeros(1, np.int64))
+            e, _ = di_exp(xq, sc, spec, "reference")          # m = 0 (a flat row): exp(0) = T
+            peak = max(peak, sum(int(e[0, j]) for j in cols))
+    assert _entry(report, "layers.0.attn.softmax.sum").peak == peak
+
+
+def test_report_covers_every_op_and_every_recompute_matches(report):
+    assert report.uncovered == []
+    assert report.all_checked
+    assert {e.kind for e in report.entries} == {"value", "scale", "clamp"}
+    for e in report.entries:
+        if e.kind == "value":
+            assert e.headroom == e.bits - e.peak.bit_length()
+            assert e.bound is None or e.peak <= e.bound          # the docstring bound holds
+        elif e.kind == "scale":
+            assert e.headroom == e.peak - e.bits                  # bits holds k_min
+    # the first row of every head sees one key: probability 1 saturates to 2^16 - 1
+    p = _entry(report, "layers.0.attn.softmax.p")
+    assert p.saturated >= 4 and p.first == (0, 0, 0) and p.headroom == -1
+
+
+def test_recompute_check_can_fail(model):
+    calls = ov._collect(model, IDS, "reference")
+    i = next(j for j, (n, _) in enumerate(calls) if n == "layers.0.up")
+    name, c = calls[i]
+    y, stats = c.result
+    q = y.q.copy()
+    q[2, 5] ^= 1                                                 # one corrupted code
+    bad = type(y)(q, y.zp, y.scale, y.bits, y.signed)
+    calls[i] = (name, replace(c, result=(bad, stats)))
+    rep = ov._build(replace(model, spec=replace(model.spec, overflow="saturate")), IDS, calls,
+                    "saturate")
+    assert not rep.all_checked
+    assert _entry(rep, "layers.0.up.acc").check is False
+    assert "MISMATCH" in rep.text()
+
+
+# ------------------------------------------------------------------ forced overflow
+
+@pytest.fixture(scope="module")
+def crafted(model):
+    """Token 7's embedding row gets a scale 2^160 times too large: the first residual add
+    of the row holding token 7 (position 3) needs an exponent below k_min = -128."""
+    emb_k = model.emb_k.copy()
+    emb_k[7] = -160
+    return replace(model, emb_k=emb_k)
+
+
+def test_forced_overflow_is_counted_with_its_first_index_under_saturate(crafted):
+    rep = ov.overflow_report(crafted, IDS, "saturate", backend="reference")
+    sat = [e for e in rep.entries if e.saturated and e.kind != "clamp"]
+    assert sat[0].name == "layers.0.attn_residual.scale"
+    assert sat[0].saturated == 1 and sat[0].first == (3,) and sat[0].headroom < 0
+    assert rep.all_checked                     # the run clamped exactly as the recompute says
+    assert "layers.0.attn_residual.scale: 1 of 7, first at (3,)" in rep.text()
+
+
+def test_forced_overflow_raises_under_raise(crafted):
+    with pytest.raises(IntsimOverflowError, match=r"layers\.0\.attn_residual\.scale: 1 of 7 .*"
+                                                  r"first saturating index \(3,\)") as ei:
+        ov.overflow_report(crafted, IDS, "raise", backend="reference")
+    assert "row scale(s) exceed" in str(ei.value.__cause__)      # the run's own error
+
+
+def test_no_overflow_raise_and_saturate_agree(model, report):
+    rep = ov.overflow_report(model, IDS, "raise", backend="reference")
+    assert [e.to_dict() for e in rep.entries] == [e.to_dict() for e in report.entries]
+    with pytest.raises(IntsimError, match="policy"):
+        ov.overflow_report(model, IDS, "wrap")
+
+
+def test_value_entry_finds_elements_beyond_the_container():
+    v = np.zeros((3, 4), dtype=object)
+    v[1, 2] = 2 ** 31                        # one beyond int32
+    v[2, 0] = -(2 ** 31) - 5                 # and another, later in C order
+    v[0, 3] = 2 ** 31 - 1                    # fits exactly
+    e = ov._value_entry("layers.0.x.acc", 0, v, "int32", 2 ** 31 - 1)
+    assert (e.saturated, e.first, e.peak, e.headroom) == (2, (1, 2), 2 ** 31 + 5, -1)
+    e = ov._value_entry("x", None, np.array([2 ** 62], dtype=object) * 4, "int64", None)
+    assert e.saturated == 1 and e.headroom == 63 - 65          # 2^64 has 65 bits
+
+
+@given(num=st.integers(1, 2 ** 61 - 1), den=st.integers(1, 2 ** 45 - 1),
+       rule=st.sampled_from(["floor", "half_up", "half_even", "half_away"]))
+def test_fit_exponent_equals_dyadic_fit(num, den, rule):
+    _, k, sat = dyadic_fit(np.int64(num), np.int64(den), 8, (-(2 ** 20), 2 ** 20), rule,
+                           backend="reference")
+    assert not sat and ov.fit_exponent(num, den, 8, rule) == int(k)
+
+
+# ------------------------------------------------------------------ the PNG
+
+def _decode_png(data: bytes):
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        n, = struct.unpack(">I", data[pos:pos + 4])
+        tag, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + n]
+        crc, = struct.unpack(">I", data[pos + 8 + n:pos + 12 + n])
+        assert zlib.crc32(tag + body) & 0xFFFFFFFF == crc
+        chunks[tag] = chunks.get(tag, b"") + body
+        pos += 12 + n
+    w, h, depth, ctype = struct.unpack(">IIBB", chunks[b"IHDR"][:10])
+    assert (depth, ctype) == (8, 2)
+    raw = zlib.decompress(chunks[b"IDAT"])
+    assert len(raw) == h * (1 + 3 * w) and all(raw[y * (1 + 3 * w)] == 0 for y in range(h))
+    colours = Counter(raw[y * (1 + 3 * w) + 1 + 3 * x:y * (1 + 3 * w) + 4 + 3 * x]
+                      for y in range(h) for x in range(w))
+    return w, h, colours
+
+
+def test_png_heatmap_decodes_and_shows_each_headroom_class(report, crafted):
+    w, h, colours = _decode_png(report.png())
+    rows = len({e.op for e in report.entries})
+    assert h > rows * (GLYPH_H + 6) and w > 3 * 60
+    for v in {e.headroom for e in report.entries if e.kind != "clamp"}:
+        assert bytes(headroom_rgb(v)) in colours
+    legend_only = colours[bytes(SAT_RGB)]                 # nothing saturates: the legend's box
+    _, _, colours = _decode_png(ov.overflow_report(crafted, IDS, "saturate", backend="reference").png())
+    assert colours[bytes(SAT_RGB)] > legend_only          # the forced overflow's cell is red
+    assert all(len(g) == GLYPH_W * GLYPH_H for g in _GLYPHS.values())
+    assert [c[0] for c in HEADROOM_CLASSES] == sorted((c[0] for c in HEADROOM_CLASSES), reverse=True)
+
+
+# ------------------------------------------------------------------ command line
+
+def test_cli_overflow_json_and_png(tmp_path):
+    from intsim.modelfile import save_model
+    from tiny_llama import tiny_tokenizer
+    path = tmp_path / "syn.intsim"
+    save_model(make_model(seed=2, n_layers=1, vocab=300, dim=32, n_heads=2, n_kv_heads=1, ffn=48),
+               path, tiny_tokenizer(300).to_str().encode())
+    png = tmp_path / "h.png"
+    r = subprocess.run([sys.executable, "-m", "intsim", "overflow", str(path), "--prompt",
+                        "the lazy dog sleeps", "--backend", "reference", "--json", "--png", str(png)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["all_recomputes_match"] and out["policy"] == "raise"      # the model's spec
+    assert {s["op"] for s in out["summary"]} >= {"attn.qk.acc", "logits.P", "swiglu.y"}
+    _decode_png(png.read_bytes())
+    r = subprocess.run([sys.executable, "-m", "intsim", "overflow", str(path), "--prompt", "dog",
+                        "--backend", "reference"], capture_output=True, text=True)
+    assert r.returncode == 0 and "recomputes: all match" in r.stdout
