@@ -1,9 +1,10 @@
 """Overflow and headroom report: every container of a forward pass against its peak.
 
-``overflow_report(model, ids, policy)`` runs one fresh prefill of ``ids`` with a tap that
-keeps every intermediate (intsim.llama.forward), then recomputes, from each operator's
-tapped inputs, the quantities that live only inside the operators, in Python integers
-(or int64 where a Python-int bound on the actual operands proves it exact):
+``overflow_report(model, ids, policy)`` runs one fresh prefill of ``ids`` with an op-aware
+tap (intsim.llama.forward hands it every op call: function, arguments, result), then
+recomputes, from each call's own arguments, the quantities that live only inside the
+operator, in Python integers (or int64 where a Python-int bound on the actual operands
+proves it exact).  Dispatch is on the op function, so the report follows the graph:
 
 * DI-MatMul: the input requantization's scale, the int32 group accumulators ``acc``,
   the int64 fold ``P`` (peak over its partial sums in group order), the output scale;
@@ -14,8 +15,9 @@ tapped inputs, the quantities that live only inside the operators, in Python int
   scale, DI-SwiGLU's sigmoid input ``z`` and product ``y``.
 
 Each recompute is checked against the run: the op's output recomputed from the
-recomputed intermediate (with intsim's reference functions) must equal the tapped
-output bit for bit, so the reported peaks are the run's own.
+recomputed intermediate (with intsim's reference functions) must equal the call's result
+bit for bit, and DI-MatMul's own counters (``acc_absmax``, ``p_absmax``) must equal the
+recomputed peaks, so the reported peaks are the run's own.
 
 Every entry reports, as integers: the peak magnitude, the container (``int32`` = 31
 magnitude bits, ``int64`` = 63, an unsigned code of b bits = b), the proven bound from
@@ -32,7 +34,7 @@ The softmax output clamp (``softmax.p``) is a designed saturation (a probability
 Policy: ``"saturate"`` runs to the end and counts; ``"raise"`` runs with the model's
 ``overflow="raise"`` and, at the first saturation, raises ``IntsimOverflowError`` naming
 the op and the first saturating index (found by a second, saturating run).
-Spec: docs/SPEC.md section 15.
+Spec: docs/SPEC.md section 15 (15.1: how to read the report).
 """
 from __future__ import annotations
 
