@@ -54,10 +54,83 @@ def float_reference_dir(model) -> Path:
     return cache
 
 
+#: spec options whose value is baked into a stored tensor: what ``--spec`` does with them
+STORED_SPEC_OPTIONS = {
+    "m_bits": "recomputed: the embedding's per-row scale mantissas are re-fitted from the float source",
+    "k_bits": "recomputed: the embedding's per-row scale exponents are re-fitted from the float source",
+    "rope_frac_bits": "refused: the RoPE cos/sin tables are stored at this fraction width",
+}
+
+
+def override_spec(model, options, float_src=None):
+    """``model`` with its stored spec overridden by ``options`` (a dict, or its JSON text).
+
+    Every ``Spec`` field may be given; the result is validated by ``Spec`` itself.  Options
+    that only steer the integer operators take effect as they are.  Options baked into
+    stored tensors (``STORED_SPEC_OPTIONS``): a changed ``m_bits`` or ``k_bits`` re-fits the
+    embedding's row scales from the float checkpoint (``float_src``, default the source
+    recorded in the file), exactly as ``intsim convert --spec`` would, after checking that
+    the stored spec reproduces the stored table from that source; a changed
+    ``rope_frac_bits`` is refused (re-convert instead).  Returns a new ``IntModel`` whose
+    ``meta["spec_override"]`` lists the options given.
+    """
+    import dataclasses
+
+    from intsim.options import Spec
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as e:
+            raise IntsimError(f"--spec: not a JSON object: {e}") from None
+    if not isinstance(options, dict):
+        raise IntsimError("--spec: expected a JSON object of spec options, e.g. '{\"softmax_clip\": 8}'")
+    old = model.spec.to_dict()
+    try:
+        new = Spec.from_dict({**old, **options})
+    except (IntsimError, TypeError) as e:
+        raise IntsimError(f"--spec: {e}") from None
+    changed = {k for k in options if options[k] != old[k]}
+    if "rope_frac_bits" in changed:
+        raise IntsimError(f"--spec: rope_frac_bits {STORED_SPEC_OPTIONS['rope_frac_bits']}; "
+                          f"run: intsim convert SRC --spec '{{\"rope_frac_bits\": "
+                          f"{options['rope_frac_bits']}}}' --out MODEL")
+    repl = {"spec": new, "meta": {**model.meta, "spec_override": dict(options)}}
+    if changed & {"m_bits", "k_bits"}:
+        repl.update(_requantize_embedding(model, new, float_src))
+    return dataclasses.replace(model, **repl)
+
+
+def _requantize_embedding(model, spec, float_src) -> dict:
+    """The embedding table and row scales at ``spec``'s mantissa width and exponent range,
+    from the float source (the converter's own quantizer)."""
+    from .convert import ConvertError, read_hf_dir
+    from .embedding import quantize_embedding
+    fdir = Path(float_src) if float_src else float_reference_dir(model)
+    try:
+        emb = read_hf_dir(fdir).get("model.embed_tokens.weight")
+    except (ConvertError, KeyError) as e:
+        raise IntsimError(f"--spec: m_bits/k_bits re-fit the embedding scales, but the float "
+                          f"source {fdir} gives no embedding: {e}") from None
+    bits = model.widths.emb_bits
+    ref = quantize_embedding(emb, bits, model.spec.m_bits, model.spec.k_range)
+    if not all(np.array_equal(a, b) for a, b in zip(ref, (model.emb_q, model.emb_m, model.emb_k))):
+        raise IntsimError(f"--spec: the float source {fdir} does not reproduce the stored "
+                          f"embedding table; pass the checkpoint it was converted from "
+                          f"(--float-src) or re-convert")
+    try:
+        q, m, k = quantize_embedding(emb, bits, spec.m_bits, spec.k_range)
+    except ValueError as e:
+        raise IntsimError(f"--spec: m_bits={spec.m_bits}, k_bits={spec.k_bits}: the embedding "
+                          f"scales do not fit: {e}") from None
+    return {"emb_q": q, "emb_m": m, "emb_k": k}
+
+
 def cmd_ppl(args) -> int:
     from .evaluate import nll_from_logits, perplexity, read_text_tokens
     from .float_model import FloatLlama
     model = load_model(args.model)
+    if args.spec:
+        model = override_spec(model, args.spec, args.float_src)
     tok = load_tokenizer(model)
     tokens = read_text_tokens(args.text, tok, args.max_tokens)
     ctx = min(args.ctx, model.config.max_pos)
@@ -66,6 +139,8 @@ def cmd_ppl(args) -> int:
     t_int = time.perf_counter() - t0
     out = {"ppl_int": res_int["ppl"], "tokens": res_int["tokens"], "windows": res_int["windows"],
            "ctx": ctx, "int_seconds": round(t_int, 1), "model": str(args.model)}
+    if args.spec:
+        out["spec_override"] = model.meta["spec_override"]
     if not args.no_float:
         fdir = Path(args.float_src) if args.float_src else float_reference_dir(model)
         fm = FloatLlama.from_hf(fdir)
@@ -120,4 +195,10 @@ def add_ppl_parser(sub) -> None:
                    help="also the relative RMS error of the integer residual stream after each layer "
                         "against the float reference, on the first window")
     p.add_argument("--json", action="store_true", help="print one JSON object (ppl_int, ppl_float, tokens, ...)")
+    p.add_argument("--spec", metavar="JSON", default=None,
+                   help="override spec options stored in the model file for this run, e.g. "
+                        "'{\"softmax_clip\": 8}' or '{\"m_bits\": 4, \"overflow\": \"saturate\"}' "
+                        "(any intsim.options.Spec field; no re-conversion). m_bits/k_bits also "
+                        "re-fit the embedding's row scales from the float source, as convert "
+                        "would; rope_frac_bits is refused (it shapes the stored RoPE tables)")
     p.set_defaults(func=cmd_ppl)
