@@ -27,8 +27,9 @@ def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill
               repeats: int = 3, seed: int = 0) -> dict:
     from intsim.head import argmax
     from intsim.llama import KVCache, forward
+    from intsim.model import IntModel
     from intsim.modelfile import load_model
-    m = load_model(model_path)
+    m = model_path if isinstance(model_path, IntModel) else load_model(model_path)   # or a loaded model
     V = m.config.vocab_size
     rng = np.random.default_rng(seed)
     pre_ids = rng.integers(0, V, prefill_len)
