@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     from .run import add_run_parsers
     add_run_parsers(sub)
+    from .golden import add_golden_parsers
+    add_golden_parsers(sub)
     from .overflow import add_overflow_parser
     add_overflow_parser(sub)
     from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax

@@ -25,7 +25,7 @@ from .fixedpoint import dyadic_fit
 from .head import argmax, inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
 from .model import IntModel
-from .norm import di_norm
+from .norm import di_norm, norm_weight
 from .qtensor import Dyadic, QTensor
 from .requant import M_IN_LIMIT, requant_rows
 from .residual import residual_add
@@ -205,10 +205,10 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
     past, T = cache.length, ids.size
     h = _op(tap, "embed", embed, ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)  # [T, D]
     for li, L in enumerate(model.layers):
-        hn, _ = _op(tap, f"layers.{li}.attn_norm", di_norm, h, spec, backend)    # scale-only
+        hn = _norm(tap, f"layers.{li}.attn_norm", h, L.attn_norm_w, L.attn_norm_k, spec, backend)
         o = attention(model, li, hn, pos, visible, cache, backend, tap)          # [T, D] int16
         h, _ = _op(tap, f"layers.{li}.attn_residual", residual_add, h, o, spec, backend)  # stream, 16-bit
-        hn2, _ = _op(tap, f"layers.{li}.ffn_norm", di_norm, h, spec, backend)
+        hn2 = _norm(tap, f"layers.{li}.ffn_norm", h, L.ffn_norm_w, L.ffn_norm_k, spec, backend)
         g, _ = _op(tap, f"layers.{li}.gate", di_matmul, hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits,
                    False, spec, backend)
         u, _ = _op(tap, f"layers.{li}.up", di_matmul, hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False,
@@ -223,6 +223,13 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
     logits, ls, _ = _op(tap, "logits", di_matmul_acc, hf, model.w_head, w.a_bits, spec,
                         backend)                                                 # [T, V] int64
     return logits, ls
+
+
+def _norm(tap, name: str, h: QTensor, g, gk: int, spec, backend: str) -> QTensor:
+    """DI-Norm, then its per-channel weight when the model keeps one (else γ is in the
+    weights); the weight step is the op ``<name>_w``."""
+    hn, _ = _op(tap, name, di_norm, h, spec, backend)
+    return hn if g is None else _op(tap, f"{name}_w", norm_weight, hn, g, gk, backend)
 
 
 def _positions(past: int, T: int, segments) -> tuple[np.ndarray, np.ndarray]:
