@@ -387,7 +387,7 @@ def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
 
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-                qkt_tie: str = "refuse", norm_gain: str = "fold", row_bits=None,
+                qkt_tie: str = "refuse", norm_gain: str = "channel", row_bits=None,
                 _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
@@ -534,7 +534,7 @@ def _is_gguf(path: Path) -> bool:
 
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-            qkt_tie: str = "refuse", norm_gain: str = "fold", row_bits=None) -> Path:
+            qkt_tie: str = "refuse", norm_gain: str = "channel", row_bits=None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -547,8 +547,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     (default: ``max_position_embeddings`` capped at 8192); ``head_w_bits``: LM head bits;
     ``qkt_tie``: ``"refuse"`` or ``"geomean"`` for a q/k smoothing vector whose RoPE pairs
     differ (``converters.calib.prepare_calib``); ``norm_gain``: ``"fold"`` (γ into the next
-    linears) or ``"channel"`` (γ, divided by FSBR's qkv/fc1 smoothing, kept per channel in
-    DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
+    linears) or ``"channel"`` (the default: γ, divided by FSBR's qkv/fc1 smoothing, kept per
+    channel in DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
     (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``.
 
     Nothing is written unless everything succeeded: the file is written under a temporary
@@ -610,9 +610,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--qkt-tie", choices=("refuse", "geomean"), default="refuse",
                    help="a qkt_smooth_scale whose RoPE-paired channels differ: refuse "
                         "(default) or use each pair's geometric mean")
-    p.add_argument("--norm-gain", choices=NORM_GAINS, default="fold",
-                   help="RMSNorm gain: fold into the next linears (default) or keep per "
-                        "channel in DI-Norm (channel: FSBR's qkv/fc1 smoothing then acts)")
+    p.add_argument("--norm-gain", choices=NORM_GAINS, default="channel",
+                   help="RMSNorm gain: keep per channel in DI-Norm, where FSBR's qkv/fc1 "
+                        "smoothing acts (default), or fold into the next linears")
     p.add_argument("--row-bits", metavar="FILE", default=None,
                    help="mixed precision between output channels: a selection written by "
                         "'python -m converters.mixllm' (per-channel widths <= --wbits)")

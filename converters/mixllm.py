@@ -80,6 +80,7 @@ def channel_salience(model_dir, windows, *, low: int = 4, group_size: int = 128,
             return y
 
     m = _Recorder.from_hf(model_dir, threads=threads)
+    m.emb.requires_grad_(True)      # a graph from the input on: every linear output gets dL/dy
     # per linear: the weight as the converter quantizes it, and its low-bit error
     dW, gam = {}, {}
     for i, L in enumerate(m.layers):

@@ -77,10 +77,10 @@ def assert_weight_close(qw, w_float, bits, G, what):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """GQA (4 heads, 2 kv heads), untied, single file; converted once."""
+    """GQA (4 heads, 2 kv heads), untied, single file; converted once, γ folded."""
     d = tmp_path_factory.mktemp("tiny")
     src = make_tiny_hf(d / "hf")
-    out = convert(src, d / "model.intsim")
+    out = convert(src, d / "model.intsim", norm_gain="fold")
     return src, out, load_model(out)
 
 
@@ -88,7 +88,7 @@ def tiny(tmp_path_factory):
 def tied(tmp_path_factory):
     d = tmp_path_factory.mktemp("tied")
     src = make_tiny_hf(d / "hf", tie=True, n_kv_heads=4, seed=1)
-    out = convert(src, d / "model.intsim")
+    out = convert(src, d / "model.intsim", norm_gain="fold")
     return src, out, load_model(out)
 
 
@@ -171,7 +171,7 @@ def test_explicit_head_dim_gqa_and_group_size(tmp_path):
     src = make_tiny_hf(tmp_path / "hf", n_heads=4, n_kv_heads=1, head_dim=24, seed=2,
                        rope_theta=500000.0)
     out = convert(src, tmp_path / "m.intsim", w_bits=4, a_bits=6, group_size=32,
-                  head_w_bits=6, max_pos=40)
+                  head_w_bits=6, max_pos=40, norm_gain="fold")
     m = load_model(out)
     c = m.config
     assert (c.head_dim, c.n_kv_heads, c.max_pos) == (24, 1, 40)
@@ -198,7 +198,7 @@ def test_sharded_equals_single_file(tmp_path, tiny):
     src = make_tiny_hf(tmp_path / "hf", shards=3)
     assert (src / "model.safetensors.index.json").is_file()
     assert not (src / "model.safetensors").exists()
-    m = load_model(convert(src, tmp_path / "m.intsim"))
+    m = load_model(convert(src, tmp_path / "m.intsim", norm_gain="fold"))
     a, b = model_tensors(m), model_tensors(tiny[2])
     assert a.keys() == b.keys()
     for k in a:
@@ -276,7 +276,7 @@ def test_refusal_writes_nothing(tmp_path):
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     with pytest.raises(ConvertError):
-        convert(src, out_dir / "m.intsim")
+        convert(src, out_dir / "m.intsim", norm_gain="fold")
     assert _leftovers(out_dir) == []
 
 
@@ -296,11 +296,11 @@ def test_failing_write_leaves_no_file_and_keeps_the_old_one(tmp_path, monkeypatc
     else:
         monkeypatch.setattr(os, "replace", boom)
     with pytest.raises(OSError, match="simulated"):
-        convert(src, out)
+        convert(src, out, norm_gain="fold")
     assert _leftovers(out_dir) == ["m.intsim"]
     assert out.read_bytes() == b"previous model"
     monkeypatch.undo()
-    convert(src, out)                                  # and a later run replaces it
+    convert(src, out, norm_gain="fold")                                  # and a later run replaces it
     assert load_model(out).config.n_layers == 2 and _leftovers(out_dir) == ["m.intsim"]
 
 
@@ -330,7 +330,7 @@ CONFIG_REFUSALS = [
 def test_config_refusals_name_the_key(tmp_path, cfg, match):
     src = make_tiny_hf(tmp_path / "hf", **cfg)
     with pytest.raises(ConvertError, match=match):
-        convert(src, tmp_path / "m.intsim")
+        convert(src, tmp_path / "m.intsim", norm_gain="fold")
     assert not (tmp_path / "m.intsim").exists()
 
 
@@ -365,7 +365,7 @@ TENSOR_REFUSALS = [
 def test_tensor_refusals_name_the_tensor(tmp_path, change, match):
     src = make_tiny_hf(tmp_path / "hf", weights=_weights_with(change))
     with pytest.raises(ConvertError, match=match):
-        convert(src, tmp_path / "m.intsim")
+        convert(src, tmp_path / "m.intsim", norm_gain="fold")
     assert _leftovers(tmp_path) == ["hf"]
 
 
@@ -374,7 +374,7 @@ def test_vocab_size_against_tensors(tmp_path):
     with pytest.raises(ConvertError, match=r"tensor 'model.embed_tokens.weight': shape "
                                            r"\(300, 64\), expected \(299, 64\) from "
                                            r"config.json"):
-        convert(src, tmp_path / "m.intsim")
+        convert(src, tmp_path / "m.intsim", norm_gain="fold")
 
 
 def test_tied_lm_head_must_match_embedding(tmp_path):
@@ -382,10 +382,10 @@ def test_tied_lm_head_must_match_embedding(tmp_path):
     src = make_tiny_hf(tmp_path / "hf", weights=w, tie_word_embeddings=True)
     with pytest.raises(ConvertError, match=r"'lm_head.weight' differs from "
                                            r"'model.embed_tokens.weight'"):
-        convert(src, tmp_path / "m.intsim")
+        convert(src, tmp_path / "m.intsim", norm_gain="fold")
     w["lm_head.weight"] = w["model.embed_tokens.weight"].copy()
     src = make_tiny_hf(tmp_path / "hf2", weights=w, tie_word_embeddings=True)
-    m = load_model(convert(src, tmp_path / "m.intsim"))
+    m = load_model(convert(src, tmp_path / "m.intsim", norm_gain="fold"))
     assert m.meta["source"]["tie_word_embeddings"] is True
 
 
@@ -394,40 +394,40 @@ def test_folder_refusals(tmp_path):
     out = tmp_path / "m.intsim"
     (src / "tokenizer.json").rename(tmp_path / "tok.json")
     with pytest.raises(ConvertError, match=r"tokenizer.json: missing"):
-        convert(src, out)
+        convert(src, out, norm_gain="fold")
     (tmp_path / "tok.json").write_text("{not json")
     (tmp_path / "tok.json").rename(src / "tokenizer.json")
     with pytest.raises(ConvertError, match=r"tokenizer.json: not a loadable tokenizer.json"):
-        convert(src, out)
+        convert(src, out, norm_gain="fold")
     src2 = make_tiny_hf(tmp_path / "small", vocab_size=280)
     cfg = json.loads((src2 / "config.json").read_text())
     from tiny_llama import tiny_tokenizer
     tiny_tokenizer(300).save(str(src2 / "tokenizer.json"))
     with pytest.raises(ConvertError, match=r"300 tokens, more than 'vocab_size' 280"):
-        convert(src2, out)
+        convert(src2, out, norm_gain="fold")
     assert cfg["vocab_size"] == 280
     src3 = make_tiny_hf(tmp_path / "bin")
     (src3 / "model.safetensors").rename(src3 / "pytorch_model.bin")
     with pytest.raises(ConvertError, match=r"no model.safetensors or model.safetensors.index.json "
                                            r"\(found pytorch_model.bin"):
-        convert(src3, out)
+        convert(src3, out, norm_gain="fold")
     src4 = make_tiny_hf(tmp_path / "trunc")
     data = (src4 / "model.safetensors").read_bytes()
     (src4 / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(ConvertError, match=r"model.safetensors: not a readable safetensors file"):
-        convert(src4, out)
+        convert(src4, out, norm_gain="fold")
     src5 = make_tiny_hf(tmp_path / "shard", shards=2)
     (src5 / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ConvertError, match=r"weight file 'model-00002-of-00002.safetensors' is "
                                            r"missing"):
-        convert(src5, out)
+        convert(src5, out, norm_gain="fold")
     (src / "config.json").write_text("[1, 2")
     with pytest.raises(ConvertError, match=r"config.json: not valid JSON"):
-        convert(src, out)
+        convert(src, out, norm_gain="fold")
     with pytest.raises(ConvertError, match="no such file or folder"):
-        convert(tmp_path / "absent", out)
+        convert(tmp_path / "absent", out, norm_gain="fold")
     with pytest.raises(ConvertError, match="is a folder"):
-        convert(src, tmp_path)
+        convert(src, tmp_path, norm_gain="fold")
     assert not out.exists()
 
 
@@ -435,11 +435,11 @@ def test_argument_refusals(tmp_path):
     src = make_tiny_hf(tmp_path / "hf")
     out = tmp_path / "m.intsim"
     with pytest.raises(ConvertError, match=r"group_size: 48 does not divide K = 64"):
-        convert(src, out, group_size=48)
+        convert(src, out, group_size=48, norm_gain="fold")
     with pytest.raises(IntsimError, match=r"w_bits: 9 is outside"):
-        convert(src, out, w_bits=9)
+        convert(src, out, w_bits=9, norm_gain="fold")
     with pytest.raises(IntsimError, match=r"max_pos: 0"):
-        convert(src, out, max_pos=0)
+        convert(src, out, max_pos=0, norm_gain="fold")
     assert not out.exists()
 
 
@@ -460,9 +460,9 @@ def test_bfloat16_and_float16_checkpoints(tmp_path):
     bf = make_tiny_hf(tmp_path / "bf16", weights=wb)
     (bf / "model.safetensors").write_bytes(len(hb).to_bytes(8, "little") + hb + b"".join(blobs))
     f16 = make_tiny_hf(tmp_path / "f16", weights={k: v.astype(np.float16) for k, v in wb.items()})
-    a = model_tensors(load_model(convert(src, tmp_path / "a.intsim")))
-    b = model_tensors(load_model(convert(bf, tmp_path / "b.intsim")))
-    load_model(convert(f16, tmp_path / "c.intsim"))
+    a = model_tensors(load_model(convert(src, tmp_path / "a.intsim", norm_gain="fold")))
+    b = model_tensors(load_model(convert(bf, tmp_path / "b.intsim", norm_gain="fold")))
+    load_model(convert(f16, tmp_path / "c.intsim", norm_gain="fold"))
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
 
@@ -572,7 +572,7 @@ def test_calibrated_conversion(tmp_path, tiny, fmt):
     params = _official_params(m0.config)
     cpath = (test_calib.params_to_pth(tmp_path / "fsbr_parameters.pth", params) if fmt == "pth"
              else save_calib_safetensors(params, tmp_path / "fsbr.safetensors"))
-    out = convert(src, tmp_path / "m.intsim", calib=cpath)
+    out = convert(src, tmp_path / "m.intsim", calib=cpath, norm_gain="fold")
     m = load_model(out)
     h = m.meta
     assert h["calib"]["path"] == str(cpath.absolute()) and h["calib"]["sha256"] == _sha(cpath)
@@ -613,13 +613,13 @@ def test_calibration_refusal_before_writing(tmp_path, tiny):
     out = tmp_path / "m.intsim"
     with pytest.raises(CalibError, match=r"c.safetensors: layer 1: 'qkt_smooth_scale' differs "
                                          r"between RoPE-paired channels 3 and 11"):
-        convert(src, out, calib=cpath)
+        convert(src, out, calib=cpath, norm_gain="fold")
     assert not out.exists()
-    m = load_model(convert(src, out, calib=cpath, qkt_tie="geomean"))
+    m = load_model(convert(src, out, calib=cpath, qkt_tie="geomean", norm_gain="fold"))
     assert m.meta["calib"]["qkt_tie"] == "geomean"
     del params[1]
     with pytest.raises(CalibError, match=r"layer count: the file has 1 layers"):
-        convert(src, out, calib=save_calib_safetensors(params, tmp_path / "one.safetensors"))
+        convert(src, out, calib=save_calib_safetensors(params, tmp_path / "one.safetensors"), norm_gain="fold")
 
 
 # ---------------------------------------------------------------- command line
@@ -719,7 +719,7 @@ def rest_is(name: str, proj: str) -> bool:
 def test_gguf_source_equals_hf_source(tmp_path, tiny):
     src, _, m_hf = tiny
     g = _write_gguf(tmp_path / "tiny.gguf", src)
-    out = convert(g, tmp_path / "g.intsim")
+    out = convert(g, tmp_path / "g.intsim", norm_gain="fold")
     m = load_model(out)
     assert m.config == m_hf.config
     a, b = model_tensors(m), model_tensors(m_hf)
@@ -734,7 +734,7 @@ def test_gguf_source_equals_hf_source(tmp_path, tiny):
     assert _leftovers(tmp_path) == ["g.intsim", "tiny.gguf"]      # the import's temp is gone
     (tmp_path / "bad.gguf").write_bytes(b"GGUF" + b"\0" * 20)
     with pytest.raises(ConvertError, match=r"bad.gguf: corrupt or truncated GGUF"):
-        convert(tmp_path / "bad.gguf", tmp_path / "b.intsim")
+        convert(tmp_path / "bad.gguf", tmp_path / "b.intsim", norm_gain="fold")
 
 
 # ---------------------------------------------------------------- γ kept in DI-Norm
@@ -760,7 +760,7 @@ def test_norm_gain_channel_keeps_gamma_per_channel(tmp_path):
         for n in ("attn_norm_w", "ffn_norm_w"):
             np.testing.assert_array_equal(getattr(L1, n), getattr(L2, n))
         assert (L1.attn_norm_k, L1.ffn_norm_k) == (L2.attn_norm_k, L2.ffn_norm_k)
-    folded, _ = build_model(src)
+    folded, _ = build_model(src, norm_gain="fold")
     assert all(L.attn_norm_w is None and L.ffn_norm_w is None for L in folded.layers)
 
 
