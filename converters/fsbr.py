@@ -36,7 +36,10 @@ The method, as the official code runs it:
   where the official code keeps the first head's factor.
 * objective: per block, MSE between the float block's output on the float inputs and
   the fake-quantized block's output on the inputs produced by the already-calibrated
-  (fake-quantized) earlier blocks.  AdamW, lr 5e-3 (smoothing) and 1e-2 (LWC), weight
+  (fake-quantized) earlier blocks (``std_norm``, the official ``--std_norm`` option,
+  off by default: each output channel's error divided by that channel's float standard
+  deviation over all windows, normalized to mean 1, so that a few massive-activation
+  channels do not dominate the loss).  AdamW, lr 5e-3 (smoothing) and 1e-2 (LWC), weight
   decay 0, batch 1 window per step, windows in a seeded random order each epoch.  The
   parameters with the lowest loss are kept, among the initialization and the end of
   each epoch, each scored by one forward pass over all windows (the official code
@@ -154,6 +157,8 @@ class FSBRSettings:
     batch_size: int = 1
     device: str = "cpu"
     spec: Spec = field(default_factory=Spec)
+    lwc_init: float = LWC_INIT
+    std_norm: bool = False
 
     def __post_init__(self):
         def chk(name, lo, hi=None):
@@ -175,6 +180,8 @@ class FSBRSettings:
             raise FSBRError(f"paradigms: {bad[0]!r} is not one of {', '.join(PARADIGMS)}")
         if not (0.0 <= self.alpha <= 1.0):
             raise FSBRError(f"alpha: {self.alpha} is outside [0, 1]")
+        if not math.isfinite(self.lwc_init):
+            raise FSBRError(f"lwc_init: {self.lwc_init} is not finite")
         if not (self.lr_smooth > 0 and self.lr_lwc > 0):
             raise FSBRError("learning rates must be positive")
         if not isinstance(self.spec, Spec):
@@ -493,7 +500,7 @@ class _Layer:
                 rows = N * (K // st.group_size if st.group_size else 1)
                 for kind in ("upbound_factor", "lowbound_factor"):
                     self.lwc[f"{off}.weight_quantizer.{kind}"] = torch.nn.Parameter(
-                        torch.full((rows, 1), LWC_INIT, device=self.device, dtype=self.dtype))
+                        torch.full((rows, 1), st.lwc_init, device=self.device, dtype=self.dtype))
 
     def state(self) -> OrderedDict:
         return OrderedDict((k, v.detach().clone()) for k, v in
@@ -811,6 +818,17 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
             for a in range(0, N, chunk):
                 fp_y[a:a + chunk] = float_block(L, fp_x[a:a + chunk], rope_f, cfg.rms_eps, act_max)
         L.init_params(act_max)
+        # the loss: MSE, or with std_norm each output channel divided by its float std
+        # over all windows (normalized to mean 1), so that a few massive-activation
+        # channels do not dominate it (the official --std_norm, there per batch)
+        if st.std_norm:
+            sd = fp_y.reshape(-1, cfg.dim).std(0)
+            inv_sd = (sd.mean() / sd.clamp(min=1e-12 * float(sd.mean()))).reshape(1, 1, -1)
+        else:
+            inv_sd = None
+
+        def block_loss(y, t):
+            return ((y - t) ** 2).mean() if inv_sd is None else (((y - t) * inv_sd) ** 2).mean()
 
         def evaluate():
             """Mean block loss over all windows at the current parameters, and the
@@ -820,7 +838,7 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
                 qw = L.quant_weights()
                 for a in range(0, N, chunk):
                     y = quant_block(L, q_x[a:a + chunk], rope_q, qw)
-                    tot += float(((y - fp_y[a:a + chunk]) ** 2).mean()) * y.shape[0]
+                    tot += float(block_loss(y, fp_y[a:a + chunk])) * y.shape[0]
                     ys[a:a + chunk] = y
             return tot / N, ys
         rec = {"layer": i}
@@ -842,7 +860,7 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
                 for j in torch.randperm(nb, generator=gen).tolist():
                     sl = slice(j * st.batch_size, (j + 1) * st.batch_size)
                     y = quant_block(L, q_x[sl], rope_q)
-                    loss = torch.nn.functional.mse_loss(y, fp_y[sl])
+                    loss = block_loss(y, fp_y[sl])
                     lv = float(loss.detach())
                     if not math.isfinite(lv):
                         raise FSBRError(f"layer {i}: the reconstruction loss became {lv} in "
@@ -980,6 +998,13 @@ def build_parser(prog="python -m converters.fsbr") -> argparse.ArgumentParser:
     p.add_argument("--disable", nargs="+", action="extend", default=[], choices=PARADIGMS,
                    metavar="PARADIGM", help=f"smoothing paradigms to leave out ({', '.join(PARADIGMS)})")
     p.add_argument("--no-lwc", action="store_true", help="no learnable weight clipping")
+    p.add_argument("--lwc-init", type=float, default=LWC_INIT, metavar="X",
+                   help=f"initial LWC factors (default {LWC_INIT}: bounds at sigmoid(4) = "
+                        f"0.982 of the row max / min)")
+    p.add_argument("--std-norm", action="store_true",
+                   help="divide each output channel's error by its float std in the loss "
+                        "(the official --std_norm): massive-activation channels stop "
+                        "dominating the block loss")
     p.add_argument("--format", choices=("pth", "safetensors", "both"), default="both")
     p.add_argument("--spec", default=None, metavar="SPEC",
                    help="the integer options the model will be converted with ('paper' or "
@@ -997,7 +1022,8 @@ def main(argv=None, prog="python -m converters.fsbr") -> int:
                           seed=args.seed, alpha=args.alpha, lr_smooth=args.lr_smooth,
                           lr_lwc=args.lr_lwc, paradigms=paradigms, lwc=not args.no_lwc,
                           init_only=args.init_only, batch_size=args.batch_size,
-                          device=args.device, spec=parse_spec(args.spec))
+                          device=args.device, spec=parse_spec(args.spec),
+                          lwc_init=args.lwc_init, std_norm=args.std_norm)
         if not st.paradigms and not st.lwc:
             raise FSBRError("--no-smooth with --no-lwc leaves nothing to calibrate")
         output_paths(args.out, args.format)

@@ -307,6 +307,16 @@ def test_disable_and_no_lwc(tiny):
     assert "init_loss" not in report["layers"][0]
 
 
+def test_std_norm_and_lwc_init(tiny):
+    st = fsbr.FSBRSettings(w_bits=4, a_bits=4, epochs=2, samples=4, seqlen=32, seed=0,
+                           std_norm=True, lwc_init=6.0, paradigms=("fc2",))
+    params, report = fsbr.run_fsbr(tiny, st, windows=_windows(4), log=lambda m: None)
+    for rec in report["layers"]:
+        assert rec["final_loss"] <= rec["init_loss"]
+    ups = params[0]["mlp.down_proj.weight_quantizer.upbound_factor"]
+    assert 5.9 < float(ups.min()) and float(ups.max()) < 6.1 and not torch.all(ups == 6.0)
+
+
 # ---------------------------------------------------------------- command line, bad input
 
 def test_cli_writes_both_forms(tiny, tmp_path):
