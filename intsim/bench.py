@@ -14,6 +14,8 @@ each timing is the best of many runs after a warm-up run (JIT compile, caches), 
 integer and float timings interleaved so that both see the same machine load.
 The integer result is checked against float64 BLAS on a slice of output columns (exact:
 every sum is below 2^53) and against an int64 NumPy recompute of a few outputs.
+With ``--model`` it also times a golden export (``intsim golden``) of a 256-token prompt:
+seconds, MB/s written, and its overhead against a plain forward (:func:`golden_bench`).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -142,6 +145,53 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
     return res
 
 
+def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
+    """Time ``intsim golden`` on a ``tokens``-token prompt of seeded random ids: seconds,
+    bytes written (npy + hex, stages on), MB/s, and the capture overhead against a plain
+    forward of the same prompt (the fused fast path) and against the op-by-op path alone
+    (a tap that keeps nothing).  Each after a warm-up run (JIT compile); the dump goes to
+    a temporary directory that is removed afterwards."""
+    import shutil
+    import tempfile
+
+    from .golden import export_golden
+    from .llama import forward
+    from .modelfile import load_model, model_hash
+
+    model = load_model(model_path)
+    T = min(tokens, model.config.max_pos)
+    ids = np.random.default_rng(seed).integers(0, model.config.vocab_size, size=T)
+
+    class _Null:                       # op-aware tap that keeps nothing: the op-by-op cost
+        takes_op_calls = True
+
+        def __call__(self, name, value, call=None):
+            pass
+
+    tmp = Path(tempfile.mkdtemp(prefix="intsim-golden-bench-"))
+    try:
+        export_golden(model, ids[:4], tmp.joinpath("warm"), model_sha256=model_hash(model_path))
+        forward(model, ids[:4])
+        t0 = time.perf_counter()
+        forward(model, ids)
+        t_plain = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        forward(model, ids, tap=_Null())
+        t_ops = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        man = export_golden(model, ids, tmp.joinpath("dump"), model_sha256=model_hash(model_path))
+        t_exp = time.perf_counter() - t0
+        nbytes = man["_bytes_written"]
+        files = sum(1 for _ in tmp.joinpath("dump").iterdir())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"golden_tokens": int(T), "golden_seconds": t_exp, "golden_mb": nbytes / 1e6,
+            "golden_files": files, "golden_ops": len(man["ops"]),
+            "golden_mb_per_s": nbytes / 1e6 / t_exp, "golden_plain_forward_s": t_plain,
+            "golden_op_by_op_forward_s": t_ops, "golden_overhead_ratio": t_exp / t_plain,
+            "golden_overhead_vs_op_by_op": t_exp / t_ops}
+
+
 def format_table(r: dict) -> str:
     lines = [f"intsim bench ({'quick' if r['quick'] else 'full'}; best of >= {r['repeats']} runs "
              f"and >= {r['min_time_s']:g} s per timing; {r['dtype']})",
@@ -167,6 +217,12 @@ def format_table(r: dict) -> str:
                          f"ratio {q or 0:5.2f}x")
         lines.append(f"  peak RSS: int {r.get('int_peak_rss_mib', 0):.0f} MiB, torch "
                      f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
+    if "golden_seconds" in r:
+        lines.append(f"  golden export, {r['golden_tokens']}-token prompt: {r['golden_seconds']:.1f} s, "
+                     f"{r['golden_mb']:.0f} MB in {r['golden_files']} files ({r['golden_ops']} ops), "
+                     f"{r['golden_mb_per_s']:.0f} MB/s; {r['golden_overhead_ratio']:.1f}x a plain forward "
+                     f"({r['golden_plain_forward_s']:.2f} s), {r['golden_overhead_vs_op_by_op']:.1f}x the "
+                     f"op-by-op path ({r['golden_op_by_op_forward_s']:.2f} s)")
     return "\n".join(lines)
 
 
@@ -186,6 +242,7 @@ def main(argv=None) -> int:
     if a.model:
         from converters.modelbench import model_bench   # the float side: PyTorch baseline
         r.update(model_bench(a.model))
+        r.update(golden_bench(a.model))
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from . import __version__
 from .attention import fold_scales, pv, qk_scores
@@ -116,7 +117,6 @@ def _rounding_of(kind: str, spec: Spec) -> str:
 # ------------------------------------------------------------------ hex and text
 
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-_LUT2 = np.stack([_HEX[np.arange(256) >> 4], _HEX[np.arange(256) & 15]], axis=1)   # byte -> 2 chars
 _UNHEX = np.full(256, 255, dtype=np.uint8)
 _UNHEX[_HEX] = np.arange(16, dtype=np.uint8)
 
@@ -129,16 +129,37 @@ def word_bits(bits: int) -> int:
     raise IntsimError(f"bits: {bits} > 64 has no hex word")
 
 
-def hex_lines(a: np.ndarray) -> bytes:
-    """The default hex layout of an integer array stored at its word width: one line of
-    W/4 lowercase digits per element, C order, two's complement (docs/GOLDEN_FORMAT.md 2.1)."""
+@njit(cache=True)
+def _hex_nb(u, nd, out):
+    """Element i of the unsigned words ``u`` as ``nd`` lowercase hex digits and a newline
+    at ``out[i * (nd + 1):]``, most significant digit first.  Serial: the writer threads
+    overlap it with hashing and file writes, and a parallel region's start-up costs more
+    than most tensors take."""
+    w = nd + 1
+    for i in range(u.size):
+        v = np.uint64(u[i])
+        base = i * w
+        for j in range(nd):
+            d = np.int64((v >> np.uint64(4 * (nd - 1 - j))) & np.uint64(15))
+            out[base + j] = 48 + d if d < 10 else 87 + d          # '0'..'9', 'a'..'f'
+        out[base + nd] = 10
+
+
+def hex_buffer(a: np.ndarray) -> np.ndarray:
+    """The default hex layout of an integer array stored at its word width, as uint8 text:
+    one line of W/4 lowercase digits per element, C order, two's complement
+    (docs/GOLDEN_FORMAT.md 2.1)."""
     n = a.dtype.itemsize
     u = np.ascontiguousarray(a).view(f"u{n}").ravel()
-    b = u.astype(f">u{n}").view(np.uint8).reshape(-1, n)                 # big-endian bytes
-    out = np.empty((u.size, 2 * n + 1), dtype=np.uint8)
-    out[:, :2 * n] = _LUT2[b].reshape(u.size, 2 * n)
-    out[:, 2 * n] = 10
-    return out.tobytes()
+    out = np.empty(u.size * (2 * n + 1), dtype=np.uint8)
+    if u.size:
+        _hex_nb(u, 2 * n, out)
+    return out
+
+
+def hex_lines(a: np.ndarray) -> bytes:
+    """:func:`hex_buffer` as bytes."""
+    return hex_buffer(a).tobytes()
 
 
 def parse_hex(data: bytes, dtype: np.dtype, shape: tuple, what: str) -> np.ndarray:
@@ -215,11 +236,12 @@ def _store(a: np.ndarray, bits: int, signed: bool) -> np.ndarray:
     dt = dtype_for(max(bits, 2), signed)
     if a.dtype == np.bool_:
         return np.ascontiguousarray(a, dtype=np.uint8)
-    out = np.ascontiguousarray(a, dtype=dt)
-    if out.size and not np.array_equal(out, a):
-        raise IntsimError(f"value does not fit its declared {bits}-bit {'signed' if signed else 'unsigned'} "
-                          f"container")
-    return out
+    if a.size and dt.itemsize < a.dtype.itemsize:
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+        if int(a.min()) < lo or int(a.max()) > hi:
+            raise IntsimError(f"value does not fit its declared {bits}-bit "
+                              f"{'signed' if signed else 'unsigned'} container")
+    return np.ascontiguousarray(a, dtype=dt)
 
 
 def _k_store(k: np.ndarray) -> np.ndarray:
@@ -346,20 +368,52 @@ class _Writer:
     """Writes components and remembers what it wrote, so that an input equal to a tensor
     already written points to those files (``same_as``) instead of writing them again."""
 
+    #: bytes queued for the writer threads before the producer waits for them
+    QUEUE_LIMIT = 1 << 29
+
     def __init__(self, out_dir: Path, formats: tuple, hex_pack: bool):
+        from concurrent.futures import ThreadPoolExecutor
         self.dir = out_dir
         self.formats = formats
         self.hex_pack = hex_pack
         self.tensors = {}        # content key of a whole tensor -> (name, [component entries])
         self.comps = {}          # content key of one component -> (tensor name, entry)
         self.bytes_written = 0
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="golden-write")
+        self.pending = []        # (file entry, future of its sha256 or None, bytes)
+        self.queued = 0
 
-    def _put(self, name: str, *parts) -> str:
-        with open(self.dir.joinpath(name), "wb") as f:
-            for p in parts:
-                f.write(p)
-                self.bytes_written += len(p)
-        return _sha(*parts)
+    def _write(self, name: str, parts, sha: str | None) -> str:
+        try:
+            with open(self.dir.joinpath(name), "wb") as f:
+                for p in parts:
+                    f.write(p)
+        except OSError as e:
+            raise IntsimError(f"{self.dir.joinpath(name)}: cannot write: {e.strerror or e}") from e
+        return sha if sha is not None else _sha(*parts)
+
+    def _put(self, name: str, *parts, sha: str | None = None) -> dict:
+        """Queue a file for writing (and hashing, unless ``sha`` is known); returns its
+        manifest entry, whose sha256 is filled in by :meth:`finish`."""
+        n = sum(len(p) for p in parts)
+        entry = {"path": name, "sha256": None}
+        self.pending.append((entry, self.pool.submit(self._write, name, parts, sha)))
+        self.bytes_written += n
+        self.queued += n
+        if self.queued > self.QUEUE_LIMIT:
+            self._drain()
+        return entry
+
+    def _drain(self) -> None:
+        for entry, fut in self.pending:
+            entry["sha256"] = fut.result()
+        self.pending, self.queued = [], 0
+
+    def finish(self) -> None:
+        try:
+            self._drain()
+        finally:
+            self.pool.shutdown(wait=True)
 
     def tensor(self, name: str, typ: str, comps: list, is_output: bool) -> list:
         """Manifest entries of the components ``[(comp, arr, bits, signed)]`` of tensor
@@ -382,15 +436,15 @@ class _Writer:
                 entries.append({**entry, "files": prev["files"], "same_as": owner})
                 continue
             stem = name + (f".{comp}" if comp else "")
-            files = {"npy": {"path": f"{stem}.npy", "sha256": self._put(f"{stem}.npy", hdr, body)}}
+            files = {"npy": self._put(f"{stem}.npy", hdr, body, sha=key)}      # key = its sha256
             if "hex" in self.formats:
-                files["hex"] = {"path": f"{stem}.hex", "sha256": self._put(f"{stem}.hex", hex_lines(arr))}
+                files["hex"] = self._put(f"{stem}.hex", hex_buffer(arr))
             if "txt" in self.formats:
-                files["txt"] = {"path": f"{stem}.txt", "sha256": self._put(f"{stem}.txt", txt_lines(arr))}
+                files["txt"] = self._put(f"{stem}.txt", txt_lines(arr))
             if self.hex_pack and bits <= 4:
                 text, lane, words = pack32_lines(arr, bits)
-                files["pack32"] = {"path": f"{stem}.pack32.hex", "lane_bits": lane, "words": words,
-                                   "sha256": self._put(f"{stem}.pack32.hex", text)}
+                files["pack32"] = self._put(f"{stem}.pack32.hex", text)
+                files["pack32"].update(lane_bits=lane, words=words)
             entry["files"] = files
             entries.append(entry)
             if is_output or key not in self.comps:
@@ -437,6 +491,7 @@ class Recorder:
         self.layers = None if layers is None else set(layers)
         self.ops, self.tensors = [], []
         self.index = 0
+        self.recent = {}
 
     def _selected(self, name: str) -> bool:
         if self.layers is None:
@@ -464,7 +519,7 @@ class Recorder:
     def _record(self, name, fn, arguments: dict, result, stage_of):
         kind = fn.__name__
         i, self.index = self.index, self.index + 1
-        stem0 = f"{i:0{INDEX_DIGITS}d}_{name}"
+        stem0 = f"{str(i).zfill(INDEX_DIGITS)}_{name}"
         spec = self.model.spec
         params, inputs = {}, []
         for arg, v in arguments.items():
@@ -488,13 +543,24 @@ class Recorder:
                          "inputs": [t["name"] for t in inputs],
                          "outputs": [t["name"] for t in outputs]})
 
+    #: recent outputs kept by identity, so that an input that IS one of them (the same
+    #: arrays, e.g. the norm output fed to q, k and v) needs no conversion or hashing
+    RECENT = 24
+
     def _tensor(self, stem, op, index, role, arg, value, rounding) -> dict:
-        typ, attrs, comps = components(value)
+        ident = _identity(value)
+        hit = self.recent.get(ident) if role == "in" else None
+        if hit is not None:
+            _, owner, typ, attrs, names, entries = hit
+            entries = [{**e, "same_as": owner} for e in entries]
+        else:
+            typ, attrs, comps = components(value)
+            names = [c for c, _, _, _ in comps]
+            entries = self.writer.tensor(stem, typ, comps, role == "out")
         t = {"name": stem, "op": op, "op_index": index, "role": role, "arg": arg, "type": typ,
              "rounding": rounding}
         t.update({k: v for k, v in attrs.items() if k == "logical"})
-        entries = self.writer.tensor(stem, typ, comps, role == "out")
-        for (comp, _, _, _), e in zip(comps, entries):
+        for comp, e in zip(names, entries):
             if comp == "":
                 t.update(e)
                 t["bits"], t["signed"] = attrs["bits"], attrs["signed"]
@@ -502,8 +568,22 @@ class Recorder:
                 t["zp"] = e
             else:
                 t.setdefault("scale", {})[comp] = e
+        if role == "out":
+            self.recent[ident] = (value, stem, typ, attrs, names, entries)   # value: keeps ids alive
+            while len(self.recent) > self.RECENT:
+                self.recent.pop(next(iter(self.recent)))
         self.tensors.append(t)
         return t
+
+
+def _identity(value) -> tuple:
+    """The identity of a value's arrays (not their content)."""
+    if isinstance(value, QTensor):
+        return ("qtensor", id(value.q), id(value.zp), id(value.scale.m), id(value.scale.k),
+                value.bits, value.signed)
+    if isinstance(value, Dyadic):
+        return ("dyadic", id(value.m), id(value.k))
+    return ("array", id(value))
 
 
 def _stage(kind: str, stage: str, a: dict, result):
@@ -575,6 +655,24 @@ def _prepare_dir(out: Path, force: bool) -> None:
         p.unlink()
 
 
+def manifest_text(man: dict) -> str:
+    """The manifest as written: keys sorted, one op / tensor per line (the C JSON encoder
+    for each line; the pure-Python indenting encoder takes seconds on a large dump)."""
+    lines = ["{"]
+    keys = sorted(man)
+    for j, key in enumerate(keys):
+        end = "," if j < len(keys) - 1 else ""
+        v = man[key]
+        if key in ("ops", "tensors"):
+            items = [json.dumps(x, sort_keys=True) for x in v]
+            lines.append(f' {json.dumps(key)}: [' + ("" if items else "]" + end))
+            if items:
+                lines += [f"  {x}," for x in items[:-1]] + [f"  {items[-1]}", " ]" + end]
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(v, sort_keys=True)}{end}")
+    return "\n".join(lines + ["}"]) + "\n"
+
+
 def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, prompt_text=None,
                   layers=None, formats=("npy", "hex"), hex_pack: bool = False, stages: bool = True,
                   backend: str = "numba", force: bool = False, model_path: str | None = None) -> dict:
@@ -599,7 +697,10 @@ def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, promp
     out = Path(out_dir)
     _prepare_dir(out, force)
     rec = Recorder(model, out, formats, hex_pack, stages, layers)
-    logits, ls = forward(model, ids.astype(np.int64), None, backend, tap=rec)
+    try:
+        logits, ls = forward(model, ids.astype(np.int64), None, backend, tap=rec)
+    finally:
+        rec.writer.finish()
     from dataclasses import asdict
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "generator": GENERATOR,
@@ -612,7 +713,7 @@ def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, promp
                 "hex_pack": bool(hex_pack), "stages": bool(stages)},
         "ops": rec.ops, "tensors": rec.tensors,
     }
-    text = json.dumps(manifest, sort_keys=True, indent=1) + "\n"
+    text = manifest_text(manifest)
     out.joinpath(MANIFEST).write_text(text)
     manifest["_bytes_written"] = rec.writer.bytes_written + len(text)
     manifest["_logits"] = (logits, ls)
