@@ -12,7 +12,7 @@ MODEL   := out/smollm2-w8a8.intsim
 # PROMPT="..." overrides each target's default prompt
 PROMPT  ?=
 
-.PHONY: run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong
+.PHONY: run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
 
 venv: $(STAMP)
 
@@ -64,6 +64,12 @@ rtl-test: rtl-tools
 ## the wrong variant alone: FAILS on purpose, naming the first wrong element
 rtl-test-wrong: rtl-tools
 	$(PY) rtl/run.py --variant wrong --regen
+
+## golden vectors of the small model for two short prompts, committed under golden/
+## (docs/GOLDEN_FORMAT.md; tests/test_golden.py checks the current code reproduces them)
+golden: $(SMALL)
+	$(VENV)/bin/intsim golden $(SMALL) --prompt "Mr. Darcy" --out golden/darcy --force
+	$(VENV)/bin/intsim golden $(SMALL) --prompt "The" --no-stages --out golden/the --force
 
 ## speed: integer matmul core vs float32 BLAS, and the model vs PyTorch fp32 eager
 bench: $(MODEL)

@@ -478,19 +478,27 @@ def _committed_sets():
     return sorted(p.parent for p in GOLDEN.glob("*/manifest.json"))
 
 
-def _model_for(man):
-    path = ROOT / man["run"].get("model_path", "")
-    if not path.is_file():
-        pytest.skip(f"the model file {path} of the committed golden set is not built (make golden-model)")
-    return path
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The committed small model converted by the current converter, as `make golden` does."""
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("small") / "small-w8a8.intsim"
+    r = subprocess.run([sys.executable, "-m", "intsim", "convert", "models/small", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
 
 
 @pytest.mark.parametrize("gdir", _committed_sets() or [None], ids=lambda p: p.name if p else "none")
-def test_committed_golden_set_is_reproduced_bit_for_bit(gdir, tmp_path):
+def test_committed_golden_set_is_reproduced_bit_for_bit(gdir, tmp_path, small_model):
     if gdir is None:
         pytest.skip("no committed golden set under golden/ yet")
     man = golden.load_manifest(gdir)
-    path = _model_for(man)
+    path = small_model
+    if model_hash(path) != man["model"]["file_sha256"]:
+        pytest.fail(f"{gdir} was made from another model file than `intsim convert models/small` "
+                    f"gives now (the model or the converter changed): regenerate with `make golden`")
     run = man["run"]
     golden.export_golden(load_model(path), np.array(man["prompt"]["tokens"]), tmp_path / "now",
                          model_sha256=model_hash(path), prompt_text=man["prompt"]["text"],
@@ -499,7 +507,8 @@ def test_committed_golden_set_is_reproduced_bit_for_bit(gdir, tmp_path):
     r = golden.compare(gdir, tmp_path / "now")
     if not r["identical"]:
         lines = [f"{o['name']}: {o['mismatches']} mismatches, first {o['first']}" for o in r["mismatching_ops"][:10]]
-        pytest.fail("the current code does not reproduce " + str(gdir) + ":\n" + "\n".join(lines))
+        pytest.fail("the current code does not reproduce " + str(gdir) + " (if the change is "
+                    "intended, regenerate with `make golden`):\n" + "\n".join(lines))
     assert files_of(tmp_path / "now") == files_of(gdir)
 
 
