@@ -66,7 +66,11 @@ module di_exp (
             num = 64'd1 << kk;
             tq  = num / mf;
             tr  = num % mf;
+`ifdef DI_EXP_WRONG
+            T   = tq;                           // WRONG (rtl/di_exp_wrong.v): T not rounded
+`else
             T   = round_qr(tq, tr, mf, 1'b0, rnd);
+`endif
             if (T < 1) T = 64'sd1;
         end
         // step 0c: x' = rnd(x / 2^j)

@@ -38,7 +38,8 @@ def simulate(variant: str, vectors: Path, build_root: Path = BUILD) -> dict:
     if result.exists():
         result.unlink()
     runner = get_runner("icarus")
-    runner.build(sources=[VARIANTS[variant]], hdl_toplevel="di_exp", build_dir=build, always=True,
+    runner.build(sources=[VARIANTS[variant]], includes=[RTL], hdl_toplevel="di_exp",
+                 build_dir=build, always=True,
                  timescale=("1ns", "1ps"), log_file=build / "build.log")
     env = {"RTL_VECTORS": ":".join(vector_dirs(vectors)), "RTL_RESULT": str(result),
            "PYTHONPATH": os.pathsep.join([str(RTL), os.environ.get("PYTHONPATH", "")])}
