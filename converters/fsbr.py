@@ -636,8 +636,19 @@ def float_block(L: _Layer, x, rope: _Rope, eps: float, act_max: dict | None = No
     return x + y @ W["wd"].T
 
 
-def quant_block(L: _Layer, x, rope: _Rope, qw=None):
-    """The fake-quantized decoder layer on x [B, T, D] (see the module docstring)."""
+#: the quantizers of ``quant_block``, by name (``exact`` switches any of them off)
+QUANTIZERS = ("qkv_in", "q_out", "k_out", "v_out", "q_head", "k_head", "softmax", "p_v",
+              "o_in", "o_out", "res", "ffn_in", "gate", "up", "sigmoid", "down_in",
+              "down_out", "weights", "norm_w")
+
+
+def quant_block(L: _Layer, x, rope: _Rope, qw=None, exact=frozenset()):
+    """The fake-quantized decoder layer on x [B, T, D] (see the module docstring).
+
+    ``exact``: names from ``QUANTIZERS`` to leave out (the value passes unquantized;
+    ``softmax`` becomes the float softmax, ``sigmoid`` the float sigmoid, ``weights``
+    and ``norm_w`` the smoothed float weights): an attribution tool, never used in
+    calibration."""
     torch = _torch()
     st, spec, cfg = L.st, L.st.spec, L.cfg
     A = st.a_bits
@@ -646,35 +657,53 @@ def quant_block(L: _Layer, x, rope: _Rope, qw=None):
     rep = H // Hkv
     if qw is None:
         qw = L.quant_weights()
+        if "weights" in exact or "norm_w" in exact:
+            W, g1f, g2f, _ = L.smoothed()
+            qw = (W if "weights" in exact else qw[0], g1f if "norm_w" in exact else qw[1],
+                  g2f if "norm_w" in exact else qw[2], qw[3])
     w, g1, g2, alpha = qw
+
+    def act(name, v, bits):
+        return v if name in exact else fq_act(v, bits, spec)
+
+    def sym(name, v, bits):
+        return v if name in exact else fq_sym(v, bits, spec)
 
     def norm(v, g):      # DI-Norm (scale-only, no eps) then the per-channel weight
         return v * torch.rsqrt(v.pow(2).mean(-1, keepdim=True).clamp(min=1e-30)) * g
 
-    a = fq_act(norm(x, g1), A, spec)
-    q = fq_sym(a @ w["wq"].T, QK_BITS, spec)
-    k = fq_sym(a @ w["wk"].T, QK_BITS, spec)
-    vc, vs = fq_act_centered(a @ w["wv"].T, A, spec)                 # [B,T,kv], [B,T,1]
+    a = act("qkv_in", norm(x, g1), A)
+    q = sym("q_out", a @ w["wq"].T, QK_BITS)
+    k = sym("k_out", a @ w["wk"].T, QK_BITS)
+    v = a @ w["wv"].T
+    if "v_out" in exact:
+        vc, vs = v, torch.ones_like(v[..., :1])
+    else:
+        vc, vs = fq_act_centered(v, A, spec)                          # [B,T,kv], [B,T,1]
     q = rope(q.view(B, T, H, hd).transpose(1, 2))
     k = rope(k.view(B, T, Hkv, hd).transpose(1, 2))
-    q = fq_act(q, A, spec)                                            # per (token, head)
-    k = fq_act(k, A, spec)
+    q = act("q_head", q, A)                                           # per (token, head)
+    k = act("k_head", k, A)
     # query head h reads kv head h // rep: heads of one group side by side
     sc = (q.reshape(B, Hkv, rep * T, hd) @ k.transpose(-1, -2)).view(B, H, T, T)
-    p = _clipped_softmax(sc * (1.0 / math.sqrt(hd)), spec)           # [B, H, T, T]
-    pq = fq_act(p * vs.reshape(B, 1, 1, T), A, spec)                # value scales folded
+    sc = sc * (1.0 / math.sqrt(hd))
+    if "softmax" in exact:
+        p = torch.softmax(sc.masked_fill(~_causal(T, sc.device), float("-inf")), -1)
+    else:
+        p = _clipped_softmax(sc, spec)                                # [B, H, T, T]
+    pq = act("p_v", p * vs.reshape(B, 1, 1, T), A)                   # value scales folded
     vh = vc.view(B, T, Hkv, hd).transpose(1, 2)
     att = (pq.view(B, Hkv, rep * T, T) @ vh).view(B, H, T, hd)
     att = att.transpose(1, 2).reshape(B, T, H * hd)
-    o = fq_sym(fq_act(att, A, spec) @ w["wo"].T, spec.residual_bits, spec)
-    h = fq_sym(x + o, spec.residual_bits, spec)
-    a2 = fq_act(norm(h, g2), A, spec)
-    gt = fq_act(a2 @ w["wg"].T, spec.swiglu_in_bits, spec)
-    up = fq_act(a2 @ w["wu"].T, spec.swiglu_in_bits, spec)
+    o = sym("o_out", act("o_in", att, A) @ w["wo"].T, spec.residual_bits)
+    h = sym("res", x + o, spec.residual_bits)
+    a2 = act("ffn_in", norm(h, g2), A)
+    gt = act("gate", a2 @ w["wg"].T, spec.swiglu_in_bits)
+    up = act("up", a2 @ w["wu"].T, spec.swiglu_in_bits)
     z = gt if alpha is None else gt / alpha
-    y = gt * _sigmoid(z, spec) * up
-    d = fq_sym(fq_act(y, A, spec) @ w["wd"].T, spec.residual_bits, spec)
-    return fq_sym(h + d, spec.residual_bits, spec)
+    y = gt * (torch.sigmoid(z) if "sigmoid" in exact else _sigmoid(z, spec)) * up
+    d = sym("down_out", act("down_in", y, A) @ w["wd"].T, spec.residual_bits)
+    return sym("res", h + d, spec.residual_bits)
 
 
 _MASKS: dict = {}

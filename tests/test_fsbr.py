@@ -317,6 +317,29 @@ def test_std_norm_and_lwc_init(tiny):
     assert 5.9 < float(ups.min()) and float(ups.max()) < 6.1 and not torch.all(ups == 6.0)
 
 
+def test_fake_quant_ppl_all_exact_is_the_float_model(tiny, w4a4_run, tmp_path):
+    from converters import fsbr_eval
+    from converters.evaluate import nll_from_logits, perplexity, read_text_tokens
+    from converters.float_model import FloatLlama, LlamaConfig
+    from tiny_llama import TEXT
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 2)
+    st = fsbr.FSBRSettings(w_bits=4, a_bits=4, samples=1, seqlen=2)
+    everything = fsbr.QUANTIZERS + fsbr_eval.EXTRA
+    fq = fsbr_eval.fake_quant_ppl(tiny, st, text, None, everything, 300, 64)
+    fm = FloatLlama.from_hf(tiny)
+    toks = read_text_tokens(text, tiny / "tokenizer.json", 300)
+    ref = perplexity(lambda w: nll_from_logits(fm.logits(w), w), toks, 64)
+    assert fq["tokens"] == ref["tokens"]
+    assert abs(fq["ppl_fq"] / ref["ppl"] - 1) < 1e-3        # eps dropped, Q1.14 RoPE tables
+    cfg = LlamaConfig.from_dict(json.loads((tiny / "config.json").read_text()))
+    paths = fsbr.save_params(w4a4_run[0], tmp_path / "c", "pth", cfg)
+    quant = fsbr_eval.fake_quant_ppl(tiny, st, text, paths["pth"], (), 300, 64)
+    assert quant["ppl_fq"] != fq["ppl_fq"] and np.isfinite(quant["ppl_fq"])
+    with pytest.raises(fsbr.FSBRError, match="unknown quantizer"):
+        fsbr_eval.fake_quant_ppl(tiny, st, text, None, ("nope",), 300, 64)
+
+
 # ---------------------------------------------------------------- command line, bad input
 
 def test_cli_writes_both_forms(tiny, tmp_path):
