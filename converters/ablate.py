@@ -492,25 +492,37 @@ def cmd_ops_table(args) -> int:
     fm = _float_model(model, args)
     ctx = min(args.ctx, model.config.max_pos)
     pre = _cmd_prefix(args, "ops")
-    rows = [("float32 reference (no quantization)", (), "float")]
+    # (label, integer ops, base, the row it is compared with)
+    rows = [("float32 reference (no quantization)", (), "float", None)]
     for i in range(len(CUMULATIVE) + 1):
         ops = CUMULATIVE[:i]
         label = (f"W{model.widths.w_bits}A{model.widths.a_bits} fake-quant, float operators"
                  if i == 0 else f"+ {CUMULATIVE[i - 1]}")
-        rows.append((label, ops, "fake"))
+        rows.append((label, ops, "fake", i))
     if args.single:
         for op in OPS[1:]:
-            rows.append((f"fake-quant + {op} only", (op,), "fake"))
-        rows.append(("float32 weights + matmul only", ("matmul",), "float"))
-    res = []
-    for label, ops, base in rows:
+            rows.append((f"fake-quant + {op} only", (op,), "fake", 1))
+        for op in OPS[1:]:      # an integer matmul brings the integer weights: row "+ matmul"
+            rows.append((f"float32 weights + {op} only", (op,), "float", 0))
+    res, nlls = [], []
+    for label, ops, base, prev in rows:
         t0 = time.perf_counter()
-        r = perplexity(Hybrid(model, fm, ops, base).nll, tokens, ctx)
+        rec = _Recorder(Hybrid(model, fm, ops, base).nll)
+        r = perplexity(rec, tokens, ctx)
         cmd = f"{pre} --int {','.join(ops) or 'none'} --base {base}"
         row = {"label": label, "int_ops": list(ops), "base": base, "ppl": r["ppl"],
                "seconds": round(time.perf_counter() - t0, 1), "command": cmd}
+        nlls.append(np.concatenate(rec.out))
+        # paired per-token NLL differences: against the float row and against the row
+        # this one changes (the chain's previous row; the base of an operator alone)
+        for key, j in (("vs_float", 0), ("vs_prev", prev)):
+            if j is not None and len(res) > 0:
+                row[f"dnll_{key}"], row[f"dnll_{key}_se"] = _paired(nlls[-1], nlls[j])
         res.append(row)
         print(json.dumps(row), flush=True)
+    if args.save:
+        np.savez_compressed(args.save, labels=np.array([r["label"] for r in res]),
+                            nll=np.stack(nlls), ppl=np.array([r["ppl"] for r in res]))
     r = perplexity(int_nll_fn(model), tokens, ctx)
     print(json.dumps({"label": "intsim ppl (integer model, fast path)", "ppl": r["ppl"],
                       "equal_to_all_integer_row": r["ppl"] == res[len(CUMULATIVE) + 1]["ppl"]}),
@@ -518,35 +530,65 @@ def cmd_ops_table(args) -> int:
     return 0
 
 
-def _spec_ppl(model, tokens, ctx) -> float:
+class _Recorder:
+    """Wraps an nll function and keeps the per-token NLLs of every window it scores."""
+
+    def __init__(self, fn):
+        self.fn, self.out = fn, []
+
+    def __call__(self, window):
+        nll = self.fn(window)
+        self.out.append(np.asarray(nll, dtype=np.float64))
+        return nll
+
+
+def _paired(a, b) -> tuple[float, float]:
+    """Mean per-token NLL difference a - b (nats) and its standard error."""
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(d.size))
+
+
+def _spec_nll(model, tokens, ctx) -> tuple[float, np.ndarray]:
+    """Integer-model perplexity (``intsim ppl``'s path) and the per-token NLLs."""
     from .evaluate import perplexity
     from .ppl import int_nll_fn
-    return perplexity(int_nll_fn(model), tokens, ctx)["ppl"]
+    rec = _Recorder(int_nll_fn(model))
+    return perplexity(rec, tokens, ctx)["ppl"], np.concatenate(rec.out)
+
+
+def _spec_ppl(model, tokens, ctx) -> float:
+    return _spec_nll(model, tokens, ctx)[0]
 
 
 def cmd_clip(args) -> int:
-    """Study (c): ``intsim ppl --spec`` over clip values, in one process."""
-    from intsim.modelfile import load_model
+    """Study (c): ``intsim ppl --spec`` over clip values, in one process.  Each row also
+    gives its paired per-token NLL difference against the model's stored clip (same
+    other options): ``dnll`` +- ``dnll_se`` nats."""
+    from intsim.modelfile import load_model, load_tokenizer
 
     from .evaluate import read_text_tokens
     from .ppl import override_spec
-    from intsim.modelfile import load_tokenizer
-    base = json.loads(args.spec) if args.spec else {}
     for path in args.models:
         model0 = load_model(path)
         tokens = read_text_tokens(args.text, load_tokenizer(model0), args.max_tokens)
         ctx = min(args.ctx, model0.config.max_pos)
-        for c in args.clips:
-            opts = {**base, "softmax_clip": c}
-            model = override_spec(model0, opts, args.float_src)
-            t0 = time.perf_counter()
-            ppl = _spec_ppl(model, tokens, ctx)
-            cmd = (f".venv/bin/intsim ppl {shlex.quote(str(path))} --text {shlex.quote(str(args.text))} "
-                   f"--max-tokens {args.max_tokens} --ctx {args.ctx} --no-float --spec "
-                   f"{shlex.quote(json.dumps(opts))}")
-            print(json.dumps({"model": str(path), "spec": opts, "ppl": ppl,
-                              "seconds": round(time.perf_counter() - t0, 1), "command": cmd}),
-                  flush=True)
+        for base in (json.loads(b) for b in (args.spec or ["{}"])):
+            c0 = model0.spec.softmax_clip
+            clips = [c0] + [c for c in args.clips if c != c0]
+            ref = None
+            for c in clips:
+                opts = {**base, "softmax_clip": c}
+                model = override_spec(model0, opts, args.float_src)
+                t0 = time.perf_counter()
+                ppl, nll = _spec_nll(model, tokens, ctx)
+                ref = nll if ref is None else ref
+                cmd = (f".venv/bin/intsim ppl {shlex.quote(str(path))} --text "
+                       f"{shlex.quote(str(args.text))} --max-tokens {args.max_tokens} --ctx "
+                       f"{args.ctx} --no-float --spec {shlex.quote(json.dumps(opts))}")
+                d, se = _paired(nll, ref)
+                print(json.dumps({"model": str(path), "spec": opts, "ppl": ppl, "dnll": d,
+                                  "dnll_se": se, "seconds": round(time.perf_counter() - t0, 1),
+                                  "command": cmd}), flush=True)
     return 0
 
 
@@ -560,10 +602,46 @@ def kv_scale_bits(model, m_bits: int, k_bits: int) -> dict:
             "kv_scale_share": scales / (codes + scales)}
 
 
-def speed(model, prompt_len=64, decode_tokens=64, prefill_len=256, repeats=3, seed=0) -> dict:
-    """Fast-path speed, ``converters.modelbench.bench_int``'s protocol on a loaded model."""
+def speed(model, prompt_len=64, decode_tokens=64, prefill_len=256, repeats=5, seed=0) -> dict:
+    """Fast-path speed, ``converters.modelbench.bench_int``'s protocol on a loaded model
+    (best of 5 rather than 3: the machine is shared)."""
     from .modelbench import bench_int
     return bench_int(model, prompt_len, decode_tokens, prefill_len, repeats, seed)
+
+
+def speed_interleaved(models: list, rounds: int = 5, prompt_len=64, decode_tokens=64,
+                      prefill_len=256, seed=0) -> list[dict]:
+    """``speed`` for several models, round-robin: each round times one prefill and one
+    decode of every model in turn, and each model keeps its best round.  On a shared
+    machine the load then drifts over all rows alike instead of favouring some."""
+    from intsim.head import argmax
+    from intsim.llama import KVCache, forward
+    rng = np.random.default_rng(seed)
+    V = models[0].config.vocab_size
+    pre_ids, prompt = rng.integers(0, V, prefill_len), rng.integers(0, V, prompt_len)
+
+    def once(m):
+        t0 = time.perf_counter()
+        forward(m, pre_ids)
+        tp = time.perf_counter() - t0
+        cache = KVCache.empty(m, prompt_len + decode_tokens + 1)
+        logits, _ = forward(m, prompt, cache)
+        nxt = int(argmax(logits[-1:])[0])
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            logits, _ = forward(m, np.array([nxt]), cache)
+            nxt = int(argmax(logits)[0])
+        return tp, time.perf_counter() - t0
+
+    for m in models:
+        once(m)                                        # warm-up (compile, page in)
+    best = [[np.inf, np.inf] for _ in models]
+    for _ in range(rounds):
+        for i, m in enumerate(models):
+            tp, td = once(m)
+            best[i] = [min(best[i][0], tp), min(best[i][1], td)]
+    return [{"prefill_int_tok_s": prefill_len / p, "decode_int_tok_s": decode_tokens / d}
+            for p, d in best]
 
 
 def cmd_spec(args) -> int:
@@ -581,8 +659,8 @@ def cmd_spec(args) -> int:
 
 
 def cmd_widths(args) -> int:
-    """Study (d): every width row in one process (kernels compile once; the speed of each
-    row measured right after its perplexity, same machine, same process)."""
+    """Study (d): every width row in one process (the kernels compile once): perplexity
+    first, then with --speed the fast path's speed of all rows, interleaved."""
     from intsim.errors import IntsimError
     from intsim.modelfile import load_model, load_tokenizer
 
@@ -591,27 +669,32 @@ def cmd_widths(args) -> int:
     model0 = load_model(args.model)
     tokens = read_text_tokens(args.text, load_tokenizer(model0), args.max_tokens)
     ctx = min(args.ctx, model0.config.max_pos)
+    _, ref = _spec_nll(model0, tokens, ctx)         # the stored spec: the paired reference
+    ok = []
     for opts in args.rows:
         row = {"spec": opts}
+        cmd = (f".venv/bin/intsim ppl {shlex.quote(str(args.model))} --text "
+               f"{shlex.quote(str(args.text))} --max-tokens {args.max_tokens} --ctx {args.ctx} "
+               f"--no-float --spec {shlex.quote(json.dumps(opts))}")
         try:
             model = override_spec(model0, opts, args.float_src)
+            row["ppl"], nll = _spec_nll(model, tokens, ctx)
+            row["dnll"], row["dnll_se"] = _paired(nll, ref)
+            ok.append((opts, model))
         except IntsimError as e:
             row["error"] = str(e)
-            print(json.dumps(row), flush=True)
-            continue
-        cmd = (f"NUMBA_NUM_THREADS=1 .venv/bin/python -m converters.ablate spec "
-               f"{shlex.quote(str(args.model))} --text {shlex.quote(str(args.text))} "
-               f"--max-tokens {args.max_tokens} --ctx {args.ctx} --speed --spec "
-               f"{shlex.quote(json.dumps(opts))}")
-        try:
-            row["ppl"] = _spec_ppl(model, tokens, ctx)
-        except IntsimError as e:
-            row["error"] = str(e)
-        if "error" not in row and args.speed:
-            row.update(speed(model))
-        row.update(kv_scale_bits(model, model.spec.m_bits, model.spec.k_bits))
+            model = None
+        if model is not None:
+            row.update(kv_scale_bits(model, model.spec.m_bits, model.spec.k_bits))
         row["command"] = cmd
         print(json.dumps(row), flush=True)
+    if args.speed and ok:
+        for (opts, _), sp in zip(ok, speed_interleaved([m for _, m in ok], args.rounds)):
+            cmd = (f"NUMBA_NUM_THREADS=1 .venv/bin/python -m converters.ablate spec "
+                   f"{shlex.quote(str(args.model))} --text {shlex.quote(str(args.text))} "
+                   f"--max-tokens {args.max_tokens} --ctx {args.ctx} --speed --spec "
+                   f"{shlex.quote(json.dumps(opts))}")
+            print(json.dumps({"spec": opts, **sp, "command": cmd}), flush=True)
     return 0
 
 
@@ -631,6 +714,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("ops-table", help="every row of the operator ablation in one process")
     _common(p, spec=True)
     p.add_argument("--single", action="store_true", help="also each operator alone on the fake-quant base")
+    p.add_argument("--save", metavar="NPZ", help="also save every row's per-token NLL")
     p.set_defaults(func=cmd_ops_table)
     p = sub.add_parser("clip", help="perplexity over DI-ClippedSoftmax clip values, one process")
     p.add_argument("models", nargs="+", metavar="MODEL")
@@ -640,7 +724,8 @@ def main(argv=None) -> int:
     p.add_argument("--float-src", metavar="DIR")
     p.add_argument("--clips", type=lambda s: [int(c) for c in s.split(",")],
                    default=[5, 8, 10, 12, 15, 20, 30, 1000], metavar="C,C,...")
-    p.add_argument("--spec", metavar="JSON", default=None, help="other spec options of every row")
+    p.add_argument("--spec", metavar="JSON", action="append",
+                   help="other spec options of a sweep (repeat for several sweeps)")
     p.set_defaults(func=cmd_clip)
     p = sub.add_parser("spec", help="one spec override: perplexity, and speed/memory with --speed")
     _common(p, spec=True)
@@ -654,6 +739,7 @@ def main(argv=None) -> int:
                    + [{"m_bits": b, "k_bits": b} for b in (6, 16)],
                    help="list of spec override objects")
     p.add_argument("--speed", action="store_true", help="also fast-path decode/prefill tok/s")
+    p.add_argument("--rounds", type=int, default=5, help="interleaved speed rounds (default 5)")
     p.set_defaults(func=cmd_widths)
     args = ap.parse_args(argv)
     return args.func(args)
