@@ -164,3 +164,32 @@ def test_spec_override_refusals_name_the_option(tiny, tmp_path):
                          vocab_size=300, max_pos=256, seed=5)
     with pytest.raises(IntsimError, match="does not reproduce"):
         override_spec(model, {"m_bits": 6}, float_src=other)
+
+
+# ------------------------------------------------------------------ command line
+
+def test_cli_rows_reproduce_the_in_process_numbers(tiny, tmp_path, capsys):
+    """`ops --int all` is intsim ppl's number; `clip` rows are `intsim ppl --spec` rows."""
+    import json
+
+    from converters.ablate import main
+    from converters.convert import convert
+    from converters.ppl import cmd_ppl
+    from intsim.cli import build_parser
+    src, _, _, _ = tiny
+    path = convert(src, tmp_path / "tiny.intsim")
+    text = tmp_path / "t.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog; then the dog sleeps. " * 6)
+    common = ["--text", str(text), "--max-tokens", "96", "--ctx", "48"]
+    main(["ops", str(path), *common, "--int", "all"])
+    ops = json.loads(capsys.readouterr().out)
+    cmd_ppl(build_parser().parse_args(["ppl", str(path), *common, "--no-float", "--json"]))
+    ppl = json.loads(capsys.readouterr().out)
+    assert ops["ppl"] == ppl["ppl_int"] and ops["tokens"] == ppl["tokens"] == 94
+    main(["clip", str(path), *common, "--clips", "3"])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["spec"]["softmax_clip"] for r in rows] == [15, 3]    # stored clip first
+    assert rows[0]["ppl"] == ppl["ppl_int"] and rows[0]["dnll"] == 0.0
+    cmd_ppl(build_parser().parse_args(["ppl", str(path), *common, "--no-float", "--json",
+                                       "--spec", '{"softmax_clip": 3}']))
+    assert json.loads(capsys.readouterr().out)["ppl_int"] == rows[1]["ppl"]
