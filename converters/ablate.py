@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shlex
 import sys
@@ -422,12 +421,12 @@ def _load(args):
     from intsim.modelfile import load_model, load_tokenizer
 
     from .evaluate import read_text_tokens
-    from .ppl import float_reference_dir, override_spec
+    from .ppl import override_spec
     model = load_model(args.model)
     if getattr(args, "spec", None):
         model = override_spec(model, args.spec, args.float_src)
     tokens = read_text_tokens(args.text, load_tokenizer(model), args.max_tokens)
-    return model, tokens, float_reference_dir
+    return model, tokens
 
 
 def _float_model(model, args):
@@ -474,7 +473,7 @@ def hybrid_ppl(model, fm, tokens, ctx, int_ops, base="fake") -> dict:
 
 
 def cmd_ops(args) -> int:
-    model, tokens, _ = _load(args)
+    model, tokens = _load(args)
     fm = _float_model(model, args)
     t0 = time.perf_counter()
     r = hybrid_ppl(model, fm, tokens, min(args.ctx, model.config.max_pos), args.int, args.base)
@@ -488,7 +487,7 @@ def cmd_ops_table(args) -> int:
     """Every row of study (b) in one process (the Numba kernels compile once)."""
     from .evaluate import perplexity
     from .ppl import int_nll_fn
-    model, tokens, _ = _load(args)
+    model, tokens = _load(args)
     fm = _float_model(model, args)
     ctx = min(args.ctx, model.config.max_pos)
     pre = _cmd_prefix(args, "ops")
@@ -646,7 +645,7 @@ def speed_interleaved(models: list, rounds: int = 5, prompt_len=64, decode_token
 
 def cmd_spec(args) -> int:
     """One row of study (d): perplexity and, with --speed, speed and memory, one process."""
-    model, tokens, _ = _load(args)
+    model, tokens = _load(args)
     out = {"model": str(args.model), "spec": json.loads(args.spec) if args.spec else {},
            "ppl": _spec_ppl(model, tokens, min(args.ctx, model.config.max_pos)),
            "file_mib": Path(args.model).stat().st_size / 2 ** 20,
