@@ -788,14 +788,18 @@ def _log(msg: str):
 
 
 def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.ndarray | None = None,
-             log=_log, threads: int | None = None, n_layers: int | None = None):
+             log=_log, threads: int | None = None, n_layers: int | None = None,
+             checkpoint=None):
     """Run FSBR on the Hugging Face LLaMA folder ``model_dir``.
 
     Returns ``(params, report)``: ``params`` the official ``{layer: OrderedDict(name ->
     torch tensor)}``; ``report`` a JSON-able dict (settings, per-layer losses, timing).
     ``windows``: token ids [samples, seqlen] overriding the random text windows;
     ``n_layers``: calibrate only the first n layers (timing and tests; the result is
-    then not a complete calibration file).
+    then not a complete calibration file).  ``checkpoint``: a file the state is saved
+    to after every layer (parameters so far, both streams of block inputs, the order
+    generator); a run that finds one with the same settings and windows resumes after
+    its last layer.  It is left in place (the caller removes it after writing).
     """
     torch = _torch()
     from .embedding import quantize_embedding
@@ -838,7 +842,21 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
     chunk = max(1, 2048 // T)
     layers_out = {}
     rep_layers = []
-    for i in range(cfg.n_layers if n_layers is None else min(n_layers, cfg.n_layers)):
+    first = 0
+    ident = {"settings": st.to_json(), "model": str(Path(model_dir).absolute()),
+             "windows_sum": int(windows.sum()), "windows_shape": [int(N), int(T)]}
+    if checkpoint is not None and Path(checkpoint).is_file():
+        ck = torch.load(checkpoint, weights_only=True)
+        if json.loads(ck["ident"]) != json.loads(json.dumps(ident)):
+            raise FSBRError(f"{checkpoint}: a checkpoint of a different run (settings, model "
+                            f"or windows differ); delete it to start afresh")
+        first = int(ck["next_layer"])
+        layers_out = {int(k): OrderedDict(v) for k, v in ck["params"].items()}
+        rep_layers = json.loads(ck["report_layers"])
+        q_x, fp_x = ck["q_x"].to(dev), ck["fp_x"].to(dev)
+        gen.set_state(ck["gen_state"])
+        log(f"resuming from {checkpoint} at layer {first}")
+    for i in range(first, cfg.n_layers if n_layers is None else min(n_layers, cfg.n_layers)):
         t0 = time.perf_counter()
         L = _Layer(i, w, cfg, st, dev, dtype)
         act_max: dict = {}
@@ -918,6 +936,12 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
                     + " ".join(f"{v:.4g}" for v in rec["epoch_loss"])
                     + f" -> best epoch {rec['best_epoch']}, ")
         log(msg + f"loss {rec['final_loss']:.4g} ({rec['seconds']} s)")
+        if checkpoint is not None:
+            state = {"ident": json.dumps(ident), "next_layer": i + 1,
+                     "params": {int(k): dict(v) for k, v in layers_out.items()},
+                     "report_layers": json.dumps(rep_layers), "q_x": q_x.cpu(),
+                     "fp_x": fp_x.cpu(), "gen_state": gen.get_state()}
+            _atomic(Path(checkpoint), lambda p: torch.save(state, p))
     report = {"generator": "converters.fsbr", "model": str(Path(model_dir).absolute()),
               "text": str(text) if text is not None else None, "settings": st.to_json(),
               "windows": [int(N), int(T)], "torch": torch.__version__,
@@ -1035,6 +1059,9 @@ def build_parser(prog="python -m converters.fsbr") -> argparse.ArgumentParser:
                         "(the official --std_norm): massive-activation channels stop "
                         "dominating the block loss")
     p.add_argument("--format", choices=("pth", "safetensors", "both"), default="both")
+    p.add_argument("--no-checkpoint", action="store_true",
+                   help="do not save CALIB.partial.pt after every layer (by default a run "
+                        "that finds one with the same settings resumes from it)")
     p.add_argument("--spec", default=None, metavar="SPEC",
                    help="the integer options the model will be converted with ('paper' or "
                         "JSON, as intsim convert --spec); the fake quantizers follow them")
@@ -1056,9 +1083,13 @@ def main(argv=None, prog="python -m converters.fsbr") -> int:
         if not st.paradigms and not st.lwc:
             raise FSBRError("--no-smooth with --no-lwc leaves nothing to calibrate")
         output_paths(args.out, args.format)
-        params, report = run_fsbr(args.model_dir, st, text=args.text, threads=args.threads)
+        ckpt = None if args.no_checkpoint else Path(args.out).with_suffix(".partial.pt")
+        params, report = run_fsbr(args.model_dir, st, text=args.text, threads=args.threads,
+                                  checkpoint=ckpt)
         cfg = _read_config(args.model_dir)
         paths = save_params(params, args.out, args.format, cfg, st.group_size, report)
+        if ckpt is not None and ckpt.is_file():
+            ckpt.unlink()
     except (IntsimError, ImportError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -340,6 +340,25 @@ def test_fake_quant_ppl_all_exact_is_the_float_model(tiny, w4a4_run, tmp_path):
         fsbr_eval.fake_quant_ppl(tiny, st, text, None, ("nope",), 300, 64)
 
 
+def test_checkpoint_resume_gives_the_same_result(tiny, tmp_path):
+    st = fsbr.FSBRSettings(w_bits=4, a_bits=4, epochs=1, samples=2, seqlen=16, seed=1)
+    win = _windows(2, 16)
+    whole, _ = fsbr.run_fsbr(tiny, st, windows=win, log=lambda m: None, threads=1)
+    ck = tmp_path / "c.partial.pt"
+    fsbr.run_fsbr(tiny, st, windows=win, log=lambda m: None, threads=1, n_layers=1,
+                  checkpoint=ck)                      # "interrupted" after layer 0
+    logs = []
+    resumed, rep = fsbr.run_fsbr(tiny, st, windows=win, log=logs.append, threads=1,
+                                 checkpoint=ck)
+    assert logs[0].startswith("resuming") and len(rep["layers"]) == 2
+    for i in (0, 1):
+        for k in whole[i]:
+            assert torch.equal(whole[i][k], resumed[i][k]), (i, k)
+    other = fsbr.FSBRSettings(w_bits=6, a_bits=6, epochs=1, samples=2, seqlen=16, seed=1)
+    with pytest.raises(fsbr.FSBRError, match="different run"):
+        fsbr.run_fsbr(tiny, other, windows=win, log=lambda m: None, checkpoint=ck)
+
+
 # ---------------------------------------------------------------- command line, bad input
 
 def test_cli_writes_both_forms(tiny, tmp_path):
