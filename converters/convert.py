@@ -420,7 +420,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
             raise ConvertError(str(e)) from e
         from safetensors import safe_open
         with safe_open(str(row_bits), "numpy") as f:
-            mix_info = {"path": str(Path(row_bits).absolute()), "sha256": _sha256(Path(row_bits)),
+            mix_info = {"path": str(row_bits), "sha256": _sha256(Path(row_bits)),
                         **json.loads((f.metadata() or {}).get("mixllm", "{}"))}
 
     calib_info, layer_calib = None, None
@@ -431,7 +431,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                                          source=str(cpath))
         with open(cpath, "rb") as f:
             fmt = "pth" if f.read(2) == b"PK" else "safetensors"
-        calib_info = {"path": str(cpath.absolute()), "sha256": _sha256(cpath), "format": fmt,
+        calib_info = {"path": str(cpath), "sha256": _sha256(cpath), "format": fmt,
                       "qkt_tie": qkt_tie, **fsbr.describe(params)}
 
     # embedding: per row, 8 bits, dyadic scales of spec.m_bits
@@ -501,7 +501,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         files[_INDEX] = _sha256(hf.path / _INDEX)
     for fp in hf.weight_files:
         files[fp.name] = _sha256(fp)
-    source = {"kind": "hf", "path": str(hf.path.absolute()), "sha256": files,
+    source = {"kind": "hf", "path": str(hf.path), "sha256": files,
               "config_json": hf.config_text, "tie_word_embeddings": tied,
               "rms_norm_eps": None if extras["rms_norm_eps"] is None
               else repr(extras["rms_norm_eps"])}
@@ -572,7 +572,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             except GGUFImportError as e:
                 raise ConvertError(str(e)) from e
             hf = read_hf_dir(hf_dir)
-            info = {"kind": "gguf", "path": str(src.absolute()),
+            info = {"kind": "gguf", "path": str(src),
                     "gguf_sha256": _sha256(src)}
             model, tok = build_model(hf, _source_info=info, **kw)
             model.meta["source"]["imported_sha256"] = model.meta["source"].pop("sha256")
