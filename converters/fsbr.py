@@ -855,6 +855,8 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
         rep_layers = json.loads(ck["report_layers"])
         q_x, fp_x = ck["q_x"].to(dev), ck["fp_x"].to(dev)
         gen.set_state(ck["gen_state"])
+        t_start -= float(ck.get("seconds", 0.0))          # totals include the earlier part
+        cpu_start -= float(ck.get("cpu_seconds", 0.0))
         log(f"resuming from {checkpoint} at layer {first}")
     for i in range(first, cfg.n_layers if n_layers is None else min(n_layers, cfg.n_layers)):
         t0 = time.perf_counter()
@@ -940,7 +942,9 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
             state = {"ident": json.dumps(ident), "next_layer": i + 1,
                      "params": {int(k): dict(v) for k, v in layers_out.items()},
                      "report_layers": json.dumps(rep_layers), "q_x": q_x.cpu(),
-                     "fp_x": fp_x.cpu(), "gen_state": gen.get_state()}
+                     "fp_x": fp_x.cpu(), "gen_state": gen.get_state(),
+                     "seconds": time.perf_counter() - t_start,
+                     "cpu_seconds": time.process_time() - cpu_start}
             _atomic(Path(checkpoint), lambda p: torch.save(state, p))
     report = {"generator": "converters.fsbr", "model": str(Path(model_dir).absolute()),
               "text": str(text) if text is not None else None, "settings": st.to_json(),
