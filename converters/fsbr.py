@@ -259,7 +259,7 @@ def fit_scale_up(s, m_bits: int):
     ``s = f 2^e``, f in [0.5, 1); 0 stays 0."""
     torch = _torch()
     f, e = torch.frexp(s)
-    return torch.ldexp(torch.ceil(torch.ldexp(f, torch.tensor(m_bits))), e - m_bits)
+    return torch.ldexp(torch.ceil(torch.ldexp(f, torch.tensor(m_bits, device=f.device))), e - m_bits)
 
 
 def fq_act_codes(x, bits: int, spec: Spec, dim: int = -1, symmetric: bool = False):
@@ -433,7 +433,7 @@ def _di_exp_int(xq, s, m_bits: int):
     float32; intsim's normalization for T > 2^30 is not modelled)."""
     torch = _torch()
     f, e = torch.frexp(s)
-    m = torch.floor(torch.ldexp(f, torch.tensor(m_bits)))
+    m = torch.floor(torch.ldexp(f, torch.tensor(m_bits, device=f.device)))
     k = m_bits - e
     mf = m + torch.floor(m / 2) - torch.floor(m / 16)
     T = torch.clamp(torch.floor(torch.ldexp(torch.ones_like(mf), k) / mf + 0.5), min=1)
