@@ -453,3 +453,23 @@ def test_calibration_for_another_model_is_refused(w4a4_run, tmp_path):
     with pytest.raises(CalibError, match=r"layer 0: '\w+': shape \(64,\), expected \(48,\)"):
         convert(other, out, calib=path)
     assert not out.exists()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_matches_the_cpu_run(tiny):
+    """--device cuda: every tensor on one device (a cuda/cpu mix once crashed here), and
+    the initialization -- SmoothQuant factors and the init loss -- the same as on the CPU
+    up to float32 reduction order."""
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        st = fsbr.FSBRSettings(w_bits=4, a_bits=4, epochs=1, samples=4, seqlen=32, seed=0,
+                               device=dev)
+        runs[dev] = fsbr.run_fsbr(tiny, st, windows=_windows(4), log=lambda m: None, threads=1)
+    (pc, rc), (pg, rg) = runs["cpu"], runs["cuda"]
+    assert pc.keys() == pg.keys()
+    for i in pc:
+        assert pc[i].keys() == pg[i].keys()
+        for k in pc[i]:
+            assert pg[i][k].device.type == "cpu", (i, k)     # parameters come back on the CPU
+    for a, b in zip(rc["layers"], rg["layers"]):
+        assert b["init_loss"] == pytest.approx(a["init_loss"], rel=1e-3)
