@@ -1,7 +1,7 @@
 """Perplexity of the fake-quantized model FSBR trains against, with quantizers switched off.
 
 ``python -m converters.fsbr_eval MODEL_DIR --wbits W --abits A [--calib CALIB]
-[--exact NAME ...] --text FILE [--max-tokens N] [--ctx N]`` runs the whole model through
+[--exact NAME ... | --only NAME ...] --text FILE [--max-tokens N] [--ctx N]`` runs the whole model through
 ``converters.fsbr.quant_block`` (the float mirror of what ``intsim`` executes: the same
 per-token quantizers, DI-Norm weight, DI-ClippedSoftmax and DI-SwiGLU emulation), the
 8-bit per-row embedding and the A-bit head input with the 8-bit per-channel LM head, and
@@ -125,18 +125,25 @@ def main(argv=None, prog="python -m converters.fsbr_eval") -> int:
     p.add_argument("--abits", type=int, default=8)
     p.add_argument("--group-size", type=int, default=0)
     p.add_argument("--exact", nargs="+", action="extend", default=[], metavar="NAME",
-                   choices=fsbr.QUANTIZERS + EXTRA)
+                   choices=fsbr.QUANTIZERS + EXTRA, help="quantizers to leave out")
+    p.add_argument("--only", nargs="+", action="extend", default=[], metavar="NAME",
+                   choices=fsbr.QUANTIZERS + EXTRA,
+                   help="the quantizers to keep; every other one is left out (the cost "
+                        "of these alone)")
     p.add_argument("--text", required=True, metavar="FILE")
     p.add_argument("--max-tokens", type=int, default=4096)
     p.add_argument("--ctx", type=int, default=512)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--spec", default=None)
     a = p.parse_args(argv)
+    if a.only and a.exact:
+        p.error("--only and --exact exclude each other")
+    exact = [n for n in fsbr.QUANTIZERS + EXTRA if n not in a.only] if a.only else a.exact
     from .convert import parse_spec
     try:
         st = fsbr.FSBRSettings(w_bits=a.wbits, a_bits=a.abits, group_size=a.group_size,
                                samples=1, seqlen=2, spec=parse_spec(a.spec))
-        r = fake_quant_ppl(a.model_dir, st, a.text, a.calib, a.exact, a.max_tokens, a.ctx,
+        r = fake_quant_ppl(a.model_dir, st, a.text, a.calib, exact, a.max_tokens, a.ctx,
                            a.threads)
     except (fsbr.IntsimError, ImportError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

@@ -473,3 +473,25 @@ def test_cuda_run_matches_the_cpu_run(tiny):
             assert pg[i][k].device.type == "cpu", (i, k)     # parameters come back on the CPU
     for a, b in zip(rc["layers"], rg["layers"]):
         assert b["init_loss"] == pytest.approx(a["init_loss"], rel=1e-3)
+
+
+def test_fsbr_eval_only_is_exact_on_everything_else(tiny, tmp_path, capsys):
+    """--only X scores the model with X the one quantizer kept: the same perplexity as
+    --exact on every other name, and different from keeping none."""
+    from converters import fsbr_eval
+    from tiny_llama import TEXT
+    text = tmp_path / "t.txt"
+    text.write_text(TEXT * 2)
+    base = [str(tiny), "--wbits", "4", "--abits", "4", "--text", str(text),
+            "--max-tokens", "200", "--ctx", "64", "--threads", "1"]
+
+    def run(*extra):
+        assert fsbr_eval.main(base + list(extra)) == 0
+        return json.loads(capsys.readouterr().out)
+    rest = [n for n in fsbr.QUANTIZERS + fsbr_eval.EXTRA if n != "down_in"]
+    only = run("--only", "down_in")
+    assert only["exact"] == sorted(rest)
+    assert only["ppl_fq"] == run("--exact", *rest)["ppl_fq"]
+    assert only["ppl_fq"] != run("--exact", *rest, "down_in")["ppl_fq"]
+    with pytest.raises(SystemExit):
+        fsbr_eval.main(base + ["--only", "down_in", "--exact", "up"])
