@@ -10,6 +10,7 @@ import struct
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -558,3 +559,28 @@ def test_alpha_inv_mantissas():
         C.alpha_inv_mantissas(np.array([1.0, 2.0 ** 30]), where="x1x2")
     with pytest.raises(CalibError, match="finite positive"):
         C.alpha_inv_mantissas(np.array([1.0, -1.0]))
+
+
+#: SmolLM2-135M's geometry (config.json of the imported GGUF)
+SMOLLM2 = SimpleNamespace(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64,
+                          ffn_dim=1536)
+
+
+@pytest.mark.parametrize("name,bits", [("w8a8", 8), ("w6a6", 6), ("w4a4", 4)])
+def test_committed_smollm2_calibrations_fit_smollm2(name, bits):
+    """The FSBR outputs behind docs/RESULTS table (a) (models/smollm2-fsbr, trained on a
+    GPU) are complete, valid for SmolLM2's 30 layers, tied in RoPE pairs, and their
+    reports state the settings the docs give."""
+    import json
+    root = Path(__file__).resolve().parent.parent / "models" / "smollm2-fsbr"
+    rep = json.loads((root / f"{name}.json").read_text())
+    st = rep["settings"]
+    assert (st["w_bits"], st["a_bits"], st["group_size"]) == (bits, bits, 0)
+    assert (st["epochs"], st["samples"], st["seqlen"], st["seed"]) == (3, 32, 512, 2)
+    assert st["std_norm"] and st["lwc"] and len(st["paradigms"]) == 6
+    assert len(rep["layers"]) == SMOLLM2.n_layers
+    params = C.read_calib(root / f"{name}.safetensors")
+    layers = C.prepare_calib(params, SMOLLM2, 0)       # raises on any shape or value error
+    assert len(layers) == SMOLLM2.n_layers
+    assert set(params[0]) == set(params[29])
+    assert all(np.all(np.isfinite(v)) for sd in params.values() for v in sd.values())
