@@ -613,24 +613,13 @@ def speed_interleaved(models: list, rounds: int = 5, prompt_len=64, decode_token
     """``speed`` for several models, round-robin: each round times one prefill and one
     decode of every model in turn, and each model keeps its best round.  On a shared
     machine the load then drifts over all rows alike instead of favouring some."""
-    from intsim.head import argmax
-    from intsim.llama import KVCache, forward
+    from .modelbench import time_decode, time_prefill
     rng = np.random.default_rng(seed)
     V = models[0].config.vocab_size
     pre_ids, prompt = rng.integers(0, V, prefill_len), rng.integers(0, V, prompt_len)
 
     def once(m):
-        t0 = time.perf_counter()
-        forward(m, pre_ids)
-        tp = time.perf_counter() - t0
-        cache = KVCache.empty(m, prompt_len + decode_tokens + 1)
-        logits, _ = forward(m, prompt, cache)
-        nxt = int(argmax(logits[-1:])[0])
-        t0 = time.perf_counter()
-        for _ in range(decode_tokens):
-            logits, _ = forward(m, np.array([nxt]), cache)
-            nxt = int(argmax(logits)[0])
-        return tp, time.perf_counter() - t0
+        return time_prefill(m, pre_ids), time_decode(m, prompt, decode_tokens)
 
     for m in models:
         once(m)                                        # warm-up (compile, page in)

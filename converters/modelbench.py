@@ -23,10 +23,31 @@ from pathlib import Path
 import numpy as np
 
 
-def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill_len: int = 256,
-              repeats: int = 3, seed: int = 0) -> dict:
+def time_prefill(m, ids) -> float:
+    """Seconds for one fast-path prefill of ``ids`` (no cache)."""
+    from intsim.llama import forward
+    t0 = time.perf_counter()
+    forward(m, ids)
+    return time.perf_counter() - t0
+
+
+def time_decode(m, prompt, decode_tokens: int) -> float:
+    """Seconds for ``decode_tokens`` greedy one-token steps after prefilling ``prompt``
+    into a fresh KV cache (the prefill itself is not timed)."""
     from intsim.head import argmax
     from intsim.llama import KVCache, forward
+    cache = KVCache.empty(m, len(prompt) + decode_tokens + 1)
+    logits, _ = forward(m, prompt, cache)
+    nxt = int(argmax(logits[-1:])[0])
+    t0 = time.perf_counter()
+    for _ in range(decode_tokens):
+        logits, _ = forward(m, np.array([nxt]), cache)
+        nxt = int(argmax(logits)[0])
+    return time.perf_counter() - t0
+
+
+def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill_len: int = 256,
+              repeats: int = 3, seed: int = 0) -> dict:
     from intsim.model import IntModel
     from intsim.modelfile import load_model
     m = model_path if isinstance(model_path, IntModel) else load_model(model_path)   # or a loaded model
@@ -34,26 +55,10 @@ def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill
     rng = np.random.default_rng(seed)
     pre_ids = rng.integers(0, V, prefill_len)
     prompt = rng.integers(0, V, prompt_len)
-
-    def run_prefill():
-        t0 = time.perf_counter()
-        forward(m, pre_ids)
-        return time.perf_counter() - t0
-
-    def run_decode():
-        cache = KVCache.empty(m, prompt_len + decode_tokens + 1)
-        logits, _ = forward(m, prompt, cache)
-        nxt = int(argmax(logits[-1:])[0])
-        t0 = time.perf_counter()
-        for _ in range(decode_tokens):
-            logits, _ = forward(m, np.array([nxt]), cache)
-            nxt = int(argmax(logits)[0])
-        return time.perf_counter() - t0
-
-    run_prefill()
-    run_decode()                      # warm-up: JIT (cached on disk after the first time)
-    best_p = min(run_prefill() for _ in range(repeats))
-    best_d = min(run_decode() for _ in range(repeats))
+    time_prefill(m, pre_ids)
+    time_decode(m, prompt, decode_tokens)   # warm-up: JIT (cached on disk after the first time)
+    best_p = min(time_prefill(m, pre_ids) for _ in range(repeats))
+    best_d = min(time_decode(m, prompt, decode_tokens) for _ in range(repeats))
     return {"prefill_int_tok_s": prefill_len / best_p, "decode_int_tok_s": decode_tokens / best_d}
 
 
