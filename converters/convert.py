@@ -39,6 +39,7 @@ import numpy as np
 
 from intsim import __version__
 from intsim.errors import IntsimError
+from intsim.hashing import file_sha256
 from intsim.matmul import QWeight, check_bounds
 from intsim.model import IntModel, LayerParams, ModelConfig, Widths
 from intsim.modelfile import linear_shapes, save_model
@@ -68,14 +69,6 @@ _INDEX = "model.safetensors.index.json"
 
 class ConvertError(IntsimError):
     """A checkpoint the converter refuses; the message names the file and key or tensor."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ====================================================================== reading the folder
@@ -420,7 +413,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
             raise ConvertError(str(e)) from e
         from safetensors import safe_open
         with safe_open(str(row_bits), "numpy") as f:
-            mix_info = {"path": str(row_bits), "sha256": _sha256(Path(row_bits)),
+            mix_info = {"path": str(row_bits), "sha256": file_sha256(Path(row_bits)),
                         **json.loads((f.metadata() or {}).get("mixllm", "{}"))}
 
     calib_info, layer_calib = None, None
@@ -431,7 +424,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                                          source=str(cpath))
         with open(cpath, "rb") as f:
             fmt = "pth" if f.read(2) == b"PK" else "safetensors"
-        calib_info = {"path": str(cpath), "sha256": _sha256(cpath), "format": fmt,
+        calib_info = {"path": str(cpath), "sha256": file_sha256(cpath), "format": fmt,
                       "qkt_tie": qkt_tie, **fsbr.describe(params)}
 
     # embedding: per row, 8 bits, dyadic scales of spec.m_bits
@@ -495,12 +488,12 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     except ValueError as e:
         raise ConvertError(f"rope tables: {e}") from e
 
-    files = {"config.json": _sha256(hf.path / "config.json"),
+    files = {"config.json": file_sha256(hf.path / "config.json"),
              "tokenizer.json": hashlib.sha256(hf.tokenizer_json).hexdigest()}
     if (hf.path / _INDEX).is_file() and hf.weight_files[0].name != "model.safetensors":
-        files[_INDEX] = _sha256(hf.path / _INDEX)
+        files[_INDEX] = file_sha256(hf.path / _INDEX)
     for fp in hf.weight_files:
-        files[fp.name] = _sha256(fp)
+        files[fp.name] = file_sha256(fp)
     source = {"kind": "hf", "path": str(hf.path), "sha256": files,
               "config_json": hf.config_text, "tie_word_embeddings": tied,
               "rms_norm_eps": None if extras["rms_norm_eps"] is None
@@ -573,7 +566,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
                 raise ConvertError(str(e)) from e
             hf = read_hf_dir(hf_dir)
             info = {"kind": "gguf", "path": str(src),
-                    "gguf_sha256": _sha256(src)}
+                    "gguf_sha256": file_sha256(src)}
             model, tok = build_model(hf, _source_info=info, **kw)
             model.meta["source"]["imported_sha256"] = model.meta["source"].pop("sha256")
             model.meta["source"]["sha256"] = {src.name: info["gguf_sha256"]}

@@ -25,7 +25,6 @@ dependencies, ``llm`` and ``llama-cpp-python``, are not needed to read the file)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from intsim.hashing import file_sha256
 
 __all__ = [
     "GGUFImportError",
@@ -102,15 +103,7 @@ def _require_gguf():
     return gguf
 
 
-def sha256_file(path: os.PathLike[str] | str, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
+sha256_file = file_sha256      # the shared helper (intsim.hashing), under its old name here
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from .attention import fold_scales, pv, qk_scores
 from .embedding import embed
 from .errors import IntsimError, check_int, check_int_array
 from .exp import di_exp, row_scale
+from .hashing import file_sha256
 from .fixedpoint import ROUND_CODE, _check_backend, bit_length_ref, dyadic_fit, rounding_code
 from .matmul import QWeight, di_matmul, di_matmul_acc
 from .norm import di_norm, norm_weight
@@ -205,14 +206,6 @@ def _sha(*parts) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(p)
-    return h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
     return h.hexdigest()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from . import __version__
 from .errors import IntsimError
+from .hashing import file_sha256
 from .matmul import QWeight
 from .model import IntModel, LayerParams, ModelConfig, Widths
 from .options import Spec
@@ -171,14 +172,10 @@ def save_model(model: IntModel, path, tokenizer_json: bytes) -> Path:
 def model_hash(path) -> str:
     """sha256 (hex) of the model file, read in 4 MiB chunks."""
     path = Path(path)
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
+        return file_sha256(path)
     except OSError as e:
         raise _err(path, f"cannot read the model file: {e.strerror or e}") from e
-    return h.hexdigest()
 
 
 def _open(path: Path):
