@@ -25,7 +25,7 @@ import numpy as np
 
 def time_prefill(m, ids) -> float:
     """Seconds for one fast-path prefill of ``ids`` (no cache)."""
-    from intsim.llama import forward
+    from intsim.runner import forward
     t0 = time.perf_counter()
     forward(m, ids)
     return time.perf_counter() - t0
@@ -35,7 +35,8 @@ def time_decode(m, prompt, decode_tokens: int) -> float:
     """Seconds for ``decode_tokens`` greedy one-token steps after prefilling ``prompt``
     into a fresh KV cache (the prefill itself is not timed)."""
     from intsim.head import argmax
-    from intsim.llama import KVCache, forward
+    from intsim.llama import KVCache
+    from intsim.runner import forward
     cache = KVCache.empty(m, len(prompt) + decode_tokens + 1)
     logits, _ = forward(m, prompt, cache)
     nxt = int(argmax(logits[-1:])[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim.errors import IntsimError
-from intsim.llama import forward
+from intsim.runner import forward
 from intsim.modelfile import load_model, load_tokenizer
 
 

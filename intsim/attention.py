@@ -28,13 +28,22 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import (ABS_LIMIT, _check_backend, _rshift_round_ref, rounding_code,
-                         rshift_round_nb)
+from .fixedpoint import (ABS_LIMIT, _check_backend, _rshift_round_ref, dyadic_fit_nb,
+                         rounding_code, rshift_round_nb)
+from .gemm import VEC, dot_tile_flat
 from .options import DEFAULT_SPEC, Spec
-from .qtensor import Dyadic
+from .qtensor import Dyadic, gather_visible, scatter_visible
+from .requant import M_IN_LIMIT
 
 I32_MAX = 2 ** 31 - 1
 I16_MAX = 2 ** 15 - 1
+#: guard bits of the three scale folds of the graph (section 14); each keeps
+#: |vals * m| << guard < 2^62 for the widths the model allows: keys |acc| <= 256 * 255^2
+#: < 2^24, m < 2^16; probabilities p < 2^16, m < 2^16; head outputs |acc| < 2^31, m < 2^16.
+GUARD_K, GUARD_V, GUARD_O = 16, 16, 12
+#: padding columns of a transposed value block (pv_row's tiles read up to 15 positions
+#: past the last one, against zero probabilities)
+VT_PAD = VEC
 
 
 # ------------------------------------------------------------------ scale fold
@@ -50,22 +59,34 @@ def _fold_ref(v, m, k, vis, guard, code):
     return np.where(vis, out, 0), kref
 
 
+@njit(cache=True)
+def fold_row(v, m, k, guard, code, out):
+    """The Numba kernel of one row of :func:`fold_scales` over its visible columns:
+    ``kref = min k``, ``out_j = rnd((v_j * m_j) << guard / 2^(k_j - kref))``; returns kref.
+    ``out`` may be ``v``."""
+    n = v.shape[0]
+    kr = k[0]
+    for j in range(1, n):
+        kr = min(kr, k[j])
+    for j in range(n):
+        out[j] = rshift_round_nb((np.int64(v[j]) * m[j]) << guard, k[j] - kr, code)
+    return kr
+
+
 @njit(cache=True, parallel=True)
 def _fold_nb(v, m, k, vis, guard, code, out, kref):
+    """:func:`fold_row` over every row's visible columns (0 elsewhere, kref 0 for a row
+    without any)."""
     R, n = v.shape
     for r in prange(R):
-        kr = np.int64(2 ** 62)
-        for j in range(n):
-            if vis[r, j] and k[r, j] < kr:
-                kr = k[r, j]
-        if kr == np.int64(2 ** 62):
-            kr = 0
-        kref[r] = kr
-        for j in range(n):
-            if vis[r, j]:
-                out[r, j] = rshift_round_nb((v[r, j] * m[r, j]) << guard, k[r, j] - kr, code)
-            else:
-                out[r, j] = 0
+        bv = np.empty(n, dtype=np.int64)
+        bm = np.empty(n, dtype=np.int64)
+        bk = np.empty(n, dtype=np.int64)
+        c = gather_visible(v[r], vis[r], bv)
+        gather_visible(m[r], vis[r], bm)
+        gather_visible(k[r], vis[r], bk)
+        kref[r] = fold_row(bv[:c], bm[:c], bk[:c], guard, code, bv[:c]) if c else 0
+        scatter_visible(bv, vis[r], out[r])
 
 
 def fold_scales(vals: np.ndarray, m: np.ndarray, k: np.ndarray, guard: int, visible=None,
@@ -115,12 +136,45 @@ def fold_scales(vals: np.ndarray, m: np.ndarray, k: np.ndarray, guard: int, visi
     return out, Dyadic(np.ones(rows, dtype=np.int64), kref + guard)
 
 
+@njit(cache=True)
+def score_scales(qm, qk, inv_m, inv_k, code, sm, sk):
+    """The Numba form of the scores' row scale ``llama.mul_scales(s_q, 1/sqrt(hd))`` for
+    query scales ``qm, qk`` [T, H] into ``sm, sk`` [H, T]: the mantissa products, or, when
+    one exceeds 2^28 (the requantizer's input bound), every row refitted to 28 bits
+    (``dyadic_fit``, tie rule ``code``)."""
+    T, H = qm.shape
+    mmax = np.int64(0)
+    for t in range(T):
+        for h in range(H):
+            mmax = max(mmax, qm[t, h] * inv_m)
+    for t in range(T):
+        for h in range(H):
+            m = qm[t, h] * inv_m
+            k = qk[t, h] + inv_k
+            if mmax > M_IN_LIMIT:
+                mf, kf, _ = dyadic_fit_nb(m, np.int64(1), 28, np.int64(-(2 ** 20)),
+                                          np.int64(2 ** 20), code)
+                m = mf
+                k += kf
+            sm[h, t] = m
+            sk[h, t] = k
+
+
 # ------------------------------------------------------------ attention matmuls
 
 def _groups(H: int, Hkv: int) -> int:
     if Hkv < 1 or H % Hkv:
         raise IntsimError(f"heads: {H} query heads are not a multiple of {Hkv} kv heads")
     return H // Hkv
+
+
+def _check_operands(backend, a_name, a, b_name, b):
+    """Both operands of an attention matmul: 3-d integer arrays within int16 (the kernel
+    reads int16 codes)."""
+    _check_backend(backend)
+    for name, x in ((a_name, a), (b_name, b)):
+        check_int_array(name, x, ndim=3)
+        check_range(name, x, -I16_MAX, I16_MAX)
 
 
 def _bound(name, n, a, b):
@@ -131,18 +185,57 @@ def _bound(name, n, a, b):
                                   f"(2^31 - 1)")
 
 
+@njit(cache=True)
+def qk_row(Q, t, h, zq, K, g, lo, n, kz, ksum, tiled, raw, out):
+    """The Numba kernel of one query row of the scores: ``out[jj] = sum_d (Q[t, h, d] - zq)
+    (K[lo + jj, g, d] - kz[jj])`` for jj < n, exact int64.
+
+    The raw sums ``raw[jj] = sum_d Q[t, h, d] K[lo + jj, g, d]`` run in the vector tile
+    (``tiled``: hd % 16 == 0; 1 x 8 tiles over the keys) or a scalar loop, int32: every
+    partial sum is bounded by the caller's checked ``hd max|Q| max|K| <= 2^31 - 1``.  The
+    zero points enter after: ``sum (q - zq)(k - zk) = raw - zk sum q - zq sum k + hd zq zk``
+    with ``ksum[jj] = sum_d K[lo + jj, g, d]`` (exact in int64).
+    """
+    H, hd = Q.shape[1], Q.shape[2]
+    Hkv = K.shape[1]
+    sq = np.int64(0)
+    for d in range(hd):
+        sq += Q[t, h, d]
+    if tiled:
+        xoff = (t * H + h) * hd
+        s8 = np.empty(8, dtype=np.int32)
+        jj = 0
+        while jj + 8 <= n:
+            dot_tile_flat(Q, xoff, 0, K, ((lo + jj) * Hkv + g) * hd, VEC, Hkv * hd, hd // VEC,
+                          s8, 1, 8)
+            for c in range(8):
+                raw[jj + c] = s8[c]
+            jj += 8
+        while jj < n:
+            dot_tile_flat(Q, xoff, 0, K, ((lo + jj) * Hkv + g) * hd, VEC, 0, hd // VEC, s8, 1, 1)
+            raw[jj] = s8[0]
+            jj += 1
+    else:
+        for jj in range(n):
+            a32 = np.int32(0)
+            for d in range(hd):
+                a32 += np.int32(Q[t, h, d]) * np.int32(K[lo + jj, g, d])
+            raw[jj] = a32
+    c0 = hd * zq
+    for jj in range(n):
+        out[jj] = np.int64(raw[jj]) - kz[jj] * sq - zq * ksum[jj] + c0 * kz[jj]
+
+
 @njit(cache=True, parallel=True)
-def _qk_nb(qc, kc, rep, out):
+def _qk_nb(qc, kc, rep, tiled, out):
+    """:func:`qk_row` for every (head, query) over all keys (centered codes: zero points 0)."""
     T, H, hd = qc.shape
     S = kc.shape[0]
+    zeros = np.zeros(S, dtype=np.int64)
     for h in prange(H):
-        g = h // rep
+        raw = np.empty(S, dtype=np.int32)
         for i in range(T):
-            for j in range(S):
-                acc = np.int32(0)
-                for d in range(hd):
-                    acc += np.int32(qc[i, h, d]) * np.int32(kc[j, g, d])
-                out[h, i, j] = acc
+            qk_row(qc, i, h, np.int64(0), kc, h // rep, 0, S, zeros, zeros, tiled, raw, out[h, i])
 
 
 def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndarray:
@@ -153,40 +246,63 @@ def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndar
     returned as int64 [H, T, S].
     Bound: ``hd * max|qc| * max|kc| <= 2^31 - 1`` (checked; hd <= 33025 at A = 8).
     """
-    _check_backend(backend)
-    check_int_array("qc", qc, ndim=3)
-    check_int_array("kc", kc, ndim=3)
+    _check_operands(backend, "qc", qc, "kc", kc)
     T, H, hd = qc.shape
     S, Hkv, hd2 = kc.shape
     if hd2 != hd:
         raise IntsimError(f"kc: head_dim {hd2} != qc head_dim {hd}")
     rep = _groups(H, Hkv)
-    check_range("qc", qc, -I16_MAX, I16_MAX)     # the kernel reads int16 codes
-    check_range("kc", kc, -I16_MAX, I16_MAX)
     _bound("q @ k", hd, qc, kc)
     if backend == "reference":
         kx = np.repeat(kc.astype(np.int64), rep, axis=1)          # [S, H, hd]
         return np.einsum("ihd,jhd->hij", qc.astype(np.int64), kx)
-    out = np.empty((H, T, S), dtype=np.int32)
-    _qk_nb(np.ascontiguousarray(qc, dtype=np.int16), np.ascontiguousarray(kc, dtype=np.int16), rep, out)
-    return out.astype(np.int64)
+    out = np.empty((H, T, S), dtype=np.int64)
+    _qk_nb(np.ascontiguousarray(qc, dtype=np.int16), np.ascontiguousarray(kc, dtype=np.int16), rep,
+           hd % VEC == 0, out)
+    return out
+
+
+@njit(cache=True)
+def pv_row(p, zp, VT, g, lo, n, vz, tiled, out):
+    """The Numba kernel of one (query, head) row of PV: ``out[d] = sum_{jj < n} (p[jj] - zp)
+    (VT[g, d, lo + jj] - vz[jj])``, exact int64, over the values transposed per kv head
+    (``VT[g, d, j]`` = value d of head g at position j).
+
+    ``tiled`` (hd % 16 == 0, and zp == 0 as every probability row has): the raw sums
+    ``sum p VT`` run in 1 x 8 vector tiles over ``ceil(n / 16)`` steps, so ``p`` must hold
+    zeros at [n, n + 16) and VT readable columns up to lo + n + 16 (``VT_PAD``); int32,
+    bounded by the caller's checked ``n max|p| max|v| <= 2^31 - 1``; then ``- sum p vz``.
+    """
+    hd = VT.shape[1]
+    if tiled and zp == 0:
+        corr = np.int64(0)
+        for jj in range(n):
+            corr += np.int64(p[jj]) * np.int64(vz[jj])
+        Sp = VT.shape[2]
+        s8 = np.empty(8, dtype=np.int32)
+        nst = (n + VEC - 1) // VEC
+        for d0 in range(0, hd, 8):
+            dot_tile_flat(p, 0, 0, VT, (g * hd + d0) * Sp + lo, VEC, Sp, nst, s8, 1, 8)
+            for c in range(8):
+                out[d0 + c] = np.int64(s8[c]) - corr
+        return
+    for d in range(hd):
+        o = np.int64(0)
+        for jj in range(n):
+            o += (np.int64(p[jj]) - zp) * (np.int64(VT[g, d, lo + jj]) - np.int64(vz[jj]))
+        out[d] = o
 
 
 @njit(cache=True, parallel=True)
-def _pv_nb(pc, vc, rep, out):
+def _pv_nb(pc, VT, rep, tiled, out):
+    """:func:`pv_row` for every (head, query) over all positions (centered codes)."""
     H, T, S = pc.shape
-    hd = vc.shape[2]
+    zeros = np.zeros(S, dtype=np.int64)
     for h in prange(H):
-        g = h // rep
+        pb = np.zeros(S + VT_PAD, dtype=pc.dtype)
         for i in range(T):
-            acc = np.zeros(hd, dtype=np.int32)
-            for j in range(S):
-                p = np.int32(pc[h, i, j])
-                if p != 0:
-                    for d in range(hd):
-                        acc[d] += p * np.int32(vc[j, g, d])
-            for d in range(hd):
-                out[i, h, d] = acc[d]
+            pb[:S] = pc[h, i]
+            pv_row(pb, np.int64(0), VT, h // rep, 0, S, zeros, tiled, out[i, h])
 
 
 def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
@@ -196,20 +312,18 @@ def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
     [S, Hkv, hd], each within [-(2^15 - 1), 2^15 - 1] (checked); returned as int64 [T, H, hd].
     Bound: ``S * max|pc| * max|vc| <= 2^31 - 1`` (checked; S <= 33025 at A = 8).
     """
-    _check_backend(backend)
-    check_int_array("pc", pc, ndim=3)
-    check_int_array("vc", vc, ndim=3)
+    _check_operands(backend, "pc", pc, "vc", vc)
     H, T, S = pc.shape
     S2, Hkv, hd = vc.shape
     if S2 != S:
         raise IntsimError(f"vc: {S2} positions != probabilities' {S}")
     rep = _groups(H, Hkv)
-    check_range("pc", pc, -I16_MAX, I16_MAX)     # the kernel reads int16 codes
-    check_range("vc", vc, -I16_MAX, I16_MAX)
     _bound("p @ v", S, pc, vc)
     if backend == "reference":
         vx = np.repeat(vc.astype(np.int64), rep, axis=1)          # [S, H, hd]
         return np.einsum("hij,jhd->ihd", pc.astype(np.int64), vx)
-    out = np.empty((T, H, hd), dtype=np.int32)
-    _pv_nb(np.ascontiguousarray(pc, dtype=np.int16), np.ascontiguousarray(vc, dtype=np.int16), rep, out)
-    return out.astype(np.int64)
+    out = np.empty((T, H, hd), dtype=np.int64)
+    VT = np.zeros((Hkv, hd, S + VT_PAD), dtype=np.int16)
+    VT[:, :, :S] = vc.transpose(1, 2, 0)
+    _pv_nb(np.ascontiguousarray(pc, dtype=np.int16), VT, rep, hd % VEC == 0, out)
+    return out

@@ -155,7 +155,7 @@ def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
     import tempfile
 
     from .golden import export_golden
-    from .llama import forward
+    from .runner import forward
     from .modelfile import load_model, model_hash
 
     model = load_model(model_path)

@@ -1,4 +1,4 @@
-"""DI-Exp: I-LLM's dynamic integer exponential (paper Algorithm 1).  Spec: docs/spec/50-exp.md.
+"""DI-Exp: I-LLM's dynamic integer exponential (paper Algorithm 1).  Spec: docs/SPEC.md section 5.
 
 For integers ``x <= 0`` whose real value is ``x * s`` with a per-row dyadic scale
 ``s = m * 2^-k``, DI-Exp returns integers ``out`` and a per-row unit ``T = -t >= 1`` with
@@ -43,6 +43,10 @@ X_LIMIT = ABS_LIMIT
 #: scale bounds: 1 <= m <= 2^31 - 1 (Dyadic's limit), |k| <= 2^20
 M_LIMIT = 2 ** 31 - 1
 K_LIMIT = 2 ** 20
+#: reciprocal precision of step 2's floor(n / T): MT = floor(2^57 / T), T <= 2^30
+EXP_SHIFT = 57
+#: a quotient q >= EXP_Q_ZERO gives out = 0 (e >> q with e <= 2^30)
+EXP_Q_ZERO = 63
 
 
 # ------------------------------------------------------------------ the row unit T
@@ -86,17 +90,34 @@ def _exp_apply_ref(x, T, j, code):
     return np.where(q >= 63, 0, e >> np.minimum(q, 63)).astype(np.int64)
 
 
-@njit(cache=True)
-def exp_apply_nb(x, T, j, code):
-    """Scalar kernel of steps 2-5 (x <= 0, T >= 1 from :func:`exp_unit_nb`)."""
+@njit(cache=True, inline="always")
+def exp_recip_nb(T):
+    """Per-row constant of :func:`exp_apply_nb`: ``MT = floor(2^57 / T)``."""
+    return (np.int64(1) << EXP_SHIFT) // T
+
+
+@njit(cache=True, inline="always")
+def exp_apply_nb(x, T, j, MT, code):
+    """The Numba kernel of steps 2-5 for one element x <= 0, with the row's ``(T, j)``
+    from :func:`exp_unit_nb` and ``MT`` from :func:`exp_recip_nb`; the same integer as
+    :func:`_exp_apply_ref`.
+
+    ``n = -x'`` >= 0.  ``n >= 63 T`` means ``q = floor(n / T) >= 63``: out = 0.  Else
+    ``n < 63 T <= 63 * 2^30`` and ``n MT < 63 * 2^57 < 2^63``; ``n / T - n MT / 2^57 <
+    n / 2^57 < 1``, so ``(n MT) >> 57`` is q or q - 1 and one remainder test fixes it.
+    ``r = q T - n = -(n - q T)``.
+    """
     if j > 0:
         x = rshift_round_nb(x, j, code)
     n = -x
-    q = n // T
-    r = q * T - n
-    e = (r >> 1) + T
-    if q >= 63:
+    if n >= EXP_Q_ZERO * T:
         return np.int64(0)
+    q = (n * MT) >> EXP_SHIFT
+    r0 = n - q * T
+    if r0 >= T:
+        q += 1
+        r0 -= T
+    e = ((-r0) >> 1) + T
     return e >> q
 
 
@@ -105,9 +126,10 @@ def _di_exp_nb(x, m, k, code, out, T_out):
     rows, C = x.shape
     for i in range(rows):
         T, j = exp_unit_nb(m[i], k[i], code)
+        MT = exp_recip_nb(T)
         T_out[i] = T
         for c in range(C):
-            out[i, c] = exp_apply_nb(x[i, c], T, j, code)
+            out[i, c] = exp_apply_nb(x[i, c], T, j, MT, code)
 
 
 def _di_exp_ref(x, m, k, code):
@@ -152,7 +174,7 @@ def di_exp(x: np.ndarray, scale: Dyadic, spec: Spec = DEFAULT_SPEC,
     ``q*T <= n``; ``|r| < T``; ``1 <= e <= T``.
     Tie rules: ``spec.rounding`` for T and for the normalization shift; steps 2-5
     floor (floor division and arithmetic shifts, as the paper writes them).
-    Accuracy (m >= 2^7, docs/spec/50-exp.md): ``|out - T*exp(x*s)| <= 0.0431 T
+    Accuracy (m >= 2^7, docs/SPEC.md section 5.4): ``|out - T*exp(x*s)| <= 0.0431 T
     + 0.0024 T + 2`` units of 1/T -- the chord 1 - f/2 for 2^-f, then log2(e) ~ 1.4375
     and the rounding of T, then the floors.
     """

@@ -39,8 +39,11 @@ ROUNDINGS = (FLOOR, HALF_UP, HALF_EVEN, HALF_AWAY)
 #: directed rounding toward +inf: not a tie rule a run selects, but the requantizer's
 #: scale fit uses it so that codes computed against the fitted scale never exceed Q
 CEIL = "ceil"
-#: integer codes passed into Numba kernels (strings do not cross the jit boundary cheaply)
-ROUND_CODE = {FLOOR: 0, HALF_UP: 1, HALF_EVEN: 2, HALF_AWAY: 3, CEIL: 4}
+#: integer codes passed into Numba kernels (strings do not cross the jit boundary cheaply);
+#: kernels compare against these names (module globals are compile-time constants in Numba)
+RC_FLOOR, RC_HALF_UP, RC_HALF_EVEN, RC_HALF_AWAY, RC_CEIL = 0, 1, 2, 3, 4
+ROUND_CODE = {FLOOR: RC_FLOOR, HALF_UP: RC_HALF_UP, HALF_EVEN: RC_HALF_EVEN,
+              HALF_AWAY: RC_HALF_AWAY, CEIL: RC_CEIL}
 BACKENDS = ("numba", "reference")
 
 #: |x| bound for shifts and divisions: keeps 2*r, x + 2^(s-1) and |x| inside int64.
@@ -80,38 +83,40 @@ def _round_qr_ref(q, r, d, neg, code):
     whether the dividend was negative (needed by ``half_away`` only).  All int64;
     ``2*r < 2*d <= 2^63`` by the callers' bounds.
     """
-    if code == 0:
+    if code == RC_FLOOR:
         return q
-    if code == 4:
+    if code == RC_CEIL:
         return q + (r > 0)
     two_r = 2 * r
     up = (two_r > d).astype(np.int64)
     tie = two_r == d
-    if code == 1:
+    if code == RC_HALF_UP:
         bump = np.ones_like(q)
-    elif code == 2:
+    elif code == RC_HALF_EVEN:
         bump = q & 1
-    else:
+    else:                                              # RC_HALF_AWAY
         bump = (~neg).astype(np.int64)
     return q + up + np.where(tie, bump, 0)
 
 
 @njit(cache=True, inline="always")
-def _round_qr_nb(q, r, d, neg, code):
-    if code == 0:
+def round_qr_nb(q, r, d, neg, code):
+    """Numba primitive: round ``q + r/d`` (0 <= r < d) by tie rule ``code``; the same values
+    as :func:`_round_qr_ref`.  Branch-free on the data: the comparisons become 0/1
+    integers, so a random remainder costs no misprediction (only ``code``, constant per
+    call site, selects a path).  ``2r < 2d <= 2^63`` (callers' bounds)."""
+    if code == RC_FLOOR:
         return q
-    if code == 4:
-        return q + 1 if r > 0 else q
+    if code == RC_CEIL:
+        return q + np.int64(r > 0)
     two_r = 2 * r
-    if two_r > d:
-        return q + 1
-    if two_r < d:
-        return q
-    if code == 1:
-        return q + 1
-    if code == 2:
-        return q + (q & 1)
-    return q if neg else q + 1
+    up = np.int64(two_r > d)
+    tie = np.int64(two_r == d)
+    if code == RC_HALF_UP:                                 # ties toward +inf
+        return q + up + tie
+    if code == RC_HALF_EVEN:                               # ties to the even neighbour
+        return q + up + (tie & q)
+    return q + up + (tie & np.int64(not neg))              # RC_HALF_AWAY: ties away from 0
 
 
 # ------------------------------------------------------------ rounding right shift
@@ -127,25 +132,33 @@ def _rshift_round_ref(x, s, code):
     out = _round_qr_ref(q, r, d, x < 0, code)
     # s >= 63 with |x| < 2^62: |x / 2^s| < 1/2, so every nearest mode gives 0,
     # floor gives -1 for negative x and ceil gives 1 for positive x.
-    far = (np.where(x < 0, -1, 0) if code == 0 else
-           np.where(x > 0, 1, 0) if code == 4 else np.zeros_like(x))
+    far = (np.where(x < 0, -1, 0) if code == RC_FLOOR else
+           np.where(x > 0, 1, 0) if code == RC_CEIL else np.zeros_like(x))
     return np.where(big, far, out).astype(np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def rshift_round_nb(x, s, code):
-    """Scalar kernel of :func:`rshift_round` (x int64, 0 <= s, |x| <= 2^62 - 1)."""
-    if s == 0:
-        return x
+    """Numba primitive of :func:`rshift_round` (x int64, s >= 0, |x| <= 2^62 - 1).
+
+    No branch on s for 0 <= s <= 62: floor is ``x >> s``; half_up is ``(x + h) >> s`` with
+    ``h = (2^s) >> 1`` (= floor(x / 2^s + 1/2); h = 0 at s = 0; |x| + h < 2^63); the other
+    rules read the remainder (s = 0: remainder 0, so q = x).  s >= 63 with |x| < 2^62:
+    |x / 2^s| < 1/2, so every nearest rule gives 0, floor gives -1 for negative x and
+    ceil 1 for positive x.
+    """
     if s >= 63:
-        if code == 0 and x < 0:
+        if code == RC_FLOOR and x < 0:
             return np.int64(-1)
-        if code == 4 and x > 0:
+        if code == RC_CEIL and x > 0:
             return np.int64(1)
         return np.int64(0)
+    if code == RC_HALF_UP:
+        return (x + ((np.int64(1) << s) >> 1)) >> s
+    if code == RC_FLOOR:
+        return x >> s
     q = x >> s
-    r = x - (q << s)
-    return _round_qr_nb(q, r, np.int64(1) << s, x < 0, code)
+    return round_qr_nb(q, x - (q << s), np.int64(1) << s, x < 0, code)
 
 
 def rshift_round(x, s, rounding: str = HALF_UP, backend: str = "numba") -> np.ndarray:
@@ -187,12 +200,45 @@ def _div_round_ref(a, b, code):
     return _round_qr_ref(q, r, b, a < 0, code).astype(np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def div_round_nb(a, b, code):
-    """Scalar kernel of :func:`div_round` (b >= 1, |a|, b <= 2^62 - 1)."""
-    q = a // b  # Numba follows Python: floor division for ints
-    r = a - q * b
-    return _round_qr_nb(q, r, b, a < 0, code)
+    """Numba primitive of :func:`div_round` (b >= 1, |a|, b <= 2^62 - 1): the floor
+    quotient (Numba follows Python: floor division for ints) and its remainder in
+    [0, b), rounded by :func:`round_qr_nb`."""
+    q = a // b
+    return round_qr_nb(q, a - q * b, b, a < 0, code)
+
+
+#: reciprocal precision of :func:`div_by_scale_nb`'s small divide: M = floor(2^46 / mi)
+RECIP_SHIFT = 46
+
+
+@njit(cache=True, inline="always")
+def div_by_scale_nb(a, s, mi, Q1, U, M, code):
+    """``rnd(a / (mi * 2^s))`` (tie rule ``code``), equal to ``div_round_nb(a, mi << s)``,
+    for quotients the caller bounds by ``|q| <= Q1 - 1``; the requantizer's per-element
+    division by a row's fitted scale.  ``Q1 <= 2^16``, ``U = 2 Q1 mi``,
+    ``M = floor(2^RECIP_SHIFT / mi)`` (per row).
+
+    Proof.  ``n = a >> s = floor(a / 2^s)``; for an integer ``mi >= 1``
+    ``floor(n / mi) = floor(a / (mi 2^s))`` =: q.  With ``u = n + Q1 * mi`` the bound
+    ``|a / (mi 2^s)| <= Q1 - 1`` gives ``0 <= u < U`` (else: the exact divide below).
+    ``u M <= u 2^46 / mi < 2 Q1 2^46 <= 2^63`` and ``u / mi - u M / 2^46 < u / 2^46 < 1``
+    (u < 2^33), so ``q0 = (u M) >> 46`` is ``floor(u / mi)`` or one less; one remainder
+    test fixes it.  Then ``q = q0 - Q1``, and the remainder of a by ``D = mi 2^s`` is
+    ``r = (r0 << s) + (a - (n << s))`` in ``[0, D)``; the rounding reads (q, r, D, sign)
+    exactly as ``div_round_nb``.  ``D <= 2^62`` (the caller's condition).
+    """
+    n = a >> s
+    u = n + Q1 * mi
+    if u < 0 or u >= U:
+        return div_round_nb(a, mi << s, code)
+    q0 = (u * M) >> RECIP_SHIFT
+    r0 = u - q0 * mi
+    if r0 >= mi:
+        q0 += 1
+        r0 -= mi
+    return round_qr_nb(q0 - Q1, (r0 << s) + (a - (n << s)), mi << s, a < 0, code)
 
 
 def div_round(a, b, rounding: str = HALF_UP, backend: str = "numba") -> np.ndarray:
@@ -359,12 +405,12 @@ def _fit_ref(num, den, m_bits, k_lo, k_hi, code):
         negk = np.maximum(-kk, 0)
         tiny = bit_length_ref(den) + negk >= 63
         q = _div_round_ref(num << pos, den << np.where(tiny, 0, negk), rcode)
-        return np.where(tiny, np.where((num > 0) & (rcode == 4), 1, 0), q)  # ceil of (0, 1/2) is 1
+        return np.where(tiny, np.where((num > 0) & (rcode == RC_CEIL), 1, 0), q)  # ceil of (0, 1/2) is 1
 
     # num/den in (2^(e-1), 2^(e+1)) puts num * 2^k / den in (2^(M-2), 2^M).  Normalize on
     # the FLOOR quotient: a value just below 2^(M-1) must move to k + 1 even when it
     # would round up onto 2^(M-1), else its error is relative to a smaller value.
-    low = quot(k, 0) < (top >> 1)
+    low = quot(k, RC_FLOOR) < (top >> 1)
     k = np.where(low, k + 1, k)
     m = quot(k)
     carry = m >= top          # rounding carried up to 2^M: halve (exact: m is even)
@@ -390,7 +436,7 @@ def _fit_quot_nb(num, den, k, code):
     if k >= 0:
         return div_round_nb(num << k, den, code)
     if bit_length_nb(den) - k >= 63:   # den * 2^-k >= 2^62 > 2 * num: quotient < 1/2
-        return np.int64(1) if (code == 4 and num > 0) else np.int64(0)
+        return np.int64(1) if (code == RC_CEIL and num > 0) else np.int64(0)
     return div_round_nb(num, den << (-k), code)
 
 
@@ -402,7 +448,7 @@ def dyadic_fit_nb(num, den, m_bits, k_lo, k_hi, code):
         return np.int64(0), np.int64(k0), False
     top = np.int64(1) << m_bits
     k = np.int64(m_bits - 1 - (bit_length_nb(num) - bit_length_nb(den)))
-    if _fit_quot_nb(num, den, k, 0) < (top >> 1):   # normalize on the floor quotient
+    if _fit_quot_nb(num, den, k, RC_FLOOR) < (top >> 1):   # normalize on the floor quotient
         k += 1
     m = _fit_quot_nb(num, den, k, code)
     if m >= top:

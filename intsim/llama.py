@@ -17,12 +17,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention import fold_scales, pv, qk_scores
+from .attention import GUARD_K, GUARD_O, GUARD_V, fold_scales, pv, qk_scores
 from .embedding import check_token_ids, embed
 from .errors import IntsimError, trusted
-from .fastpath import VT_PAD, forward_fast
 from .fixedpoint import dyadic_fit
-from .head import argmax, inv_sqrt_dyadic
+from .head import inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
 from .model import IntModel
 from .norm import di_norm, norm_weight
@@ -32,11 +31,6 @@ from .residual import residual_add
 from .rope import rope
 from .softmax import di_clipped_softmax
 from .swiglu import di_swiglu
-
-#: guard bits of the three scale folds (section 14); each keeps |vals * m| << guard < 2^62
-#: for the widths the model allows: keys |acc| <= 256 * 255^2 < 2^24, m < 2^16;
-#: probabilities p < 2^16, m < 2^16; head outputs |acc| < 2^31, m < 2^16.
-GUARD_K, GUARD_V, GUARD_O = 16, 16, 12
 
 
 def mul_scales(a: Dyadic, b: Dyadic, spec) -> Dyadic:
@@ -78,12 +72,9 @@ class KVCache:
     """Per layer: K codes per (position, kv head), V codes per position, with their
     zero points and scales.  Preallocated to ``capacity`` positions.
 
-    ``k_par`` and ``v_t`` are derived copies that the fused fast path (intsim.fastpath)
-    reads: per layer, the key parameters per kv head in contiguous rows,
-    ``k_par[g, :, j] = (k_zp, k_m, k_k, sum_d k_q)`` of position j (int64 [Hkv, 4,
-    capacity]), and the values transposed, ``v_t[g, d, j] = v_q[j, g * hd + d]`` (uint8
-    [Hkv, hd, capacity + 16], the last 16 columns padding).  ``put`` and the fast path
-    keep them in step; code that writes the cache arrays any other way must too."""
+    ``version`` counts the writes made through :meth:`put` (the graph's writes); a backend
+    that keeps its own copies of the cache in other layouts (intsim.fastpath) rebuilds
+    them when it changed.  Code that writes the arrays any other way bumps it too."""
     k_q: list
     k_zp: list
     k_m: list
@@ -94,8 +85,7 @@ class KVCache:
     v_k: list
     capacity: int
     length: int = 0
-    k_par: list | None = None
-    v_t: list | None = None
+    version: int = 0
 
     @classmethod
     def empty(cls, model: IntModel, capacity: int | None = None) -> "KVCache":
@@ -107,8 +97,7 @@ class KVCache:
             return [np.zeros(shape, dtype=dt) for _ in range(L)]
         return cls(arr((cap, Hkv, hd), np.uint8), arr((cap, Hkv), np.int32), arr((cap, Hkv), np.int64),
                    arr((cap, Hkv), np.int64), arr((cap, Hkv * hd), np.uint8), arr((cap,), np.int32),
-                   arr((cap,), np.int64), arr((cap,), np.int64), cap, 0,
-                   arr((Hkv, 4, cap), np.int64), arr((Hkv, hd, cap + VT_PAD), np.uint8))
+                   arr((cap,), np.int64), arr((cap,), np.int64), cap, 0)
 
     def put(self, li: int, at: int, k: QTensor, v: QTensor) -> None:
         T = k.q.shape[0]
@@ -116,12 +105,7 @@ class KVCache:
         self.k_m[li][at:at + T], self.k_k[li][at:at + T] = k.scale.m, k.scale.k
         self.v_q[li][at:at + T], self.v_zp[li][at:at + T] = v.q, v.zp
         self.v_m[li][at:at + T], self.v_k[li][at:at + T] = v.scale.m, v.scale.k
-        if self.k_par is not None:
-            kp = self.k_par[li]
-            kp[:, 0, at:at + T], kp[:, 1, at:at + T] = k.zp.T, k.scale.m.T
-            kp[:, 2, at:at + T], kp[:, 3, at:at + T] = k.scale.k.T, k.q.sum(axis=2, dtype=np.int64).T
-            Hkv, hd = k.q.shape[1], k.q.shape[2]
-            self.v_t[li][:, :, at:at + T] = v.q.reshape(T, Hkv, hd).transpose(1, 2, 0)
+        self.version += 1
 
 
 def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: np.ndarray,
@@ -172,15 +156,11 @@ def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: n
     return o
 
 
-def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
-            backend: str = "numba", tap=None, segments: np.ndarray | None = None
-            ) -> tuple[np.ndarray, Dyadic]:
-    """Run ``ids`` (the next T tokens) through the model; return int64 logits [T, V] and
-    their per-token scale.  With a ``cache`` holding ``past`` positions the tokens sit at
-    positions past..past+T-1 and are appended to it.  ``segments`` (non-decreasing ints,
-    no cache) packs several prompts into one call: each token sees only earlier tokens of
-    its own segment, and positions restart at 0 per segment."""
-    c, w, spec = model.config, model.widths, model.spec
+def check_call(model: IntModel, ids, cache: KVCache | None, segments) -> tuple:
+    """Validate one forward call; returns ``(ids, cache, pos, visible)``: int64 token ids,
+    the cache (a new one holding exactly these tokens when None), the RoPE positions [T]
+    and the visibility [T, past + T] of the cached positions."""
+    c = model.config
     ids = check_token_ids(ids, c.vocab_size)
     if ids.ndim != 1 or ids.size == 0:
         raise IntsimError(f"token ids: expected a non-empty 1-d sequence, got shape {ids.shape}")
@@ -190,12 +170,21 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
         raise IntsimError(f"token ids: {past} cached + {T} new positions exceed the context of "
                           f"{min(cache.capacity, c.max_pos)}")
     pos, visible = _positions(past, T, segments)
+    return ids, cache, pos, visible
+
+
+def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
+            backend: str = "numba", tap=None, segments: np.ndarray | None = None
+            ) -> tuple[np.ndarray, Dyadic]:
+    """The graph: run ``ids`` (the next T tokens) through the model op by op; return int64
+    logits [T, V] and their per-token scale.  With a ``cache`` holding ``past`` positions
+    the tokens sit at positions past..past+T-1 and are appended to it.  ``segments``
+    (non-decreasing ints, no cache) packs several prompts into one call: each token sees
+    only earlier tokens of its own segment, and positions restart at 0 per segment.
+    (``intsim.runner.forward`` runs the same graph fused when it can.)"""
+    ids, cache, pos, visible = check_call(model, ids, cache, segments)
     if backend == "numba":
         with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
-            if tap is None:   # the fused path: the same integers in one compiled call
-                out = forward_fast(model, ids, pos, visible, cache)
-                if out is not None:
-                    return out
             return _layers(model, ids, pos, visible, cache, backend, tap)
     return _layers(model, ids, pos, visible, cache, backend, tap)
 
@@ -244,36 +233,3 @@ def _positions(past: int, T: int, segments) -> tuple[np.ndarray, np.ndarray]:
     pos = np.arange(T, dtype=np.int64) - first
     idx = np.arange(T)
     return pos, (seg[None, :] == seg[:, None]) & (idx[None, :] <= idx[:, None])
-
-
-def forward_batch(model: IntModel, prompts: list, backend: str = "numba") -> list:
-    """Logits of several prompts computed in ONE packed call (block-diagonal causal
-    attention); each prompt gets exactly the logits it gets alone."""
-    ids = np.concatenate([check_token_ids(p, model.config.vocab_size) for p in prompts])
-    seg = np.repeat(np.arange(len(prompts)), [len(p) for p in prompts])
-    logits, _ = forward(model, ids, None, backend, segments=seg)
-    return np.split(logits, np.cumsum([len(p) for p in prompts])[:-1])
-
-
-def generate(model: IntModel, ids: np.ndarray, max_new_tokens: int, backend: str = "numba",
-             stop_at_eos: bool = True, on_token=None) -> tuple[list, list]:
-    """Greedy decoding: prefill ``ids``, then one token at a time through the KV cache.
-
-    Returns ``(new_ids, logits_list)``: the generated ids and, for each of them, the int64
-    logits row it was chosen from (the prompt's last position first).  ``on_token(id)`` is called per new token.
-    """
-    ids = check_token_ids(ids, model.config.vocab_size)
-    cache = KVCache.empty(model, min(model.config.max_pos, ids.size + max_new_tokens))
-    logits, _ = forward(model, ids, cache, backend)
-    out_ids, out_logits = [], [logits[-1:]]
-    for step in range(max_new_tokens):
-        nxt = int(argmax(out_logits[-1], backend)[0])
-        out_ids.append(nxt)
-        if on_token:
-            on_token(nxt)
-        if (step == max_new_tokens - 1 or (stop_at_eos and nxt == model.config.eos_id)
-                or cache.length >= cache.capacity):
-            break
-        logits, _ = forward(model, np.array([nxt], dtype=np.int64), cache, backend)
-        out_logits.append(logits)
-    return out_ids, out_logits

@@ -23,11 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
 from .fixedpoint import _check_backend
-from .gemm import _NC, _TC, _TC1, _TR, I32_MAX, VEC, _dot_tile, tile_sums_nb
+from .gemm import I32_MAX, gemm_acc_rows_par
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
 from .requant import V_LIMIT, requant_rows
@@ -193,93 +192,6 @@ def _di_acc_ref(xq: np.ndarray, zx: np.ndarray, w: QWeight) -> tuple[np.ndarray,
     return P, amax
 
 
-# ------------------------------------------------------------------ core: Numba kernel
-
-@njit(cache=True, inline="always")
-def _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, R, C, s, pacc, mx):
-    """One full R x C tile (R, C compile-time constants), every group: the vector tile
-    sums, then ``acc = raw - zx * qsum`` and ``pacc += m * acc + b * xs`` (int64) in a
-    constant-trip loop the compiler unrolls.  Returns the running max |acc|."""
-    ng = q.shape[1] // G
-    steps = G // VEC
-    for j in range(R * C):
-        pacc[j] = 0
-    for g in range(ng):
-        _dot_tile(xq, t0, q, n0, g * G, steps, s, R, C)
-        for r in range(R):
-            zt = zx[t0 + r]
-            xsv = xs[t0 + r, g]
-            for c in range(C):
-                acc = np.int64(s[r * C + c]) - zt * qsum[n0 + c, g]
-                a = abs(acc)
-                mx = a if a > mx else mx
-                pacc[r * C + c] += m[n0 + c, g] * acc + b[n0 + c, g] * xsv
-    for r in range(R):
-        for c in range(C):
-            P[t0 + r, n0 + c] = pacc[r * C + c]
-    return mx
-
-
-@njit(cache=True, parallel=True)
-def _di_acc_nb(xq, zx, q, qsum, m, b, G, P):
-    """Steps 2-3 fused, same integers as ``_di_acc_ref``.
-
-    Per tile and group the vector tile gives ``raw = sum_j x_q * q`` (int32, 0 <= raw <=
-    acc_bound since both codes are >= 0); ``acc = raw - zx * qsum`` equals
-    ``sum_j (x_q - zx) * q`` exactly; ``P += m * acc + b * xs`` in int64.
-    Full tiles (3 x 3, and 1 x 8 for single rows) with G a multiple of 16 take the
-    unrolled path; ragged edges and other G the generic one.  Returns max |acc| seen.
-    """
-    T, K = xq.shape
-    N = q.shape[0]
-    ng = K // G
-    xs = np.empty((T, ng), dtype=np.int64)
-    for t in range(T):
-        for g in range(ng):
-            sx = np.int64(0)
-            for j in range(g * G, g * G + G):
-                sx += np.int64(xq[t, j])
-            xs[t, g] = sx - G * zx[t]
-    nchunks = (N + _NC - 1) // _NC
-    amax = np.zeros(max(nchunks, 1), dtype=np.int64)
-    aligned = G % VEC == 0
-    for ci in prange(nchunks):
-        s = np.empty(max(_TR * _TC, _TC1), dtype=np.int32)
-        pacc = np.empty(max(_TR * _TC, _TC1), dtype=np.int64)
-        n_lo = ci * _NC
-        n_hi = min(N, n_lo + _NC)
-        mx = np.int64(0)
-        t0 = 0
-        while t0 < T:
-            nr = _TR if T - t0 >= _TR else 1
-            tc = _TC if nr == _TR else _TC1
-            for n0 in range(n_lo, n_hi, tc):
-                nc = min(tc, n_hi - n0)
-                if aligned and nr == _TR and nc == _TC:
-                    mx = _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, _TR, _TC,
-                                         s, pacc, mx)
-                elif aligned and nr == 1 and nc == _TC1:
-                    mx = _fold_full_tile(xq, zx, q, qsum, m, b, xs, G, t0, n0, P, 1, _TC1,
-                                         s, pacc, mx)
-                else:
-                    for r in range(nr):
-                        for c in range(nc):
-                            P[t0 + r, n0 + c] = 0
-                    for g in range(ng):
-                        tile_sums_nb(xq, t0, nr, q, n0, nc, g * G, G, s)
-                        for r in range(nr):
-                            t = t0 + r
-                            for c in range(nc):
-                                n = n0 + c
-                                acc = np.int64(s[r * nc + c]) - zx[t] * qsum[n, g]
-                                if abs(acc) > mx:
-                                    mx = abs(acc)
-                                P[t, n] += m[n, g] * acc + b[n, g] * xs[t, g]
-            t0 += nr
-        amax[ci] = mx
-    return amax.max()
-
-
 # ------------------------------------------------------------------ public ops
 
 def _check_args(x, w, a_bits):
@@ -308,8 +220,8 @@ def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC
 
     * ``acc[t,n,g] = sum_{j in g} (x_q - zx) * q``: int32; |acc| <= G (2^A-1)(2^W-1)
       (|x_q - zx| <= 2^A - 1, 0 <= q <= 2^W - 1), checked <= 2^31 - 1 at the call.
-      The fast kernel forms ``sum x_q * q`` (0..bound) and subtracts ``zx * sum q``
-      (0..bound): the same integer.
+      The Numba kernel (``intsim.gemm.gemm_acc_rows_par``) forms ``sum x_q * q``
+      (0..bound) and subtracts ``zx * sum q`` (0..bound): the same integer.
     * ``xs[t,g] = sum_{j in g} (x_q - zx)``: |xs| <= G (2^A - 1), int64.
     * ``P = sum_g m * acc + b * xs``: int64; every partial sum is bounded by
       K (2^A-1) ((2^W-1) max m + max|b|), checked <= 2^61 - 1 (requant_rows' limit).
@@ -330,7 +242,7 @@ def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC
         P, amax = _di_acc_ref(xq, zx, w)
     else:
         P = np.empty((xq.shape[0], N), dtype=np.int64)
-        amax = int(_di_acc_nb(xq, zx, w.q, w.qsum, w.m, w.b, w.group_size, P)) if P.size else 0
+        amax = int(gemm_acc_rows_par(xq, zx, w.q, w.qsum, w.m, w.b, w.group_size, P)) if P.size else 0
     P = P.reshape(lead + (N,))
     scale = Dyadic(xq_t.scale.m, xq_t.scale.k + w.k)
     stats = {"in_scale_saturated": int(nsat_in), "acc_absmax": amax, "acc_bound": ab,
@@ -344,11 +256,13 @@ def di_matmul(x: QTensor, w: QWeight, a_bits: int, out_bits: int, out_symmetric:
 
     Steps 1-3 are :func:`di_matmul_acc` (exact P and its scale); step 4 is
     ``requant_rows(P, (m_x, k_x + w.k), out_bits, out_symmetric, spec)``: per token,
-    asymmetric ``R = max(P, 0) - min(P, 0)``, ``Q = 2^n - 1``, ``zp = rnd(-min * Q / R)``,
-    ``y = clamp(rnd(P * Q / R) + zp, 0, Q)`` (symmetric: ``R = max |P|``,
-    ``Q = 2^(n-1) - 1``, zp = 0), output scale ``fit(m_x * R / Q) * 2^-(k_x + k)``;
-    tie rule ``spec.rounding`` throughout, R = 0 gives codes 0 and scale m = 0
-    (requant_rows).  ``out_bits`` in 2..16.
+    asymmetric ``lo = min(P, 0)``, ``R = max(P, 0) - lo``, ``Q = 2^n - 1`` (symmetric:
+    ``R = max |P|``, ``Q = 2^(n-1) - 1``, zp = 0); the output scale is fitted first,
+    ``(m_y, e) = fit_ceil(m_x * R / Q)``, and the codes are taken against it (the default
+    ``requant_mode = "fitted"``): ``zp = rnd(-lo * m_x * 2^e / m_y)``, ``y = clamp(rnd(P *
+    m_x * 2^e / m_y) + zp, 0, Q)``, scale ``m_y * 2^-(e + k_x + k)`` (``"range"`` mode
+    divides by R instead: docs/SPEC.md section 3).  Tie rule ``spec.rounding`` throughout
+    (the fit rounds up); R = 0 gives codes 0 and scale m = 0.  ``out_bits`` in 2..16.
 
     Returns ``(y, stats)``: y a QTensor [..., N] (unsigned codes for asymmetric, signed
     symmetric codes otherwise), stats as :func:`di_matmul_acc` plus

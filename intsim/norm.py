@@ -74,30 +74,38 @@ def _di_norm_ref(q, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
 
 
 @njit(cache=True)
+def norm_row(x, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
+    """The Numba kernel of one row of :func:`di_norm` (steps 1-5): returns ``(m, k,
+    saturated)`` for codes ``x`` (1-d, any integer dtype) with zero point ``zp``;
+    ``p_fixed < 0`` selects the per-row pre-shift."""
+    k0 = np.int64(min(max(0, k_lo), k_hi))
+    sumsq = np.int64(0)
+    for j in range(x.shape[0]):
+        d = np.int64(x[j]) - zp
+        sumsq += d * d                                # <= C (2^16 - 1)^2 < 2^48
+    if sumsq == 0:
+        return np.int64(0), k0, 0
+    if p_fixed < 0:
+        p = (SUMSQ_BITS - bit_length_nb(sumsq)) >> 1
+    else:
+        p = p_fixed
+    r = isqrt_nb(sumsq << (2 * p))
+    mi, e, sat = dyadic_fit_nb(np.int64(n_c), r, m_bits, k_lo - p2 + p, k_hi - p2 + p, code)
+    k = e + p2 - p if mi != 0 else k0
+    return mi, k, 1 if sat else 0
+
+
+@njit(cache=True)
 def _di_norm_nb(q, zp, n_c, p2, p_fixed, m_bits, k_lo, k_hi, code):
-    rows, C = q.shape
+    """:func:`norm_row` over the rows of ``q``."""
+    rows = q.shape[0]
     m = np.zeros(rows, dtype=np.int64)
     k = np.zeros(rows, dtype=np.int64)
-    k0 = min(max(0, k_lo), k_hi)
     nsat = 0
     for i in range(rows):
-        sumsq = np.int64(0)
-        for j in range(C):
-            d = np.int64(q[i, j]) - np.int64(zp[i])
-            sumsq += d * d
-        if sumsq == 0:
-            k[i] = k0
-            continue
-        if p_fixed < 0:
-            p = (SUMSQ_BITS - bit_length_nb(sumsq)) >> 1
-        else:
-            p = p_fixed
-        r = isqrt_nb(sumsq << (2 * p))
-        mi, e, sat = dyadic_fit_nb(np.int64(n_c), r, m_bits, k_lo - p2 + p, k_hi - p2 + p, code)
-        m[i] = mi
-        k[i] = e + p2 - p if mi != 0 else k0
-        if sat:
-            nsat += 1
+        m[i], k[i], sat = norm_row(q[i], np.int64(zp[i]), n_c, p2, p_fixed, m_bits, k_lo, k_hi,
+                                   code)
+        nsat += sat
     return m, k, nsat
 
 
@@ -186,11 +194,17 @@ def _norm_weight_ref(q, zp, g):
 
 
 @njit(cache=True)
+def norm_weight_row(x, zp, g, out):
+    """The Numba kernel of one row of :func:`norm_weight`: ``out_j = (x_j - zp) * g_j``,
+    exact (|.| < 2^16 * 2^15 = 2^31)."""
+    for j in range(x.shape[0]):
+        out[j] = (np.int64(x[j]) - zp) * np.int64(g[j])
+
+
+@njit(cache=True)
 def _norm_weight_nb(q, zp, g, out):
     for i in range(q.shape[0]):
-        z = np.int64(zp[i])
-        for j in range(q.shape[1]):
-            out[i, j] = (np.int64(q[i, j]) - z) * np.int64(g[j])   # |.| < 2^16 * 2^15 = 2^31
+        norm_weight_row(q[i], np.int64(zp[i]), g, out[i])
 
 
 def check_norm_weight(name: str, g, gk, C: int) -> tuple[np.ndarray, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .errors import IntsimError, check_int, check_int_array, check_range, int_range
 
@@ -101,3 +102,30 @@ class QTensor:
     def centered(self) -> np.ndarray:
         """``q - zp`` per row, int64 (exact)."""
         return self.q.astype(np.int64) - np.asarray(self.zp, dtype=np.int64)[..., None]
+
+
+# ------------------------------------------------------------------ masked rows (Numba)
+
+@njit(cache=True)
+def gather_visible(x, vis, buf):
+    """The entries of row ``x`` where ``vis`` is True, in order, into ``buf``; returns
+    their number.  The ops with a mask run their row kernels on this compact row."""
+    n = 0
+    for j in range(x.shape[0]):
+        if vis[j]:
+            buf[n] = x[j]
+            n += 1
+    return n
+
+
+@njit(cache=True)
+def scatter_visible(buf, vis, out):
+    """The inverse of :func:`gather_visible`: ``out[j]`` takes the next entry of ``buf``
+    where ``vis[j]``, and 0 elsewhere."""
+    n = 0
+    for j in range(out.shape[0]):
+        if vis[j]:
+            out[j] = buf[n]
+            n += 1
+        else:
+            out[j] = 0

@@ -44,37 +44,43 @@ def _align_ref(qa, za, ma, ka, qb, zb, mb, kb, code):
 
 
 @njit(cache=True)
+def align_row(qa, za, ma, ka, qb, zb, mb, kb, code, s):
+    """The Numba kernel of one row of :func:`residual_add`'s steps 1-3: fills ``s`` with
+    the aligned sum and returns ``(K, rounded)``, the common exponent and whether the
+    fine term was rounded (sf > 0 with a non-zero fine value).  |s| < 2^60 + 2^47."""
+    C = qa.shape[0]
+    a_coarse = ka <= kb
+    kc = min(ka, kb)
+    kf = max(ka, kb)
+    amax = np.int64(0)
+    for j in range(C):
+        vc = (np.int64(qa[j]) - za) * ma if a_coarse else (np.int64(qb[j]) - zb) * mb
+        amax = max(amax, abs(vc))
+    L = bit_length_nb(amax)
+    sc = np.int64(0) if L == 0 else min(kf - kc, ALIGN_BITS - L)
+    K = kf if L == 0 else kc + sc
+    sf = kf - K
+    any_f = False
+    for j in range(C):
+        va = (np.int64(qa[j]) - za) * ma
+        vb = (np.int64(qb[j]) - zb) * mb
+        vc = va if a_coarse else vb
+        vf = vb if a_coarse else va
+        any_f |= vf != 0
+        s[j] = (vc << sc) + rshift_round_nb(vf, sf, code)
+    return K, sf > 0 and any_f
+
+
+@njit(cache=True)
 def _align_nb(qa, za, ma, ka, qb, zb, mb, kb, code):
+    """:func:`align_row` over the rows."""
     rows, C = qa.shape
     s = np.empty((rows, C), dtype=np.int64)
     K = np.empty(rows, dtype=np.int64)
     rounded = 0
     for i in range(rows):
-        a_coarse = ka[i] <= kb[i]
-        kc = min(ka[i], kb[i])
-        kf = max(ka[i], kb[i])
-        amax = np.int64(0)
-        for j in range(C):
-            va = (np.int64(qa[i, j]) - za[i]) * ma[i]
-            vb = (np.int64(qb[i, j]) - zb[i]) * mb[i]
-            vc = va if a_coarse else vb
-            amax = max(amax, abs(vc))
-        L = bit_length_nb(amax)
-        sc = np.int64(0) if L == 0 else min(kf - kc, ALIGN_BITS - L)
-        Ki = kf if L == 0 else kc + sc
-        sf = kf - Ki
-        K[i] = Ki
-        any_f = False
-        for j in range(C):
-            va = (np.int64(qa[i, j]) - za[i]) * ma[i]
-            vb = (np.int64(qb[i, j]) - zb[i]) * mb[i]
-            vc = va if a_coarse else vb
-            vf = vb if a_coarse else va
-            if vf != 0:
-                any_f = True
-            s[i, j] = (vc << sc) + rshift_round_nb(vf, sf, code)
-        if sf > 0 and any_f:
-            rounded += 1
+        K[i], r = align_row(qa[i], za[i], ma[i], ka[i], qb[i], zb[i], mb[i], kb[i], code, s[i])
+        rounded += r
     return s, K, rounded
 
 

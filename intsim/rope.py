@@ -54,27 +54,36 @@ def _rope_ref(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
 
 
 @njit(cache=True)
+def rope_head(q, zq, p, cos_q, sin_q, base, hd, drop, code, y):
+    """The Numba kernel of one head of :func:`rope`: codes ``q[base:base + hd]`` (zero
+    point ``zq``) at position ``p`` into ``y[0:hd]``: ``y[i] = a c - b s``,
+    ``y[i + hd/2] = a s + b c`` (|.| <= 2^(17 + f), f <= 24); ``drop`` > 0 rounds both
+    right by ``drop`` bits (tie rule ``code``)."""
+    hd2 = hd // 2
+    for i in range(hd2):
+        a = np.int64(q[base + i]) - zq
+        b = np.int64(q[base + hd2 + i]) - zq
+        c = np.int64(cos_q[p, i])
+        s = np.int64(sin_q[p, i])
+        y1 = a * c - b * s
+        y2 = a * s + b * c
+        if drop:
+            y1 = rshift_round_nb(y1, drop, code)
+            y2 = rshift_round_nb(y2, drop, code)
+        y[i] = y1
+        y[hd2 + i] = y2
+
+
+@njit(cache=True)
 def _rope_nb(q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code):
+    """:func:`rope_head` over every token and head."""
     T = q.shape[0]
-    hd2 = head_dim // 2
     y = np.empty((T, n_heads * head_dim), dtype=np.int64)
     for t in range(T):
-        z = np.int64(zp[t])
-        p = pos[t]
         for h in range(n_heads):
             base = h * head_dim
-            for i in range(hd2):
-                a = np.int64(q[t, base + i]) - z
-                b = np.int64(q[t, base + hd2 + i]) - z
-                c = np.int64(cos_q[p, i])
-                s = np.int64(sin_q[p, i])
-                y1 = a * c - b * s
-                y2 = a * s + b * c
-                if drop_bits:
-                    y1 = rshift_round_nb(y1, drop_bits, code)
-                    y2 = rshift_round_nb(y2, drop_bits, code)
-                y[t, base + i] = y1
-                y[t, base + hd2 + i] = y2
+            rope_head(q[t], np.int64(zp[t]), pos[t], cos_q, sin_q, base, head_dim, drop_bits,
+                      code, y[t, base:base + head_dim])
     return y
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from .errors import IntsimError
-from .llama import generate
+from .runner import generate
 from .modelfile import load_model, load_tokenizer
 
 

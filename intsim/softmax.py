@@ -1,4 +1,4 @@
-"""DI-ClippedSoftmax: I-LLM's integer softmax with the Eq. 10 clip.  Spec: docs/spec/60-softmax.md.
+"""DI-ClippedSoftmax: I-LLM's integer softmax with the Eq. 10 clip.  Spec: docs/SPEC.md section 6.
 
 Per query row of exact integer scores ``x`` (real value ``x * s``, ``s = m * 2^-k``
 per row), with ``V`` the visible columns (mask / causal) and ``rnd`` = ``spec.rounding``:
@@ -16,6 +16,13 @@ per row), with ``V`` the visible columns (mask / causal) and ``rnd`` = ``spec.ro
 
 A row with no visible column gives all-zero probabilities; a row whose scores are all
 equal (or whose scale is 0) gives the uniform distribution up to rounding.
+
+The arithmetic exists twice: the NumPy reference (``_center_clip_ref``, ``requant_rows``'
+reference, ``_exp_norm_ref``) and the Numba kernel :func:`softmax_row`, one row over its
+visible columns, which the whole-tensor op and the fused forward both call.  Masked
+columns do not enter it: in the reference they are zeros after step 1, and every later
+step they could touch (the requantizer's range, which always contains 0 because the
+max element is 0 after centering; the sum S) is unchanged by zeros.
 """
 from __future__ import annotations
 
@@ -24,12 +31,12 @@ from numba import njit
 
 from .errors import IntsimError, check_choice, check_int, check_int_array, check_range
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
-from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_unit_nb, row_scale
+from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_recip_nb, exp_unit_nb, row_scale
 from .fixedpoint import (_as_i64, _check_backend, _div_round_ref, _rshift_round_ref, bit_length_nb,
                          bit_length_ref, div_round_nb, rounding_code, rshift_round_nb)
 from .options import DEFAULT_SPEC, SOFTMAX_DIVS, Spec
-from .qtensor import Dyadic, QTensor, dtype_for
-from .requant import M_IN_LIMIT, requant_rows
+from .qtensor import Dyadic, QTensor, dtype_for, gather_visible, scatter_visible
+from .requant import M_IN_LIMIT, check_saturation, requant_row, requant_rows
 
 #: |scores| <= 2^60 - 1, so x - max >= -(2^61 - 2) fits requant_rows' 2^61 - 1
 SCORE_LIMIT = 2 ** 60 - 1
@@ -124,22 +131,29 @@ def _center_clip_ref(x, vis, m, k, c, code):
     return np.where(m[:, None] == 0, 0, xt).astype(np.int64)
 
 
+@njit(cache=True, inline="always")
+def _clip_row(x, ms, ks, clip, code, xt):
+    """Step 1 on one row's visible scores ``x`` (n >= 1) into ``xt`` (may be ``x``):
+    ``max(x - max x, -C)``, or 0 for a row scale of 0."""
+    n = x.shape[0]
+    mx = x[0]
+    for j in range(1, n):
+        mx = max(mx, x[j])
+    thr = _clip_threshold_nb(clip, ms, ks, code)
+    for j in range(n):
+        xt[j] = max(x[j] - mx, -thr) if ms != 0 else 0
+
+
 @njit(cache=True)
 def _center_clip_nb(x, vis, m, k, c, code, xt):
+    """Step 1 of every row (:func:`_clip_row` on its visible columns, 0 elsewhere)."""
     rows, C = x.shape
+    buf = np.empty(C, dtype=np.int64)
     for i in range(rows):
-        mx = np.int64(0)
-        found = False
-        for j in range(C):
-            if vis[i, j] and (not found or x[i, j] > mx):
-                mx = x[i, j]
-                found = True
-        thr = _clip_threshold_nb(c, m[i], k[i], code)
-        for j in range(C):
-            if vis[i, j] and m[i] != 0:
-                xt[i, j] = max(x[i, j] - mx, -thr)
-            else:
-                xt[i, j] = 0
+        n = gather_visible(x[i], vis[i], buf)
+        if n:
+            _clip_row(buf[:n], m[i], k[i], c, code, buf[:n])
+        scatter_visible(buf, vis[i], xt[i])
 
 
 # --------------------------------------------- steps 3-4: DI-Exp and normalize
@@ -160,30 +174,55 @@ def _exp_norm_ref(xq, vis, mr, kr, F, p_max, recip, code):
 
 
 @njit(cache=True)
-def _exp_norm_nb(xq, vis, mr, kr, F, p_max, recip, code, p):
-    rows, C = xq.shape
-    e = np.empty(C, dtype=np.int64)
+def softmax_row(x, ms, ks, clip, in_bits, F, p_max, recip, m_bits, k_lo, k_hi, code, fitted,
+                cq, p):
+    """The Numba kernel of one row of :func:`di_clipped_softmax` (steps 1-4) over its n >= 1
+    visible scores ``x`` (int64, row scale ``ms 2^-ks``; overwritten with the clipped
+    scores); ``cq`` int64 scratch of n; the probabilities go to ``p`` (n entries, any
+    integer dtype; may be ``x``).  Returns 1 when step 2's scale saturated, else 0."""
+    n = x.shape[0]
+    _clip_row(x, ms, ks, clip, code, x)
+    zc, mr, kr, sat = requant_row(x, np.int64(0), ms, ks, in_bits, False, m_bits, k_lo, k_hi,
+                                  code, fitted, cq)
+    zero = mr == 0                                     # real spread below the scale: x_q := 0
+    if zero:
+        T, j = exp_unit_nb(np.int64(1), np.int64(0), code)
+    else:
+        T, j = exp_unit_nb(mr, kr, code)
+    MT = exp_recip_nb(T)
+    S = np.int64(0)
+    for jj in range(n):
+        e = exp_apply_nb(np.int64(0) if zero else cq[jj] - zc, T, j, MT, code)
+        cq[jj] = e
+        S += e                                         # <= cols * 2^30 <= 2^61
+    S = max(S, np.int64(1))
+    if recip:
+        f = np.int64(2 ** RECIP_BITS - 1) // S
+        sh = np.int64(RECIP_BITS) - F
+        for jj in range(n):
+            p[jj] = min(rshift_round_nb(cq[jj] * f, sh, code), p_max)
+    else:
+        for jj in range(n):
+            p[jj] = min(div_round_nb(cq[jj] << F, S, code), p_max)
+    return sat
+
+
+@njit(cache=True)
+def _softmax_nb(x, vis, m, k, clip, in_bits, F, p_max, recip, m_bits, k_lo, k_hi, code, fitted,
+                p):
+    """:func:`softmax_row` over every row's visible columns (0 elsewhere); returns the
+    number of saturated step-2 scales."""
+    rows, C = x.shape
+    buf = np.empty(C, dtype=np.int64)
+    cq = np.empty(C, dtype=np.int64)
+    nsat = 0
     for i in range(rows):
-        zero = mr[i] == 0
-        if zero:
-            T, j = exp_unit_nb(np.int64(1), np.int64(0), code)
-        else:
-            T, j = exp_unit_nb(mr[i], kr[i], code)
-        S = np.int64(0)
-        for c in range(C):
-            if vis[i, c]:
-                e[c] = exp_apply_nb(np.int64(0) if zero else xq[i, c], T, j, code)
-            else:
-                e[c] = 0
-            S += e[c]
-        S = max(S, np.int64(1))
-        if recip:
-            f = np.int64(2 ** RECIP_BITS - 1) // S
-            for c in range(C):
-                p[i, c] = min(rshift_round_nb(e[c] * f, np.int64(RECIP_BITS - F), code), p_max)
-        else:
-            for c in range(C):
-                p[i, c] = min(div_round_nb(e[c] << F, S, code), p_max)
+        n = gather_visible(x[i], vis[i], buf)
+        if n:
+            nsat += softmax_row(buf[:n], m[i], k[i], clip, in_bits, F, p_max, recip, m_bits,
+                                k_lo, k_hi, code, fitted, cq[:n], buf[:n])
+        scatter_visible(buf, vis[i], p[i])
+    return nsat
 
 
 # ------------------------------------------------------------------ public op
@@ -271,19 +310,19 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
     v2 = vis.reshape(-1, C)
     m1, k1 = m.ravel(), k.ravel()
     p_max = 2 ** p_out - 1
+    what = "scores - rowmax (clipped)"
     if backend == "reference":
         xt = _center_clip_ref(x2, v2, m1, k1, spec.softmax_clip, code)
-    else:
-        xt = np.empty_like(x2)
-        _center_clip_nb(x2, v2, m1, k1, np.int64(spec.softmax_clip), code, xt)
-    qt, _ = requant_rows(xt, Dyadic(m1, k1), in_bits, symmetric=False, spec=spec,
-                         backend=backend, name="scores - rowmax (clipped)")
-    xq = qt.q.astype(np.int64) - qt.zp.astype(np.int64)[:, None]
-    if backend == "reference":
+        qt, _ = requant_rows(xt, Dyadic(m1, k1), in_bits, symmetric=False, spec=spec,
+                             backend=backend, name=what)
+        xq = qt.q.astype(np.int64) - qt.zp.astype(np.int64)[:, None]
         p = _exp_norm_ref(xq, v2, qt.scale.m, qt.scale.k, F, p_max, recip, code)
     else:
         p = np.empty_like(x2)
-        _exp_norm_nb(xq, v2, qt.scale.m, qt.scale.k, F, p_max, recip, code, p)
+        k_lo, k_hi = spec.k_range
+        nsat = _softmax_nb(x2, v2, m1, k1, np.int64(spec.softmax_clip), in_bits, F, p_max, recip,
+                           spec.m_bits, k_lo, k_hi, code, spec.requant_mode == "fitted", p)
+        check_saturation(what, nsat, spec)
     return QTensor(p.reshape(scores.shape).astype(dtype_for(p_out, False)),
                    np.zeros(rows, dtype=np.int32),
                    Dyadic(np.ones(rows, dtype=np.int64), np.full(rows, F, dtype=np.int64)),

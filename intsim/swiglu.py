@@ -1,5 +1,5 @@
 """DI-SwiGLU: I-LLM's integer ``x1 * sigmoid(x1 / alpha) * x2`` (Algorithm 3 with FSBR's
-act-smooth divisor).  Spec: docs/spec/70-swiglu.md.
+act-smooth divisor).  Spec: docs/SPEC.md section 7.
 
 Inputs are the gate and up DI-MatMul outputs (per-token QTensors).  Per row, all int64,
 ``B = spec.sigmoid_bits``, ``g = guard_bits``, ``rnd`` = ``spec.rounding``:
@@ -24,7 +24,7 @@ from numba import njit
 
 from .errors import IntsimError, check_int, check_int_array, check_range
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
-from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_unit_nb
+from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_recip_nb, exp_unit_nb
 from .fixedpoint import (_check_backend, _div_round_ref, _fit_ref, div_round_nb,
                          dyadic_fit_nb, rounding_code)
 from .options import DEFAULT_SPEC, SIGMOID_FRAMES, Spec
@@ -64,51 +64,75 @@ def _sigmoid_ref(z, m1, k1, B, rowmax, code):
     return np.where(den == 0, 0, sig)                  # 0/0 (both underflow) -> 0
 
 
-@njit(cache=True)
-def _sigmoid_row_nb(z, m1, k1, B, rowmax, code, sig):
-    C = z.size
-    T, j = exp_unit_nb(max(m1, np.int64(1)), k1, code)
+@njit(cache=True, inline="always")
+def _sigmoid_code(z, M, T, j, MT, e2, B, rowmax, code):
+    """Step 2's sigmoid code of one z (module docstring), ``e2 = E(-M)`` for rowmax."""
     if not rowmax:
-        for c in range(C):
-            v = z[c]
-            e = exp_apply_nb(-abs(v), T, j, code)
-            num = T if v >= 0 else e
-            sig[c] = div_round_nb(num << B, T + e, code)
-        return
+        e = exp_apply_nb(-abs(z), T, j, MT, code)          # |z| <= 2^56, e <= T
+        num = T if z >= 0 else e
+        return div_round_nb(num << B, T + e, code)         # T 2^B <= 2^54, T + e <= 2^31
+    e1 = exp_apply_nb(z - M, T, j, MT, code)               # z - M >= -2^57
+    den = e1 + e2
+    if den == 0:
+        return np.int64(0)                                  # 0/0 (both underflow) -> 0
+    return div_round_nb(e1 << B, den, code)
+
+
+@njit(cache=True)
+def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y):
+    """The Numba kernel of one row of :func:`di_swiglu` (steps 1-3): gate codes ``g``
+    (zero point ``zg``, scale ``mg 2^-kg``) and up codes ``u`` into ``y``; returns the
+    output scale ``(m, k)``.  Bounds: |z| <= 2^56, e <= T <= 2^30, T 2^B <= 2^54.
+
+    With every ``1/alpha = 1`` (all ``mc == 1``) the sigmoid code depends on the row and
+    the gate code only (``z = (g - zg) << guard``); when the gate codes are unsigned
+    ``table_bits``-bit codes (0: not) and their ``2^table_bits`` values are no more than
+    the row's columns, it is tabulated once per code: the same integers, fewer divides.
+    """
+    C = g.shape[0]
+    dead = mg == 0 or mu == 0
+    T, j = exp_unit_nb(max(mg, np.int64(1)), kg + ka + guard, code)
+    MT = exp_recip_nb(T)
     M = np.int64(0)
+    e2 = np.int64(0)
+    if rowmax:
+        for c in range(C):
+            M = max(M, ((np.int64(g[c]) - zg) * mc[c]) << guard)
+        e2 = exp_apply_nb(-M, T, j, MT, code)
+    unit_alpha = True
     for c in range(C):
-        M = max(M, z[c])
-    e2 = exp_apply_nb(-M, T, j, code)
-    for c in range(C):
-        e1 = exp_apply_nb(z[c] - M, T, j, code)
-        den = e1 + e2
-        sig[c] = 0 if den == 0 else div_round_nb(e1 << B, den, code)
+        if mc[c] != 1:
+            unit_alpha = False
+    ncodes = np.int64(1) << table_bits
+    if unit_alpha and table_bits > 0 and ncodes <= C:
+        tab = np.empty(ncodes, dtype=np.int64)
+        for q in range(ncodes):
+            tab[q] = _sigmoid_code((q - zg) << guard, M, T, j, MT, e2, B, rowmax, code)
+        for c in range(C):
+            a1 = np.int64(g[c]) - zg
+            a2 = np.int64(0) if dead else np.int64(u[c]) - zu
+            y[c] = a1 * tab[g[c]] * a2
+    else:
+        for c in range(C):
+            a1 = np.int64(g[c]) - zg
+            a2 = np.int64(0) if dead else np.int64(u[c]) - zu
+            y[c] = a1 * _sigmoid_code((a1 * mc[c]) << guard, M, T, j, MT, e2, B, rowmax,
+                                      code) * a2
+    mm = mg * mu                                       # <= 2^56
+    kk = kg + ku + B
+    if mm <= M_IN_LIMIT:
+        return mm, kk
+    mf, e, _ = dyadic_fit_nb(mm, np.int64(1), FIT_BITS, np.int64(-64), np.int64(0), code)
+    return mf, kk + e                                  # mm ~= mf * 2^-e, e <= 0
 
 
 @njit(cache=True)
-def _swiglu_nb(a1, a2, mc, g, m1, k1, B, rowmax, code, y):
-    rows, C = a1.shape
-    z = np.empty(C, dtype=np.int64)
-    sig = np.empty(C, dtype=np.int64)
-    for i in range(rows):
-        for c in range(C):
-            z[c] = (a1[i, c] * mc[c]) << g
-        _sigmoid_row_nb(z, m1[i], k1[i], B, rowmax, code, sig)
-        for c in range(C):
-            y[i, c] = a1[i, c] * sig[c] * a2[i, c]
-
-
-@njit(cache=True)
-def _out_scale_nb(m1, m2, kk, code, m_out, k_out):
-    for i in range(m1.size):
-        mm = m1[i] * m2[i]                             # <= 2^56
-        if mm <= M_IN_LIMIT:
-            m_out[i] = mm
-            k_out[i] = kk[i]
-        else:
-            mf, e, _ = dyadic_fit_nb(mm, np.int64(1), FIT_BITS, np.int64(-64), np.int64(0), code)
-            m_out[i] = mf
-            k_out[i] = kk[i] + e                       # mm ~= mf * 2^-e, e <= 0
+def _swiglu_nb(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y,
+               m_out, k_out):
+    """:func:`swiglu_row` over the rows."""
+    for i in range(gq.shape[0]):
+        m_out[i], k_out[i] = swiglu_row(gq[i], zg[i], mg[i], kg[i], uq[i], zu[i], mu[i], ku[i],
+                                        mc, ka, guard, B, rowmax, table_bits, code, y[i])
 
 
 def _out_scale_ref(m1, m2, kk, code):
@@ -186,21 +210,25 @@ def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
     m1 = gate.scale.m.reshape(-1)
     m2 = up.scale.m.reshape(-1)
     kz = gate.scale.k.reshape(-1) + ka + g
-    dead = ((m1 == 0) | (m2 == 0))[:, None]
     a1f = np.ascontiguousarray(a1).reshape(-1, C)
-    a2f = np.ascontiguousarray(np.where(dead, 0, a2.reshape(-1, C)))
-    kk = gate.scale.k.reshape(-1) + up.scale.k.reshape(-1) + B
     if backend == "reference":
+        dead = ((m1 == 0) | (m2 == 0))[:, None]
+        a2f = np.where(dead, 0, a2.reshape(-1, C))
+        kk = gate.scale.k.reshape(-1) + up.scale.k.reshape(-1) + B
         z = (a1f * mc[None, :]) << np.int64(g)
         sig = _sigmoid_ref(z, m1, kz, B, rowmax, code)
         y = a1f * sig * a2f
         m_out, k_out = _out_scale_ref(m1, m2, kk, code)
     else:
         y = np.empty_like(a1f)
-        _swiglu_nb(a1f, a2f, np.ascontiguousarray(mc), g, np.ascontiguousarray(m1),
-                   np.ascontiguousarray(kz), B, rowmax, code, y)
         m_out = np.empty_like(m1)
         k_out = np.empty_like(m1)
-        _out_scale_nb(np.ascontiguousarray(m1), np.ascontiguousarray(m2), kk, code,
-                      m_out, k_out)
+        zg, zu, mg, kg, mu, ku = (np.ascontiguousarray(np.broadcast_to(a, rows), dtype=np.int64).ravel()
+                                  for a in (gate.zp, up.zp, gate.scale.m, gate.scale.k, up.scale.m,
+                                            up.scale.k))
+        table_bits = 0 if gate.signed else gate.bits      # the sigmoid table indexes by code
+        _swiglu_nb(np.ascontiguousarray(gate.q).reshape(-1, C), zg, mg, kg,
+                   np.ascontiguousarray(up.q).reshape(-1, C), zu, mu, ku, np.ascontiguousarray(mc),
+                   np.int64(ka), np.int64(g), np.int64(B), rowmax, np.int64(table_bits), code, y,
+                   m_out, k_out)
     return y.reshape(gate.shape), Dyadic(m_out.reshape(rows), k_out.reshape(rows))

@@ -5,7 +5,9 @@ import pytest
 
 from converters.synthetic import make_model
 from intsim.errors import IntsimError
-from intsim.llama import KVCache, forward, forward_batch, generate
+from intsim import llama
+from intsim.llama import KVCache
+from intsim.runner import forward, forward_batch, generate
 from intsim.options import Spec
 
 IDS = np.array([3, 17, 42, 5, 99, 7, 1, 64, 0, 127])
@@ -30,7 +32,10 @@ def model(request):
 
 
 def test_forward_kernel_equals_reference(model):
-    assert same(forward(model, IDS, backend="numba"), forward(model, IDS, backend="reference"))
+    """The runner (fused where it can) and the graph op by op on both backends."""
+    ref = llama.forward(model, IDS, backend="reference")
+    assert same(forward(model, IDS, backend="numba"), ref)
+    assert same(llama.forward(model, IDS, backend="numba"), ref)
 
 
 def test_prefill_equals_token_by_token_decode(model):

@@ -16,7 +16,7 @@ import pytest
 
 from converters.convert import convert
 from converters.float_model import FloatLlama
-from intsim.llama import forward, generate
+from intsim.runner import forward, generate
 from intsim.modelfile import load_model, load_tokenizer
 
 SMALL = Path(__file__).resolve().parent.parent / "models" / "small"
