@@ -1,4 +1,4 @@
-"""DI-Exp: I-LLM's dynamic integer exponential (paper Algorithm 1).  Spec: docs/spec/50-exp.md.
+"""DI-Exp: I-LLM's dynamic integer exponential (paper Algorithm 1).  Spec: docs/SPEC.md section 5.
 
 For integers ``x <= 0`` whose real value is ``x * s`` with a per-row dyadic scale
 ``s = m * 2^-k``, DI-Exp returns integers ``out`` and a per-row unit ``T = -t >= 1`` with
@@ -152,7 +152,7 @@ def di_exp(x: np.ndarray, scale: Dyadic, spec: Spec = DEFAULT_SPEC,
     ``q*T <= n``; ``|r| < T``; ``1 <= e <= T``.
     Tie rules: ``spec.rounding`` for T and for the normalization shift; steps 2-5
     floor (floor division and arithmetic shifts, as the paper writes them).
-    Accuracy (m >= 2^7, docs/spec/50-exp.md): ``|out - T*exp(x*s)| <= 0.0431 T
+    Accuracy (m >= 2^7, docs/SPEC.md section 5.4): ``|out - T*exp(x*s)| <= 0.0431 T
     + 0.0024 T + 2`` units of 1/T -- the chord 1 - f/2 for 2^-f, then log2(e) ~ 1.4375
     and the rounding of T, then the floors.
     """

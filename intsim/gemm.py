@@ -34,7 +34,7 @@ R-row x tile (R x K bytes, in L1) is reused against every C-row weight tile.  Si
 rows (GEMV, and the last T mod R rows) use a 1 x ``_TC1`` tile; leftover columns a
 1 x 1 tile.  Measured (``intsim bench``, 2-core Zen 3): GEMM (128x4096).(4096x4096)
 about 255 GOP/s against 160 for float32 BLAS; GEMV (1x4096).(4096x11008) about 85
-against 18 (docs/spec/40-matmul.md).
+against 18 (docs/SPEC.md section 4.7).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DI-ClippedSoftmax: I-LLM's integer softmax with the Eq. 10 clip.  Spec: docs/spec/60-softmax.md.
+"""DI-ClippedSoftmax: I-LLM's integer softmax with the Eq. 10 clip.  Spec: docs/SPEC.md section 6.
 
 Per query row of exact integer scores ``x`` (real value ``x * s``, ``s = m * 2^-k``
 per row), with ``V`` the visible columns (mask / causal) and ``rnd`` = ``spec.rounding``:

@@ -1,5 +1,5 @@
 """DI-SwiGLU: I-LLM's integer ``x1 * sigmoid(x1 / alpha) * x2`` (Algorithm 3 with FSBR's
-act-smooth divisor).  Spec: docs/spec/70-swiglu.md.
+act-smooth divisor).  Spec: docs/SPEC.md section 7.
 
 Inputs are the gate and up DI-MatMul outputs (per-token QTensors).  Per row, all int64,
 ``B = spec.sigmoid_bits``, ``g = guard_bits``, ``rnd`` = ``spec.rounding``:
