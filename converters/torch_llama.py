@@ -11,7 +11,7 @@ PyTorch is optional: ``pip install 'intsim[torch]'`` (pins torch==2.13.0, a CPU 
     logits = m.prefill(ids)          # float32 [T, V]; starts a new sequence
     nxt = m.decode(int(logits[-1].argmax()))   # float32 [V]; one token through the cache
 
-Bench (the lead's intsim/bench.py calls this next to the integer runtime)::
+Bench (``intsim bench --model`` times this through converters/modelbench.py, next to the integer runtime)::
 
     python -m converters.torch_llama /tmp/smollm2_hf
 """

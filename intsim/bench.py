@@ -16,14 +16,13 @@ The integer result is checked against float64 BLAS on a slice of output columns 
 every sum is below 2^53) and against an int64 NumPy recompute of a few outputs.
 With ``--model`` it also times a golden export (``intsim golden``) of a 256-token prompt:
 seconds, MB/s written, and its overhead against a plain forward (:func:`golden_bench`).
+The command itself, and the PyTorch fp32 baseline of ``--model``, live in the application
+layer (``intsim_app/bench.py``): the integer runtime does not import the float side.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -224,28 +223,3 @@ def format_table(r: dict) -> str:
                      f"({r['golden_plain_forward_s']:.2f} s), {r['golden_overhead_vs_op_by_op']:.1f}x the "
                      f"op-by-op path ({r['golden_op_by_op_forward_s']:.2f} s)")
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="intsim bench",
-                                description="integer matmul core vs float32 BLAS")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--quick", action="store_true", help="small shapes (smoke test)")
-    p.add_argument("--repeats", type=int, default=5, help="least timed runs per measurement")
-    p.add_argument("--min-time", type=float, default=None,
-                   help="seconds of runs per measurement (default 1, quick 0)")
-    p.add_argument("--model", default=None, metavar="MODEL",
-                   help="also time this integer model file against PyTorch fp32 on its float "
-                        "checkpoint (decode, prefill, file size, peak memory)")
-    a = p.parse_args(argv)
-    r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
-    if a.model:
-        from converters.modelbench import model_bench   # the float side: PyTorch baseline
-        r.update(model_bench(a.model))
-        r.update(golden_bench(a.model))
-    print(json.dumps(r) if a.json else format_table(r))
-    return 0 if r["exact"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

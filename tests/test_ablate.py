@@ -175,7 +175,7 @@ def test_cli_rows_reproduce_the_in_process_numbers(tiny, tmp_path, capsys):
     from converters.ablate import main
     from converters.convert import convert
     from converters.ppl import cmd_ppl
-    from intsim.cli import build_parser
+    from intsim_app.cli import build_parser
     src, _, _, _ = tiny
     path = convert(src, tmp_path / "tiny.intsim")
     text = tmp_path / "t.txt"

@@ -568,7 +568,7 @@ SMOLLM2 = SimpleNamespace(dim=576, n_layers=30, n_heads=9, n_kv_heads=3, head_di
 
 @pytest.mark.parametrize("name,bits", [("w8a8", 8), ("w6a6", 6), ("w4a4", 4)])
 def test_committed_smollm2_calibrations_fit_smollm2(name, bits):
-    """The FSBR outputs behind docs/RESULTS table (a) (models/smollm2-fsbr, trained on a
+    """The FSBR outputs behind docs/RESULTS.md table (a) (models/smollm2-fsbr, trained on a
     GPU) are complete, valid for SmolLM2's 30 layers, tied in RoPE pairs, and their
     reports state the settings the docs give."""
     import json

@@ -15,7 +15,7 @@ TEXT = ("It was a truth universally acknowledged that a single man in possession
 
 
 def intsim(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "intsim", *map(str, args)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "intsim_app", *map(str, args)], capture_output=True, text=True)
     if check and r.returncode:
         raise AssertionError(f"intsim {' '.join(map(str, args))} -> {r.returncode}\n{r.stderr}")
     return r

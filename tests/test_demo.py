@@ -34,10 +34,10 @@ def test_chain_is_deterministic_and_seed_sensitive():
 
 
 def test_cli_demo_json_and_help():
-    out = subprocess.run([sys.executable, "-m", "intsim", "demo", "--json", "--seed", "1"],
+    out = subprocess.run([sys.executable, "-m", "intsim_app", "demo", "--json", "--seed", "1"],
                          capture_output=True, text=True, check=True).stdout
     obj = json.loads(out)
     assert [r["op"] for r in obj["ops"]][0] == "embed" and obj["ops"][-1]["op"] == "argmax"
     for cmd in (["--help"], ["demo", "--help"], ["bench", "--help"]):
-        r = subprocess.run([sys.executable, "-m", "intsim", *cmd], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "intsim_app", *cmd], capture_output=True, text=True)
         assert r.returncode == 0 and "usage" in r.stdout.lower()

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import assume, example, given
 
 from intsim import bench
+from intsim_app.bench import main as bench_main
 from intsim.errors import IntsimError, IntsimOverflowError
 from intsim.gemm import I32_MAX, _TC, _TC1, _TR, int_matmul
 
@@ -158,8 +159,8 @@ def test_bench_quick_collect_and_json(capsys):
     assert r["exact"] is True
     assert r["gemm_int_gops"] > 0 and r["gemv_f32_gops"] > 0
     assert {"cpu", "cores", "numpy", "numba", "numba_threads"} <= set(r["machine"])
-    assert bench.main(["--json", "--quick", "--repeats", "1"]) == 0
+    assert bench_main(["--json", "--quick", "--repeats", "1"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["gemm_shape"] == {"M": 16, "K": 256, "N": 256} and d["exact"] is True
-    assert bench.main(["--quick", "--repeats", "1"]) == 0
+    assert bench_main(["--quick", "--repeats", "1"]) == 0
     assert "GEMV" in capsys.readouterr().out

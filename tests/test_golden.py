@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from converters.synthetic import make_model
 from intsim import golden
-from intsim.cli import main as cli_main
+from intsim_app.cli import main as cli_main
 from intsim.errors import IntsimError
 from intsim.llama import forward
 from intsim.modelfile import load_model, model_hash, save_model
@@ -484,7 +484,7 @@ def small_model(tmp_path_factory):
     import subprocess
     import sys
     out = tmp_path_factory.mktemp("small") / "small-w8a8.intsim"
-    r = subprocess.run([sys.executable, "-m", "intsim", "convert", "models/small", "--out", str(out)],
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return out

@@ -297,7 +297,7 @@ def test_cli_overflow_json_and_png(tmp_path):
     save_model(make_model(seed=2, n_layers=1, vocab=300, dim=32, n_heads=2, n_kv_heads=1, ffn=48),
                path, tiny_tokenizer(300).to_str().encode())
     png = tmp_path / "h.png"
-    r = subprocess.run([sys.executable, "-m", "intsim", "overflow", str(path), "--prompt",
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "overflow", str(path), "--prompt",
                         "the lazy dog sleeps", "--backend", "reference", "--json", "--png", str(png)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -305,6 +305,6 @@ def test_cli_overflow_json_and_png(tmp_path):
     assert out["all_recomputes_match"] and out["policy"] == "raise"      # the model's spec
     assert {s["op"] for s in out["summary"]} >= {"attn.qk.acc", "logits.P", "swiglu.y"}
     _decode_png(png.read_bytes())
-    r = subprocess.run([sys.executable, "-m", "intsim", "overflow", str(path), "--prompt", "dog",
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "overflow", str(path), "--prompt", "dog",
                         "--backend", "reference"], capture_output=True, text=True)
     assert r.returncode == 0 and "recomputes: all match" in r.stdout

@@ -1,4 +1,10 @@
-"""The ``intsim`` command line: ``intsim demo``, ``intsim bench``."""
+"""The ``intsim`` command line: one argparse front end over both packages.
+
+It sits above the integer runtime (``intsim``) and the float side (``converters``), so
+that the runtime never imports the float side: ``convert`` and ``ppl`` come from
+``converters``, ``run``, ``golden``, ``replay``, ``compare`` and ``overflow`` from ``intsim``,
+and ``demo`` and ``bench`` (:mod:`intsim_app.demo`, :mod:`intsim_app.bench`) join the two.
+"""
 from __future__ import annotations
 
 import argparse
@@ -32,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bit-exact integer-only reference simulator of I-LLM quantized LLaMA models.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add_convert(sub)
-    from .run import add_run_parsers
+    from intsim.run import add_run_parsers
     add_run_parsers(sub)
-    from .golden import add_golden_parsers
+    from intsim.golden import add_golden_parsers
     add_golden_parsers(sub)
-    from .overflow import add_overflow_parser
+    from intsim.overflow import add_overflow_parser
     add_overflow_parser(sub)
     from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax
     add_ppl_parser(sub)
@@ -64,7 +70,7 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .errors import IntsimError
+    from intsim.errors import IntsimError
     try:
         return int(args.func(args) or 0)
     except IntsimError as e:
