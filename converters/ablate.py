@@ -44,8 +44,13 @@ at ``residual_bits`` symmetric, q/k projections at ``qk_bits`` symmetric, gate/u
 SwiGLU product) are handed over as the 40-bit codes themselves; DI-MatMul then requantizes
 them to A bits as always.
 
-Evaluation only: floats here are the float reference's own arithmetic; ``intsim/`` is
-untouched.  Never calibrate on the held-out text.
+With "matmul" integer the attention is ``intsim.llama.attention`` itself, the one integer
+graph; a float RoPE or softmax enters it as a stand-in op (``ops=``, intsim.llama's module
+doc) that computes in float and hands integers back as above, so the graph's reshapes,
+scale folds and head mapping are never restated here.
+
+Evaluation only: floats here are the float reference's own arithmetic; ``intsim/`` only
+lends the graph.  Never calibrate on the held-out text.
 """
 from __future__ import annotations
 
@@ -59,10 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
-from intsim.attention import fold_scales, pv, qk_scores
 from intsim.embedding import embed
-from intsim.head import inv_sqrt_dyadic
-from intsim.llama import GUARD_K, GUARD_O, GUARD_V, mul_scales
+from intsim.llama import KVCache, attention
 from intsim.matmul import QWeight, di_matmul, di_matmul_acc
 from intsim.norm import di_norm, norm_weight
 from intsim.qtensor import Dyadic, QTensor
@@ -174,6 +177,11 @@ class Hybrid:
         self.ops = frozenset(int_ops)
         self.lin = "int" if "matmul" in self.ops else base
         self.int_src = self.lin != "float"
+        # stand-ins for the float operators inside intsim.llama.attention (when matmul is
+        # integer): op function -> float-backed replacement with its signature
+        stand_ins = {"rope": (rope, self._rope_float),
+                     "softmax": (di_clipped_softmax, self._softmax_float)}
+        self._float_ops = dict(pair for op, pair in stand_ins.items() if op not in self.ops)
         self._w: dict = {}
 
     # ---- parameters
@@ -261,64 +269,47 @@ class Hybrid:
             return QTensor.exact(y, s)
         return _rotate(self._f(x).reshape(T, heads, hd).transpose(1, 0, 2), cos, sin)
 
-    def _attention(self, li, hn, pos, visible, cos, sin):
-        m, be = self.model, self.backend
-        c, w, spec, L = m.config, m.widths, m.spec, m.layers[li]
-        T, H, Hkv, hd, A = pos.size, c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
+    def _attention(self, li, hn, pos, visible, cos, sin, cache):
         if self.lin == "int":
-            x = self._exact(hn)
-            q, _ = di_matmul(x, L.wq, A, w.qk_bits, True, spec, be)
-            k, _ = di_matmul(x, L.wk, A, w.qk_bits, True, spec, be)
-            v, _ = di_matmul(x, L.wv, A, A, False, spec, be)
-        else:
-            x = self._fq(self._f(hn))
-            q, k, v = x @ self._W(li, "wq").T, x @ self._W(li, "wk").T, x @ self._W(li, "wv").T
+            # the integer graph itself, with float-backed stand-ins for RoPE / softmax
+            # where those operators are float (no cache across calls: S = T)
+            return attention(self.model, li, self._exact(hn), pos, visible, cache, self.backend,
+                             None, ops=self._float_ops)
+        c = self.model.config
+        T, H, Hkv, hd = pos.size, c.n_heads, c.n_kv_heads, c.head_dim
+        x = self._fq(self._f(hn))
+        q, k, v = x @ self._W(li, "wq").T, x @ self._W(li, "wk").T, x @ self._W(li, "wv").T
         qr = self._rope_pair(q, H, pos, cos, sin)
         kr = self._rope_pair(k, Hkv, pos, cos, sin)
-        if self.lin != "int":
-            qf = self._f(qr) if _is_int(qr) else qr
-            kf = self._f(kr) if _is_int(kr) else kr
-            if _is_int(qr):
-                qf = qf.reshape(T, H, hd).transpose(1, 0, 2)
-                kf = kf.reshape(T, Hkv, hd).transpose(1, 0, 2)
-            vf = self._fq(v)
-            o = self._attn_float(self._fq(qf), self._fq(kf),
-                                 vf.reshape(T, Hkv, hd).transpose(1, 0, 2))
-            o = o.transpose(1, 0, 2).reshape(T, H * hd)
-            return self._fq(o) @ self._W(li, "wo").T
-        # integer attention, as intsim.llama.attention (no cache: S = T)
-        if not _is_int(qr):
-            qr = wide(qr.transpose(1, 0, 2).reshape(T, H * hd))
-            kr = wide(kr.transpose(1, 0, 2).reshape(T, Hkv * hd))
-        qs, ks = qr.scale, kr.scale
-        qh, _ = requant_rows(qr.q.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
-                             np.repeat(qs.k[:, None], H, 1)), A, False, spec, be, name="q")
-        kh, _ = requant_rows(kr.q.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
-                             np.repeat(ks.k[:, None], Hkv, 1)), A, False, spec, be, name="k")
-        kq, kz, km, kk = kh.q, kh.zp, kh.scale.m, kh.scale.k
-        vq, vz, vm, vk = v.q, v.zp, v.scale.m, v.scale.k
-        rep = H // Hkv
-        acc = qk_scores(qh.centered(), kq.astype(np.int64) - kz[..., None], be)
-        kmh, kkh = np.repeat(km.T, rep, 0)[:, None, :], np.repeat(kk.T, rep, 0)[:, None, :]
-        sc, kref = fold_scales(acc, kmh, kkh, GUARD_K, visible[None], spec, be, name="scores")
-        s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
-        s_sc = mul_scales(s_row, kref, spec)
-        if "softmax" in self.ops:
-            p = di_clipped_softmax(sc, s_sc, mask=visible[None], spec=spec, backend=be)
-        else:
-            sf = np.where(visible[None], sc * np.ldexp(s_sc.m.astype(np.float64),
-                                                       -s_sc.k.astype(np.int32))[..., None], -np.inf)
-            sf -= sf.max(axis=-1, keepdims=True)
-            e = np.exp(sf)
-            p = self._p_codes(e / e.sum(axis=-1, keepdims=True))
-        pt, pref = fold_scales(p.q.astype(np.int64), vm, vk, GUARD_V, visible[None], spec, be,
-                               name="p*v_scale")
-        pq, _ = requant_rows(pt, mul_scales(p.scale, pref, spec), A, False, spec, be, name="p")
-        att = pv(pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(T, Hkv, hd), be)
-        hm, hk = np.repeat(pq.scale.m.T, hd, 1), np.repeat(pq.scale.k.T, hd, 1)
-        ao, aos = fold_scales(att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec, be, name="heads")
-        o, _ = di_matmul(QTensor.exact(ao, aos), L.wo, A, spec.residual_bits, True, spec, be)
-        return o
+        qf = self._f(qr) if _is_int(qr) else qr
+        kf = self._f(kr) if _is_int(kr) else kr
+        if _is_int(qr):
+            qf = qf.reshape(T, H, hd).transpose(1, 0, 2)
+            kf = kf.reshape(T, Hkv, hd).transpose(1, 0, 2)
+        vf = self._fq(v)
+        o = self._attn_float(self._fq(qf), self._fq(kf), vf.reshape(T, Hkv, hd).transpose(1, 0, 2))
+        o = o.transpose(1, 0, 2).reshape(T, H * hd)
+        return self._fq(o) @ self._W(li, "wo").T
+
+    def _rope_float(self, x: QTensor, positions, cos_q, sin_q, n_heads, head_dim, spec, backend):
+        """Stand-in for ``intsim.rope.rope`` in the integer graph: Hugging Face's float32
+        rotation (the checkpoint's float tables; ``cos_q``/``sin_q`` unused) of the
+        dequantized projections, handed back as exact-enough integers (:func:`wide`)."""
+        T = positions.size
+        cos, sin = self.fm._rope(int(positions.max()) + 1)
+        r = _rotate(self._f(x).reshape(T, n_heads, head_dim).transpose(1, 0, 2), cos[positions],
+                    sin[positions])                                          # [heads, T, hd]
+        w = wide(r.transpose(1, 0, 2).reshape(T, n_heads * head_dim))
+        return w.q, w.scale
+
+    def _softmax_float(self, scores, scale: Dyadic, mask, spec, backend) -> QTensor:
+        """Stand-in for DI-ClippedSoftmax in the integer graph: a float64 softmax of the
+        dequantized scores, handed over as DI-ClippedSoftmax's output codes (:meth:`_p_codes`)."""
+        sf = np.where(mask, scores * np.ldexp(scale.m.astype(np.float64),
+                                              -scale.k.astype(np.int32))[..., None], -np.inf)
+        sf -= sf.max(axis=-1, keepdims=True)
+        e = np.exp(sf)
+        return self._p_codes(e / e.sum(axis=-1, keepdims=True))
 
     def _p_codes(self, P: np.ndarray) -> QTensor:
         """Float probabilities as DI-ClippedSoftmax's output: p_out-bit codes, scale 2^-F."""
@@ -399,10 +390,11 @@ class Hybrid:
         pos = np.arange(T, dtype=np.int64)
         visible = np.arange(T)[None, :] <= pos[:, None]
         cos, sin = self.fm._rope(T)
+        cache = KVCache.empty(m, T) if self.lin == "int" else None
         h = self._embed(ids)
         for li in range(m.config.n_layers):
             hn = self._norm(h, li, "input_layernorm")
-            h = self._residual(h, self._attention(li, hn, pos, visible, cos, sin))
+            h = self._residual(h, self._attention(li, hn, pos, visible, cos, sin, cache))
             hn2 = self._norm(h, li, "post_attention_layernorm")
             h = self._residual(h, self._mlp(li, hn2))
         hf = self._norm(h, None, "final")

@@ -1,6 +1,6 @@
 """A seeded synthetic LLaMA block, prepared the way a real checkpoint is: float weights in,
-integer codes and dyadic scales out.  Used by ``intsim demo`` and by tests that need a
-whole block of integer parameters without a checkpoint.
+integer codes and dyadic scales out.  ``make_demo_model`` wraps it as the one-layer model
+``intsim demo`` runs; ``make_model`` builds whole random models for interpreter tests.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from intsim.matmul import QWeight
+from intsim.model import IntModel, LayerParams, ModelConfig, Widths
+from intsim.options import Spec
 
 from .embedding import quantize_embedding
 from .rope_tables import rope_tables
@@ -38,19 +40,39 @@ class SyntheticBlock:
 
 
 def make_block(seed: int = 0, vocab: int = 256, dim: int = 64, n_heads: int = 4, ffn: int = 128,
-               max_pos: int = 64, w_bits: int = 4, group_size: int = 32) -> SyntheticBlock:
+               max_pos: int = 64, w_bits: int = 4, group_size: int = 32,
+               spec: Spec | None = None) -> SyntheticBlock:
+    """The block's parameters; the embedding scales and RoPE tables follow ``spec``
+    (mantissa / exponent widths, table fraction bits) as the converter's do."""
+    spec = Spec() if spec is None else spec
     rng = np.random.default_rng(seed)
     head_dim = dim // n_heads
 
     def lin(n, k, bits=w_bits, g=group_size):
         return quantize_weight(rng.standard_normal((n, k)) * (1.0 / np.sqrt(k)), bits, g)
 
-    emb_q, emb_m, emb_k = quantize_embedding(rng.standard_normal((vocab, dim)) * 0.5)
-    cos_q, sin_q = rope_tables(head_dim, max_pos, 10000.0, 14)
+    emb_q, emb_m, emb_k = quantize_embedding(rng.standard_normal((vocab, dim)) * 0.5, 8, spec.m_bits,
+                                             spec.k_range)
+    cos_q, sin_q = rope_tables(head_dim, max_pos, 10000.0, spec.rope_frac_bits)
     return SyntheticBlock(vocab, dim, n_heads, head_dim, ffn, emb_q, emb_m, emb_k,
                           lin(dim, dim), lin(dim, dim), lin(dim, dim), lin(dim, dim),
                           lin(ffn, dim), lin(ffn, dim), lin(dim, ffn), lin(vocab, dim, 8, dim),
                           cos_q, sin_q)
+
+
+def make_demo_model(seed: int = 0, spec: Spec | None = None) -> IntModel:
+    """``intsim demo``'s model: ``make_block(seed)`` as a one-layer ``IntModel`` (W4 g32 /
+    A8, one kv head per query head, no norm gains: DI-Norm alone), run by the interpreter's
+    own ``forward``."""
+    spec = Spec() if spec is None else spec
+    blk = make_block(seed, spec=spec)
+    max_pos = blk.cos_q.shape[0]
+    cfg = ModelConfig(1, blk.dim, blk.n_heads, blk.n_heads, blk.head_dim, blk.ffn, blk.vocab, max_pos,
+                      "10000.0", 1, 2)
+    layer = LayerParams(blk.wq, blk.wk, blk.wv, blk.wo, blk.w_gate, blk.w_up, blk.w_down)
+    return IntModel(cfg, Widths(w_bits=blk.wq.bits, a_bits=8, group_size=blk.wq.group_size), spec,
+                    blk.emb_q, blk.emb_m, blk.emb_k, (layer,), blk.w_head, blk.cos_q, blk.sin_q,
+                    meta={"source": f"converters.synthetic.make_demo_model(seed={seed})"})
 
 
 def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
@@ -60,8 +82,6 @@ def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4
     of the interpreter.  Weights ~ N(0, 1/fan_in); γ's are folded in as the converter does,
     and with ``norm_weights`` each layer also keeps per-channel DI-Norm weights (16-bit
     mantissas around 2^12, a few negative, exponent 12) as ``--norm-gain channel`` does."""
-    from intsim.model import IntModel, LayerParams, ModelConfig, Widths
-    from intsim.options import Spec
     spec = Spec() if spec is None else spec
     rng = np.random.default_rng(seed)
     hd = dim // n_heads

@@ -10,10 +10,17 @@ it.  A plain callable gets ``tap(name, QTensor)`` for each op whose output has a
 an op-aware tap (attribute ``takes_op_calls``, e.g. ``intsim.golden.Recorder``) gets
 ``tap(name, value, OpCall)`` for every op, with the function, its arguments and its whole
 result.  It only observes, so capturing never changes a result.  Names: docs/GOLDEN_FORMAT.md.
+
+``ops``, where a graph function takes it (``attention``), maps op functions to stand-ins
+that ``_op`` calls in their place with the same arguments and that return the same kind of
+result: the graph (its reshapes, scale folds, cache and head mapping) stays written once
+while an op is swapped out.  ``converters.ablate`` runs float-backed RoPE and softmax this
+way; ``forward()`` never passes it, so a model run always uses intsim's own ops.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -53,8 +60,10 @@ class OpCall:
     result: object
 
 
-def _op(tap, op_name: str, fn, /, *args, **kwargs):
-    """``fn(*args, **kwargs)``, reported to ``tap`` (module doc) when there is one."""
+def _op(tap, op_name: str, fn, /, *args, ops=None, **kwargs):
+    """``fn(*args, **kwargs)`` (or its stand-in in ``ops``, module doc), reported to ``tap``
+    (module doc) when there is one; the tap sees the function that ran."""
+    fn = fn if ops is None else ops.get(fn, fn)
     out = fn(*args, **kwargs)
     if tap is not None:
         first = out[0] if isinstance(out, tuple) else out
@@ -109,50 +118,55 @@ class KVCache:
 
 
 def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: np.ndarray,
-              cache: KVCache, backend: str, tap) -> QTensor:
+              cache: KVCache, backend: str, tap, ops: dict | None = None) -> QTensor:
     """One attention block: q/k/v DI-MatMul, RoPE, QK^T with the key-scale fold,
     DI-ClippedSoftmax, PV with the value-scale fold, heads aligned, o_proj.
-    ``pos``: RoPE positions [T]; ``visible``: [T, S] which cached positions each query sees."""
+    ``pos``: RoPE positions [T]; ``visible``: [T, S] which cached positions each query sees;
+    ``ops``: stand-ins for op functions (module doc), None for the model's own ops."""
     c, w, spec, L = model.config, model.widths, model.spec, model.layers[li]
     T, H, Hkv, hd, A = hn.q.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
     past, S = cache.length, cache.length + T
     a = f"layers.{li}.attn"                                                  # op names
-    q, _ = _op(tap, f"{a}.q_proj", di_matmul, hn, L.wq, A, w.qk_bits, True, spec, backend)  # [T, H*hd]
-    k, _ = _op(tap, f"{a}.k_proj", di_matmul, hn, L.wk, A, w.qk_bits, True, spec, backend)  # [T, Hkv*hd]
-    v, _ = _op(tap, f"{a}.v_proj", di_matmul, hn, L.wv, A, A, False, spec, backend)  # per token
-    qr, qs = _op(tap, f"{a}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
-    kr, ks = _op(tap, f"{a}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
+    run_op = partial(_op, tap, ops=ops)
+    q, _ = run_op(f"{a}.q_proj", di_matmul, hn, L.wq, A, w.qk_bits, out_symmetric=True, spec=spec,
+                  backend=backend)                                             # [T, H*hd]
+    k, _ = run_op(f"{a}.k_proj", di_matmul, hn, L.wk, A, w.qk_bits, out_symmetric=True, spec=spec,
+                  backend=backend)                                             # [T, Hkv*hd]
+    v, _ = run_op(f"{a}.v_proj", di_matmul, hn, L.wv, A, A, out_symmetric=False, spec=spec,
+                  backend=backend)                                             # per token
+    qr, qs = run_op(f"{a}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
+    kr, ks = run_op(f"{a}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
     # Q and K per (token, head) at A bits
-    qh, _ = _op(tap, f"{a}.q", requant_rows, qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
-                np.repeat(qs.k[:, None], H, 1)), A, False, spec, backend, name="q")
-    kh, _ = _op(tap, f"{a}.k", requant_rows, kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
-                np.repeat(ks.k[:, None], Hkv, 1)), A, False, spec, backend, name="k")
+    qh, _ = run_op(f"{a}.q", requant_rows, qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
+                   np.repeat(qs.k[:, None], H, 1)), A, symmetric=False, spec=spec, backend=backend, name="q")
+    kh, _ = run_op(f"{a}.k", requant_rows, kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
+                   np.repeat(ks.k[:, None], Hkv, 1)), A, symmetric=False, spec=spec, backend=backend, name="k")
     cache.put(li, past, kh, v)
     kq, kz, km, kk = (a[li][:S] for a in (cache.k_q, cache.k_zp, cache.k_m, cache.k_k))
     vq, vz, vm, vk = (a[li][:S] for a in (cache.v_q, cache.v_zp, cache.v_m, cache.v_k))
     rep = H // Hkv
     # scores: exact int32 accumulators, then the key scales folded along each row
-    acc = _op(tap, f"{a}.qk", qk_scores, qh.centered(), kq.astype(np.int64) - kz[..., None],
-              backend)                                                         # [H, T, S]
+    acc = run_op(f"{a}.qk", qk_scores, qh.centered(), kq.astype(np.int64) - kz[..., None],
+                 backend)                                                      # [H, T, S]
     kmh, kkh = np.repeat(km.T, rep, 0)[:, None, :], np.repeat(kk.T, rep, 0)[:, None, :]
-    sc, kref = _op(tap, f"{a}.scores", fold_scales, acc, kmh, kkh, GUARD_K, visible[None], spec, backend,
-                   name="scores")
+    sc, kref = run_op(f"{a}.scores", fold_scales, acc, kmh, kkh, GUARD_K, visible[None], spec, backend,
+                      name="scores")
     s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
-    p = _op(tap, f"{a}.softmax", di_clipped_softmax, sc, mul_scales(s_row, kref, spec),
-            mask=visible[None], spec=spec, backend=backend)                    # [H, T, S]
+    p = run_op(f"{a}.softmax", di_clipped_softmax, sc, mul_scales(s_row, kref, spec),
+               mask=visible[None], spec=spec, backend=backend)                 # [H, T, S]
     # value scales folded into the probabilities, requantized per row to A bits
-    pt, pref = _op(tap, f"{a}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V, visible[None],
-                   spec, backend, name="p*v_scale")
-    pq, _ = _op(tap, f"{a}.p", requant_rows, pt, mul_scales(p.scale, pref, spec), A, False, spec, backend,
-                name="p")
-    att = _op(tap, f"{a}.pv", pv, pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
-              backend)                                                         # [T, H, hd]
+    pt, pref = run_op(f"{a}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V, visible[None],
+                      spec, backend, name="p*v_scale")
+    pq, _ = run_op(f"{a}.p", requant_rows, pt, mul_scales(p.scale, pref, spec), A, symmetric=False,
+                   spec=spec, backend=backend, name="p")
+    att = run_op(f"{a}.pv", pv, pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
+                 backend)                                                      # [T, H, hd]
     # heads to one per-token scale, then o_proj
     hm, hk = np.repeat(pq.scale.m.T, hd, 1), np.repeat(pq.scale.k.T, hd, 1)   # [T, H*hd]
-    ao, aos = _op(tap, f"{a}.heads", fold_scales, att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec,
-                  backend, name="heads")
-    o, _ = _op(tap, f"{a}.o_proj", di_matmul, QTensor.exact(ao, aos), L.wo, A, spec.residual_bits, True,
-               spec, backend)
+    ao, aos = run_op(f"{a}.heads", fold_scales, att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec,
+                     backend, name="heads")
+    o, _ = run_op(f"{a}.o_proj", di_matmul, QTensor.exact(ao, aos), L.wo, A, spec.residual_bits,
+                  out_symmetric=True, spec=spec, backend=backend)
     return o
 
 

@@ -12,8 +12,9 @@ import sys
 
 
 def _demo(args) -> int:
+    from converters.synthetic import make_demo_model   # the float "prepare" side, once
     from .demo import main as demo_main
-    return demo_main(seed=args.seed, json_out=args.json)
+    return demo_main(make_demo_model(args.seed), seed=args.seed, json_out=args.json)
 
 
 def _bench(args) -> int:

@@ -14,8 +14,9 @@ from converters.evaluate import dequantize_logits, nll_from_logits, perplexity
 from converters.float_model import FloatLlama
 from converters.ppl import int_nll_fn, override_spec
 from intsim.errors import IntsimError
-from intsim.llama import forward
+from intsim.llama import KVCache, attention, forward
 from intsim.options import Spec
+from intsim.rope import rope
 from tiny_llama import make_tiny_hf
 
 #: 140 tokens: two query blocks of the float attention (BLOCK = 128)
@@ -92,6 +93,41 @@ def test_an_integer_operator_changes_the_result(tiny):
     base = Hybrid(model, fm, ()).logits(ids[:40])
     for op in OPS:
         assert not np.array_equal(Hybrid(model, fm, (op,)).logits(ids[:40]), base), op
+    base = Hybrid(model, fm, ("matmul",)).logits(ids[:40])
+    for op in ("softmax", "rope"):      # in the integer attention graph: the op vs its stand-in
+        assert not np.array_equal(Hybrid(model, fm, ("matmul", op)).logits(ids[:40]), base), op
+
+
+def test_attention_stand_in_ops_take_the_ops_place(tiny):
+    """intsim.llama.attention's ``ops`` hook, which the hybrid's float RoPE / softmax ride
+    on: a stand-in gets the op's own arguments (both RoPE calls, with H then Hkv heads) and
+    its result is what flows on; without one the graph is forward()'s."""
+    _, model, _, ids = tiny
+    c, T = model.config, 24
+    taps = {}
+    forward(model, ids[:T], backend="reference", tap=lambda name, t: taps.setdefault(name, t))
+    hn = taps.get("layers.1.attn_norm_w", taps["layers.1.attn_norm"])      # attention's input
+    want = taps["layers.1.attn.o_proj"]
+    pos = np.arange(T)
+    visible = pos[None, :] <= pos[:, None]
+    heads = []
+
+    def spy(x, positions, cos_q, sin_q, n_heads, *args, **kwargs):
+        heads.append(n_heads)
+        return rope(x, positions, cos_q, sin_q, n_heads, *args, **kwargs)
+
+    def negated(*args, **kwargs):        # q.k unchanged where both are negated: K only
+        y, s = rope(*args, **kwargs)
+        return (-y if args[4] == c.n_kv_heads else y), s
+
+    def run(ops):
+        return attention(model, 1, hn, pos, visible, KVCache.empty(model, T), "reference", None,
+                         ops=ops)
+    for got in (run(None), run({}), run({rope: spy})):
+        assert all(np.array_equal(a, b) for a, b in zip(
+            (got.q, got.zp, got.scale.m, got.scale.k), (want.q, want.zp, want.scale.m, want.scale.k)))
+    assert heads == [c.n_heads, c.n_kv_heads]
+    assert not np.array_equal(run({rope: negated}).q, want.q)
 
 
 def test_hybrid_refuses_bad_arguments(tiny):
