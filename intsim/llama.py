@@ -117,55 +117,55 @@ class KVCache:
         self.version += 1
 
 
-def attention(model: IntModel, li: int, hn: QTensor, pos: np.ndarray, visible: np.ndarray,
+def attention(model: IntModel, li: int, normed: QTensor, pos: np.ndarray, visible: np.ndarray,
               cache: KVCache, backend: str, tap, ops: dict | None = None) -> QTensor:
     """One attention block: q/k/v DI-MatMul, RoPE, QK^T with the key-scale fold,
     DI-ClippedSoftmax, PV with the value-scale fold, heads aligned, o_proj.
     ``pos``: RoPE positions [T]; ``visible``: [T, S] which cached positions each query sees;
     ``ops``: stand-ins for op functions (module doc), None for the model's own ops."""
     c, w, spec, L = model.config, model.widths, model.spec, model.layers[li]
-    T, H, Hkv, hd, A = hn.q.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
+    T, H, Hkv, hd, A = normed.q.shape[0], c.n_heads, c.n_kv_heads, c.head_dim, w.a_bits
     past, S = cache.length, cache.length + T
-    a = f"layers.{li}.attn"                                                  # op names
+    prefix = f"layers.{li}.attn"                                             # op names
     run_op = partial(_op, tap, ops=ops)
-    q, _ = run_op(f"{a}.q_proj", di_matmul, hn, L.wq, A, w.qk_bits, out_symmetric=True, spec=spec,
+    q, _ = run_op(f"{prefix}.q_proj", di_matmul, normed, L.wq, A, w.qk_bits, out_symmetric=True, spec=spec,
                   backend=backend)                                             # [T, H*hd]
-    k, _ = run_op(f"{a}.k_proj", di_matmul, hn, L.wk, A, w.qk_bits, out_symmetric=True, spec=spec,
+    k, _ = run_op(f"{prefix}.k_proj", di_matmul, normed, L.wk, A, w.qk_bits, out_symmetric=True, spec=spec,
                   backend=backend)                                             # [T, Hkv*hd]
-    v, _ = run_op(f"{a}.v_proj", di_matmul, hn, L.wv, A, A, out_symmetric=False, spec=spec,
+    v, _ = run_op(f"{prefix}.v_proj", di_matmul, normed, L.wv, A, A, out_symmetric=False, spec=spec,
                   backend=backend)                                             # per token
-    qr, qs = run_op(f"{a}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
-    kr, ks = run_op(f"{a}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
+    qr, qs = run_op(f"{prefix}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
+    kr, ks = run_op(f"{prefix}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
     # Q and K per (token, head) at A bits
-    qh, _ = run_op(f"{a}.q", requant_rows, qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
+    qh, _ = run_op(f"{prefix}.q", requant_rows, qr.reshape(T, H, hd), Dyadic(np.repeat(qs.m[:, None], H, 1),
                    np.repeat(qs.k[:, None], H, 1)), A, symmetric=False, spec=spec, backend=backend, name="q")
-    kh, _ = run_op(f"{a}.k", requant_rows, kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
+    kh, _ = run_op(f"{prefix}.k", requant_rows, kr.reshape(T, Hkv, hd), Dyadic(np.repeat(ks.m[:, None], Hkv, 1),
                    np.repeat(ks.k[:, None], Hkv, 1)), A, symmetric=False, spec=spec, backend=backend, name="k")
     cache.put(li, past, kh, v)
-    kq, kz, km, kk = (a[li][:S] for a in (cache.k_q, cache.k_zp, cache.k_m, cache.k_k))
-    vq, vz, vm, vk = (a[li][:S] for a in (cache.v_q, cache.v_zp, cache.v_m, cache.v_k))
-    rep = H // Hkv
+    kq, kz, km, kk = (arr[li][:S] for arr in (cache.k_q, cache.k_zp, cache.k_m, cache.k_k))
+    vq, vz, vm, vk = (arr[li][:S] for arr in (cache.v_q, cache.v_zp, cache.v_m, cache.v_k))
+    group = H // Hkv                         # query head h reads kv head h // group
     # scores: exact int32 accumulators, then the key scales folded along each row
-    acc = run_op(f"{a}.qk", qk_scores, qh.centered(), kq.astype(np.int64) - kz[..., None],
+    acc = run_op(f"{prefix}.qk", qk_scores, qh.centered(), kq.astype(np.int64) - kz[..., None],
                  backend)                                                      # [H, T, S]
-    kmh, kkh = np.repeat(km.T, rep, 0)[:, None, :], np.repeat(kk.T, rep, 0)[:, None, :]
-    sc, kref = run_op(f"{a}.scores", fold_scales, acc, kmh, kkh, GUARD_K, visible[None], spec, backend,
-                      name="scores")
+    key_m, key_k = np.repeat(km.T, group, 0)[:, None, :], np.repeat(kk.T, group, 0)[:, None, :]
+    scores, key_ref = run_op(f"{prefix}.scores", fold_scales, acc, key_m, key_k, GUARD_K, visible[None],
+                             spec, backend, name="scores")
     s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
-    p = run_op(f"{a}.softmax", di_clipped_softmax, sc, mul_scales(s_row, kref, spec),
+    p = run_op(f"{prefix}.softmax", di_clipped_softmax, scores, mul_scales(s_row, key_ref, spec),
                mask=visible[None], spec=spec, backend=backend)                 # [H, T, S]
     # value scales folded into the probabilities, requantized per row to A bits
-    pt, pref = run_op(f"{a}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V, visible[None],
-                      spec, backend, name="p*v_scale")
-    pq, _ = run_op(f"{a}.p", requant_rows, pt, mul_scales(p.scale, pref, spec), A, symmetric=False,
-                   spec=spec, backend=backend, name="p")
-    att = run_op(f"{a}.pv", pv, pq.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
+    p_scaled, p_ref = run_op(f"{prefix}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V,
+                             visible[None], spec, backend, name="p*v_scale")
+    p_codes, _ = run_op(f"{prefix}.p", requant_rows, p_scaled, mul_scales(p.scale, p_ref, spec), A,
+                        symmetric=False, spec=spec, backend=backend, name="p")
+    att = run_op(f"{prefix}.pv", pv, p_codes.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
                  backend)                                                      # [T, H, hd]
     # heads to one per-token scale, then o_proj
-    hm, hk = np.repeat(pq.scale.m.T, hd, 1), np.repeat(pq.scale.k.T, hd, 1)   # [T, H*hd]
-    ao, aos = run_op(f"{a}.heads", fold_scales, att.reshape(T, H * hd), hm, hk, GUARD_O, None, spec,
-                     backend, name="heads")
-    o, _ = run_op(f"{a}.o_proj", di_matmul, QTensor.exact(ao, aos), L.wo, A, spec.residual_bits,
+    head_m, head_k = np.repeat(p_codes.scale.m.T, hd, 1), np.repeat(p_codes.scale.k.T, hd, 1)  # [T, H*hd]
+    heads, heads_scale = run_op(f"{prefix}.heads", fold_scales, att.reshape(T, H * hd), head_m, head_k,
+                                GUARD_O, None, spec, backend, name="heads")
+    o, _ = run_op(f"{prefix}.o_proj", di_matmul, QTensor.exact(heads, heads_scale), L.wo, A, spec.residual_bits,
                   out_symmetric=True, spec=spec, backend=backend)
     return o
 
@@ -208,24 +208,24 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
     past, T = cache.length, ids.size
     h = _op(tap, "embed", embed, ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)  # [T, D]
     for li, L in enumerate(model.layers):
-        hn = _norm(tap, f"layers.{li}.attn_norm", h, L.attn_norm_w, L.attn_norm_k, spec, backend)
-        o = attention(model, li, hn, pos, visible, cache, backend, tap)          # [T, D] int16
+        normed = _norm(tap, f"layers.{li}.attn_norm", h, L.attn_norm_w, L.attn_norm_k, spec, backend)
+        o = attention(model, li, normed, pos, visible, cache, backend, tap)      # [T, D] int16
         h, _ = _op(tap, f"layers.{li}.attn_residual", residual_add, h, o, spec, backend)  # stream, 16-bit
-        hn2 = _norm(tap, f"layers.{li}.ffn_norm", h, L.ffn_norm_w, L.ffn_norm_k, spec, backend)
-        g, _ = _op(tap, f"layers.{li}.gate", di_matmul, hn2, L.w_gate, w.a_bits, spec.swiglu_in_bits,
-                   False, spec, backend)
-        u, _ = _op(tap, f"layers.{li}.up", di_matmul, hn2, L.w_up, w.a_bits, spec.swiglu_in_bits, False,
-                   spec, backend)
+        normed = _norm(tap, f"layers.{li}.ffn_norm", h, L.ffn_norm_w, L.ffn_norm_k, spec, backend)
+        g, _ = _op(tap, f"layers.{li}.gate", di_matmul, normed, L.w_gate, w.a_bits, spec.swiglu_in_bits,
+                   out_symmetric=False, spec=spec, backend=backend)
+        u, _ = _op(tap, f"layers.{li}.up", di_matmul, normed, L.w_up, w.a_bits, spec.swiglu_in_bits,
+                   out_symmetric=False, spec=spec, backend=backend)
         y, ys = _op(tap, f"layers.{li}.swiglu", di_swiglu, g, u, L.alpha_inv, L.alpha_k, spec,
                     backend)                                                     # exact int64
         d, _ = _op(tap, f"layers.{li}.down", di_matmul, QTensor.exact(y, ys), L.w_down, w.a_bits,
-                   spec.residual_bits, True, spec, backend)
+                   spec.residual_bits, out_symmetric=True, spec=spec, backend=backend)
         h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)
     cache.length = past + T
-    hf, _ = _op(tap, "final_norm", di_norm, h, spec, backend)
-    logits, ls, _ = _op(tap, "logits", di_matmul_acc, hf, model.w_head, w.a_bits, spec,
-                        backend)                                                 # [T, V] int64
-    return logits, ls
+    final, _ = _op(tap, "final_norm", di_norm, h, spec, backend)
+    logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head, w.a_bits, spec,
+                                  backend)                                       # [T, V] int64
+    return logits, logits_scale
 
 
 def _norm(tap, name: str, h: QTensor, g, gk: int, spec, backend: str) -> QTensor:
