@@ -144,6 +144,13 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
     return res
 
 
+def fused_status_row(model_path) -> dict:
+    """``fused_declined``: why the model's forward runs op by op (None: it runs fused)."""
+    from .modelfile import load_model
+    from .runner import fused_status
+    return {"fused_declined": fused_status(load_model(model_path))}
+
+
 def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
     """Time ``intsim golden`` on a ``tokens``-token prompt of seeded random ids: seconds,
     bytes written (npy + hex, stages on), MB/s, and the capture overhead against a plain
@@ -216,6 +223,8 @@ def format_table(r: dict) -> str:
                          f"ratio {q or 0:5.2f}x")
         lines.append(f"  peak RSS: int {r.get('int_peak_rss_mib', 0):.0f} MiB, torch "
                      f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
+        lines.append("  integer forward: " + ("fused path" if r.get("fused_declined") is None else
+                                              f"op by op (fused path declined: {r['fused_declined']})"))
     if "golden_seconds" in r:
         lines.append(f"  golden export, {r['golden_tokens']}-token prompt: {r['golden_seconds']:.1f} s, "
                      f"{r['golden_mb']:.0f} MB in {r['golden_files']} files ({r['golden_ops']} ops), "

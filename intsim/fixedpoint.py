@@ -175,18 +175,29 @@ def rshift_round(x, s, rounding: str = HALF_UP, backend: str = "numba") -> np.nd
     x64, s64 = _as_i64("x", x), _as_i64("s", s)
     check_range("x", x64, -ABS_LIMIT, ABS_LIMIT)
     check_range("s", s64, 0, 2 ** 62)
+    return _elementwise(_rshift_round_ref, _OP_RSHIFT, x64, s64, code, backend)
+
+
+def _elementwise(ref, op, a, b, code, backend):
+    """A binary primitive on broadcast int64 operands: the reference on the arrays, or the
+    Numba primitive ``op`` (:func:`_binary_vec`) over their flattened elements."""
     if backend == "reference":
-        return _rshift_round_ref(x64, s64, code)
-    xb, sb = np.broadcast_arrays(x64, s64)
-    return _rshift_round_vec(np.ascontiguousarray(xb).ravel(), np.ascontiguousarray(sb).ravel(),
-                             code).reshape(xb.shape)
+        return ref(a, b, code)
+    ab, bb = np.broadcast_arrays(a, b)
+    return _binary_vec(op, np.ascontiguousarray(ab).ravel(), np.ascontiguousarray(bb).ravel(),
+                       code).reshape(ab.shape)
+
+
+#: the binary primitives :func:`_binary_vec` applies element by element
+_OP_RSHIFT, _OP_DIV = 0, 1
 
 
 @njit(cache=True)
-def _rshift_round_vec(x, s, code):
-    out = np.empty_like(x)
-    for i in range(x.size):
-        out[i] = rshift_round_nb(x[i], s[i], code)
+def _binary_vec(op, a, b, code):
+    """``rshift_round_nb`` (op 0) or ``div_round_nb`` (op 1) over flattened operands."""
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = rshift_round_nb(a[i], b[i], code) if op == _OP_RSHIFT else div_round_nb(a[i], b[i], code)
     return out
 
 
@@ -254,19 +265,7 @@ def div_round(a, b, rounding: str = HALF_UP, backend: str = "numba") -> np.ndarr
     a64, b64 = _as_i64("a", a), _as_i64("b", b)
     check_range("a", a64, -ABS_LIMIT, ABS_LIMIT)
     check_range("b (divisor)", b64, 1, ABS_LIMIT)
-    if backend == "reference":
-        return _div_round_ref(a64, b64, code)
-    ab, bb = np.broadcast_arrays(a64, b64)
-    return _div_round_vec(np.ascontiguousarray(ab).ravel(), np.ascontiguousarray(bb).ravel(),
-                          code).reshape(ab.shape)
-
-
-@njit(cache=True)
-def _div_round_vec(a, b, code):
-    out = np.empty_like(a)
-    for i in range(a.size):
-        out[i] = div_round_nb(a[i], b[i], code)
-    return out
+    return _elementwise(_div_round_ref, _OP_DIV, a64, b64, code, backend)
 
 
 def floor_div(a, b, backend: str = "numba") -> np.ndarray:

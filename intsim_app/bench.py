@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from intsim.bench import collect, format_table, golden_bench
+from intsim.bench import collect, format_table, fused_status_row, golden_bench
 
 
 def main(argv=None) -> int:
@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     if a.model:
         from converters.modelbench import model_bench   # the float side: PyTorch baseline
         r.update(model_bench(a.model))
+        r.update(fused_status_row(a.model))
         r.update(golden_bench(a.model))
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
