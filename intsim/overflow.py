@@ -642,14 +642,10 @@ def _build(model, ids, calls: list, policy: str) -> Report:
 def cmd_overflow(args) -> int:
     import json
     import sys
-    from .modelfile import load_model, load_tokenizer
+    from .modelfile import check_prompt_ids, load_model, load_tokenizer
     model = load_model(args.model)
-    ids = np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64)
-    if ids.size == 0:
-        raise IntsimError("--prompt: encodes to no tokens")
-    if ids.size > model.config.max_pos:
-        raise IntsimError(f"--prompt: {ids.size} tokens exceed the model's context of "
-                          f"{model.config.max_pos}")
+    ids = check_prompt_ids(np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64),
+                           model, "--prompt")
     rep = overflow_report(model, ids, args.policy, args.backend)
     if args.png:
         with open(args.png, "wb") as fh:

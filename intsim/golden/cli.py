@@ -9,14 +9,15 @@ import numpy as np
 
 from ..errors import IntsimError
 from ..hashing import file_sha256
+from ..modelfile import check_prompt_ids, load_model, load_tokenizer, model_hash
 from .comparing import compare
 from .dump import load_manifest
 from .formats import MANIFEST
 from .record import export_golden, parse_layers
 from .replaying import replay, select_ops
 
+
 def _load(model_path):
-    from ..modelfile import load_model, model_hash
     return load_model(model_path), model_hash(model_path)
 
 
@@ -31,12 +32,8 @@ def cmd_golden(args) -> int:
         except ValueError:
             raise IntsimError(f"--ids: {args.ids!r} is not a comma-separated list of integers") from None
     else:
-        from ..modelfile import load_tokenizer
         ids = np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64)
-    if ids.size == 0:
-        raise IntsimError("prompt: encodes to no tokens")
-    if ids.size > model.config.max_pos:
-        raise IntsimError(f"prompt: {ids.size} tokens exceed the model's context of {model.config.max_pos}")
+    check_prompt_ids(ids, model, "prompt")
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     t0 = time.perf_counter_ns()
     man = export_golden(model, ids, args.out, model_sha256=sha, prompt_text=args.prompt,

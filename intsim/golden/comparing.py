@@ -12,6 +12,7 @@ from ..errors import IntsimError
 from .dump import load_manifest, read_component, tensor_components, verify_files
 from .ties import tie_status
 
+
 @dataclass
 class Diff:
     """Mismatches of one tensor: count over all components, and the first one."""

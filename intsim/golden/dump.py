@@ -14,6 +14,7 @@ from ..hashing import file_sha256
 from .formats import FORMAT, FORMAT_VERSION, MANIFEST, REGENERATE, parse_hex
 from .values import assemble
 
+
 def dump_error(d, msg: str) -> IntsimError:
     return IntsimError(f"{d}: {msg}")
 

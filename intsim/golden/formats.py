@@ -22,10 +22,6 @@ REGENERATE = "regenerate it with: intsim golden MODEL --prompt TEXT --out DIR"
 #: index digits of a file stem (an index >= 10^4 simply has more digits)
 INDEX_DIGITS = 4
 
-#: largest |k| written as a 32-bit word; beyond it the exponent file is 64-bit
-_I32 = 2 ** 31 - 1
-
-
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _UNHEX = np.full(256, 255, dtype=np.uint8)
 _UNHEX[_HEX] = np.arange(16, dtype=np.uint8)

@@ -19,6 +19,7 @@ from .ops import KINDS, model_params, model_tensors_sha256, rounding_of
 from .stages import STAGES, stage_call
 from .values import components, jsonable, split_result
 
+
 class _Writer:
     """Writes components and remembers what it wrote, so that an input equal to a tensor
     already written points to those files (``same_as``) instead of writing them again."""

@@ -11,6 +11,7 @@ from .dump import dump_error, load_manifest, read_component, read_value, tensor_
 from .ops import KINDS, model_param, model_tensors_sha256, spec_of
 from .values import split_result, value_comps
 
+
 def select_ops(man: dict, op=None, layer=None, start=None, stop=None) -> list:
     """The op records a replay runs: one op (name or index), one layer, an index range, or all."""
     ops = man["ops"]

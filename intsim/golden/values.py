@@ -7,8 +7,11 @@ import numpy as np
 
 from ..errors import IntsimError
 from ..qtensor import Dyadic, QTensor, dtype_for
-from .formats import _I32
 from .ops import OUT_NAMES
+
+#: largest |k| written as a 32-bit word; beyond it the exponent file is 64-bit
+_I32 = 2 ** 31 - 1
+
 
 def _array_width(a: np.ndarray) -> tuple[int, bool]:
     """(bits, signed) of a plain integer array: the smallest width holding its values."""
