@@ -3,8 +3,8 @@
 ``overflow_report(model, ids, policy)`` runs one fresh prefill of ``ids`` with an op-aware
 tap (intsim.llama.forward hands it every op call: function, arguments, result), then
 recomputes, from each call's own arguments, the quantities that live only inside the
-operator, in Python integers (or int64 where a Python-int bound on the actual operands
-proves it exact).  Dispatch is on the op function, so the report follows the graph:
+operator, in Python integers (the rounding, fit, isqrt and requantizer steps with
+intsim.oracle; int64 where a Python-int bound on the actual operands proves it exact).  Dispatch is on the op function, so the report follows the graph:
 
 * DI-MatMul: the input requantization's scale, the int32 group accumulators ``acc``,
   the int64 fold ``P`` (peak over its partial sums in group order), the output scale;
@@ -68,6 +68,7 @@ REF = "reference"
 
 # ------------------------------------------------------------------ Python-int helpers
 # (the exact arithmetic itself, rounding, fits, isqrt, the requantizer, is intsim.oracle)
+
 
 def _ints(a) -> np.ndarray:
     """An integer array as an object array of Python ints (exact for any magnitude)."""
