@@ -14,7 +14,6 @@ Numba kernels remain the executable spec (docs/SPEC.md sections 1 and 3).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .errors import IntsimError
@@ -73,8 +72,16 @@ def quot(num: int, den: int, k: int, rule: str) -> int:
 # ------------------------------------------------------------------ integer sqrt
 
 def isqrt(n: int) -> int:
-    """``floor(sqrt(n))`` for an integer n >= 0 (exact; no tie to name)."""
-    return math.isqrt(n)
+    """``floor(sqrt(n))`` for an integer n >= 0 (exact; no tie to name): Newton's
+    iteration from above, integer only (the float scan keeps ``math`` out of intsim)."""
+    if n < 2:
+        return n
+    x = 1 << ((n.bit_length() + 1) >> 1)
+    while True:
+        y = (x + n // x) >> 1
+        if y >= x:
+            return x
+        x = y
 
 
 # ------------------------------------------------------------------ dyadic fit
