@@ -426,3 +426,15 @@ def load_tokenizer(path_or_model):
         return Tokenizer.from_str(raw.decode("utf-8"))
     except Exception as e:
         raise _err(path, f"tensor '{TOKENIZER_TENSOR}': not a loadable tokenizer.json: {e}") from e
+
+
+def check_prompt_ids(ids: np.ndarray, model, what: str = "prompt") -> np.ndarray:
+    """The token ids of one prompt for a prefill of ``model``: refuses an empty prompt and
+    one longer than the model's context with an ``IntsimError`` naming ``what`` (the
+    option the ids came from).  Returns ``ids``."""
+    if ids.size == 0:
+        raise IntsimError(f"{what}: encodes to no tokens")
+    if ids.size > model.config.max_pos:
+        raise IntsimError(f"{what}: {ids.size} tokens exceed the model's context of "
+                          f"{model.config.max_pos}")
+    return ids

@@ -3,8 +3,8 @@
 ``overflow_report(model, ids, policy)`` runs one fresh prefill of ``ids`` with an op-aware
 tap (intsim.llama.forward hands it every op call: function, arguments, result), then
 recomputes, from each call's own arguments, the quantities that live only inside the
-operator, in Python integers (or int64 where a Python-int bound on the actual operands
-proves it exact).  Dispatch is on the op function, so the report follows the graph:
+operator, in Python integers (the rounding, fit, isqrt and requantizer steps with
+intsim.oracle; int64 where a Python-int bound on the actual operands proves it exact).  Dispatch is on the op function, so the report follows the graph:
 
 * DI-MatMul: the input requantization's scale, the int32 group accumulators ``acc``,
   the int64 fold ``P`` (peak over its partial sums in group order), the output scale;
@@ -52,8 +52,9 @@ from .llama import forward
 from .matmul import QWeight, acc_bound, di_matmul, di_matmul_acc, p_bound
 from .norm import di_norm, fixed_preshift, norm_weight, sqrt_c_const
 from .options import OVERFLOW_POLICIES
+from .oracle import fit_exponent, isqrt, requant_scale, rnd, rshift
 from .qtensor import Dyadic, QTensor
-from .requant import PRE_BITS, requant_rows
+from .requant import requant_rows
 from .residual import ALIGN_BITS, residual_add
 from .rope import rope
 from .softmax import RECIP_BITS, _center_clip_ref, di_clipped_softmax, visibility
@@ -66,48 +67,7 @@ REF = "reference"
 
 
 # ------------------------------------------------------------------ Python-int helpers
-
-def _rnd(a: int, b: int, rule: str) -> int:
-    """``a / b`` (b >= 1) rounded by ``rule``: floor, ceil, half_up, half_even, half_away."""
-    q, r = divmod(a, b)
-    if rule == "floor":
-        return q
-    if rule == "ceil":
-        return q + (r > 0)
-    if 2 * r != b:
-        return q + (2 * r > b)
-    if rule == "half_up":
-        return q + 1
-    if rule == "half_even":
-        return q + (q & 1)
-    return q + (a >= 0)                                  # half_away
-
-
-def _quot(num: int, den: int, k: int, rule: str) -> int:
-    return _rnd(num << k, den, rule) if k >= 0 else _rnd(num, den << -k, rule)
-
-
-def fit_exponent(num: int, den: int, m_bits: int, rule: str) -> int:
-    """The exponent ``k`` that dyadic_fit gives ``num / den`` before its range clamp
-    (docs/SPEC.md 1.4 steps 1-4), in Python integers.  ``num >= 1``, ``den >= 1``."""
-    k = m_bits - 1 - (num.bit_length() - den.bit_length())
-    if _quot(num, den, k, "floor") < 1 << (m_bits - 1):
-        k += 1
-    if _quot(num, den, k, rule) >= 1 << m_bits:
-        k -= 1
-    return k
-
-
-def _isqrt(n: int) -> int:
-    """floor(sqrt(n)) in Python integers (Newton's iteration from above)."""
-    if n < 2:
-        return n
-    x = 1 << ((n.bit_length() + 1) >> 1)
-    while True:
-        y = (x + n // x) >> 1
-        if y >= x:
-            return x
-        x = y
+# (the exact arithmetic itself, rounding, fits, isqrt, the requantizer, is intsim.oracle)
 
 
 def _ints(a) -> np.ndarray:
@@ -189,25 +149,14 @@ def _layer(name: str):
 
 def _requant_k_need(v, m_in, k_in, bits: int, symmetric: bool, spec) -> list:
     """Per row of ``v`` (int64 (..., C) flattened to rows): the exponent requant_rows'
-    scale fit needs (docs/SPEC.md section 3), None for a zero row.  Python integers."""
-    Q = (1 << (bits - 1)) - 1 if symmetric else (1 << bits) - 1
-    rule = "ceil" if spec.requant_mode == "fitted" else spec.rounding
+    scale fit needs before its range clamp (docs/SPEC.md section 3), None for a zero row
+    or a zero input scale.  Python integers (intsim.oracle.requant_scale)."""
     C = v.shape[-1]
     v2 = np.asarray(v).reshape(-1, C)
     m2 = np.broadcast_to(m_in, v.shape[:-1]).reshape(-1)
     k2 = np.broadcast_to(k_in, v.shape[:-1]).reshape(-1)
-    out = []
-    for i in range(v2.shape[0]):
-        lo, hi = int(v2[i].min()), int(v2[i].max())
-        R = max(abs(lo), abs(hi)) if symmetric else max(hi, 0) - min(lo, 0)
-        sh = max(R.bit_length() - PRE_BITS, 0)
-        lo, hi = lo >> sh, hi >> sh                   # floor shifts are monotone
-        Rs = max(abs(lo), abs(hi)) if symmetric else max(hi, 0) - min(lo, 0)
-        if Rs == 0 or int(m2[i]) == 0:
-            out.append(None)
-            continue
-        out.append(fit_exponent(int(m2[i]) * Rs, Q, spec.m_bits, rule) + int(k2[i]) - sh)
-    return out
+    return [requant_scale(int(v2[i].min()), int(v2[i].max()), int(m2[i]), int(k2[i]), bits,
+                          symmetric, spec).k_need for i in range(v2.shape[0])]
 
 
 def _scale_entry(name, layer, k_need: list, rows: tuple, spec, run_scale: Dyadic | None,
@@ -290,7 +239,7 @@ class _Recompute:
                 need.append(None)
                 continue
             P = (62 - s.bit_length()) >> 1 if p_fixed is None else p_fixed
-            r = _isqrt(s << (2 * P))
+            r = isqrt(s << (2 * P))
             need.append(fit_exponent(n_c, r, spec.m_bits, spec.rounding) + p2 - P)
         self.add(_scale_entry(f"{name}.scale", layer, need, x.q.shape[:-1], spec, res[0].scale, check))
 
@@ -375,7 +324,7 @@ class _Recompute:
         u, w = xc[:, :, :hh], xc[:, :, hh:]
         y = np.concatenate([u * c - w * s, u * s + w * c], axis=2).reshape(T, H * hd)
         if drop:
-            y_out = np.vectorize(lambda z: _rnd(int(z), 1 << drop, spec.rounding), otypes=[object])(y)
+            y_out = np.vectorize(lambda z: rshift(int(z), drop, spec.rounding), otypes=[object])(y)
         else:
             y_out = y
         check = bool(np.array_equal(y_out.astype(np.int64), res[0]))
@@ -394,19 +343,20 @@ class _Recompute:
                               res[0].scale, _same(ref, res[0])))
 
     # -- attention matmuls ----------------------------------------------------
+    def _attn_acc(self, name: str, contraction: str, x, kv, n: int, rep: int, res) -> None:
+        """The int32 accumulator of an attention product over ``n`` terms; each of the
+        ``kv`` heads serves ``rep`` query heads (GQA)."""
+        acc = _exact_einsum(contraction, x, np.repeat(kv, rep, axis=1), n)
+        self.add(_value_entry(f"{name}.acc", _layer(name), acc, "int32",
+                              n * (2 ** self.a_bits - 1) ** 2, bool(np.array_equal(acc, res))))
+
     def qk(self, name: str, a: dict, res) -> None:
         qc, kc = np.asarray(a["qc"]), np.asarray(a["kc"])
-        hd, rep = qc.shape[2], qc.shape[1] // kc.shape[1]
-        acc = _exact_einsum("ihd,jhd->hij", qc, np.repeat(kc, rep, axis=1), hd)
-        self.add(_value_entry(f"{name}.acc", _layer(name), acc, "int32",
-                              hd * (2 ** self.a_bits - 1) ** 2, bool(np.array_equal(acc, res))))
+        self._attn_acc(name, "ihd,jhd->hij", qc, kc, qc.shape[2], qc.shape[1] // kc.shape[1], res)
 
     def pv(self, name: str, a: dict, res) -> None:
         pc, vc = np.asarray(a["pc"]), np.asarray(a["vc"])
-        S, rep = pc.shape[2], pc.shape[0] // vc.shape[1]
-        acc = _exact_einsum("hij,jhd->ihd", pc, np.repeat(vc, rep, axis=1), S)
-        self.add(_value_entry(f"{name}.acc", _layer(name), acc, "int32",
-                              S * (2 ** self.a_bits - 1) ** 2, bool(np.array_equal(acc, res))))
+        self._attn_acc(name, "hij,jhd->ihd", pc, vc, pc.shape[2], pc.shape[0] // vc.shape[1], res)
 
     def fold(self, name: str, a: dict, res) -> None:
         """``|vals * m| << guard`` over the visible columns (int64; checked <= 2^62 - 1)."""
@@ -454,13 +404,13 @@ class _Recompute:
             prod = e * f[:, None]
             ents.append(self.add(_value_entry(f"{name}.e*f", layer, prod.reshape(scores.shape),
                                               "int64", 2 ** RECIP_BITS - 1)))
-            p_un = np.vectorize(lambda z: _rnd(int(z), 1 << (RECIP_BITS - F), spec.rounding),
+            p_un = np.vectorize(lambda z: rshift(int(z), RECIP_BITS - F, spec.rounding),
                                 otypes=[object])(prod)
         else:
             num = e * (1 << F)
             p_un = np.empty(num.shape, dtype=object)
             for i in range(num.shape[0]):
-                p_un[i] = [_rnd(int(z), Sd[i], spec.rounding) for z in num[i]]
+                p_un[i] = [rnd(int(z), Sd[i], spec.rounding) for z in num[i]]
         p_max = 2 ** p_out - 1
         p_un = p_un.reshape(scores.shape)
         check = bool(np.array_equal(np.minimum(p_un, p_max).astype(np.int64), res.q.astype(np.int64)))
@@ -493,7 +443,7 @@ class _Recompute:
             sc = 0 if L == 0 else min(kf - kc, ALIGN_BITS - L)
             K[i] = kf if L == 0 else kc + sc
             sf = kf - int(K[i])
-            s[i] = [(int(x) << sc) + (_rnd(int(y), 1 << sf, spec.rounding) if sf else int(y))
+            s[i] = [(int(x) << sc) + rshift(int(y), sf, spec.rounding)
                     for x, y in zip(vc, vf)]
         rows = qa.q.shape[:-1]
         s64 = s.astype(np.int64).reshape(qa.q.shape)
@@ -693,14 +643,10 @@ def _build(model, ids, calls: list, policy: str) -> Report:
 def cmd_overflow(args) -> int:
     import json
     import sys
-    from .modelfile import load_model, load_tokenizer
+    from .modelfile import check_prompt_ids, load_model, load_tokenizer
     model = load_model(args.model)
-    ids = np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64)
-    if ids.size == 0:
-        raise IntsimError("--prompt: encodes to no tokens")
-    if ids.size > model.config.max_pos:
-        raise IntsimError(f"--prompt: {ids.size} tokens exceed the model's context of "
-                          f"{model.config.max_pos}")
+    ids = check_prompt_ids(np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64),
+                           model, "--prompt")
     rep = overflow_report(model, ids, args.policy, args.backend)
     if args.png:
         with open(args.png, "wb") as fh:

@@ -327,3 +327,33 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
                    np.zeros(rows, dtype=np.int32),
                    Dyadic(np.ones(rows, dtype=np.int64), np.full(rows, F, dtype=np.int64)),
                    p_out, False)
+
+
+def softmax_clip(scores: np.ndarray, scale: Dyadic, mask=None, spec: Spec = DEFAULT_SPEC,
+                 backend: str = "numba") -> np.ndarray:
+    """DI-ClippedSoftmax step 1 alone (the ``.clip`` stage of a softmax record).
+
+    Per row of integer scores (..., C) with scale ``m * 2^-k`` and visible columns V
+    (``mask``, bool broadcastable, True = visible):
+    ``x~ = max(x - max_V x, -C)`` with ``C = clamp(rnd(c * 2^k / m), 1, 2^61)``
+    (c = ``spec.softmax_clip``, tie rule ``spec.rounding``); 0 off V and on rows with
+    m = 0.  Exact int64 otherwise (``|x - max| <= 2^61 - 2`` for ``|x| <= 2^60 - 1``).
+    The arithmetic is :func:`di_clipped_softmax`'s own (``_center_clip_ref`` / ``_nb``);
+    intsim.golden records it as a stage of each softmax op.
+    """
+    _check_backend(backend)
+    check_int_array("scores", scores)
+    if scores.ndim < 1 or scores.shape[-1] == 0:
+        raise IntsimError(f"scores: needs a non-empty last axis, got shape {scores.shape}")
+    rows, C = scores.shape[:-1], scores.shape[-1]
+    m, k = row_scale("scale", scale, rows)
+    vis = visibility(scores.shape, mask)
+    x2 = np.ascontiguousarray(scores, dtype=np.int64).reshape(-1, C)
+    v2, m1, k1 = vis.reshape(-1, C), m.ravel(), k.ravel()
+    code = rounding_code(spec.rounding)
+    if backend == "reference":
+        xt = _center_clip_ref(x2, v2, m1, k1, spec.softmax_clip, code)
+    else:
+        xt = np.empty_like(x2)
+        _center_clip_nb(x2, v2, m1, k1, np.int64(spec.softmax_clip), code, xt)
+    return xt.reshape(scores.shape)

@@ -423,17 +423,18 @@ def test_compare_partial_and_outputs_only(tiny, tmp_path):
 def test_requant_tie_is_found_exactly():
     """requant_rows of [254, 1, 3, 2] at 8 bits symmetric: the fitted scale is exactly 2,
     so the codes before rounding are 127, 0.5, 1.5, 1: ties at columns 1 and 2 only."""
+    from intsim.golden.ties import _requant_tie, _shift_tie
     from intsim.options import Spec
     from intsim.requant import requant_rows
     spec = Spec()
     v = np.array([[254, 1, 3, 2]], dtype=np.int64)
     q, _ = requant_rows(v, Dyadic(np.array([1]), np.array([0])), 8, True, spec)
     assert q.q.tolist() == [[127, 1, 2, 1]]                      # half_up: 0.5 -> 1, 1.5 -> 2
-    got = [golden._requant_tie([254, 1, 3, 2], 1, 0, 8, True, spec, int(q.scale.m[0]), int(q.scale.k[0]), c)
+    got = [_requant_tie([254, 1, 3, 2], 1, 0, 8, True, spec, int(q.scale.m[0]), int(q.scale.k[0]), c)
            for c in range(4)]
     assert got == ["no", "yes", "yes", "no"]
-    assert golden._shift_tie(0b1011000, 4) == "yes" and golden._shift_tie(0b1011001, 4) == "no"
-    assert golden._shift_tie(7, 0).startswith("no")
+    assert _shift_tie(0b1011000, 4) == "yes" and _shift_tie(0b1011001, 4) == "no"
+    assert _shift_tie(7, 0).startswith("no")
 
 
 def test_compare_reports_the_tie_status_from_the_dump(tiny, tmp_path):

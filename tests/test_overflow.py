@@ -15,13 +15,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from converters.synthetic import make_model
 from intsim import overflow as ov
 from intsim.errors import IntsimError, IntsimOverflowError
-from intsim.fixedpoint import dyadic_fit
 from intsim.llama import forward
 from intsim.plot import _GLYPHS, GLYPH_H, GLYPH_W, HEADROOM_CLASSES, SAT_RGB, headroom_rgb
 from intsim.requant import requant_rows
@@ -244,14 +241,6 @@ def test_value_entry_finds_elements_beyond_the_container():
     assert (e.saturated, e.first, e.peak, e.headroom) == (2, (1, 2), 2 ** 31 + 5, -1)
     e = ov._value_entry("x", None, np.array([2 ** 62], dtype=object) * 4, "int64", None)
     assert e.saturated == 1 and e.headroom == 63 - 65          # 2^64 has 65 bits
-
-
-@given(num=st.integers(1, 2 ** 61 - 1), den=st.integers(1, 2 ** 45 - 1),
-       rule=st.sampled_from(["floor", "half_up", "half_even", "half_away"]))
-def test_fit_exponent_equals_dyadic_fit(num, den, rule):
-    _, k, sat = dyadic_fit(np.int64(num), np.int64(den), 8, (-(2 ** 20), 2 ** 20), rule,
-                           backend="reference")
-    assert not sat and ov.fit_exponent(num, den, 8, rule) == int(k)
 
 
 # ------------------------------------------------------------------ the PNG

@@ -1,0 +1,87 @@
+"""The op catalogue of a golden dump: which functions a dump may name, their output
+names and the rounding of their outputs, how model parameters are named, and which spec
+an op ran under."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import numpy as np
+
+from ..attention import fold_scales, pv, qk_scores
+from ..embedding import embed
+from ..errors import IntsimError
+from ..exp import di_exp
+from ..fixedpoint import FLOOR
+from ..matmul import QWeight, di_matmul, di_matmul_acc
+from ..norm import di_norm, norm_weight
+from ..options import Spec
+from ..requant import requant_rows
+from ..residual import residual_add
+from ..rope import rope
+from ..softmax import di_clipped_softmax, softmax_clip
+from ..swiglu import di_swiglu
+
+#: the op kinds a dump may name: the public operator functions (docs/SPEC.md) and the
+#: softmax clip stage.  A new op in forward() must be added here to be captured.
+KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matmul_acc, rope,
+                                 requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
+                                 residual_add, di_swiglu, di_exp, softmax_clip)}
+#: kinds without any rounding in their output (``rounding: exact``)
+EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip"}
+#: output argument names per kind (default: one output, "out")
+OUT_NAMES = {"di_exp": ("out", "T")}
+
+
+def rounding_of(kind: str, spec: Spec) -> str:
+    """The tie rule of an op's last rounding as the manifest names it: "exact" (nothing
+    rounded: the exact kinds, RoPE without dropped bits), ``FLOOR`` for DI-Exp's output
+    shift, else ``spec.rounding``."""
+    if kind in EXACT_KINDS:
+        return "exact"
+    if kind == "rope":
+        return "exact" if spec.rope_drop_bits == 0 else spec.rounding
+    if kind == "di_exp":
+        return FLOOR            # out = e >> q; T itself is rounded with spec.rounding
+    return spec.rounding
+
+
+def model_params(model) -> dict:
+    """id -> name of every array / QWeight parameter of an IntModel (``layers.0.wq``,
+    ``cos_q``, ...), so that ops can name the weights they were given."""
+    out = {}
+    for f in fields(model):
+        v = getattr(model, f.name)
+        if isinstance(v, (np.ndarray, QWeight)):
+            out[id(v)] = f.name
+    for i, L in enumerate(model.layers):
+        for f in fields(L):
+            v = getattr(L, f.name)
+            if isinstance(v, (np.ndarray, QWeight)):
+                out[id(v)] = f"layers.{i}.{f.name}"
+    return out
+
+
+def model_param(model, name: str):
+    obj = model
+    for part in name.split("."):
+        if part.isdigit() and isinstance(obj, tuple) and int(part) < len(obj):
+            obj = obj[int(part)]
+        elif not part.isdigit() and hasattr(obj, part):
+            obj = getattr(obj, part)
+        else:
+            raise IntsimError(f"model parameter '{name}' does not exist in this model")
+    return obj
+
+
+def model_tensors_sha256(model) -> str:
+    from ..modelfile import model_tensors, tensors_sha256
+    return tensors_sha256(model_tensors(model))
+
+
+def spec_of(man: dict, op: dict) -> Spec:
+    p = op["params"].get("spec", {"spec": "model"})
+    d = man["model"].get("spec", {}) if p.get("spec") == "model" else p.get("spec")
+    try:
+        return Spec.from_dict(d)
+    except (TypeError, IntsimError) as e:
+        raise IntsimError(f"op '{op['name']}': spec options unreadable: {e}") from e

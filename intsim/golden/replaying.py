@@ -1,0 +1,128 @@
+"""Replaying a dump (``intsim replay``): re-run ops from their dumped inputs and check
+the dumped outputs bit for bit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import IntsimError
+from ..fixedpoint import _check_backend
+from .comparing import Diff, diff_arrays, first_mismatch
+from .dump import dump_error, load_manifest, read_component, read_value, tensor_components, verify_files
+from .ops import KINDS, model_param, model_tensors_sha256, spec_of
+from .values import split_result, value_comps
+
+
+def select_ops(man: dict, op=None, layer=None, start=None, stop=None) -> list:
+    """The op records a replay runs: one op (name or index), one layer, an index range, or all."""
+    ops = man["ops"]
+    if op is not None:
+        got = [o for o in ops if o["name"] == op or str(o["index"]) == str(op)]
+        if not got:
+            raise IntsimError(f"--op: no op named or numbered {op!r} in this dump")
+        return got
+    if layer is not None:
+        got = [o for o in ops if o["name"].startswith(f"layers.{int(layer)}.")]
+        if not got:
+            raise IntsimError(f"--layer: the dump has no op of layer {layer}")
+        return got
+    if start is not None or stop is not None:
+        a = 0 if start is None else int(start)
+        b = (ops[-1]["index"] if ops else 0) if stop is None else int(stop)
+        got = [o for o in ops if a <= o["index"] <= b]
+        if not got:
+            raise IntsimError(f"--from/--to: no op with an index in [{a}, {b}]")
+        return got
+    return list(ops)
+
+
+def check_model(man: dict, model, model_sha256: str | None, where) -> None:
+    m = man["model"]
+    if model_sha256 and m.get("file_sha256") and m["file_sha256"] != model_sha256:
+        raise dump_error(where, f"the dump was made from model file sha256 {m['file_sha256'][:16]}..., "
+                          f"this model file is {model_sha256[:16]}...")
+    got = model_tensors_sha256(model)
+    if m.get("tensors_sha256") != got:
+        raise dump_error(where, f"the dump was made from a model with tensor sha256 "
+                          f"{str(m.get('tensors_sha256'))[:16]}..., this model's is {got[:16]}...")
+
+
+def _same_as(t: dict):
+    """The output tensor all components of an input share their files with, or None."""
+    owners = {c.get("same_as") for _, c in tensor_components(t)}
+    return owners.pop() if len(owners) == 1 else None
+
+
+def replay(golden_dir, model, *, model_sha256: str | None = None, ops=None,
+           backend: str = "numba") -> dict:
+    """Re-run ``ops`` (default: all) of a dump from their dumped inputs; an input that is
+    the output of an op replayed earlier in the same run is taken from that replay.
+    Returns ``{"identical": bool, "ops": [{index, name, kind, identical, tensors: ...}]}``.
+    """
+    _check_backend(backend)
+    d = Path(golden_dir)
+    man = load_manifest(d)
+    problems = verify_files(d, man)
+    if problems:
+        raise dump_error(d, f"{len(problems)} file problem(s): " + "; ".join(problems[:5]))
+    check_model(man, model, model_sha256, d)
+    tensors = {t["name"]: t for t in man["tensors"]}
+    ops = select_ops(man) if ops is None else ops
+    replayed, report = {}, []
+    for op in ops:
+        kind = op["kind"]
+        fn = KINDS.get(kind)
+        if fn is None:
+            raise dump_error(d, f"op '{op['name']}': unknown kind {kind!r}")
+        kwargs, chained = {}, []
+        for pname, p in op["params"].items():
+            if isinstance(p, dict) and "model" in p:
+                kwargs[pname] = model_param(model, p["model"])
+            elif isinstance(p, dict) and "spec" in p:
+                kwargs[pname] = spec_of(man, op)
+            elif pname == "backend":
+                kwargs[pname] = backend
+            else:
+                kwargs[pname] = p
+        for tn in op["inputs"]:
+            t = tensors[tn]
+            src = _same_as(t)
+            if src in replayed and tensors[src]["type"] == t["type"]:
+                kwargs[t["arg"]] = replayed[src]
+                chained.append(t["arg"])
+            else:
+                kwargs[t["arg"]] = read_value(d, t)
+        try:
+            result = fn(**kwargs)
+        except IntsimError as e:
+            raise IntsimError(f"op {op['index']} '{op['name']}' ({kind}) refused its dumped "
+                              f"inputs: {e}") from e
+        outs, stats = split_result(kind, result)
+        entry = {"index": op["index"], "name": op["name"], "kind": kind, "chained": chained,
+                 "identical": True, "tensors": []}
+        names = dict(zip([tensors[n]["arg"] for n in op["outputs"]], op["outputs"]))
+        for arg, value in outs:
+            tn = names.get(arg)
+            if tn is None:
+                raise dump_error(d, f"op '{op['name']}': replay gave an output '{arg}' the dump lacks")
+            t = tensors[tn]
+            comps, typ, attrs = value_comps(value)
+            diff = Diff()
+            ok = typ == t["type"] and (typ == "dyadic" or (attrs["bits"], attrs["signed"]) ==
+                                       (t["bits"], bool(t["signed"])))
+            for c, e in tensor_components(t):
+                want = read_component(d, e, f"tensor '{tn}'" + (f" {c}" if c else ""))
+                got = comps.get(c)
+                if got is None or got.shape != want.shape:
+                    ok = False
+                    continue
+                diff_arrays(want, got, c, diff)
+            same = ok and diff.count == 0
+            entry["tensors"].append({"name": tn, "identical": same, "mismatches": diff.count,
+                                     "format_ok": ok, "first": first_mismatch(diff)})
+            entry["identical"] &= same
+            replayed[tn] = value
+        if stats != op.get("stats", stats):
+            entry["identical"] = False
+            entry["stats"] = {"dumped": op.get("stats"), "replayed": stats}
+        report.append(entry)
+    return {"identical": all(e["identical"] for e in report), "ops": report}
