@@ -186,12 +186,13 @@ def _bound(name, n, a, b):
 
 
 @njit(cache=True)
-def qk_row(Q, t, h, zq, K, g, lo, n, kz, ksum, tiled, raw, out):
+def qk_row(Q, t, h, zq, K, g, lo, n, kz, ksum, tiled, s8, raw, out):
     """The Numba kernel of one query row of the scores: ``out[jj] = sum_d (Q[t, h, d] - zq)
     (K[lo + jj, g, d] - kz[jj])`` for jj < n, exact int64.
 
     The raw sums ``raw[jj] = sum_d Q[t, h, d] K[lo + jj, g, d]`` run in the vector tile
-    (``tiled``: hd % 16 == 0; 1 x 8 tiles over the keys) or a scalar loop, int32: every
+    (``tiled``: hd % 16 == 0; 1 x 8 tiles over the keys, ``s8`` an int32 scratch of 8)
+    or a scalar loop, int32: every
     partial sum is bounded by the caller's checked ``hd max|Q| max|K| <= 2^31 - 1``.  The
     zero points enter after: ``sum (q - zq)(k - zk) = raw - zk sum q - zq sum k + hd zq zk``
     with ``ksum[jj] = sum_d K[lo + jj, g, d]`` (exact in int64).
@@ -203,7 +204,6 @@ def qk_row(Q, t, h, zq, K, g, lo, n, kz, ksum, tiled, raw, out):
         sq += Q[t, h, d]
     if tiled:
         xoff = (t * H + h) * hd
-        s8 = np.empty(8, dtype=np.int32)
         jj = 0
         while jj + 8 <= n:
             dot_tile_flat(Q, xoff, 0, K, ((lo + jj) * Hkv + g) * hd, VEC, Hkv * hd, hd // VEC,
@@ -234,8 +234,9 @@ def _qk_nb(qc, kc, rep, tiled, out):
     zeros = np.zeros(S, dtype=np.int64)
     for h in prange(H):
         raw = np.empty(S, dtype=np.int32)
+        s8 = np.empty(8, dtype=np.int32)
         for i in range(T):
-            qk_row(qc, i, h, np.int64(0), kc, h // rep, 0, S, zeros, zeros, tiled, raw, out[h, i])
+            qk_row(qc, i, h, np.int64(0), kc, h // rep, 0, S, zeros, zeros, tiled, s8, raw, out[h, i])
 
 
 def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndarray:
@@ -263,7 +264,7 @@ def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndar
 
 
 @njit(cache=True)
-def pv_row(p, zp, VT, g, lo, n, vz, tiled, out):
+def pv_row(p, zp, VT, g, lo, n, vz, tiled, s8, out):
     """The Numba kernel of one (query, head) row of PV: ``out[d] = sum_{jj < n} (p[jj] - zp)
     (VT[g, d, lo + jj] - vz[jj])``, exact int64, over the values transposed per kv head
     (``VT[g, d, j]`` = value d of head g at position j).
@@ -271,7 +272,8 @@ def pv_row(p, zp, VT, g, lo, n, vz, tiled, out):
     ``tiled`` (hd % 16 == 0, and zp == 0 as every probability row has): the raw sums
     ``sum p VT`` run in 1 x 8 vector tiles over ``ceil(n / 16)`` steps, so ``p`` must hold
     zeros at [n, n + 16) and VT readable columns up to lo + n + 16 (``VT_PAD``); int32,
-    bounded by the caller's checked ``n max|p| max|v| <= 2^31 - 1``; then ``- sum p vz``.
+    bounded by the caller's checked ``n max|p| max|v| <= 2^31 - 1``; then ``- sum p vz``
+    (``s8``: an int32 scratch of 8).
     """
     hd = VT.shape[1]
     if tiled and zp == 0:
@@ -279,7 +281,6 @@ def pv_row(p, zp, VT, g, lo, n, vz, tiled, out):
         for jj in range(n):
             corr += np.int64(p[jj]) * np.int64(vz[jj])
         Sp = VT.shape[2]
-        s8 = np.empty(8, dtype=np.int32)
         nst = (n + VEC - 1) // VEC
         for d0 in range(0, hd, 8):
             dot_tile_flat(p, 0, 0, VT, (g * hd + d0) * Sp + lo, VEC, Sp, nst, s8, 1, 8)
@@ -300,9 +301,10 @@ def _pv_nb(pc, VT, rep, tiled, out):
     zeros = np.zeros(S, dtype=np.int64)
     for h in prange(H):
         pb = np.zeros(S + VT_PAD, dtype=pc.dtype)
+        s8 = np.empty(8, dtype=np.int32)
         for i in range(T):
             pb[:S] = pc[h, i]
-            pv_row(pb, np.int64(0), VT, h // rep, 0, S, zeros, tiled, out[i, h])
+            pv_row(pb, np.int64(0), VT, h // rep, 0, S, zeros, tiled, s8, out[i, h])
 
 
 def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:

@@ -106,13 +106,12 @@ class FastConfig(NamedTuple):
 # ------------------------------------------------------------------ stage rows
 
 @njit(cache=True)
-def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight):
-    """DI-Norm of stream row t, its per-channel weight when the model keeps one, then
-    DI-MatMul's input quantization to A bits."""
+def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, v):
+    """DI-Norm of stream row t, its per-channel weight when the model keeps one (into the
+    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits."""
     mn, kn, s1 = norm_row(h[t], np.int64(0), cfg.n_c, cfg.p2, preshift, cfg.m_bits, cfg.k_lo,
                           cfg.k_hi, cfg.code)
     if has_weight:
-        v = np.empty(h.shape[1], dtype=np.int64)
         norm_weight_row(h[t], np.int64(0), g, v)
         z, m, k, s2 = requant_row(v, np.int64(0), mn, kn + gk, cfg.a_bits, False, cfg.m_bits,
                                   cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
@@ -124,14 +123,14 @@ def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight):
 
 
 @njit(cache=True)
-def _rope_heads(P, t, m_in, k_in, n_heads, pos, cos_q, sin_q, cfg, out, zo, mo, ko):
-    """q or k of token t: requant to qk_bits, RoPE per head, each head requantized to A
-    bits into ``out[h]`` (zero point, scale into zo[h], mo[h], ko[h])."""
+def _rope_heads(P, t, m_in, k_in, n_heads, pos, cos_q, sin_q, cfg, out, zo, mo, ko, codes, y):
+    """q or k of token t: requant to qk_bits (into the int32 scratch ``codes``), RoPE per
+    head (int64 scratch ``y`` of hd), each head requantized to A bits into ``out[h]``
+    (zero point, scale into zo[h], mo[h], ko[h])."""
     hd = cfg.head_dim
-    codes = np.empty(P.shape[1], dtype=np.int32)
+    codes = codes[:P.shape[1]]
     _, mq, kq, sat = requant_row(P[t], np.int64(0), m_in, k_in, cfg.qk_bits, True, cfg.m_bits,
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, codes)
-    y = np.empty(hd, dtype=np.int64)
     for h in range(n_heads):
         rope_head(codes, np.int64(0), pos, cos_q, sin_q, h * hd, hd, cfg.rope_drop, cfg.code, y)
         zo[h], mo[h], ko[h], s = requant_row(y, np.int64(0), mq, kq + cfg.rope_shift, cfg.a_bits,
@@ -143,16 +142,16 @@ def _rope_heads(P, t, m_in, k_in, n_heads, pos, cos_q, sin_q, cfg, out, zo, mo, 
 
 @njit(cache=True)
 def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-             Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT):
+             Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT, codes, y):
     """q/k/v outputs of token t: Q and K per (token, head) at A bits after RoPE, V per
     token at A bits; K and V written to the cache at past + t, with the derived copies
-    (:class:`_Derived`)."""
+    (:class:`_Derived`).  Scratch: ``codes`` int32 of the q width, ``y`` int64 of hd."""
     p = pos[t]
     sat = _rope_heads(Pq, t, mx[t], kx[t] + wk3[0], cfg.n_heads, p, cos_q, sin_q, cfg, Qh[t],
-                      zq[t], qm[t], qk[t])
+                      zq[t], qm[t], qk[t], codes, y)
     at = past + t
     sat += _rope_heads(Pk, t, mx[t], kx[t] + wk3[1], cfg.n_kv_heads, p, cos_q, sin_q, cfg,
-                       Kq[at], Kzp[at], Km[at], Kk[at])
+                       Kq[at], Kzp[at], Km[at], Kk[at], codes, y)
     z, m, k, s = requant_row(Pv[t], np.int64(0), mx[t], kx[t] + wk3[2], cfg.a_bits, False,
                              cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, Vq[at])
     Vzp[at], Vm[at], Vk[at] = z, m, k
@@ -182,18 +181,18 @@ def _derive_range(Kq, Kzp, Km, Kk, Vq, lo, hi, kpar, VT):
 
 
 @njit(cache=True)
-def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, att, pm, pk,
-              raw, sc, cq, pb):
+def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tiled, att, pm, pk,
+              raw, sc, cq, pb, s8):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
     key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to A bits, PV
     (SPEC section 14).  The per-position parameters are read through views starting at
-    lo.  ``raw``, ``sc``, ``cq`` (>= n entries) and ``pb`` (>= n + 16) are scratch rows."""
+    lo.  ``raw``, ``sc``, ``cq`` (>= n entries), ``pb`` (>= n + 16) and ``s8`` (8) are
+    scratch rows; ``tiled``: the QK^T and PV sums in vector tiles (CPU, hd % 16 == 0)."""
     n = hi - lo
     g = h // (cfg.n_heads // cfg.n_kv_heads)
-    tiled = cfg.head_dim % VEC == 0
     scores = sc[:n]
-    qk_row(Qh, t, h, zq[t, h], Kq, g, lo, n, kpar[g, 0, lo:hi], kpar[g, 3, lo:hi], tiled, raw,
-           scores)
+    qk_row(Qh, t, h, zq[t, h], Kq, g, lo, n, kpar[g, 0, lo:hi], kpar[g, 3, lo:hi], tiled, s8,
+           raw, scores)
     kr = fold_row(scores, kpar[g, 1, lo:hi], kpar[g, 2, lo:hi], GUARD_K, cfg.code, scores)
     sat = softmax_row(scores, sm[h, t], sk[h, t] + kr + GUARD_K, cfg.softmax_clip,
                       cfg.softmax_in_bits, cfg.p_frac, cfg.p_max, cfg.reciprocal, cfg.m_bits,
@@ -205,22 +204,21 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, att,
                                 cfg.a_bits, False, cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code,
                                 cfg.fitted, pb)
     pm[t, h], pk[t, h] = mp, kp
-    pv_row(pb, zp, VT, g, lo, n, Vzp[lo:hi], tiled, att[t, h])
+    hd = cfg.head_dim
+    pv_row(pb, zp, VT, g, lo, n, Vzp[lo:hi], tiled, s8, att[t, h * hd:(h + 1) * hd])
     return sat + s
 
 
 @njit(cache=True)
-def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx):
+def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
     """Heads aligned to one exponent per token (the heads fold), then o_proj's input
-    quantization."""
+    quantization.  Scratch: ``hm``, ``hk``, ``ao`` int64 of H * hd."""
     H, hd = cfg.n_heads, cfg.head_dim
-    hm = np.empty(H * hd, dtype=np.int64)
-    hk = np.empty(H * hd, dtype=np.int64)
     for h in range(H):
-        hm[h * hd:(h + 1) * hd] = pm[t, h]
-        hk[h * hd:(h + 1) * hd] = pk[t, h]
-    ao = np.empty(H * hd, dtype=np.int64)
-    kref = fold_row(att[t].reshape(H * hd), hm, hk, GUARD_O, cfg.code, ao)
+        for d in range(hd):
+            hm[h * hd + d] = pm[t, h]
+            hk[h * hd + d] = pk[t, h]
+    kref = fold_row(att[t], hm, hk, GUARD_O, cfg.code, ao)
     z, m, k, s = requant_row(ao, np.int64(0), np.int64(1), kref + GUARD_O, cfg.a_bits, False,
                              cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
@@ -237,21 +235,23 @@ def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
     sc = np.empty(n, dtype=np.int64)
     cq = np.empty(n, dtype=np.int64)
     pb = np.empty(n + VEC, dtype=np.uint8)
+    s8 = np.empty(8, dtype=np.int32)
+    tiled = cfg.head_dim % VEC == 0
     for h in range(Qh.shape[1]):
         sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo[t], vhi[t], cfg,
-                         att, pm, pk, raw, sc, cq, pb)
-    return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, mx, kx)
+                         tiled, att, pm, pk, raw, sc, cq, pb, s8)
+    D = cfg.n_heads * cfg.head_dim
+    return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, mx, kx, np.empty(D, np.int64),
+                                  np.empty(D, np.int64), np.empty(D, np.int64))
 
 
 @njit(cache=True)
-def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg):
-    """A projection's output (P, scale (mx, kx + wk)) to residual_bits codes, added to the
-    stream row (residual_add) and the sum requantized to residual_bits: h[t] in place."""
-    D = h.shape[1]
-    ob = np.empty(D, dtype=np.int32)
+def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv):
+    """A projection's output (P, scale (mx, kx + wk)) to residual_bits codes (int32 scratch
+    ``ob`` of D), added to the stream row (residual_add, int64 scratch ``sv`` of D) and the
+    sum requantized to residual_bits: h[t] in place."""
     _, mo, ko, s1 = requant_row(P[t], np.int64(0), mx[t], kx[t] + wk, cfg.residual_bits, True,
                                 cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, ob)
-    sv = np.empty(D, dtype=np.int64)
     K, _ = align_row(h[t], np.int64(0), hm[t], hk[t], ob, np.int64(0), mo, ko, cfg.code, sv)
     _, m, k, s2 = requant_row(sv, np.int64(0), np.int64(1), K, cfg.residual_bits, True,
                               cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, h[t])
@@ -260,27 +260,26 @@ def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg):
 
 
 @njit(cache=True)
-def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight):
+def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight, ob, sv):
     """The residual add of a projection, then the next DI-Norm and input quantization of
-    the updated stream row (mx, kx of row t are read before they are overwritten)."""
-    return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg)
-            + _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight))
+    the updated stream row (mx, kx of row t are read before they are overwritten).
+    Scratch: ``ob`` int32 and ``sv`` int64 of D."""
+    return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv)
+            + _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, sv))
 
 
 @njit(cache=True)
-def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
-    """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization."""
-    F = Pg.shape[1]
-    gb = np.empty(F, dtype=np.int32)
-    ub = np.empty(F, dtype=np.int32)
+def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
+    """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization.
+    Scratch: ``gb``, ``ub`` int32 and ``y`` int64 of F, ``tab`` the sigmoid table (int64,
+    2^swiglu_in_bits entries, or fewer to compute every element)."""
     B = cfg.swiglu_in_bits
     zg, mg, kg, s1 = requant_row(Pg[t], np.int64(0), mx[t], kx[t] + wkg, B, False, cfg.m_bits,
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, gb)
     zu, mu, ku, s2 = requant_row(Pu[t], np.int64(0), mx[t], kx[t] + wku, B, False, cfg.m_bits,
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, ub)
-    y = np.empty(F, dtype=np.int64)
     my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, cfg.sigmoid_guard,
-                        cfg.sigmoid_bits, cfg.rowmax, B, cfg.code, y)
+                        cfg.sigmoid_bits, cfg.rowmax, B, cfg.code, tab, y)
     z, m, k, s3 = requant_row(y, np.int64(0), my, ky, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
                               cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mxo[t], kxo[t] = z, m, k
@@ -288,8 +287,9 @@ def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo
 
 
 # ------------------------------------------------------------------ stages (serial / parallel)
-# Each stage runs its row function over the token rows, on threads for a prefill.  Numba
-# compiles a prange per function, hence one serial and one parallel body per stage.
+# Each stage runs its row function over the token rows, on threads for a prefill, with
+# scratch rows of its own (allocated once per thread, or once for the serial loop).
+# Numba compiles a prange per function, hence one serial and one parallel body per stage.
 
 @njit(cache=True)
 def _st_qkv(parallel, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
@@ -298,9 +298,11 @@ def _st_qkv(parallel, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
         return _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
                            Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
     sat = 0
+    codes = np.empty(max(Pq.shape[1], Pk.shape[1]), dtype=np.int32)
+    y = np.empty(cfg.head_dim, dtype=np.int64)
     for t in range(Pq.shape[0]):
         sat += _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                        Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
+                        Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT, codes, y)
     return sat
 
 
@@ -310,8 +312,10 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
     T = Pq.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
+        codes = np.empty(max(Pq.shape[1], Pk.shape[1]), dtype=np.int32)
+        y = np.empty(cfg.head_dim, dtype=np.int64)
         sats[t] = _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
-                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
+                           Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT, codes, y)
     return sats.sum()
 
 
@@ -349,9 +353,11 @@ def _st_resid_norm(parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g,
         return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
                                   has_weight)
     sat = 0
+    ob = np.empty(h.shape[1], dtype=np.int32)
+    sv = np.empty(h.shape[1], dtype=np.int64)
     for t in range(h.shape[0]):
         sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
-                               has_weight)
+                               has_weight, ob, sv)
     return sat
 
 
@@ -360,8 +366,10 @@ def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, h
     T = h.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
+        ob = np.empty(h.shape[1], dtype=np.int32)
+        sv = np.empty(h.shape[1], dtype=np.int64)
         sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
-                                  has_weight)
+                                  has_weight, ob, sv)
     return sats.sum()
 
 
@@ -370,17 +378,26 @@ def _st_swiglu(parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo
     if parallel:
         return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
     sat = 0
+    F = Pg.shape[1]
+    gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
+    y = np.empty(F, dtype=np.int64)
+    tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
     for t in range(Pg.shape[0]):
-        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
+                                 gb, ub, y, tab)
     return sat
 
 
 @njit(cache=True, parallel=True)
 def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
-    T = Pg.shape[0]
+    T, F = Pg.shape
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
-        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
+        y = np.empty(F, dtype=np.int64)
+        tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
+        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
+                                    gb, ub, y, tab)
     return sats.sum()
 
 
@@ -484,14 +501,15 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     bufs = (np.empty((T, H, hd), dtype=np.uint8), np.empty((T, H), dtype=np.int64),
             np.empty((T, H), dtype=np.int64), np.empty((T, H), dtype=np.int64),
             np.empty((H, T), dtype=np.int64), np.empty((H, T), dtype=np.int64),
-            np.empty((T, H, hd), dtype=np.int64), np.empty((T, H), dtype=np.int64),
+            np.empty((T, H * hd), dtype=np.int64), np.empty((T, H), dtype=np.int64),
             np.empty((T, H), dtype=np.int64), np.empty((T, H * hd), dtype=np.uint8))
     # DI-Norm weights of stage i (2l: layer l's attention norm, 2l + 1: its ffn norm,
     # 2 nL: the final norm, always folded into the head): NW[i], NK[i], none when NU[i]
     sat = 0
+    v = np.empty(D, dtype=np.int64)
     for t in range(T):
         sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, xq, zx, mx, kx, NW[0], NK[0],
-                               NU[0] == 0)
+                               NU[0] == 0, v)
     for li in range(len(cache)):
         sat += _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
                       alpha, alpha_k, NW, NK, NU, cos_q, sin_q, cache[li], bufs)

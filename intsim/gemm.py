@@ -200,6 +200,14 @@ def tile_sums(x, t0, w, n0, k0, kn, s, R, C):
 
 # ------------------------------------------------------------------ DI-MatMul core (row layout)
 
+@njit(cache=True, inline="always")
+def fold_group(raw, zx, qsum, m, b, xs):
+    """DI-MatMul step 3 for one group (docs/SPEC.md section 4.7): the raw int32 sum of
+    code products ``raw = sum x_q q`` becomes the centered accumulator ``acc = raw - zx
+    qsum`` and enters the int64 fold as ``m acc + b xs``.  Exact (bounds: matmul.p_bound)."""
+    return m * (np.int64(raw) - zx * qsum) + b * xs
+
+
 @njit(cache=True)
 def _row_group_sums(xq, t, zx, G, xs):
     """``xs[g] = sum_{j in g} (x_q[t, j] - zx)`` (|xs| <= G (2^A - 1), int64)."""
@@ -238,10 +246,9 @@ def _gemm_tile(xq, zx, xs, q, qsum, m, b, G, t0, n0, R, C, s, P, mx):
             xsg = xs[tu, gu]
             for c in range(C):
                 n = np.uint64(n0 + c)
-                acc = np.int64(s[r * C + c]) - zt * qsum[n, gu]
-                a = abs(acc)
+                a = abs(np.int64(s[r * C + c]) - zt * qsum[n, gu])     # |acc|, the peak
                 mx = a if a > mx else mx
-                P[tu, n] += m[n, gu] * acc + b[n, gu] * xsg
+                P[tu, n] += fold_group(s[r * C + c], zt, qsum[n, gu], m[n, gu], b[n, gu], xsg)
     return mx
 
 
@@ -290,10 +297,10 @@ def _gemm_chunk_one_group(xq, zx, xs, q, qsum, m, b, n_lo, n_hi, s, P):
         xst = xs[tu, z]
         for c in range(n_hi - n_lo):
             n = np.uint64(n_lo + c)
-            acc = np.int64(raw[tu, np.uint64(c)]) - zt * qsum[n, z]
-            a = abs(acc)
+            r = raw[tu, np.uint64(c)]
+            a = abs(np.int64(r) - zt * qsum[n, z])                    # |acc|, the peak
             mx = a if a > mx else mx
-            P[tu, n] = m[n, z] * acc + b[n, z] * xst
+            P[tu, n] = fold_group(r, zt, qsum[n, z], m[n, z], b[n, z], xst)
     return mx
 
 
@@ -450,8 +457,7 @@ def _gemv_blocks(xq, t, zx, wp, qsum, m, b, G, xs, b_lo, b_hi, s, P):
             xsg = xs[g]
             for c in range(PACK_N):
                 n = n0 + c
-                acc = np.int64(s[c]) - zx * qsum[n, g]      # sum_{j in g} (x_q - zx) * q
-                P[t, n] += m[n, g] * acc + b[n, g] * xsg
+                P[t, n] += fold_group(s[c], zx, qsum[n, g], m[n, g], b[n, g], xsg)
 
 
 @njit(cache=True)

@@ -79,15 +79,16 @@ def _sigmoid_code(z, M, T, j, MT, e2, B, rowmax, code):
 
 
 @njit(cache=True)
-def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y):
+def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, tab, y):
     """The Numba kernel of one row of :func:`di_swiglu` (steps 1-3): gate codes ``g``
     (zero point ``zg``, scale ``mg 2^-kg``) and up codes ``u`` into ``y``; returns the
     output scale ``(m, k)``.  Bounds: |z| <= 2^56, e <= T <= 2^30, T 2^B <= 2^54.
 
     With every ``1/alpha = 1`` (all ``mc == 1``) the sigmoid code depends on the row and
     the gate code only (``z = (g - zg) << guard``); when the gate codes are unsigned
-    ``table_bits``-bit codes (0: not) and their ``2^table_bits`` values are no more than
-    the row's columns, it is tabulated once per code: the same integers, fewer divides.
+    ``table_bits``-bit codes (0: not), their ``2^table_bits`` values are no more than the
+    row's columns and the int64 scratch ``tab`` holds them, it is tabulated once per code:
+    the same integers, fewer divides.
     """
     C = g.shape[0]
     dead = mg == 0 or mu == 0
@@ -104,8 +105,7 @@ def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bit
         if mc[c] != 1:
             unit_alpha = False
     ncodes = np.int64(1) << table_bits
-    if unit_alpha and table_bits > 0 and ncodes <= C:
-        tab = np.empty(ncodes, dtype=np.int64)
+    if unit_alpha and table_bits > 0 and ncodes <= C and ncodes <= tab.shape[0]:
         for q in range(ncodes):
             tab[q] = _sigmoid_code((q - zg) << guard, M, T, j, MT, e2, B, rowmax, code)
         for c in range(C):
@@ -130,9 +130,10 @@ def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bit
 def _swiglu_nb(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y,
                m_out, k_out):
     """:func:`swiglu_row` over the rows."""
+    tab = np.empty(np.int64(1) << table_bits, dtype=np.int64)
     for i in range(gq.shape[0]):
         m_out[i], k_out[i] = swiglu_row(gq[i], zg[i], mg[i], kg[i], uq[i], zu[i], mu[i], ku[i],
-                                        mc, ka, guard, B, rowmax, table_bits, code, y[i])
+                                        mc, ka, guard, B, rowmax, table_bits, code, tab, y[i])
 
 
 def _out_scale_ref(m1, m2, kk, code):
