@@ -41,15 +41,24 @@ def cmd_run(args) -> int:
     if args.max_new_tokens < 1:
         raise IntsimError(f"--max-new-tokens: {args.max_new_tokens} must be >= 1")
     if args.json:
-        print(json.dumps(run_prompt(args.model, args.prompt, args.max_new_tokens)))
+        print(json.dumps(run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend)))
+        _say_fallback(args.backend)
         return 0
     print(args.prompt, end="", flush=True)
-    res = run_prompt(args.model, args.prompt, args.max_new_tokens,
+    res = run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend,
                      stream=lambda s: print(s, end="", flush=True))
     print()
     print(f"[{len(res['new_tokens'])} tokens in {res['seconds']} s; sha256 of all int64 logits rows: "
           f"{res['logits_sha256']}]", file=sys.stderr)
+    _say_fallback(args.backend)
     return 0
+
+
+def _say_fallback(backend: str) -> None:
+    """An explicit ``--backend cuda`` that ran on the CPU says so (the integers are the same)."""
+    from .runner import last_decline
+    if backend == "cuda" and last_decline() is not None:
+        print(f"intsim: note: --backend cuda ran on the CPU: {last_decline()}", file=sys.stderr)
 
 
 def add_run_parsers(sub) -> None:
@@ -60,4 +69,7 @@ def add_run_parsers(sub) -> None:
     r.add_argument("--prompt", required=True, help="prompt text")
     r.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--backend", choices=("numba", "cuda"), default="numba",
+                   help="numba: the CPU (default); cuda: the same integers on an NVIDIA GPU "
+                        "(falls back to the CPU, with a debug log line, where it declines)")
     r.set_defaults(func=cmd_run)

@@ -2,7 +2,8 @@
 
 ``forward`` here has the signature of ``intsim.llama.forward`` (the graph) and returns
 the same integers: on the Numba backend without a tap it first tries the fused path
-(intsim.fastpath, one compiled call per forward); when that declines, it says why in a
+(intsim.fastpath, one compiled call per forward), on ``backend="cuda"`` the same fused
+forward on an NVIDIA GPU (intsim.cudapath); when that declines, it says why in a
 debug log line (logger ``intsim.runner``; ``last_decline()`` keeps the latest reason,
 ``fused_status(model)`` tells whether a model can take the fused path at all) and the
 graph runs.  A tap always gets the graph: it observes every op call.
@@ -16,7 +17,7 @@ import numpy as np
 
 from . import fastpath, llama
 from .embedding import check_token_ids
-from .errors import trusted
+from .errors import IntsimError, trusted
 from .head import argmax
 from .llama import KVCache
 from .model import IntModel
@@ -42,6 +43,20 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
             backend: str = "numba", tap=None, segments: np.ndarray | None = None
             ) -> tuple[np.ndarray, Dyadic]:
     """``intsim.llama.forward``'s integers (arguments and result alike), fused when it can."""
+    if backend == "cuda":
+        if tap is not None:
+            raise IntsimError("backend: 'cuda' runs the fused forward only; a tap needs the graph "
+                              "(backend 'numba' or 'reference')")
+        from . import cudapath                       # imports numba.cuda only when asked for
+        ids, cache, pos, visible = llama.check_call(model, ids, cache, segments)
+        with trusted():
+            out = cudapath.forward_cuda(model, ids, pos, visible, cache)
+        if not isinstance(out, str):
+            _last["decline"] = None
+            return out
+        _last["decline"] = out
+        log.debug("GPU path declined, running on the CPU: %s", out)
+        backend = "numba"
     if backend == "numba" and tap is None:
         ids, cache, pos, visible = llama.check_call(model, ids, cache, segments)
         with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
@@ -76,7 +91,7 @@ def generate(model: IntModel, ids: np.ndarray, max_new_tokens: int, backend: str
     logits, _ = forward(model, ids, cache, backend)
     out_ids, out_logits = [], [logits[-1:]]
     for step in range(max_new_tokens):
-        nxt = int(argmax(out_logits[-1], backend)[0])
+        nxt = int(argmax(out_logits[-1], "numba" if backend == "cuda" else backend)[0])
         out_ids.append(nxt)
         if on_token:
             on_token(nxt)
