@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import (ABS_LIMIT, _check_backend, _rshift_round_ref, dyadic_fit_nb,
+from .fixedpoint import (kernel, ABS_LIMIT, _check_backend, _rshift_round_ref, dyadic_fit_nb,
                          rounding_code, rshift_round_nb)
 from .gemm import VEC, dot_tile_flat
 from .options import DEFAULT_SPEC, Spec
@@ -130,7 +130,7 @@ def fold_scales(vals: np.ndarray, m: np.ndarray, k: np.ndarray, guard: int, visi
         v2 = np.ascontiguousarray(v64).reshape(-1, n)
         out = np.empty_like(v2)
         kref = np.empty(v2.shape[0], dtype=np.int64)
-        _fold_nb(v2, np.ascontiguousarray(m64).reshape(-1, n), np.ascontiguousarray(k64).reshape(-1, n),
+        kernel(backend, _fold_nb, "fold")(v2, np.ascontiguousarray(m64).reshape(-1, n), np.ascontiguousarray(k64).reshape(-1, n),
                  np.ascontiguousarray(vis).reshape(-1, n), guard, code, out, kref)
         out, kref = out.reshape(vals.shape), kref.reshape(rows)
     return out, Dyadic(np.ones(rows, dtype=np.int64), kref + guard)
@@ -258,7 +258,7 @@ def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndar
         kx = np.repeat(kc.astype(np.int64), rep, axis=1)          # [S, H, hd]
         return np.einsum("ihd,jhd->hij", qc.astype(np.int64), kx)
     out = np.empty((H, T, S), dtype=np.int64)
-    _qk_nb(np.ascontiguousarray(qc, dtype=np.int16), np.ascontiguousarray(kc, dtype=np.int16), rep,
+    kernel(backend, _qk_nb, "qk")(np.ascontiguousarray(qc, dtype=np.int16), np.ascontiguousarray(kc, dtype=np.int16), rep,
            hd % VEC == 0, out)
     return out
 
@@ -327,5 +327,5 @@ def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
     out = np.empty((T, H, hd), dtype=np.int64)
     VT = np.zeros((Hkv, hd, S + VT_PAD), dtype=np.int16)
     VT[:, :, :S] = vc.transpose(1, 2, 0)
-    _pv_nb(np.ascontiguousarray(pc, dtype=np.int16), VT, rep, hd % VEC == 0, out)
+    kernel(backend, _pv_nb, "pv")(np.ascontiguousarray(pc, dtype=np.int16), VT, rep, hd % VEC == 0, out)
     return out

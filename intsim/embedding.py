@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array
-from .fixedpoint import _check_backend
+from .fixedpoint import _check_backend, kernel
 from .qtensor import Dyadic, QTensor, dtype_for
 
 
@@ -75,7 +75,7 @@ def embed(ids: np.ndarray, table_q: np.ndarray, table_m: np.ndarray, table_k: np
     if backend == "reference":
         q, m, k = _embed_ref(i64, table_q, table_m, table_k)
     else:
-        q, m, k = _embed_nb(np.ascontiguousarray(i64).ravel(), np.ascontiguousarray(table_q),
+        q, m, k = kernel(backend, _embed_nb, "embed")(np.ascontiguousarray(i64).ravel(), np.ascontiguousarray(table_q),
                             table_m.astype(np.int64), table_k.astype(np.int64))
         q, m, k = q.reshape(ids.shape + (D,)), m.reshape(ids.shape), k.reshape(ids.shape)
     return QTensor(q, np.zeros(ids.shape, dtype=np.int32), Dyadic(m, k), bits, True)

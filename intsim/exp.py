@@ -27,7 +27,7 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, check_int_array, check_range
-from .fixedpoint import (ABS_LIMIT, _as_i64, _check_backend, _div_round_ref, _rshift_round_ref,
+from .fixedpoint import (kernel, ABS_LIMIT, _as_i64, _check_backend, _div_round_ref, _rshift_round_ref,
                          bit_length_nb, bit_length_ref, div_round_nb, rounding_code,
                          rshift_round_nb)
 from .options import DEFAULT_SPEC, Spec
@@ -197,5 +197,5 @@ def di_exp(x: np.ndarray, scale: Dyadic, spec: Spec = DEFAULT_SPEC,
     x2 = np.ascontiguousarray(x64).reshape(-1, C)
     out = np.empty(x2.shape, dtype=np.int64)
     T = np.empty(x2.shape[0], dtype=np.int64)
-    _di_exp_nb(x2, m.ravel(), k.ravel(), code, out, T)
+    kernel(backend, _di_exp_nb, "di_exp")(x2, m.ravel(), k.ravel(), code, out, T)
     return out.reshape(x.shape), T.reshape(rows)

@@ -44,7 +44,9 @@ CEIL = "ceil"
 RC_FLOOR, RC_HALF_UP, RC_HALF_EVEN, RC_HALF_AWAY, RC_CEIL = 0, 1, 2, 3, 4
 ROUND_CODE = {FLOOR: RC_FLOOR, HALF_UP: RC_HALF_UP, HALF_EVEN: RC_HALF_EVEN,
               HALF_AWAY: RC_HALF_AWAY, CEIL: RC_CEIL}
-BACKENDS = ("numba", "reference")
+#: "cuda": the operators' row kernels on an NVIDIA GPU (intsim.cudaops); the elementwise
+#: primitives' wrappers below run their Numba form on the CPU for it
+BACKENDS = ("numba", "reference", "cuda")
 
 #: |x| bound for shifts and divisions: keeps 2*r, x + 2^(s-1) and |x| inside int64.
 ABS_LIMIT = 2 ** 62 - 1
@@ -56,6 +58,16 @@ def rounding_code(rounding: str) -> int:
 
 def _check_backend(backend: str) -> str:
     return check_choice("backend", backend, BACKENDS)
+
+
+def kernel(backend: str, cpu_driver, gpu_twin: str):
+    """The whole-tensor driver of an operator's row kernel for ``backend``: its Numba loop
+    over rows, or for ``"cuda"`` its twin in intsim.cudaops (one GPU thread per row,
+    calling the same row kernel; imported only when asked for)."""
+    if backend != "cuda":
+        return cpu_driver
+    from . import cudaops
+    return getattr(cudaops, gpu_twin)
 
 
 def _as_i64(name: str, x) -> np.ndarray:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import _check_backend
+from .fixedpoint import _check_backend, kernel
 from .gemm import I32_MAX, gemm_acc_rows_par
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
@@ -242,7 +242,7 @@ def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC
         P, amax = _di_acc_ref(xq, zx, w)
     else:
         P = np.empty((xq.shape[0], N), dtype=np.int64)
-        amax = int(gemm_acc_rows_par(xq, zx, w.q, w.qsum, w.m, w.b, w.group_size, P)) if P.size else 0
+        amax = int(kernel(backend, gemm_acc_rows_par, "gemm_acc")(xq, zx, w.q, w.qsum, w.m, w.b, w.group_size, P)) if P.size else 0
     P = P.reshape(lead + (N,))
     scale = Dyadic(xq_t.scale.m, xq_t.scale.k + w.k)
     stats = {"in_scale_saturated": int(nsat_in), "acc_absmax": amax, "acc_bound": ab,

@@ -19,7 +19,7 @@ from numba import njit
 
 from .errors import (IntsimError, IntsimOverflowError, check_choice, check_int, check_int_array,
                      check_range)
-from .fixedpoint import (_check_backend, _fit_ref, _isqrt_ref, bit_length_nb, bit_length_ref,
+from .fixedpoint import (kernel, _check_backend, _fit_ref, _isqrt_ref, bit_length_nb, bit_length_ref,
                          dyadic_fit_nb, isqrt_nb, rounding_code)
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
@@ -170,7 +170,7 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
         m, k, nsat = _di_norm_ref(x.q, zp, n_c, p2, p_fixed, spec.m_bits, k_lo, k_hi, code)
     else:
         q2 = np.ascontiguousarray(x.q).reshape(-1, C)
-        m, k, nsat = _di_norm_nb(q2, np.ascontiguousarray(zp).ravel(), n_c, p2, p_fixed,
+        m, k, nsat = kernel(backend, _di_norm_nb, "di_norm")(q2, np.ascontiguousarray(zp).ravel(), n_c, p2, p_fixed,
                                  spec.m_bits, k_lo, k_hi, code)
         m, k = m.reshape(rows), k.reshape(rows)
     if nsat and spec.overflow == "raise":
@@ -246,7 +246,7 @@ def norm_weight(x: QTensor, g: np.ndarray, gk: int, backend: str = "numba") -> Q
         rows = x.q.shape[:-1]
         q2 = np.ascontiguousarray(x.q).reshape(-1, C)
         y = np.empty(q2.shape, dtype=np.int64)
-        _norm_weight_nb(q2, np.ascontiguousarray(np.broadcast_to(zp, rows)).ravel(), g, y)
+        kernel(backend, _norm_weight_nb, "norm_weight")(q2, np.ascontiguousarray(np.broadcast_to(zp, rows)).ravel(), g, y)
         y = y.reshape(x.q.shape)
     s = x.scale
     return QTensor.exact(y, Dyadic(s.m, np.asarray(s.k, dtype=np.int64) + gk))

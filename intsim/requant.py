@@ -39,7 +39,7 @@ import numpy as np
 from numba import njit, prange
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import (RC_CEIL, RC_FLOOR, RC_HALF_UP, RECIP_SHIFT, _check_backend, _div_round_ref,
+from .fixedpoint import (kernel, RC_CEIL, RC_FLOOR, RC_HALF_UP, RECIP_SHIFT, _check_backend, _div_round_ref,
                          _fit_ref, bit_length_nb, bit_length_ref, div_by_scale_nb, div_round_nb,
                          dyadic_fit_nb, rounding_code)
 from .options import DEFAULT_SPEC, Spec
@@ -273,7 +273,7 @@ def requant_rows(v: np.ndarray, scale_in: Dyadic, bits: int, symmetric: bool = F
         C = v.shape[-1]
         v2 = np.ascontiguousarray(v64).reshape(-1, C)
         q = np.empty(v2.shape, dtype=np.int64)
-        zp, m, k, nsat = _requant_nb(v2, np.ascontiguousarray(m_in).ravel(),
+        zp, m, k, nsat = kernel(backend, _requant_nb, "requant")(v2, np.ascontiguousarray(m_in).ravel(),
                                      np.ascontiguousarray(k_in).ravel(), bits, symmetric,
                                      spec.m_bits, k_lo, k_hi, code, fitted, q)
         q, zp, m, k = q.reshape(v.shape), zp.reshape(rows), m.reshape(rows), k.reshape(rows)

@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, check_range
-from .fixedpoint import _check_backend, _rshift_round_ref, bit_length_nb, bit_length_ref, \
+from .fixedpoint import _check_backend, kernel, _rshift_round_ref, bit_length_nb, bit_length_ref, \
     rounding_code, rshift_round_nb
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
@@ -138,7 +138,7 @@ def residual_add(a: QTensor, b: QTensor, spec: Spec = DEFAULT_SPEC,
     if backend == "reference":
         s, K, rounded = _align_ref(*fa, *fb, code)
     else:
-        s, K, rounded = _align_nb(*fa, *fb, code)
+        s, K, rounded = kernel(backend, _align_nb, "align")(*fa, *fb, code)
     rows = a.q.shape[:-1]
     out, nsat = requant_rows(s.reshape(a.q.shape), Dyadic(np.ones(rows, dtype=np.int64),
                                                           K.reshape(rows)),

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit
 
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import _check_backend, _rshift_round_ref, rounding_code, rshift_round_nb
+from .fixedpoint import _check_backend, kernel, _rshift_round_ref, rounding_code, rshift_round_nb
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
 
@@ -147,6 +147,6 @@ def rope(x: QTensor, positions: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray
     if backend == "reference":
         y = _rope_ref(x.q, zp, pos, cos_q, sin_q, n_heads, head_dim, drop_bits, code)
     else:
-        y = _rope_nb(np.ascontiguousarray(x.q), zp, pos, np.ascontiguousarray(cos_q),
+        y = kernel(backend, _rope_nb, "rope")(np.ascontiguousarray(x.q), zp, pos, np.ascontiguousarray(cos_q),
                      np.ascontiguousarray(sin_q), n_heads, head_dim, drop_bits, code)
     return y, Dyadic(x.scale.m.copy(), x.scale.k + (f - drop_bits))

@@ -32,7 +32,7 @@ from numba import njit
 from .errors import IntsimError, check_choice, check_int, check_int_array, check_range
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_recip_nb, exp_unit_nb, row_scale
-from .fixedpoint import (_as_i64, _check_backend, _div_round_ref, _rshift_round_ref, bit_length_nb,
+from .fixedpoint import (kernel, _as_i64, _check_backend, _div_round_ref, _rshift_round_ref, bit_length_nb,
                          bit_length_ref, div_round_nb, rounding_code, rshift_round_nb)
 from .options import DEFAULT_SPEC, SOFTMAX_DIVS, Spec
 from .qtensor import Dyadic, QTensor, dtype_for, gather_visible, scatter_visible
@@ -320,7 +320,7 @@ def di_clipped_softmax(scores: np.ndarray, scale: Dyadic, mask=None, causal: boo
     else:
         p = np.empty_like(x2)
         k_lo, k_hi = spec.k_range
-        nsat = _softmax_nb(x2, v2, m1, k1, np.int64(spec.softmax_clip), in_bits, F, p_max, recip,
+        nsat = kernel(backend, _softmax_nb, "softmax")(x2, v2, m1, k1, np.int64(spec.softmax_clip), in_bits, F, p_max, recip,
                            spec.m_bits, k_lo, k_hi, code, spec.requant_mode == "fitted", p)
         check_saturation(what, nsat, spec)
     return QTensor(p.reshape(scores.shape).astype(dtype_for(p_out, False)),
@@ -355,5 +355,6 @@ def softmax_clip(scores: np.ndarray, scale: Dyadic, mask=None, spec: Spec = DEFA
         xt = _center_clip_ref(x2, v2, m1, k1, spec.softmax_clip, code)
     else:
         xt = np.empty_like(x2)
-        _center_clip_nb(x2, v2, m1, k1, np.int64(spec.softmax_clip), code, xt)
+        kernel(backend, _center_clip_nb, "center_clip")(x2, v2, m1, k1, np.int64(spec.softmax_clip),
+                                                        code, xt)
     return xt.reshape(scores.shape)

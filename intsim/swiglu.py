@@ -25,7 +25,7 @@ from numba import njit
 from .errors import IntsimError, check_int, check_int_array, check_range
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import _exp_apply_ref, _exp_unit_ref, exp_apply_nb, exp_recip_nb, exp_unit_nb
-from .fixedpoint import (_check_backend, _div_round_ref, _fit_ref, div_round_nb,
+from .fixedpoint import (kernel, _check_backend, _div_round_ref, _fit_ref, div_round_nb,
                          dyadic_fit_nb, rounding_code)
 from .options import DEFAULT_SPEC, SIGMOID_FRAMES, Spec
 from .qtensor import Dyadic, QTensor
@@ -228,7 +228,7 @@ def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
                                   for a in (gate.zp, up.zp, gate.scale.m, gate.scale.k, up.scale.m,
                                             up.scale.k))
         table_bits = 0 if gate.signed else gate.bits      # the sigmoid table indexes by code
-        _swiglu_nb(np.ascontiguousarray(gate.q).reshape(-1, C), zg, mg, kg,
+        kernel(backend, _swiglu_nb, "swiglu")(np.ascontiguousarray(gate.q).reshape(-1, C), zg, mg, kg,
                    np.ascontiguousarray(up.q).reshape(-1, C), zu, mu, ku, np.ascontiguousarray(mc),
                    np.int64(ka), np.int64(g), np.int64(B), rowmax, np.int64(table_bits), code, y,
                    m_out, k_out)

@@ -1,7 +1,7 @@
 """The GPU backend against the CPU: whole forwards, bit for bit.
 
     python scripts/cuda_check.py [--models synthetic,FILE.intsim,...] [--synthetic NAMES]
-                                 [--tokens 64] [--decode 8] [--speed]
+                                 [--tokens 64] [--decode 8] [--golden T] [--speed]
 
 For each model: a prefill of ``--tokens`` seeded token ids on ``backend="cuda"`` against the
 op-by-op graph on the reference backend (synthetic models) or the CPU fused path (model
@@ -77,6 +77,35 @@ def check(name: str, model, ids: np.ndarray, decode: int, reference: str) -> boo
     return bool(ok and good)
 
 
+def golden_check(name: str, model, ids: np.ndarray, model_path: str | None = None) -> bool:
+    """``intsim golden`` op by op on the GPU (``backend="cuda"``) against the CPU: every
+    tensor file byte-identical; the manifests equal but for the backend they name."""
+    import filecmp
+    import json
+    import tempfile
+    from pathlib import Path
+    from intsim.golden import export_golden
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {}
+        for backend in ("numba", "cuda"):
+            d = Path(tmp) / backend
+            export_golden(model, ids, d, backend=backend, model_path=model_path)
+            dirs[backend] = d
+        files = sorted(p.name for p in dirs["numba"].iterdir())
+        same_names = files == sorted(p.name for p in dirs["cuda"].iterdir())
+        diff = [f for f in files if f != "manifest.json"
+                and not filecmp.cmp(dirs["numba"] / f, dirs["cuda"] / f, shallow=False)]
+        mans = [json.loads((dirs[b] / "manifest.json").read_text()) for b in ("numba", "cuda")]
+        for man in mans:                     # the one difference: the backend each op names
+            man["run"].pop("backend", None)
+            for op in man["ops"]:
+                op.get("params", {}).pop("backend", None)
+        good = same_names and not diff and mans[0] == mans[1]
+    print(f"{'ok  ' if good else 'FAIL'} {name}: golden export of {ids.size} tokens, {len(files)} "
+          f"files{'' if not diff else ', differing: ' + ', '.join(diff[:5])}")
+    return good
+
+
 def speed(model, tokens: int = 256, decode: int = 32) -> dict:
     """Prefill of ``tokens`` seeded ids (best of 3, after a warm-up call) and ``decode``
     steps after a 64-token prefill, on the GPU and on the CPU fused path."""
@@ -111,6 +140,9 @@ def main(argv=None) -> int:
                    help="which synthetic spec variants (default: all)")
     p.add_argument("--tokens", type=int, default=24)
     p.add_argument("--decode", type=int, default=4)
+    p.add_argument("--golden", type=int, default=0, metavar="T",
+                   help="also export golden vectors of T tokens op by op on the GPU and the CPU "
+                        "and require byte-identical files")
     p.add_argument("--speed", action="store_true",
                    help="also time prefill (256 tokens) and decode on the GPU and the CPU (model files)")
     a = p.parse_args(argv)
@@ -123,11 +155,15 @@ def main(argv=None) -> int:
                 m = make_model(5, **SYNTHETIC[name])
                 ids = rng.integers(0, m.config.vocab_size, min(a.tokens, m.config.max_pos))
                 ok &= check(name, m, ids, a.decode, "reference")
+                if a.golden:
+                    ok &= golden_check(name, m, ids[:a.golden])
         else:
             from intsim.modelfile import load_model
             m = load_model(item)
             ids = rng.integers(0, m.config.vocab_size, a.tokens)
             ok &= check(item, m, ids, a.decode, "numba")
+            if a.golden:
+                ok &= golden_check(item, m, ids[:a.golden], model_path=item)
             if a.speed:
                 import json
                 print(json.dumps(speed(m)))

@@ -6,7 +6,8 @@ in Python threads, calling the same compiled row functions the CPU uses.
   divide K, 2..8-bit codes, extreme mantissas and offsets);
 * the whole GPU forward equals the op-by-op graph on the reference backend for spec
   variants: prefill, decode through the KV cache, a GPU-written cache continued on the CPU,
-  packed prompts (``scripts/cuda_check.py``, which the GPU machine runs on real models).
+  packed prompts (``scripts/cuda_check.py``, which the GPU machine runs on real models);
+* the golden export op by op on ``backend="cuda"`` writes the CPU's files byte for byte.
 
 Each runs in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the variable must be set before
 numba.cuda is imported).
@@ -75,6 +76,15 @@ def test_gpu_forward_equals_graph_under_simulator():
              "--tokens", "9", "--decode", "3"])
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("ok   ") == 12, r.stdout
+
+
+def test_gpu_golden_export_equals_cpu_under_simulator():
+    """The graph op by op with backend="cuda" (intsim.cudaops): every golden tensor file
+    byte-identical to the CPU's, the manifests equal but for the backend they name."""
+    r = run(["scripts/cuda_check.py", "--synthetic", "paper_range", "--tokens", "4", "--decode", "1",
+             "--golden", "3"])
+    assert r.returncode == 0 and "golden export of 3 tokens" in r.stdout and \
+        r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
 
 
 def test_cuda_backend_refuses_a_tap():

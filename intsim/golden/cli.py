@@ -116,7 +116,8 @@ def add_golden_parsers(sub) -> None:
     g.add_argument("--hex-pack", action="store_true", help="also write the packed 32-bit layout of sub-byte tensors")
     g.add_argument("--no-stages", action="store_true", help="leave out the stage records (matmul input codes "
                    "and accumulators, softmax clip / requant / DI-Exp)")
-    g.add_argument("--backend", default="numba", choices=("numba", "reference"))
+    g.add_argument("--backend", default="numba", choices=("numba", "reference", "cuda"),
+                   help="numba (default), reference (NumPy) or cuda (the ops on an NVIDIA GPU): the same integers")
     g.add_argument("--force", action="store_true", help="replace an earlier dump in DIR")
     g.set_defaults(func=cmd_golden)
     r = sub.add_parser("replay", help="re-run ops from a golden dump and check their outputs bit for bit",
@@ -131,7 +132,8 @@ def add_golden_parsers(sub) -> None:
     sel.add_argument("--layer", type=int, help="every op of one layer")
     sel.add_argument("--from", dest="start", type=int, metavar="A", help="first op index of a range")
     r.add_argument("--to", dest="stop", type=int, metavar="B", help="last op index of a range")
-    r.add_argument("--backend", default="numba", choices=("numba", "reference"))
+    r.add_argument("--backend", default="numba", choices=("numba", "reference", "cuda"),
+                   help="numba (default), reference (NumPy) or cuda (the ops on an NVIDIA GPU)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--verbose", action="store_true", help="list every op, not only the differing ones")
     r.add_argument("--max-report", type=int, default=20, metavar="N", help="differing ops listed (default 20)")
