@@ -151,6 +151,56 @@ def fused_status_row(model_path) -> dict:
     return {"fused_declined": fused_status(load_model(model_path))}
 
 
+def gpu_bench(model_path: str, tokens: int = 256, decode: int = 32, golden_tokens: int = 32,
+              seed: int = 0) -> dict:
+    """The GPU rows (only where Numba sees a CUDA device; else ``{}``): prefill of
+    ``tokens`` (best of 3), ``decode`` steps after a 64-token prefill, each against the CPU
+    fused path in the same run, and a ``golden_tokens``-token golden export op by op on the
+    GPU (MB/s).  Each after a warm-up call (compile, upload)."""
+    from numba import cuda
+    if not cuda.is_available():
+        return {}
+    import shutil
+    import tempfile
+
+    from .golden import export_golden
+    from .llama import KVCache
+    from .modelfile import load_model
+    from .runner import forward, last_decline
+
+    model = load_model(model_path)
+    ids = np.random.default_rng(seed).integers(0, model.config.vocab_size,
+                                               size=min(max(tokens, 64 + decode), model.config.max_pos))
+    out = {"gpu": cuda.get_current_device().name.decode() if isinstance(
+        cuda.get_current_device().name, bytes) else str(cuda.get_current_device().name)}
+    for backend, key in (("cuda", "gpu"), ("numba", "cpu")):
+        forward(model, ids[:8], backend=backend)
+        best = min(_timed(lambda: forward(model, ids[:tokens], backend=backend)) for _ in range(3))
+        out[f"prefill_{key}_tok_s"] = tokens / best
+        cache = KVCache.empty(model, 64 + decode + 1)
+        forward(model, ids[:64], cache, backend=backend)
+        dt = _timed(lambda: [forward(model, ids[64 + i:65 + i], cache, backend=backend)
+                             for i in range(decode)])
+        out[f"decode_{key}_tok_s"] = decode / dt
+        out[f"{key}_declined"] = last_decline()
+    tmp = Path(tempfile.mkdtemp(prefix="intsim-golden-gpu-"))
+    try:
+        export_golden(model, ids[:4], tmp / "warm", backend="cuda")
+        t0 = time.perf_counter()
+        man = export_golden(model, ids[:golden_tokens], tmp / "dump", backend="cuda")
+        t = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out.update(golden_gpu_tokens=golden_tokens, golden_gpu_mb_per_s=man["_bytes_written"] / 1e6 / t)
+    return out
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
     """Time ``intsim golden`` on a ``tokens``-token prompt of seeded random ids: seconds,
     bytes written (npy + hex, stages on), MB/s, and the capture overhead against a plain
@@ -225,6 +275,10 @@ def format_table(r: dict) -> str:
                      f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
         lines.append("  integer forward: " + ("fused path" if r.get("fused_declined") is None else
                                               f"op by op (fused path declined: {r['fused_declined']})"))
+    if "gpu" in r:
+        lines.append(f"  GPU {r['gpu']}: prefill {r['prefill_gpu_tok_s']:.0f} tok/s (CPU "
+                     f"{r['prefill_cpu_tok_s']:.0f}), decode {r['decode_gpu_tok_s']:.1f} tok/s (CPU "
+                     f"{r['decode_cpu_tok_s']:.1f}), golden export {r['golden_gpu_mb_per_s']:.0f} MB/s")
     if "golden_seconds" in r:
         lines.append(f"  golden export, {r['golden_tokens']}-token prompt: {r['golden_seconds']:.1f} s, "
                      f"{r['golden_mb']:.0f} MB in {r['golden_files']} files ({r['golden_ops']} ops), "

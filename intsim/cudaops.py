@@ -26,6 +26,11 @@ SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 TPB = 64
 
 
+def available() -> bool:
+    """A GPU Numba can use (or the simulator)."""
+    return SIMULATED or cuda.is_available()
+
+
 def host_call(fn):
     """Under the simulator, kernels are Python and hand the row functions the simulator's
     array wrappers; unwrap them to the NumPy arrays the compiled functions take."""

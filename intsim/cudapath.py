@@ -21,7 +21,7 @@ launching about 15 kernels a layer.
 
 Tested without a GPU under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): there the
 kernels run as Python and call the same compiled row functions, with the simulator's
-array wrappers unwrapped (:func:`_host_call`).  On the GPU machine the whole forward is
+array wrappers unwrapped (``intsim.cudaops.host_call``).  On the GPU machine the whole forward is
 compared with the CPU backend (tests/test_cuda.py, ``scripts/cuda_check.py``).
 """
 from __future__ import annotations
@@ -29,36 +29,16 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from numba import config as numba_config
 from numba import cuda, njit
 
 from . import fastpath as fp
-from .gemm import _row_group_sums, fold_group
 from .attention import score_scales
+from .cudaops import MM_BLOCK, TPB, _k_group_sums, _k_matmul, grid as _grid
+from .cudaops import host_call as _host_call
 from .qtensor import Dyadic
 
-SIMULATED = bool(numba_config.ENABLE_CUDASIM)
-#: threads per block of the row kernels, and the 2-d block of the matmul kernel
-_TPB = 64
-_MM_BLOCK = (8, 32)
-
-
-def _host_call(fn):
-    """Under the simulator, kernels are Python and hand the row functions the simulator's
-    array wrappers; unwrap them to the NumPy arrays the compiled functions take."""
-    if not SIMULATED:
-        return fn
-    from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-
-    def unwrap(a):
-        inner = a.__dict__.get("_item") if hasattr(a, "__dict__") else None
-        if inner is not None:
-            return inner._ary
-        return a._ary if isinstance(a, FakeCUDAArray) else a
-
-    def call(*args):
-        return fn(*[unwrap(a) for a in args])
-    return call
+#: threads per block of the row kernels (intsim.cudaops.grid) and the matmul's 2-d block
+_TPB = TPB
 
 
 _norm_quant_row = _host_call(fp._norm_quant_row)
@@ -67,7 +47,6 @@ _attn_row = _host_call(fp._attn_row)
 _heads_quant_row = _host_call(fp._heads_quant_row)
 _resid_norm_row = _host_call(fp._resid_norm_row)
 _swiglu_quant_row = _host_call(fp._swiglu_quant_row)
-_group_sums = _host_call(_row_group_sums)
 _score_scales = _host_call(score_scales)
 
 
@@ -91,29 +70,6 @@ def _k_embed(ids, table_q, table_m, table_k, h, hm, hk):
     t = cuda.grid(1)
     if t < ids.shape[0]:
         _gather(ids, table_q, table_m, table_k, h, hm, hk, t)
-
-
-@cuda.jit
-def _k_group_sums(xq, zx, G, xs):
-    t = cuda.grid(1)
-    if t < xq.shape[0]:
-        _group_sums(xq, t, zx[t], G, xs[t])
-
-
-@cuda.jit
-def _k_matmul(xq, zx, xs, q, qsum, m, b, G, P):
-    """DI-MatMul steps 2-3, one thread per output (t, n): the int32 group sums of the raw
-    codes, folded per group by ``fold_group`` (int64), as the CPU cores."""
-    t, n = cuda.grid(2)
-    if t < xq.shape[0] and n < q.shape[0]:
-        K = xq.shape[1]
-        acc = np.int64(0)
-        for g in range(K // G):
-            raw = np.int32(0)
-            for j in range(g * G, g * G + G):
-                raw = np.int32(raw + np.int32(xq[t, j]) * np.int32(q[n, j]))
-            acc += fold_group(raw, zx[t], qsum[n, g], m[n, g], b[n, g], xs[t, g])
-        P[t, n] = acc
 
 
 @cuda.jit
@@ -172,10 +128,6 @@ def _k_swiglu(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo, gb, ub, y
     if t < Pg.shape[0]:
         sats[t] += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
                                      gb[t], ub[t], y[t], tab[t])
-
-
-def _grid(n: int) -> tuple:
-    return (max(1, -(-n // _TPB)), _TPB)
 
 
 # ------------------------------------------------------------------ host side
@@ -293,8 +245,9 @@ def _matmul(b, x, zx, w, out):
     T = x.shape[0]
     xs = cuda.device_array((T, x.shape[1] // G), np.int64)
     _k_group_sums[_grid(T)](x, zx, G, xs)
-    grid = (-(-T // _MM_BLOCK[0]), -(-q.shape[0] // _MM_BLOCK[1]))
-    _k_matmul[grid, _MM_BLOCK](x, zx, xs, q, qsum, m, bb, G, out)
+    blocks = (-(-T // MM_BLOCK[0]), -(-q.shape[0] // MM_BLOCK[1]))
+    peaks = cuda.device_array(out.shape, np.int64)      # the op's peak |acc|, unused here
+    _k_matmul[blocks, MM_BLOCK](x, zx, xs, q, qsum, m, bb, G, out, peaks)
 
 
 def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):

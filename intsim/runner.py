@@ -3,7 +3,8 @@
 ``forward`` here has the signature of ``intsim.llama.forward`` (the graph) and returns
 the same integers: on the Numba backend without a tap it first tries the fused path
 (intsim.fastpath, one compiled call per forward), on ``backend="cuda"`` the same fused
-forward on an NVIDIA GPU (intsim.cudapath); when that declines, it says why in a
+forward on an NVIDIA GPU (intsim.cudapath; with a tap, the graph runs op by op on the GPU,
+intsim.cudaops); when that declines, it says why in a
 debug log line (logger ``intsim.runner``; ``last_decline()`` keeps the latest reason,
 ``fused_status(model)`` tells whether a model can take the fused path at all) and the
 graph runs.  A tap always gets the graph: it observes every op call.
@@ -17,7 +18,7 @@ import numpy as np
 
 from . import fastpath, llama
 from .embedding import check_token_ids
-from .errors import IntsimError, trusted
+from .errors import trusted
 from .head import argmax
 from .llama import KVCache
 from .model import IntModel
@@ -43,29 +44,20 @@ def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
             backend: str = "numba", tap=None, segments: np.ndarray | None = None
             ) -> tuple[np.ndarray, Dyadic]:
     """``intsim.llama.forward``'s integers (arguments and result alike), fused when it can."""
-    if backend == "cuda":
-        if tap is not None:
-            raise IntsimError("backend: 'cuda' runs the fused forward only; a tap needs the graph "
-                              "(backend 'numba' or 'reference')")
-        from . import cudapath                       # imports numba.cuda only when asked for
+    if backend in ("cuda", "numba") and tap is None:
         ids, cache, pos, visible = llama.check_call(model, ids, cache, segments)
-        with trusted():
-            out = cudapath.forward_cuda(model, ids, pos, visible, cache)
-        if not isinstance(out, str):
-            _last["decline"] = None
-            return out
-        _last["decline"] = out
-        log.debug("GPU path declined, running on the CPU: %s", out)
-        backend = "numba"
-    if backend == "numba" and tap is None:
-        ids, cache, pos, visible = llama.check_call(model, ids, cache, segments)
+        if backend == "cuda":
+            from . import cudapath                   # imports numba.cuda only when asked for
+            fused = cudapath.forward_cuda
+        else:
+            fused = fastpath.forward_fast
         with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
-            out = fastpath.forward_fast(model, ids, pos, visible, cache)
+            out = fused(model, ids, pos, visible, cache)
+        _last["decline"] = out if isinstance(out, str) else None
         if not isinstance(out, str):
-            _last["decline"] = None
             return out
-        _last["decline"] = out
-        log.debug("fused path declined, running the graph op by op: %s", out)
+        log.debug("fused path (%s) declined, running the graph op by op on the CPU: %s", backend, out)
+        backend = "numba"
     return llama.forward(model, ids, cache, backend, tap, segments)
 
 

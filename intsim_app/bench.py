@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from intsim.bench import collect, format_table, fused_status_row, golden_bench
+from intsim.bench import collect, format_table, fused_status_row, golden_bench, gpu_bench
 
 
 def main(argv=None) -> int:
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
         r.update(model_bench(a.model))
         r.update(fused_status_row(a.model))
         r.update(golden_bench(a.model))
+        r.update(gpu_bench(a.model))      # only where a GPU is present
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
 

@@ -69,11 +69,11 @@ def check(name: str, model, ids: np.ndarray, decode: int, reference: str) -> boo
     ok &= np.array_equal(rest[0], ref[0][3:])
     print(f"{'ok  ' if np.array_equal(rest[0], ref[0][3:]) else 'FAIL'} {name}: a GPU-written "
           f"cache continued on the CPU")
-    prompts = [ids[:3], ids[3:4], ids[4:9]]
+    prompts = [p for p in np.array_split(ids, 3) if p.size]
     batch = runner.forward_batch(model, prompts, backend="cuda")
     alone = [runner.forward(model, p, backend="numba")[0] for p in prompts]
     good = all(np.array_equal(a, b) for a, b in zip(batch, alone))
-    print(f"{'ok  ' if good else 'FAIL'} {name}: packed batch of 3 prompts")
+    print(f"{'ok  ' if good else 'FAIL'} {name}: packed batch of {len(prompts)} prompts")
     return bool(ok and good)
 
 

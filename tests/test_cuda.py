@@ -2,7 +2,7 @@
 in Python threads, calling the same compiled row functions the CPU uses.
 
 * DI-MatMul's GPU core (``_k_group_sums`` + ``_k_matmul``, one thread per output) equals
-  ``matmul._di_acc_ref`` on hypothesis inputs with independent extremes (group sizes that
+  ``matmul._di_acc_ref``, accumulators and peak |acc|, on hypothesis inputs with independent extremes (group sizes that
   divide K, 2..8-bit codes, extreme mantissas and offsets);
 * the whole GPU forward equals the op-by-op graph on the reference backend for spec
   variants: prefill, decode through the KV cache, a GPU-written cache continued on the CPU,
@@ -25,7 +25,7 @@ MATMUL_CHECK = textwrap.dedent('''
     import numpy as np
     from hypothesis import given, settings, strategies as st
     from numba import cuda
-    from intsim.cudapath import _k_group_sums, _k_matmul
+    from intsim.cudaops import _k_group_sums, _k_matmul
     from intsim.matmul import QWeight, _di_acc_ref
 
     @st.composite
@@ -53,8 +53,10 @@ MATMUL_CHECK = textwrap.dedent('''
         xs = np.zeros((T, xq.shape[1] // G), np.int64)
         _k_group_sums[1, 8](xq, zx, G, xs)
         P = np.full((T, w.q.shape[0]), -7, np.int64)
-        _k_matmul[(1, 1), (8, 8)](xq, zx, xs, w.q, w.qsum, w.m, w.b, G, P)
-        assert np.array_equal(P, _di_acc_ref(xq, zx, w)[0])
+        peaks = np.zeros(P.shape, np.int64)
+        _k_matmul[(1, 1), (8, 8)](xq, zx, xs, w.q, w.qsum, w.m, w.b, G, P, peaks)
+        want, amax = _di_acc_ref(xq, zx, w)
+        assert np.array_equal(P, want) and int(peaks.max()) == amax
 
     check()
     print("MATMUL OK")
@@ -87,12 +89,21 @@ def test_gpu_golden_export_equals_cpu_under_simulator():
         r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
 
 
-def test_cuda_backend_refuses_a_tap():
-    from converters.synthetic import make_model
-    from intsim import runner
-    from intsim.errors import IntsimError
+def test_cuda_backend_without_a_gpu():
+    """Here (no GPU, no simulator): the fused GPU forward declines and the CPU runs, with
+    the reason; the graph op by op on 'cuda' (a tap) refuses with one clear error."""
     import numpy as np
     import pytest
-    with pytest.raises(IntsimError, match="tap"):
-        runner.forward(make_model(1, n_layers=1), np.array([1, 2]), backend="cuda",
-                       tap=lambda name, t: None)
+    from numba import cuda
+    from converters.synthetic import make_model
+    from intsim import llama, runner
+    from intsim.errors import IntsimError
+    if cuda.is_available():
+        pytest.skip("a GPU is present")
+    m = make_model(1, n_layers=1)
+    ids = np.array([1, 2, 3])
+    got = runner.forward(m, ids, backend="cuda")
+    assert "no CUDA device" in runner.last_decline()
+    assert np.array_equal(got[0], llama.forward(m, ids, backend="reference")[0])
+    with pytest.raises(IntsimError, match="'cuda' needs an NVIDIA GPU"):
+        runner.forward(m, ids, backend="cuda", tap=lambda name, t: None)

@@ -262,4 +262,4 @@ def test_di_exp_bad_input():
     with pytest.raises(IntsimError, match=r"scale: expected a Dyadic"):
         di_exp(np.array([[-1]]), (5, 1))
     with pytest.raises(IntsimError, match=r"backend"):
-        di_exp(np.array([[-1]]), one, backend="cuda")
+        di_exp(np.array([[-1]]), one, backend="gpu")

@@ -160,7 +160,7 @@ def test_norm_bad_input():
     with pytest.raises(IntsimError, match="preshift"):
         di_norm(qt([[1]], [0], 8, True), preshift="none")
     with pytest.raises(IntsimError, match="backend"):
-        di_norm(qt([[1]], [0], 8, True), backend="cuda")
+        di_norm(qt([[1]], [0], 8, True), backend="gpu")
 
 
 # ------------------------------------------------------------------ per-channel norm weight
