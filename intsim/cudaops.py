@@ -31,6 +31,14 @@ def available() -> bool:
     return SIMULATED or cuda.is_available()
 
 
+def require() -> None:
+    """Refuse ``backend="cuda"`` with one clear error where no GPU can be used."""
+    if not available():
+        from .errors import IntsimError
+        raise IntsimError("backend: 'cuda' needs an NVIDIA GPU that Numba can use "
+                          "(numba.cuda.is_available() is False); use 'numba'")
+
+
 def host_call(fn):
     """Under the simulator, kernels are Python and hand the row functions the simulator's
     array wrappers; unwrap them to the NumPy arrays the compiled functions take."""

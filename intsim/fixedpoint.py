@@ -67,9 +67,7 @@ def kernel(backend: str, cpu_driver, gpu_twin: str):
     if backend != "cuda":
         return cpu_driver
     from . import cudaops
-    if not cudaops.available():
-        raise IntsimError("backend: 'cuda' needs an NVIDIA GPU that Numba can use "
-                          "(numba.cuda.is_available() is False); use 'numba'")
+    cudaops.require()
     return getattr(cudaops, gpu_twin)
 
 

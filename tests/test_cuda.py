@@ -107,3 +107,18 @@ def test_cuda_backend_without_a_gpu():
     assert np.array_equal(got[0], llama.forward(m, ids, backend="reference")[0])
     with pytest.raises(IntsimError, match="'cuda' needs an NVIDIA GPU"):
         runner.forward(m, ids, backend="cuda", tap=lambda name, t: None)
+
+
+def test_golden_on_cuda_without_a_gpu_writes_nothing(tmp_path):
+    import numpy as np
+    import pytest
+    from numba import cuda
+    from converters.synthetic import make_model
+    from intsim.errors import IntsimError
+    from intsim.golden import export_golden
+    if cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "dump"
+    with pytest.raises(IntsimError, match="'cuda' needs an NVIDIA GPU"):
+        export_golden(make_model(1, n_layers=1), np.array([1, 2]), out, backend="cuda")
+    assert not out.exists()

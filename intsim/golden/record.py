@@ -281,6 +281,9 @@ def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, promp
     from ..embedding import check_token_ids
     from ..llama import forward
     _check_backend(backend)
+    if backend == "cuda":                      # before anything is written
+        from ..cudaops import require
+        require()
     ids = check_token_ids(np.asarray(ids), model.config.vocab_size)
     if ids.ndim != 1 or ids.size == 0:
         raise IntsimError("prompt: expected a non-empty 1-d sequence of token ids")
