@@ -62,8 +62,9 @@ def _fold_ref(v, m, k, vis, guard, code):
 @njit(cache=True)
 def fold_row(v, m, k, guard, code, out):
     """The Numba kernel of one row of :func:`fold_scales` over its visible columns:
-    ``kref = min k``, ``out_j = rnd((v_j * m_j) << guard / 2^(k_j - kref))``; returns kref.
-    ``out`` may be ``v``."""
+    ``kref = min k``, ``out_j = rnd((v_j * m_j) << guard / 2^(k_j - kref))`` (tie rule
+    ``code``); returns kref.  ``out`` may be ``v``.  Bound: ``|v_j * m_j| << guard <= 2^62 -
+    1``, checked by :func:`fold_scales` and proved for the graph's guards (``GUARD_*``)."""
     n = v.shape[0]
     kr = k[0]
     for j in range(1, n):

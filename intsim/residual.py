@@ -47,7 +47,8 @@ def _align_ref(qa, za, ma, ka, qb, zb, mb, kb, code):
 def align_row(qa, za, ma, ka, qb, zb, mb, kb, code, s):
     """The Numba kernel of one row of :func:`residual_add`'s steps 1-3: fills ``s`` with
     the aligned sum and returns ``(K, rounded)``, the common exponent and whether the
-    fine term was rounded (sf > 0 with a non-zero fine value).  |s| < 2^60 + 2^47."""
+    fine term was rounded (sf > 0 with a non-zero fine value; tie rule ``code``).
+    |s| < 2^60 + 2^47 (residual_add's proof)."""
     C = qa.shape[0]
     a_coarse = ka <= kb
     kc = min(ka, kb)

@@ -179,7 +179,10 @@ def softmax_row(x, ms, ks, clip, in_bits, F, p_max, recip, m_bits, k_lo, k_hi, c
     """The Numba kernel of one row of :func:`di_clipped_softmax` (steps 1-4) over its n >= 1
     visible scores ``x`` (int64, row scale ``ms 2^-ks``; overwritten with the clipped
     scores); ``cq`` int64 scratch of n; the probabilities go to ``p`` (n entries, any
-    integer dtype; may be ``x``).  Returns 1 when step 2's scale saturated, else 0."""
+    integer dtype; may be ``x``).  Returns 1 when step 2's scale saturated, else 0.
+    Tie rule ``code`` for C, the requantization, DI-Exp's T and p; the reciprocal floors.
+    Bounds as :func:`di_clipped_softmax`: ``S <= n 2^30``, ``e 2^F <= 2^46``,
+    ``e f <= 2^62 - 1``."""
     n = x.shape[0]
     _clip_row(x, ms, ks, clip, code, x)
     zc, mr, kr, sat = requant_row(x, np.int64(0), ms, ks, in_bits, False, m_bits, k_lo, k_hi,
