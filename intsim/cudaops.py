@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import config as numba_config
-from numba import cuda
+from numba import cuda, njit
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 TPB = 64
@@ -124,12 +124,12 @@ def _k_align(qa, za, ma, ka, qb, zb, mb, kb, code, s, K, rounded):
 
 
 @cuda.jit
-def _k_swiglu(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, tab, y,
-              m_out, k_out):
+def _k_swiglu(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, unit_alpha, guard, B, rowmax, table_bits, code,
+              tab, y, m_out, k_out):
     i = cuda.grid(1)
     if i < gq.shape[0]:
         m_out[i], k_out[i] = _swiglu_row(gq[i], zg[i], mg[i], kg[i], uq[i], zu[i], mu[i], ku[i], mc, ka,
-                                         guard, B, rowmax, table_bits, code, tab[i], y[i])
+                                         unit_alpha, guard, B, rowmax, table_bits, code, tab[i], y[i])
 
 
 @cuda.jit
@@ -224,12 +224,24 @@ def _k_matmul(xq, zx, xs, q, qsum, m, b, G, P, amax):
         amax[t, n] = peak
 
 
+@njit(cache=True)
+def _gather_row(ids, table_q, table_m, table_k, h, hm, hk, t):
+    """Row t of the embedding gather (no arithmetic)."""
+    r = ids[t]
+    for j in range(h.shape[1]):
+        h[t, j] = table_q[r, j]
+    hm[t] = table_m[r]
+    hk[t] = table_k[r]
+
+
+_gather_row_h = host_call(_gather_row)
+
+
 @cuda.jit
-def _k_gather_rows(ids, table, q):
-    i = cuda.grid(1)
-    if i < ids.shape[0]:
-        for j in range(table.shape[1]):
-            q[i, j] = table[ids[i], j]
+def _k_embed(ids, table_q, table_m, table_k, h, hm, hk):
+    t = cuda.grid(1)
+    if t < ids.shape[0]:
+        _gather_row_h(ids, table_q, table_m, table_k, h, hm, hk, t)
 
 
 MM_BLOCK = (8, 32)
@@ -294,13 +306,14 @@ def align(qa, za, ma, ka, qb, zb, mb, kb, code):
     return _back(s), _back(K), int(_back(rounded).sum())
 
 
-def swiglu(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y, m_out, k_out):
+def swiglu(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, unit_alpha, guard, B, rowmax, table_bits, code, y,
+           m_out, k_out):
     """Twin of ``swiglu._swiglu_nb``."""
     R = gq.shape[0]
     tab = cuda.to_device(np.zeros((R, 1 << int(table_bits)), np.int64))
     dy, dm, dk = _d(y), _d(m_out), _d(k_out)
-    _k_swiglu[grid(R)](_d(gq), _d(zg), _d(mg), _d(kg), _d(uq), _d(zu), _d(mu), _d(ku), _d(mc), ka, guard,
-                       B, rowmax, table_bits, code, tab, dy, dm, dk)
+    _k_swiglu[grid(R)](_d(gq), _d(zg), _d(mg), _d(kg), _d(uq), _d(zu), _d(mu), _d(ku), _d(mc), ka,
+                       unit_alpha, guard, B, rowmax, table_bits, code, tab, dy, dm, dk)
     _back(dy, y), _back(dm, m_out), _back(dk, k_out)
 
 
@@ -374,6 +387,9 @@ def gemm_acc(xq, zx, q, qsum, m, b, G, P):
 
 def embed(ids, table_q, table_m, table_k):
     """Twin of ``embedding._embed_nb`` (a gather)."""
-    q = cuda.to_device(np.zeros((ids.size, table_q.shape[1]), table_q.dtype))
-    _k_gather_rows[grid(ids.size)](_d(ids), _d(table_q), q)
-    return _back(q), table_m[ids].astype(np.int64), table_k[ids].astype(np.int64)
+    n = ids.size
+    q = cuda.to_device(np.zeros((n, table_q.shape[1]), table_q.dtype))
+    m, k = cuda.to_device(np.zeros(n, np.int64)), cuda.to_device(np.zeros(n, np.int64))
+    _k_embed[grid(n)](_d(ids), _d(table_q), _d(table_m.astype(np.int64)), _d(table_k.astype(np.int64)),
+                      q, m, k)
+    return _back(q), _back(m), _back(k)

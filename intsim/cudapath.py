@@ -29,17 +29,13 @@ from __future__ import annotations
 import weakref
 
 import numpy as np
-from numba import cuda, njit
+from numba import cuda
 
 from . import fastpath as fp
 from .attention import score_scales
-from .cudaops import MM_BLOCK, TPB, _k_group_sums, _k_matmul, grid as _grid
+from .cudaops import MM_BLOCK, _k_embed, _k_group_sums, _k_matmul, grid as _grid
 from .cudaops import host_call as _host_call
 from .qtensor import Dyadic
-
-#: threads per block of the row kernels (intsim.cudaops.grid) and the matmul's 2-d block
-_TPB = TPB
-
 
 _norm_quant_row = _host_call(fp._norm_quant_row)
 _qkv_row = _host_call(fp._qkv_row)
@@ -50,27 +46,7 @@ _swiglu_quant_row = _host_call(fp._swiglu_quant_row)
 _score_scales = _host_call(score_scales)
 
 
-@njit(cache=True)
-def _gather_rows(ids, table_q, table_m, table_k, h, hm, hk, t):
-    """Row t of the embedding gather (no arithmetic)."""
-    r = ids[t]
-    for j in range(h.shape[1]):
-        h[t, j] = table_q[r, j]
-    hm[t] = table_m[r]
-    hk[t] = table_k[r]
-
-
-_gather = _host_call(_gather_rows)
-
-
 # ------------------------------------------------------------------ kernels
-
-@cuda.jit
-def _k_embed(ids, table_q, table_m, table_k, h, hm, hk):
-    t = cuda.grid(1)
-    if t < ids.shape[0]:
-        _gather(ids, table_q, table_m, table_k, h, hm, hk, t)
-
 
 @cuda.jit
 def _k_norm_quant(h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, V, sats):
@@ -123,10 +99,10 @@ def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_we
 
 
 @cuda.jit
-def _k_swiglu(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo, gb, ub, y, tab, sats):
+def _k_swiglu(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab, sats):
     t = cuda.grid(1)
     if t < Pg.shape[0]:
-        sats[t] += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
+        sats[t] += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
                                      gb[t], ub[t], y[t], tab[t])
 
 
@@ -275,8 +251,8 @@ def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
     Pg, Pu = z((T, W[4][0].shape[0]), np.int64), z((T, W[5][0].shape[0]), np.int64)
     _matmul(b, b.xq, b.zx, W[4], Pg)
     _matmul(b, b.xq, b.zx, W[5], Pu)
-    _k_swiglu[g1](Pg, Pu, b.mx, b.kx, W[4][5], W[5][5], cm.alpha[li], fm.alpha_k[li], cfg, b.xf, b.zx,
-                  b.mx, b.kx, b.gb, b.ub, b.yf, b.tab, b.sats)
+    _k_swiglu[g1](Pg, Pu, b.mx, b.kx, W[4][5], W[5][5], cm.alpha[li], fm.alpha_k[li], fm.alpha_unit[li],
+                  cfg, b.xf, b.zx, b.mx, b.kx, b.gb, b.ub, b.yf, b.tab, b.sats)
     Pd = z((T, W[6][0].shape[0]), np.int64)
     _matmul(b, b.xf, b.zx, W[6], Pd)
     i = 2 * li + 2

@@ -269,7 +269,7 @@ def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, h
 
 
 @njit(cache=True)
-def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
+def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
     """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization.
     Scratch: ``gb``, ``ub`` int32 and ``y`` int64 of F, ``tab`` the sigmoid table (int64,
     2^swiglu_in_bits entries, or fewer to compute every element)."""
@@ -278,7 +278,7 @@ def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, gb)
     zu, mu, ku, s2 = requant_row(Pu[t], np.int64(0), mx[t], kx[t] + wku, B, False, cfg.m_bits,
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, ub)
-    my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, cfg.sigmoid_guard,
+    my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, unit, cfg.sigmoid_guard,
                         cfg.sigmoid_bits, cfg.rowmax, B, cfg.code, tab, y)
     z, m, k, s3 = requant_row(y, np.int64(0), my, ky, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
                               cfg.k_hi, cfg.code, cfg.fitted, xq[t])
@@ -374,29 +374,29 @@ def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, h
 
 
 @njit(cache=True)
-def _st_swiglu(parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
+def _st_swiglu(parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
     if parallel:
-        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo)
+        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
     sat = 0
     F = Pg.shape[1]
     gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
     y = np.empty(F, dtype=np.int64)
     tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
     for t in range(Pg.shape[0]):
-        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
+        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
                                  gb, ub, y, tab)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo):
+def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
     T, F = Pg.shape
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
         gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
         y = np.empty(F, dtype=np.int64)
         tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
-        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, cfg, xq, zx, mxo, kxo,
+        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
                                     gb, ub, y, tab)
     return sats.sum()
 
@@ -440,7 +440,7 @@ def _matmuls(cfg, xq, zx, widx, W, pidx, PW, outs):
 
 @njit(cache=True)
 def _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW, alpha,
-           alpha_k, NW, NK, NU, cos_q, sin_q, C, bufs):
+           alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, C, bufs):
     """One decoder layer on the stream h (in place); xq/zx/mx/kx hold its attention norm's
     quantized input on entry and the next norm's on exit.  ``C``: this layer's cache
     arrays (k_q, k_zp, k_m, k_k, v_q, v_zp, v_m, v_k, k_par, v_t); ``bufs``: per-forward
@@ -467,7 +467,8 @@ def _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, W
     Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
     _matmuls(cfg, xq, zx, (w0 + 4, w0 + 5, w0), W, 4 * li + 2, PW, (Pg, Pu, nul))
     xf = np.empty((T, Pg.shape[1]), dtype=np.uint8)
-    sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li], cfg,
+    sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li],
+                      alpha_unit[li], cfg,
                       xf, zx, mx, kx)
     Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
     _matmuls(cfg, xf, zx, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
@@ -478,7 +479,7 @@ def _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, W
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q, W, Wk, PW,
-                alpha, alpha_k, NW, NK, NU, cache):
+                alpha, alpha_k, alpha_unit, NW, NK, NU, cache):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations).
 
     ``W``: the row-layout weight lists (codes, qsum, m, b) and group sizes, index
@@ -512,7 +513,7 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
                                NU[0] == 0, v)
     for li in range(len(cache)):
         sat += _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
-                      alpha, alpha_k, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
+                      alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
     # the LM head accumulators of the final normed stream
     wh = 7 * len(cache)
     logits = np.empty((T, W[0][wh].shape[0]), dtype=np.int64)
@@ -558,6 +559,7 @@ class FastModel:
             if L.alpha_inv is not None:
                 self.alpha[i] = L.alpha_inv.astype(np.int64)
                 self.alpha_k[i] = L.alpha_k
+        self.alpha_unit = (self.alpha == 1).all(axis=1)       # per layer: every 1/alpha is 1
         nst = 2 * c.n_layers + 1
         self.NW = np.ones((nst, c.dim), dtype=np.int64)
         self.NK = np.zeros(nst, dtype=np.int64)
@@ -770,7 +772,8 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     logits, m, k, sat = _forward_nb(
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
-        fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.NW, fm.NK, fm.NU, _cache_tuples(cache, d))
+        fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
+        _cache_tuples(cache, d))
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo
         return "a scale saturated under overflow='raise' (the graph raises, naming the op)"

@@ -79,12 +79,14 @@ def _sigmoid_code(z, M, T, j, MT, e2, B, rowmax, code):
 
 
 @njit(cache=True)
-def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, tab, y):
+def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, unit_alpha, guard, B, rowmax, table_bits, code,
+               tab, y):
     """The Numba kernel of one row of :func:`di_swiglu` (steps 1-3): gate codes ``g``
     (zero point ``zg``, scale ``mg 2^-kg``) and up codes ``u`` into ``y``; returns the
     output scale ``(m, k)``.  Bounds: |z| <= 2^56, e <= T <= 2^30, T 2^B <= 2^54.
 
-    With every ``1/alpha = 1`` (all ``mc == 1``) the sigmoid code depends on the row and
+    With every ``1/alpha = 1`` (``unit_alpha``: all ``mc == 1``, decided once by the
+    caller) the sigmoid code depends on the row and
     the gate code only (``z = (g - zg) << guard``); when the gate codes are unsigned
     ``table_bits``-bit codes (0: not), their ``2^table_bits`` values are no more than the
     row's columns and the int64 scratch ``tab`` holds them, it is tabulated once per code:
@@ -100,10 +102,6 @@ def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bit
         for c in range(C):
             M = max(M, ((np.int64(g[c]) - zg) * mc[c]) << guard)
         e2 = exp_apply_nb(-M, T, j, MT, code)
-    unit_alpha = True
-    for c in range(C):
-        if mc[c] != 1:
-            unit_alpha = False
     ncodes = np.int64(1) << table_bits
     if unit_alpha and table_bits > 0 and ncodes <= C and ncodes <= tab.shape[0]:
         for q in range(ncodes):
@@ -127,13 +125,14 @@ def swiglu_row(g, zg, mg, kg, u, zu, mu, ku, mc, ka, guard, B, rowmax, table_bit
 
 
 @njit(cache=True)
-def _swiglu_nb(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, guard, B, rowmax, table_bits, code, y,
-               m_out, k_out):
+def _swiglu_nb(gq, zg, mg, kg, uq, zu, mu, ku, mc, ka, unit_alpha, guard, B, rowmax, table_bits,
+               code, y, m_out, k_out):
     """:func:`swiglu_row` over the rows."""
     tab = np.empty(np.int64(1) << table_bits, dtype=np.int64)
     for i in range(gq.shape[0]):
         m_out[i], k_out[i] = swiglu_row(gq[i], zg[i], mg[i], kg[i], uq[i], zu[i], mu[i], ku[i],
-                                        mc, ka, guard, B, rowmax, table_bits, code, tab, y[i])
+                                        mc, ka, unit_alpha, guard, B, rowmax, table_bits, code, tab,
+                                        y[i])
 
 
 def _out_scale_ref(m1, m2, kk, code):
@@ -230,6 +229,6 @@ def di_swiglu(gate: QTensor, up: QTensor, alpha_inv: np.ndarray | None = None,
         table_bits = 0 if gate.signed else gate.bits      # the sigmoid table indexes by code
         kernel(backend, _swiglu_nb, "swiglu")(np.ascontiguousarray(gate.q).reshape(-1, C), zg, mg, kg,
                    np.ascontiguousarray(up.q).reshape(-1, C), zu, mu, ku, np.ascontiguousarray(mc),
-                   np.int64(ka), np.int64(g), np.int64(B), rowmax, np.int64(table_bits), code, y,
-                   m_out, k_out)
+                   np.int64(ka), bool((mc == 1).all()), np.int64(g), np.int64(B), rowmax,
+                   np.int64(table_bits), code, y, m_out, k_out)
     return y.reshape(gate.shape), Dyadic(m_out.reshape(rows), k_out.reshape(rows))

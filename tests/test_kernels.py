@@ -183,7 +183,7 @@ def test_swiglu_row_kernel_equals_reference(case, mg, mu, kg, ku, ka, gd, B, row
     code = ROUND_CODE[rounding]
     y = np.empty(g.size, dtype=np.int64)
     m, k = swiglu_row(g, np.int64(zg), np.int64(mg), np.int64(kg), u, np.int64(zu), np.int64(mu),
-                      np.int64(ku), mc, np.int64(ka), np.int64(gd), np.int64(B), rowmax,
+                      np.int64(ku), mc, np.int64(ka), bool((mc == 1).all()), np.int64(gd), np.int64(B), rowmax,
                       np.int64(nb), code, np.empty(1 << nb, np.int64), y)
     a1 = (g - zg)[None, :]
     a2 = np.zeros_like(a1) if mg == 0 or mu == 0 else (u - zu)[None, :]
@@ -199,7 +199,7 @@ def test_swiglu_row_table_covers_every_code():
     u = np.arange(15, -1, -1, dtype=np.int64)
     y = np.empty(16, dtype=np.int64)
     swiglu_row(g, np.int64(7), np.int64(150), np.int64(6), u, np.int64(8), np.int64(140), np.int64(7),
-               np.ones(16, np.int64), np.int64(0), np.int64(8), np.int64(15), False, np.int64(4),
+               np.ones(16, np.int64), np.int64(0), True, np.int64(8), np.int64(15), False, np.int64(4),
                ROUND_CODE["half_up"], np.empty(16, np.int64), y)
     sig = _sigmoid_ref(((g - 7) << 8)[None, :], np.array([150]), np.array([14]), 15, False, 1)
     assert np.array_equal(y, ((g - 7) * sig[0] * (u - 8)))
