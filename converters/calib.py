@@ -365,6 +365,10 @@ class LayerCalib:
     """
     smooth: dict[str, np.ndarray] = field(default_factory=dict)
     lwc: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    #: RoPE pairs of ``qkt_smooth_scale`` that differed and were tied (geometric mean), and
+    #: the largest ratio between the two factors of such a pair (1.0: none)
+    qkt_tied: int = 0
+    qkt_max_ratio: float = 1.0
 
 
 def _dims(config) -> dict[str, int]:
@@ -379,23 +383,32 @@ def _linear_nk(config) -> dict[str, tuple[int, int]]:
             "w_gate": (c.ffn_dim, c.dim), "w_up": (c.ffn_dim, c.dim), "w_down": (c.dim, c.ffn_dim)}
 
 
+#: how a ``qkt_smooth_scale`` with untied RoPE pairs is taken ("refuse": the old name of
+#: "strict", still accepted)
+QKT_TIES = ("geomean", "strict")
+
+
 def prepare_calib(params: dict[int, dict[str, np.ndarray]], config, group_size: int = 0, *,
-                  qkt_tie: str = "refuse", source="calibration") -> list[LayerCalib]:
+                  qkt_tie: str = "geomean", source="calibration") -> list[LayerCalib]:
     """Validate ``params`` against the model and return one ``LayerCalib`` per layer.
 
     ``config``: anything with ``n_layers, dim, n_heads, n_kv_heads, head_dim, ffn_dim``
     (e.g. ``intsim.model.ModelConfig``).  ``group_size``: the weight group size the model
     is converted with (0 = per output channel), which group-wise LWC factors must match.
-    ``qkt_tie``: ``"refuse"`` (default) refuses a ``qkt_smooth_scale`` whose RoPE-paired
-    channels i and i + head_dim/2 differ (its fold would not commute with RoPE, SPEC
-    section 9.3); ``"geomean"`` replaces both by their geometric mean.
+    ``qkt_tie``: for a ``qkt_smooth_scale`` whose RoPE-paired channels i and i + head_dim/2
+    differ (its fold would not commute with RoPE, SPEC section 9.3; the official I-LLM
+    calibration learns them untied): ``"geomean"`` (default) replaces both by their
+    geometric mean and counts the pairs in ``LayerCalib.qkt_tied``; ``"strict"`` (old
+    name ``"refuse"``) refuses.
     Raises ``CalibError`` naming the layer and parameter for: a wrong layer count or
     index, an unknown parameter (``rescale_param`` included), a layer whose parameter
     set differs from layer 0's, a wrong shape, a non-finite value, a smoothing scale
     <= 0, a non-zero smoothing shift, an LWC pair with one half missing.
     """
-    if qkt_tie not in ("refuse", "geomean"):
-        raise CalibError(f"qkt_tie: {qkt_tie!r} is not 'refuse' or 'geomean'")
+    if qkt_tie == "refuse":
+        qkt_tie = "strict"
+    if qkt_tie not in QKT_TIES:
+        raise CalibError(f"qkt_tie: {qkt_tie!r} is not 'geomean' or 'strict'")
     n = config.n_layers
     if sorted(params) != list(range(n)):
         have = sorted(params)
@@ -454,8 +467,9 @@ def prepare_calib(params: dict[int, dict[str, np.ndarray]], config, group_size: 
                     raise CalibError(f"{where}: unknown parameter{hint}")
                 lwc_raw.setdefault(LWC_LINEARS[lin], {})[kind] = a
         if "qkt_smooth_scale" in lc.smooth:
-            lc.smooth["qkt_smooth_scale"] = _tie_qk(source, i, lc.smooth["qkt_smooth_scale"],
-                                                    config, qkt_tie)
+            (lc.smooth["qkt_smooth_scale"], lc.qkt_tied,
+             lc.qkt_max_ratio) = _tie_qk(source, i, lc.smooth["qkt_smooth_scale"], config,
+                                         qkt_tie)
         for lin, pair in lwc_raw.items():
             N, K = nk[lin]
             off = {v: k for k, v in LWC_LINEARS.items()}[lin]
@@ -485,21 +499,23 @@ def _lwc_shape(source, i, name, a, N, K, group_size) -> np.ndarray:
                      f"channel" + (f", or ({N * ng}, 1) per group of {G}" if ng and ng > 1 else ""))
 
 
-def _tie_qk(source, i, s: np.ndarray, config, mode: str) -> np.ndarray:
+def _tie_qk(source, i, s: np.ndarray, config, mode: str) -> tuple[np.ndarray, int, float]:
+    """(tied vector, pairs changed, largest ratio within a changed pair)."""
     hd = config.head_dim
     pairs = s.reshape(config.n_kv_heads, 2, hd // 2)
     a, b = pairs[:, 0, :], pairs[:, 1, :]
     if np.array_equal(a, b):
-        return s
+        return s, 0, 1.0
     if mode == "geomean":
         g = np.sqrt(a * b)
-        return np.stack([g, g], axis=1).reshape(-1)
+        ratio = float(np.max(np.maximum(a, b) / np.minimum(a, b)))
+        return np.stack([g, g], axis=1).reshape(-1), int(np.count_nonzero(a != b)), ratio
     h, j = (int(v[0]) for v in np.nonzero(a != b))
     raise CalibError(
         f"{source}: layer {i}: 'qkt_smooth_scale' differs between RoPE-paired channels "
         f"{h * hd + j} and {h * hd + j + hd // 2} (kv head {h}: {a[h, j]} vs {b[h, j]}); "
         f"the q/k fold then does not commute with RoPE (docs/SPEC.md section 9.3). Tie the "
-        f"pairs, or convert with qkt_tie='geomean' (--qkt-tie geomean)")
+        f"pairs, or convert with qkt_tie='geomean' (--qkt-tie geomean, the default)")
 
 
 # ====================================================================== applying

@@ -47,6 +47,7 @@ from intsim.options import Spec
 
 from . import calib as fsbr
 from .embedding import quantize_embedding
+from .hfconfig import ConfigError, read_llama_config
 from .rope_tables import rope_tables
 from .weights import quantize_weight
 
@@ -205,79 +206,25 @@ def read_hf_dir(src) -> HFSource:
 
 # ====================================================================== validating
 
-def _cfg_int(cfg: dict, key: str, where: Path, default=None, lo: int = 1) -> int:
-    v = cfg.get(key, default)
-    if v is None:
-        raise ConvertError(f"{where}: required key '{key}' is missing")
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise ConvertError(f"{where}: '{key}' = {v!r} is not an integer >= {lo}")
-    return v
-
-
 def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig, bool, dict]:
-    """Validate config.json against the tensors; return (ModelConfig, tied, float extras)."""
-    cfg, where = src.config, src.path / "config.json"
-    mt, arch = cfg.get("model_type"), cfg.get("architectures")
-    if mt is None and arch is None:
-        raise ConvertError(f"{where}: neither 'model_type' nor 'architectures' is set; cannot "
-                           f"tell that this is a LLaMA checkpoint")
-    if mt is not None and mt != "llama":
-        raise ConvertError(f"{where}: 'model_type' is {mt!r}; only 'llama' is supported")
-    if arch is not None and arch != ["LlamaForCausalLM"]:
-        raise ConvertError(f"{where}: 'architectures' is {arch!r}; only ['LlamaForCausalLM'] "
-                           f"is supported")
-    if cfg.get("rope_scaling") is not None:
-        raise ConvertError(f"{where}: 'rope_scaling' is {cfg['rope_scaling']!r}; RoPE scaling "
-                           f"is not supported (only plain RoPE, rope_scaling null)")
-    for key in ("attention_bias", "mlp_bias"):
-        if cfg.get(key, False) not in (False, None):
-            raise ConvertError(f"{where}: '{key}' is {cfg[key]!r}; linear biases are not "
-                               f"supported")
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise ConvertError(f"{where}: 'hidden_act' is {act!r}; only 'silu' (SwiGLU) is "
-                           f"supported")
-    dim = _cfg_int(cfg, "hidden_size", where)
-    ffn = _cfg_int(cfg, "intermediate_size", where)
-    n_layers = _cfg_int(cfg, "num_hidden_layers", where)
-    n_heads = _cfg_int(cfg, "num_attention_heads", where)
-    n_kv = _cfg_int(cfg, "num_key_value_heads", where, default=n_heads)
-    vocab = _cfg_int(cfg, "vocab_size", where)
-    if n_heads % n_kv:
-        raise ConvertError(f"{where}: 'num_attention_heads' {n_heads} is not a multiple of "
-                           f"'num_key_value_heads' {n_kv}")
-    if cfg.get("head_dim") is not None:
-        head_dim = _cfg_int(cfg, "head_dim", where)
-    else:
-        if dim % n_heads:
-            raise ConvertError(f"{where}: 'hidden_size' {dim} is not divisible by "
-                               f"'num_attention_heads' {n_heads} and 'head_dim' is not given")
-        head_dim = dim // n_heads
-    if head_dim % 2:
-        raise ConvertError(f"{where}: head_dim {head_dim} is odd; RoPE needs channel pairs")
-    theta = cfg.get("rope_theta", 10000.0)
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not (
-            math.isfinite(theta) and theta > 1):
-        raise ConvertError(f"{where}: 'rope_theta' = {theta!r} is not a number > 1")
-    cfg_max = _cfg_int(cfg, "max_position_embeddings", where, default=2048)
+    """Validate config.json against the tensors; return (ModelConfig, tied, float extras).
+
+    The config itself is read by :func:`converters.hfconfig.read_llama_config`, the one
+    reader the float reference, calibration and MixLLM share (both transformers spellings;
+    every math-relevant key honoured or refused by name).
+    """
+    where = src.path / "config.json"
+    try:
+        lc = read_llama_config(src.config, str(where))
+    except ConfigError as e:
+        raise ConvertError(str(e)) from None
+    n_layers, dim, n_heads, n_kv = lc.n_layers, lc.dim, lc.n_heads, lc.n_kv_heads
+    head_dim, ffn, vocab = lc.head_dim, lc.ffn_dim, lc.vocab_size
     if max_pos is None:
-        max_pos = min(cfg_max, DEFAULT_MAX_POS_CAP)
+        max_pos = min(lc.max_pos, DEFAULT_MAX_POS_CAP)
     elif isinstance(max_pos, bool) or not isinstance(max_pos, int) or max_pos < 1:
         raise ConvertError(f"max_pos: {max_pos!r} is not an integer >= 1")
-    tie_cfg = cfg.get("tie_word_embeddings", False)
-    if not isinstance(tie_cfg, bool):
-        raise ConvertError(f"{where}: 'tie_word_embeddings' = {tie_cfg!r} is not a boolean")
-
-    def token_id(key):
-        v = cfg.get(key)
-        if isinstance(v, list):          # e.g. several end-of-sequence ids: the first
-            v = v[0] if v else None
-        if v is None:
-            return -1
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < vocab:
-            raise ConvertError(f"{where}: '{key}' = {cfg.get(key)!r} is not a token id in "
-                               f"[0, {vocab})")
-        return v
+    tie_cfg = bool(lc.tie_embeddings)
 
     # tensors: names, dtypes, shapes
     q_out, kv_out = n_heads * head_dim, n_kv * head_dim
@@ -331,10 +278,11 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
                            f"config.json")
     mc = ModelConfig(n_layers=n_layers, dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
                      head_dim=head_dim, ffn_dim=ffn, vocab_size=vocab, max_pos=max_pos,
-                     rope_theta=repr(float(theta)), bos_id=token_id("bos_token_id"),
-                     eos_id=token_id("eos_token_id"))
-    extras = {"rope_theta": float(theta), "rms_norm_eps": cfg.get("rms_norm_eps"),
-              "tie_word_embeddings": tied}
+                     rope_theta=repr(float(lc.rope.theta)),
+                     bos_id=-1 if lc.bos_id is None else lc.bos_id,
+                     eos_id=-1 if lc.eos_id is None else lc.eos_id)
+    extras = {"rope": lc.rope, "rms_norm_eps": lc.rms_eps, "tie_word_embeddings": tied,
+              "unknown_keys": lc.unknown_keys}
     return mc, tied, extras
 
 
@@ -380,7 +328,7 @@ def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
 
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-                qkt_tie: str = "refuse", norm_gain: str = "channel", row_bits=None,
+                qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
                 _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
@@ -424,8 +372,19 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                                          source=str(cpath))
         with open(cpath, "rb") as f:
             fmt = "pth" if f.read(2) == b"PK" else "safetensors"
+        qk_tied = [(i, lc.qkt_tied, lc.qkt_max_ratio) for i, lc in enumerate(layer_calib)
+                   if lc.qkt_tied]
         calib_info = {"path": str(cpath), "sha256": file_sha256(cpath), "format": fmt,
-                      "qkt_tie": qkt_tie, **fsbr.describe(params)}
+                      "qkt_tie": "strict" if qkt_tie == "refuse" else qkt_tie,
+                      **fsbr.describe(params)}
+        if qk_tied:
+            calib_info["qkt_tied_pairs"] = sum(n for _, n, _ in qk_tied)
+            print(f"intsim convert: note: {cpath}: 'qkt_smooth_scale' differs between "
+                  f"RoPE-paired channels in {len(qk_tied)} of {len(layer_calib)} layers "
+                  f"({calib_info['qkt_tied_pairs']} pairs, factors up to "
+                  f"{max(r for _, _, r in qk_tied):.3g}x apart); each pair was set to its "
+                  f"geometric mean so the q/k fold commutes with RoPE (docs/SPEC.md section "
+                  f"9.3; --qkt-tie strict refuses instead)", file=sys.stderr)
 
     # embedding: per row, 8 bits, dyadic scales of spec.m_bits
     emb = hf.get("model.embed_tokens.weight")
@@ -483,8 +442,10 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     w_head = _quantize("head (lm_head.weight, final norm folded)", head, head_w_bits,
                        config.dim, a_bits)
     try:
-        cos_q, sin_q = rope_tables(config.head_dim, config.max_pos, extras["rope_theta"],
-                                   spec.rope_frac_bits)
+        rope = extras["rope"]
+        cos_q, sin_q = rope_tables(config.head_dim, config.max_pos, rope.theta,
+                                   spec.rope_frac_bits,
+                                   inv_freq=rope.inv_freq(config.head_dim, "float64"))
     except ValueError as e:
         raise ConvertError(f"rope tables: {e}") from e
 
@@ -496,8 +457,10 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         files[fp.name] = file_sha256(fp)
     source = {"kind": "hf", "path": str(hf.path), "sha256": files,
               "config_json": hf.config_text, "tie_word_embeddings": tied,
-              "rms_norm_eps": None if extras["rms_norm_eps"] is None
+              "rms_norm_eps": None if hf.config.get("rms_norm_eps") is None
               else repr(extras["rms_norm_eps"])}
+    if extras["rope"].rope_type != "default":   # plain RoPE: theta alone, in the config
+        source["rope"] = extras["rope"].describe()
     if _source_info:
         source.update(_source_info)
     meta = {"generator": f"converters.convert (intsim {__version__})", "source": source,
@@ -527,7 +490,7 @@ def _is_gguf(path: Path) -> bool:
 
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-            qkt_tie: str = "refuse", norm_gain: str = "channel", row_bits=None) -> Path:
+            qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -538,8 +501,9 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     ``spec``: the integer options stored in the file (``rope_frac_bits`` shapes the RoPE
     tables, ``m_bits``/``k_bits`` the embedding scales); ``max_pos``: RoPE table rows
     (default: ``max_position_embeddings`` capped at 8192); ``head_w_bits``: LM head bits;
-    ``qkt_tie``: ``"refuse"`` or ``"geomean"`` for a q/k smoothing vector whose RoPE pairs
-    differ (``converters.calib.prepare_calib``); ``norm_gain``: ``"fold"`` (γ into the next
+    ``qkt_tie``: ``"geomean"`` (default: tie each pair, with a note on stderr) or
+    ``"strict"`` (refuse) for a q/k smoothing vector whose RoPE pairs differ, as the
+    official I-LLM calibration's do (``converters.calib.prepare_calib``); ``norm_gain``: ``"fold"`` (γ into the next
     linears) or ``"channel"`` (the default: γ, divided by FSBR's qkv/fc1 smoothing, kept per
     channel in DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
     (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``.
@@ -600,9 +564,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--calib", metavar="FILE",
                    help="FSBR calibration: the official fsbr_parameters.pth (read without "
                         "torch, no pickled code run) or the safetensors form")
-    p.add_argument("--qkt-tie", choices=("refuse", "geomean"), default="refuse",
-                   help="a qkt_smooth_scale whose RoPE-paired channels differ: refuse "
-                        "(default) or use each pair's geometric mean")
+    p.add_argument("--qkt-tie", choices=fsbr.QKT_TIES, default="geomean",
+                   help="a qkt_smooth_scale whose RoPE-paired channels differ (the official "
+                        "I-LLM calibration's do): use each pair's geometric mean, with a note "
+                        "(default), or refuse (strict); docs/SPEC.md section 9.3")
     p.add_argument("--norm-gain", choices=NORM_GAINS, default="channel",
                    help="RMSNorm gain: keep per channel in DI-Norm, where FSBR's qkv/fc1 "
                         "smoothing acts (default), or fold into the next linears")

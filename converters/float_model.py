@@ -7,7 +7,8 @@ The math is the Hugging Face ``LlamaForCausalLM`` forward, in float32 throughout
 
 - RMSNorm: ``y = γ * (x * 1/sqrt(mean(x^2) + eps))``, the mean over the hidden axis;
 - rotary embedding in the "rotate half" form: the pair of channel ``i`` is channel
-  ``i + head_dim/2``; ``inv_freq[i] = 1 / theta^(2i/head_dim)``, angle ``pos * inv_freq[i]``
+  ``i + head_dim/2``; ``inv_freq[i] = 1 / theta^(2i/head_dim)`` (then scaled by the rope
+  type, ``converters.hfconfig.RopeConfig.inv_freq``), angle ``pos * inv_freq[i]``
   formed in float32 like Hugging Face does (``rope_angles="float64"`` forms it in float64, as
   ``converters.rope_tables`` does for the integer tables);
 - attention: ``softmax(q k^T / sqrt(head_dim) + causal mask) v`` per head, softmax in float32;
@@ -18,92 +19,25 @@ The math is the Hugging Face ``LlamaForCausalLM`` forward, in float32 throughout
 Shapes below use T = tokens, D = hidden size, H = query heads, KV = key/value heads,
 hd = head dim, F = FFN size, V = vocabulary.
 
-Only plain LLaMA is accepted: a config with ``rope_scaling``, biases, another activation or
-another ``model_type`` is refused with a ValueError that names the key.
+The config is read by :func:`converters.hfconfig.read_llama_config` (both transformers 4
+and 5 spellings; RoPE ``default``, ``linear`` and ``llama3``, whose scaled frequencies
+enter the rotary angles here exactly as they enter the integer tables).  Anything else
+(other rope types, biases, another activation or ``model_type``) is refused with a
+``ConfigError`` (a ValueError) that names the key.
 """
 from __future__ import annotations
 
 import json
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .hfconfig import ConfigError, LlamaConfig
+
 __all__ = ["LlamaConfig", "FloatLlama", "load_hf_weights", "rope_cos_sin", "rms_norm",
            "weight_names"]
-
-
-@dataclass(frozen=True)
-class LlamaConfig:
-    """The fields of a Hugging Face ``config.json`` that the LLaMA forward uses."""
-    n_layers: int
-    dim: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    ffn_dim: int
-    vocab_size: int
-    rms_eps: float
-    rope_theta: float
-    max_pos: int
-    tie_embeddings: bool | None     # None: the config does not say
-    bos_id: int | None = None
-    eos_id: int | None = None
-
-    @property
-    def n_rep(self) -> int:
-        """Query heads per key/value head."""
-        return self.n_heads // self.n_kv_heads
-
-    @classmethod
-    def from_dict(cls, cfg: dict) -> "LlamaConfig":
-        """Validate a ``config.json`` dict; refuse what this forward does not implement."""
-        model_type = cfg.get("model_type")
-        if model_type != "llama":
-            raise ValueError(f"config.json: model_type {model_type!r} is not supported (only 'llama')")
-        archs = cfg.get("architectures")
-        if archs and "LlamaForCausalLM" not in archs:
-            raise ValueError(f"config.json: architectures {archs} does not name LlamaForCausalLM")
-        if cfg.get("rope_scaling") is not None:
-            raise ValueError(f"config.json: rope_scaling {cfg['rope_scaling']!r} is not supported "
-                             "(plain RoPE only)")
-        theta = cfg.get("rope_theta", 10000.0)
-        rope_params = cfg.get("rope_parameters")        # transformers >= 5 spelling
-        if rope_params is not None:
-            if rope_params.get("rope_type", "default") != "default":
-                raise ValueError(f"config.json: rope_parameters.rope_type "
-                                 f"{rope_params.get('rope_type')!r} is not supported (only 'default')")
-            theta = rope_params.get("rope_theta", theta)
-        for key in ("attention_bias", "mlp_bias"):
-            if cfg.get(key, False):
-                raise ValueError(f"config.json: {key} = true is not supported (bias-free LLaMA only)")
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise ValueError(f"config.json: hidden_act {act!r} is not supported (only 'silu')")
-        for key in ("hidden_size", "intermediate_size", "num_hidden_layers",
-                    "num_attention_heads", "vocab_size"):
-            if not isinstance(cfg.get(key), int) or cfg[key] < 1:
-                raise ValueError(f"config.json: {key} must be a positive integer, got {cfg.get(key)!r}")
-        dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        n_kv = cfg.get("num_key_value_heads") or n_heads
-        if not isinstance(n_kv, int) or n_kv < 1 or n_heads % n_kv:
-            raise ValueError(f"config.json: num_key_value_heads {n_kv!r} must divide "
-                             f"num_attention_heads {n_heads}")
-        head_dim = cfg.get("head_dim") or dim // n_heads
-        if not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
-            raise ValueError(f"config.json: head_dim {head_dim!r} must be an even integer >= 2")
-        if cfg.get("head_dim") is None and dim % n_heads:
-            raise ValueError(f"config.json: hidden_size {dim} is not a multiple of "
-                             f"num_attention_heads {n_heads} and head_dim is not given")
-        tie = cfg.get("tie_word_embeddings")
-        return cls(n_layers=cfg["num_hidden_layers"], dim=dim, n_heads=n_heads, n_kv_heads=n_kv,
-                   head_dim=head_dim, ffn_dim=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
-                   rms_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=float(theta),
-                   max_pos=int(cfg.get("max_position_embeddings", 2048)),
-                   tie_embeddings=None if tie is None else bool(tie),
-                   bos_id=cfg.get("bos_token_id"), eos_id=cfg.get("eos_token_id"))
 
 
 def weight_names(cfg: LlamaConfig) -> dict[str, tuple[int, ...]]:
@@ -165,7 +99,7 @@ def load_hf_weights(model_dir: os.PathLike[str] | str) -> tuple[LlamaConfig, dic
     cfg_path = d / "config.json"
     if not cfg_path.is_file():
         raise ValueError(f"model_dir: {d} has no config.json")
-    cfg = LlamaConfig.from_dict(json.loads(cfg_path.read_text()))
+    cfg = LlamaConfig.from_dict(json.loads(cfg_path.read_text()), str(cfg_path))
     single, index = d / "model.safetensors", d / "model.safetensors.index.json"
     if single.is_file():
         files = [single]
@@ -211,18 +145,19 @@ def rope_cos_sin(cfg: LlamaConfig, n_pos: int,
                  angles: str = "hf_float32") -> tuple[np.ndarray, np.ndarray]:
     """cos and sin of the rotary angles at positions 0..n_pos-1, float32 [n_pos, hd/2].
 
-    ``inv_freq[i] = 1 / theta^(2i/hd)``.  ``angles="hf_float32"`` rounds ``inv_freq`` and each
-    angle ``pos * inv_freq`` to float32 like Hugging Face (then cos/sin of that float32 angle,
-    rounded to float32); ``"float64"`` keeps inv_freq and the angle in float64 (the integer RoPE
-    tables' choice).  They differ by < 3e-5 rad at position 512 (float32 spacing near 511).
+    ``inv_freq`` is :meth:`converters.hfconfig.RopeConfig.inv_freq` (``1 / theta^(2i/hd)``,
+    scaled by a ``linear`` or ``llama3`` rope type).  ``angles="hf_float32"`` forms
+    ``inv_freq`` and each angle ``pos * inv_freq`` in float32 like Hugging Face (then cos/sin
+    of that float32 angle, rounded to float32); ``"float64"`` keeps inv_freq and the angle in
+    float64 (the integer RoPE tables' choice).  They differ by < 3e-5 rad at position 512
+    (float32 spacing near 511).
     """
     hd = cfg.head_dim
     if angles == "hf_float32":
-        expo = np.arange(0, hd, 2).astype(np.float32) / np.float32(hd)
-        inv = (np.float32(1.0) / (np.float32(cfg.rope_theta) ** expo)).astype(np.float32)
+        inv = cfg.rope.inv_freq(hd, "float32")
         ang = (np.arange(n_pos, dtype=np.float32)[:, None] * inv[None, :]).astype(np.float64)
     elif angles == "float64":
-        inv = 1.0 / (cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
+        inv = cfg.rope.inv_freq(hd, "float64")
         ang = np.arange(n_pos, dtype=np.float64)[:, None] * inv[None, :]
     else:
         raise ValueError(f"angles: {angles!r} is not 'hf_float32' or 'float64'")

@@ -17,7 +17,7 @@ What is learned, per decoder layer (names as the official file):
 ``fc2_smooth_scale``  [ffn]         up -> down
 ``qkt_smooth_scale``  [kv]          q || k    (W_k[c, :] *= s, W_q[c', :] /= s); RoPE
                                     pairs c, c + head_dim/2 share ONE learned factor,
-                                    so the file is tied exactly (``--qkt-tie refuse``
+                                    so the file is tied exactly (``--qkt-tie strict``
                                     accepts it)
 ``x1x2_smooth_scale`` [ffn]         gate || up, SwiGLU computes x1 sigmoid(x1/s) x2
 ``<linear>.weight_quantizer.``      LWC per output channel (or per group, official
@@ -583,7 +583,8 @@ class _Rope:
             c, s = rope_cos_sin(cfg, T, "hf_float32")
         else:                        # the integer tables (converters.rope_tables)
             from .rope_tables import rope_tables
-            cq, sq = rope_tables(cfg.head_dim, T, cfg.rope_theta, frac_bits)
+            cq, sq = rope_tables(cfg.head_dim, T, cfg.rope_theta, frac_bits,
+                                 inv_freq=cfg.rope.inv_freq(cfg.head_dim, "float64"))
             c, s = cq / 2.0 ** frac_bits, sq / 2.0 ** frac_bits
         self.cos = torch.as_tensor(c, dtype=dtype, device=device)
         self.sin = torch.as_tensor(s, dtype=dtype, device=device)
@@ -964,10 +965,12 @@ class _Cfg:
 
 
 def _read_config(model_dir):
-    from .float_model import LlamaConfig
+    from .hfconfig import ConfigError, read_llama_config
     path = Path(model_dir) / "config.json"
     try:
-        return LlamaConfig.from_dict(json.loads(path.read_text()))
+        return read_llama_config(json.loads(path.read_text()), str(path))
+    except ConfigError as e:
+        raise FSBRError(str(e)) from e
     except (OSError, ValueError) as e:
         raise FSBRError(f"{path}: {e}") from e
 

@@ -415,8 +415,11 @@ def test_prepare_qkt_rope_pairs():
     s = p[1]["qkt_smooth_scale"]
     s[8 + 2] *= 1.5            # kv head 1, channel 2; its RoPE partner is channel 2 + 4
     _refusal(p, r"cal.pth: layer 1: 'qkt_smooth_scale' differs between RoPE-paired channels "
-                r"10 and 14")
-    lcs = C.prepare_calib(p, CFG, qkt_tie="geomean")
+                r"10 and 14", qkt_tie="strict")
+    for kw in ({}, {"qkt_tie": "geomean"}):          # the default ties
+        lcs = C.prepare_calib(p, CFG, **kw)
+        assert [lc.qkt_tied for lc in lcs] == [0, 1]
+        assert lcs[1].qkt_max_ratio == pytest.approx(1.5)
     t = lcs[1].smooth["qkt_smooth_scale"]
     assert t[10] == t[14] == pytest.approx(np.sqrt(np.float64(s[10]) * np.float64(s[14])))
     np.testing.assert_array_equal(np.delete(t, [10, 14]), np.delete(s, [10, 14]))

@@ -310,7 +310,22 @@ CONFIG_REFUSALS = [
     (dict(model_type="mistral"), r"'model_type' is 'mistral'"),
     (dict(architectures=["MistralForCausalLM"]), r"'architectures' is \['MistralForCausalLM'\]"),
     (dict(model_type=None, architectures=None), r"neither 'model_type' nor 'architectures'"),
-    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), r"'rope_scaling' is"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}),
+     r"'rope_scaling.rope_type' is 'yarn': not supported"),
+    (dict(rope_scaling={"type": "dynamic", "factor": 2.0}),
+     r"'rope_scaling.type' is 'dynamic': not supported"),
+    (dict(rope_theta=None, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4}),
+     r"'rope_parameters.rope_type' is 'longrope': not supported"),
+    (dict(rope_theta=None, rope_parameters={"rope_type": "llama3", "rope_theta": 1e4,
+                                             "factor": 8.0}),
+     r"'rope_parameters.low_freq_factor' is missing"),
+    (dict(rope_theta=None, rope_parameters={"rope_type": "linear", "rope_theta": 1e4,
+                                             "factor": 2.0, "beta_fast": 32}),
+     r"'rope_parameters.beta_fast' = 32: a field rope type 'linear' does not take"),
+    (dict(rope_theta=5e5, rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+     r"'rope_theta' 500000.0 and 'rope_parameters.rope_theta' 10000.0 disagree"),
+    (dict(sliding_window=4096), r"'sliding_window' = 4096: not part of the LLaMA graph"),
+    (dict(partial_rotary_factor=0.5), r"'partial_rotary_factor' = 0.5"),
     (dict(attention_bias=True), r"'attention_bias' is True"),
     (dict(mlp_bias=True), r"'mlp_bias' is True"),
     (dict(hidden_act="gelu"), r"'hidden_act' is 'gelu'"),
@@ -605,18 +620,33 @@ def test_calibrated_conversion(tmp_path, tiny, fmt):
             assert np.all(err[inside] <= np.broadcast_to(tol, wf.shape)[inside]), (i, k)
 
 
-def test_calibration_refusal_before_writing(tmp_path, tiny):
+def test_calibration_refusal_before_writing(tmp_path, tiny, capsys):
     src, _, m0 = tiny
     params = _official_params(m0.config)
     params[1]["qkt_smooth_scale"][3] *= 2.0          # breaks the RoPE pair (3, 11)
     cpath = save_calib_safetensors(params, tmp_path / "c.safetensors")
     out = tmp_path / "m.intsim"
-    with pytest.raises(CalibError, match=r"c.safetensors: layer 1: 'qkt_smooth_scale' differs "
-                                         r"between RoPE-paired channels 3 and 11"):
-        convert(src, out, calib=cpath, norm_gain="fold")
-    assert not out.exists()
-    m = load_model(convert(src, out, calib=cpath, qkt_tie="geomean", norm_gain="fold"))
+    for strict in ("strict", "refuse"):              # "refuse": the option's old name
+        with pytest.raises(CalibError, match=r"c.safetensors: layer 1: 'qkt_smooth_scale' "
+                                             r"differs between RoPE-paired channels 3 and 11"):
+            convert(src, out, calib=cpath, norm_gain="fold", qkt_tie=strict)
+        assert not out.exists()
+    capsys.readouterr()
+    # the default ties the pair, says so in one line, and records it in the header
+    m = load_model(convert(src, out, calib=cpath, norm_gain="fold"))
+    err = capsys.readouterr().err.splitlines()
+    note = [ln for ln in err if "note:" in ln]
+    assert len(note) == 1
+    assert ("c.safetensors: 'qkt_smooth_scale' differs between RoPE-paired channels in 1 of 2 "
+            "layers (1 pairs, factors up to 2x apart)") in note[0]
+    assert "docs/SPEC.md section 9.3" in note[0] and "--qkt-tie strict" in note[0]
     assert m.meta["calib"]["qkt_tie"] == "geomean"
+    assert m.meta["calib"]["qkt_tied_pairs"] == 1
+    # a tied file converts without a note
+    params[1]["qkt_smooth_scale"][3] /= 2.0
+    convert(src, out, calib=save_calib_safetensors(params, tmp_path / "t.safetensors"),
+            norm_gain="fold")
+    assert "note:" not in capsys.readouterr().err
     del params[1]
     with pytest.raises(CalibError, match=r"layer count: the file has 1 layers"):
         convert(src, out, calib=save_calib_safetensors(params, tmp_path / "one.safetensors"), norm_gain="fold")

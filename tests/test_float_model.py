@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from converters.float_model import FloatLlama, LlamaConfig, load_hf_weights, rms_norm, rope_cos_sin
+from converters.hfconfig import RopeConfig
 from tiny_llama import make_tiny_hf
 
 #: float32 forward vs a float64 forward, or vs PyTorch's float32 forward: max |Δlogit| relative
@@ -216,7 +217,8 @@ def test_rms_norm_close_to_float64():
 
 def test_rope_tables_pair_i_with_i_plus_half():
     cfg = LlamaConfig(n_layers=1, dim=16, n_heads=2, n_kv_heads=2, head_dim=8, ffn_dim=8,
-                      vocab_size=4, rms_eps=1e-5, rope_theta=10000.0, max_pos=600, tie_embeddings=True)
+                      vocab_size=4, rms_eps=1e-5, rope=RopeConfig(10000.0), max_pos=600,
+                      tie_embeddings=True)
     cos32, sin32 = rope_cos_sin(cfg, 600)
     cos64, sin64 = rope_cos_sin(cfg, 600, angles="float64")
     p, i = 7, 1
@@ -257,7 +259,7 @@ def test_bf16_checkpoint_widens_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
+    (dict(rope_scaling={"rope_type": "dynamic", "factor": 2.0}), "rope_scaling.rope_type"),
     (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 1e4}), "rope_type"),
     (dict(attention_bias=True), "attention_bias"),
     (dict(mlp_bias=True), "mlp_bias"),
