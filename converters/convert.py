@@ -226,22 +226,25 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
         raise ConvertError(f"max_pos: {max_pos!r} is not an integer >= 1")
     tie_cfg = bool(lc.tie_embeddings)
 
-    # tensors: names, dtypes, shapes
+    # tensors: names, dtypes, shapes; a shape error names the config keys behind each axis
     q_out, kv_out = n_heads * head_dim, n_kv * head_dim
-    want = {"model.embed_tokens.weight": (vocab, dim), "model.norm.weight": (dim,)}
-    hf_shapes = {"wq": (q_out, dim), "wk": (kv_out, dim), "wv": (kv_out, dim),
-                 "wo": (dim, q_out), "w_gate": (ffn, dim), "w_up": (ffn, dim),
-                 "w_down": (dim, ffn)}
+    hd = "'head_dim'" if src.config.get("head_dim") is not None else \
+        "'hidden_size' / 'num_attention_heads'"
+    V, D, F = ("'vocab_size'", vocab), ("'hidden_size'", dim), ("'intermediate_size'", ffn)
+    Q, KV = (f"'num_attention_heads' x {hd}", q_out), (f"'num_key_value_heads' x {hd}", kv_out)
+    want = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
+    hf_shapes = {"wq": (Q, D), "wk": (KV, D), "wv": (KV, D), "wo": (D, Q), "w_gate": (F, D),
+                 "w_up": (F, D), "w_down": (D, F)}
     for i in range(n_layers):
         p = f"model.layers.{i}."
-        want[p + "input_layernorm.weight"] = (dim,)
-        want[p + "post_attention_layernorm.weight"] = (dim,)
+        want[p + "input_layernorm.weight"] = (D,)
+        want[p + "post_attention_layernorm.weight"] = (D,)
         for k, name in _HF_LINEARS.items():
             want[p + name] = hf_shapes[k]
     have = src.tensors
     tied = tie_cfg or "lm_head.weight" not in have
     if "lm_head.weight" in have:
-        want["lm_head.weight"] = (vocab, dim)
+        want["lm_head.weight"] = (V, D)
     elif not tie_cfg:
         raise ConvertError(f"{src.path}: tensor 'lm_head.weight' is missing and "
                            f"'tie_word_embeddings' is false in config.json")
@@ -254,17 +257,21 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
             continue                     # a buffer some old checkpoints carry: recomputed
         if name not in want:
             raise ConvertError(f"{ref.file}: unexpected tensor '{name}' (not part of a "
-                               f"{n_layers}-layer LLaMA with this config)")
-    for name, shape in want.items():
+                               f"{n_layers}-layer LLaMA: 'num_hidden_layers' = {n_layers})")
+    for name, axes in want.items():
         ref = have.get(name)
+        shape = tuple(n for _, n in axes)
         if ref is None:
-            raise ConvertError(f"{src.path}: tensor '{name}' is missing")
+            layers = (f" ('num_hidden_layers' = {n_layers})"
+                      if name.startswith("model.layers.") else "")
+            raise ConvertError(f"{src.path}: tensor '{name}' is missing{layers}")
         if ref.dtype not in _FLOAT_DTYPES:
             raise ConvertError(f"{ref.file}: tensor '{name}': dtype {ref.dtype}, expected one "
                                f"of {', '.join(_FLOAT_DTYPES)}")
         if ref.shape != shape:
+            keys = ", ".join(k for k, _ in axes)
             raise ConvertError(f"{ref.file}: tensor '{name}': shape {ref.shape}, expected "
-                               f"{shape} from config.json")
+                               f"{shape} from config.json ({keys})")
     # tokenizer
     from tokenizers import Tokenizer
     tpath = src.path / "tokenizer.json"
@@ -345,6 +352,10 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         raise ConvertError(f"norm_gain: {norm_gain!r} is not one of {', '.join(NORM_GAINS)}")
     hf = src if isinstance(src, HFSource) else read_hf_dir(src)
     config, tied, extras = check_config(hf, max_pos)
+    if extras["unknown_keys"]:
+        print(f"intsim convert: note: {hf.path / 'config.json'}: keys intsim does not know, "
+              f"read as not changing the math: {', '.join(extras['unknown_keys'])}",
+              file=sys.stderr)
     shapes = linear_shapes(config)
     for name, (N, K) in shapes.items():
         if group_size and K % group_size:
