@@ -814,3 +814,28 @@ def test_norm_gain_refusals(tmp_path):
     save_file(tensors, str(tmp_path / "bad.intsim"), metadata={"intsim": json.dumps(h)})
     with pytest.raises(IntsimError, match="norm_k"):
         load_model(tmp_path / "bad.intsim", verify=False)
+
+
+def test_untied_official_pth_converts_by_default(tmp_path, tiny, capsys):
+    """The official I-LLM fsbr_parameters.pth learns q/k factors untied per RoPE pair: the
+    command line converts it with no extra flag and one note; --qkt-tie strict refuses."""
+    import test_calib
+    from intsim_app.cli import main
+    src, _, m0 = tiny
+    params = _official_params(m0.config, seed=3)
+    rng = np.random.default_rng(1)
+    for i in params:                               # untie every pair, as the official file is
+        params[i]["qkt_smooth_scale"] *= rng.uniform(0.5, 2.0, params[i]["qkt_smooth_scale"].shape)
+    cpath = test_calib.params_to_pth(tmp_path / "fsbr_parameters.pth", params)
+    out = tmp_path / "m.intsim"
+    assert main(["convert", str(src), "--out", str(out), "--calib", str(cpath)]) == 0
+    err = capsys.readouterr().err
+    notes = [ln for ln in err.splitlines() if "note:" in ln]
+    assert len(notes) == 1 and "in 2 of 2 layers" in notes[0] and "geometric mean" in notes[0]
+    assert load_model(out).meta["calib"]["qkt_tied_pairs"] == 2 * m0.config.n_kv_heads * 8
+    out.unlink()
+    assert main(["convert", str(src), "--out", str(out), "--calib", str(cpath),
+                 "--qkt-tie", "strict"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "differs between RoPE-paired channels" in err
+    assert not out.exists()
