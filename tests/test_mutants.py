@@ -1,4 +1,5 @@
-"""The mutant registry (intsim.mutants).
+"""The mutant registry (intsim.mutants) and its score on golden suites (``intsim mutants``,
+intsim.golden.mutating).
 
 * the registry: at least 30 mutants, unique names, each naming a SPEC step that exists;
 * every mutant is real: its witness, an op call on a small input, gives another output
@@ -6,9 +7,15 @@
 * every variant in intsim.mutant_variants with its knobs at their defaults IS its
   reference (on random inputs and on every record of the committed suites), so a
   mutant deviates in its one step only;
-* the reference is unchanged after all mutants ran (every swapped name restored).
+* the reference is unchanged after all mutants ran (every swapped name restored);
+* the command on the committed golden/ suites: its kills are real (the named record
+  mismatches when ``intsim replay`` replays it under the mutant, and only then).
 """
+import contextlib
+import io
+import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,14 +27,19 @@ from intsim import mutants as mu
 from intsim.attention import _fold_ref
 from intsim.exp import _exp_apply_ref, _exp_unit_ref
 from intsim.fixedpoint import ROUND_CODE, _fit_ref
+from intsim.golden import replay
+from intsim.golden.mutating import Suite
 from intsim.matmul import QWeight, _di_acc_ref
+from intsim.modelfile import load_model, model_hash
 from intsim.norm import _di_norm_ref, fixed_preshift, sqrt_c_const
 from intsim.requant import _requant_ref
 from intsim.residual import _align_ref
 from intsim.rope import _rope_ref
 from intsim.softmax import _center_clip_ref, _exp_norm_ref
+from intsim_app.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
+SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the"]
 CODES = sorted(ROUND_CODE.values())
 NAMES = [m.name for m in mu.REGISTRY]
 
@@ -181,3 +193,96 @@ def test_norm_rope_residual_fold_and_acc_variants_are_their_references():
     xq, zx = RNG.integers(0, 256, size=(3, 12)).astype(np.uint8), RNG.integers(0, 256, size=3)
     want, got = _di_acc_ref(xq, zx, w), mv.acc_variant(xq, zx, w)
     assert np.array_equal(want[0], got[0]) and want[1] == got[1]
+
+
+# ------------------------------------------------------------------ the committed suites
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The committed small model converted by the current converter, as `make golden` does."""
+    out = tmp_path_factory.mktemp("small") / "small-w8a8.intsim"
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(small_model):
+    """``intsim mutants golden/darcy golden/the --model ... --json`` on the committed suites."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli_main(["mutants", *map(str, SUITES), "--model", str(small_model), "--json"])
+    r = json.loads(out.getvalue())
+    assert rc == (0 if r["killed"] == r["total"] else 1)
+    return r
+
+
+def test_variants_at_their_defaults_replay_the_committed_suites(small_model):
+    model, sha = load_model(small_model), model_hash(small_model)
+    suites = [Suite(d, model, sha) for d in SUITES]
+    nulls = [("intsim.fixedpoint", "_fit_ref", mv.fit_variant, True), ("intsim.requant", "_requant_ref", mv.requant_variant, False),
+             ("intsim.exp", "_exp_unit_ref", mv.exp_unit_variant, True), ("intsim.exp", "_exp_apply_ref", mv.exp_apply_variant, True),
+             ("intsim.softmax", "_center_clip_ref", mv.center_clip_variant, False),
+             ("intsim.softmax", "_exp_norm_ref", mv.exp_norm_variant, False), ("intsim.norm", "_di_norm_ref", mv.norm_variant, False),
+             ("intsim.rope", "_rope_ref", mv.rope_variant, False), ("intsim.residual", "_align_ref", mv.align_variant, False),
+             ("intsim.attention", "_fold_ref", mv.fold_variant, False), ("intsim.matmul", "_di_acc_ref", mv.acc_variant, False)]
+    for module, attr, fn, everywhere in nulls:
+        null = mu.Mutant("null", "§1", "no change", mu._variant(module, attr, fn, everywhere), None)
+        with null.apply():
+            assert [s.first_kill() for s in suites] == [None, None], f"{fn.__name__} at its defaults"
+
+
+def test_the_command_reports_every_mutant_with_real_kills(report, small_model):
+    assert [r["name"] for r in report["mutants"]] == NAMES
+    assert report["killed"] == sum(r["killed"] for r in report["mutants"]) and report["total"] == len(NAMES)
+    model, sha = load_model(small_model), model_hash(small_model)
+    for row in report["mutants"]:
+        k = row["kill"]
+        assert row["killed"] == (k is not None)
+        if k is None:
+            assert set(row["kills"].values()) == {None}
+            continue
+        assert k == next(v for v in row["kills"].values() if v is not None)
+        m = next(x for x in mu.REGISTRY if x.name == row["name"])
+        gdir = Path(k["suite"])
+        op = [o for o in json.loads((gdir / "manifest.json").read_text())["ops"] if o["index"] == k["op_index"]]
+        assert replay(gdir, model, model_sha256=sha, ops=op, backend="reference")["identical"]
+        with m.apply():
+            r = replay(gdir, model, model_sha256=sha, ops=op, backend="reference")
+        assert not r["identical"], f"{row['name']}: {k['op']} does not mismatch under the mutant"
+        if "tensor" in k and "error" not in k:
+            t = next(t for t in r["ops"][0]["tensors"] if t["name"] == k["tensor"])
+            assert not t["identical"] and t["first"]["index"] == k["index"]
+
+
+def test_a_killed_mutant_is_killed_by_the_record_named(report, small_model):
+    """One kill checked by hand: the codes flooring instead of rounding half up change the
+    very first requantization, q_proj's input codes (op 3 of golden/darcy)."""
+    row = next(r for r in report["mutants"] if r["name"] == "requant.codes_floor")
+    k = row["kill"]
+    assert (Path(k["suite"]).name, k["op_index"], k["op"]) == ("darcy", 3, "layers.0.attn.q_proj.x_q")
+    assert k["golden"] - k["got"] == 1               # floor is one below half_up, never above
+
+
+# ------------------------------------------------------------------ the command line
+
+def test_list_only_and_errors(capsys, small_model):
+    assert cli_main(["mutants", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(NAMES)} mutant(s)" in out and all(n in out for n in NAMES)
+    assert cli_main(["mutants", str(SUITES[1])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("intsim: error:") and "--model" in err
+    assert cli_main(["mutants"]) == 2
+    assert "SUITE_DIR" in capsys.readouterr().err
+    assert cli_main(["mutants", str(SUITES[1]), "--model", str(small_model), "--only", "nope"]) == 2
+    assert "no mutant matches" in capsys.readouterr().err
+    assert cli_main(["mutants", str(SUITES[0]), "--model", str(small_model), "--only", "rope.inter*",
+                     "rope.reversed"]) == 0                 # every selected mutant killed: exit 0
+    out = capsys.readouterr().out
+    assert [ln.split()[:3] for ln in out.splitlines()[1:3]] == [["rope.interleaved", "§9.1", "layout"],
+                                                                 ["rope.reversed", "§9.2", "killed"]]
+    assert out.rstrip().splitlines()[-1].startswith("killed 2 of 2 (100 %) with ")
+    assert cli_main(["mutants", str(SUITES[0]), "--model", str(small_model), "--only", "rope.*"]) == 1
+    assert "killed 2 of 3 (66 %)" in capsys.readouterr().out   # a survivor: exit 1
