@@ -2,7 +2,8 @@
 means to run the NumPy reference under one of them (issue 12, "a mutant score").
 
 ``intsim mutants SUITE_DIR...`` (:mod:`intsim.golden.mutating`) replays golden suites under
-every mutant and reports which ones the suites kill.
+every mutant and reports which ones the suites kill; docs/MUTANTS.md has the registry and
+today's score.
 
 A :class:`Mutant` names the SPEC step it deviates from and, inside ``with m.apply():``,
 swaps ONE thing in the reference path (``backend="reference"``; the Numba kernels are never

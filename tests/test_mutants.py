@@ -1,5 +1,5 @@
 """The mutant registry (intsim.mutants) and its score on golden suites (``intsim mutants``,
-intsim.golden.mutating).
+intsim.golden.mutating; docs/MUTANTS.md).
 
 * the registry: at least 30 mutants, unique names, each naming a SPEC step that exists;
 * every mutant is real: its witness, an op call on a small input, gives another output
@@ -9,7 +9,8 @@ intsim.golden.mutating).
   mutant deviates in its one step only;
 * the reference is unchanged after all mutants ran (every swapped name restored);
 * the command on the committed golden/ suites: its kills are real (the named record
-  mismatches when ``intsim replay`` replays it under the mutant, and only then).
+  mismatches when ``intsim replay`` replays it under the mutant, and only then), and the
+  score written in docs/MUTANTS.md is the score it reports.
 """
 import contextlib
 import io
@@ -263,6 +264,15 @@ def test_a_killed_mutant_is_killed_by_the_record_named(report, small_model):
     k = row["kill"]
     assert (Path(k["suite"]).name, k["op_index"], k["op"]) == ("darcy", 3, "layers.0.attn.q_proj.x_q")
     assert k["golden"] - k["got"] == 1               # floor is one below half_up, never above
+
+
+def test_the_documented_score_is_todays(report):
+    doc = (ROOT / "docs" / "MUTANTS.md").read_text()
+    assert f"killed {report['killed']} of {report['total']}" in doc
+    for row in report["mutants"]:
+        line = next((ln for ln in doc.splitlines() if ln.startswith(f"| `{row['name']}` ")), None)
+        assert line is not None, f"docs/MUTANTS.md does not list {row['name']}"
+        assert ("| killed |" in line) == row["killed"], f"docs/MUTANTS.md: {row['name']}"
 
 
 # ------------------------------------------------------------------ the command line

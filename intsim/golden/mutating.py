@@ -2,7 +2,7 @@
 replayed from its dumped inputs on the reference backend under each mutant of
 :mod:`intsim.mutants`; a mutant is **killed** by a suite when some record's output differs
 from the dump (or the op refuses its dumped inputs under the mutant), and the first such
-record is reported.
+record is reported.  docs/MUTANTS.md: the registry and today's score.
 
 Records are replayed each from its own dumped inputs, not chained: before the first
 differing record every output equals the dump, so the first kill is the one a chained
@@ -214,7 +214,7 @@ def add_mutants_parser(sub) -> None:
                                    "rule replaced by floor) and reports, per mutant, killed (some "
                                    "record's output differs from the dump) or survived, and the "
                                    "first killing record.  Exit 0 when every selected mutant is "
-                                   "killed, 1 when one survives, 2 on bad input.")
+                                   "killed, 1 when one survives, 2 on bad input.  docs/MUTANTS.md.")
     p.add_argument("suites", nargs="*", metavar="SUITE_DIR", help="golden dumps (intsim golden)")
     p.add_argument("--model", metavar="MODEL", help="the model file the suites were made from "
                    "(needed when their ops read model parameters; its sha256 must match)")
