@@ -198,8 +198,8 @@ def _w_norm(q, spec=Spec()):
     return lambda: di_norm(_qt(q, 0, 1, 0, 16, True), spec, REF)
 
 
-def _w_swiglu(gate, up, m=150, k=12, spec=Spec()):
-    return lambda: di_swiglu(_qt(gate, 100, m, k, 8, False), _qt(up, 120, 140, 11, 8, False),
+def _w_swiglu(gate, up, m=150, k=12, spec=Spec(), up_m=140):
+    return lambda: di_swiglu(_qt(gate, 100, m, k, 8, False), _qt(up, 120, up_m, 11, 8, False),
                              spec=spec, backend=REF)
 
 
@@ -209,10 +209,10 @@ def _rope_tables():
     return cos_q, sin_q
 
 
-def _w_rope(q, zp=0, pos=(1,)):
+def _w_rope(q, zp=0, pos=(1,), drop_bits=None):
     cos_q, sin_q = _rope_tables()
     return lambda: rope(_qt(q, zp, 181, 9, 16 if max(map(abs, np.ravel(q))) > 127 else 8, True),
-                        _a(pos), cos_q, sin_q, 1, 4, Spec(), REF)
+                        _a(pos), cos_q, sin_q, 1, 4, Spec(), REF, drop_bits)
 
 
 def _w_residual(qa, ka, qb, kb):
@@ -436,6 +436,9 @@ def _registry() -> tuple:
               [[212, 252, 194]], [[35, 93, 191]], 195, 13, Spec(sigmoid_bits=4, sigmoid_guard_bits=0))),
         M("swiglu.frame_swapped", "§7.2 step 3", "the sigmoid frame the spec did not choose "
           "(rowmax for stable, stable for rowmax)", _replace(sw, "_sigmoid_ref", _other_frame), sg_w),
+        M("swiglu.scale_fit_floor", "§7.2 step 5", "the output mantissa's refit to 28 bits (when "
+          "m1 * m2 > 2^28) floors instead of the run's rule", _wrap(sw, "_fit_ref", floor_rule),
+          _w_swiglu([[0, 37, 100]], [[3, 80, 120]], 40001, 30, up_m=40005)),   # m1 m2 = 8 (200 030 000) + 5
         M("norm.isqrt_ceil", "§8.2 step 3", "the integer square roots round up (r and n_C)",
           _replace(no, "_isqrt_ref", _isqrt_up), _w_norm([[-19, 158]], nm16)),
         M("norm.preshift_minus1", "§8.2 step 2", "the per-row pre-shift P one less (29 or 30 "
@@ -461,6 +464,9 @@ def _registry() -> tuple:
           "than the int32 its Cauchy-Schwarz bound allows at f = 14", _variant(
               rp, "_rope_ref", mv.rope_variant, wrap_bits=31),
           _w_rope([[31255, 30387, 25880, -22903]], -30001)),
+        M("rope.drop_floor", "§9.2", "the optional rounding of the rotation (rope_drop_bits > 0) "
+          "floors instead of the run's rule", _wrap(rp, "_rshift_round_ref", floor_rule),
+          _w_rope([[5, -9, 30, 7]], drop_bits=3)),
         M("residual.align_to_coarse", "§10 step 3", "the fine term is always rounded to the "
           "coarse exponent instead of the coarse term shifted to the fine one", _variant(
               rs, "_align_ref", mv.align_variant, to_coarse=True), _w_residual([[-3048]], 2, [[31254]], 24)),
