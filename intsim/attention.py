@@ -163,6 +163,13 @@ def score_scales(qm, qk, inv_m, inv_k, code, sm, sk):
 
 # ------------------------------------------------------------ attention matmuls
 
+def _kv_per_query_head_ref(x: np.ndarray, rep: int) -> np.ndarray:
+    """Keys or values [S, Hkv, hd] as the H = Hkv * rep query heads read them, int64
+    [S, H, hd]: query head h reads kv head h // rep (grouped-query attention; one named
+    site, so that intsim.mutants can swap the head mapping of the reference)."""
+    return np.repeat(x.astype(np.int64), rep, axis=1)
+
+
 def _groups(H: int, Hkv: int) -> int:
     if Hkv < 1 or H % Hkv:
         raise IntsimError(f"heads: {H} query heads are not a multiple of {Hkv} kv heads")
@@ -256,7 +263,7 @@ def qk_scores(qc: np.ndarray, kc: np.ndarray, backend: str = "numba") -> np.ndar
     rep = _groups(H, Hkv)
     _bound("q @ k", hd, qc, kc)
     if backend == "reference":
-        kx = np.repeat(kc.astype(np.int64), rep, axis=1)          # [S, H, hd]
+        kx = _kv_per_query_head_ref(kc, rep)                          # [S, H, hd]
         return np.einsum("ihd,jhd->hij", qc.astype(np.int64), kx)
     out = np.empty((H, T, S), dtype=np.int64)
     kernel(backend, _qk_nb, "qk")(np.ascontiguousarray(qc, dtype=np.int16), np.ascontiguousarray(kc, dtype=np.int16), rep,
@@ -323,7 +330,7 @@ def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
     rep = _groups(H, Hkv)
     _bound("p @ v", S, pc, vc)
     if backend == "reference":
-        vx = np.repeat(vc.astype(np.int64), rep, axis=1)          # [S, H, hd]
+        vx = _kv_per_query_head_ref(vc, rep)                          # [S, H, hd]
         return np.einsum("hij,jhd->ihd", pc.astype(np.int64), vx)
     out = np.empty((T, H, hd), dtype=np.int64)
     VT = np.zeros((Hkv, hd, S + VT_PAD), dtype=np.int16)

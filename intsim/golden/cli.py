@@ -1,5 +1,6 @@
 """The command line of the golden vectors: ``intsim golden``, ``intsim replay``,
-``intsim compare`` (argument parsing, printing and exit codes)."""
+``intsim compare`` (argument parsing, printing and exit codes), and the parser of
+``intsim mutants`` (intsim.golden.mutating) beside them."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from ..modelfile import check_prompt_ids, load_model, load_tokenizer, model_hash
 from .comparing import compare
 from .dump import load_manifest
 from .formats import MANIFEST
+from .mutating import add_mutants_parser
 from .record import export_golden, parse_layers
 from .replaying import replay, select_ops
 
@@ -151,3 +153,4 @@ def add_golden_parsers(sub) -> None:
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--max-report", type=int, default=20, metavar="N", help="differing ops listed (default 20)")
     c.set_defaults(func=cmd_compare)
+    add_mutants_parser(sub)

@@ -1,0 +1,226 @@
+"""``intsim mutants``: the mutant score of golden suites.  Every op record of each suite is
+replayed from its dumped inputs on the reference backend under each mutant of
+:mod:`intsim.mutants`; a mutant is **killed** by a suite when some record's output differs
+from the dump (or the op refuses its dumped inputs under the mutant), and the first such
+record is reported.  docs/MUTANTS.md: the registry and today's score.
+
+Records are replayed each from its own dumped inputs, not chained: before the first
+differing record every output equals the dump, so the first kill is the one a chained
+replay (``intsim replay``) would show, and a suite stops at it.  The suites are loaded
+once (files checked against the manifest, the model against its recorded hash) and must
+replay bit-identically without any mutant first, else no kill would mean anything.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import IntsimError
+from ..mutants import REGISTRY, select
+from ..qtensor import Dyadic, QTensor
+from .comparing import Diff, diff_arrays, first_mismatch
+from .dump import dump_error, load_manifest, read_component, read_value, tensor_components, verify_files
+from .ops import KINDS, model_param, spec_of
+from .replaying import check_model
+from .values import split_result, value_comps
+
+BACKEND = "reference"
+
+
+@dataclass
+class _Output:
+    arg: str
+    tensor: str
+    type: str
+    bits: object
+    signed: object
+    comps: list                         # [(component, dumped array)]
+
+
+@dataclass
+class _Record:
+    index: int
+    name: str
+    kind: str
+    kwargs: dict
+    outputs: list = field(default_factory=list)
+
+
+def _freeze(v) -> None:
+    """Mark a loaded input read-only: it is reused under every mutant, so no op may write it."""
+    for a in ((v,) if isinstance(v, np.ndarray) else
+              (v.q, v.zp, v.scale.m, v.scale.k) if isinstance(v, QTensor) else
+              (v.m, v.k) if isinstance(v, Dyadic) else ()):
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
+class Suite:
+    """One golden dump, loaded for repeated replays: every op record's call (model
+    parameters, spec, dumped inputs) and its dumped outputs."""
+
+    def __init__(self, d, model=None, model_sha256: str | None = None):
+        self.dir = Path(d)
+        self.label = str(d)
+        man = load_manifest(self.dir)
+        problems = verify_files(self.dir, man)
+        if problems:
+            raise dump_error(self.dir, f"{len(problems)} file problem(s): " + "; ".join(problems[:5]))
+        needs = sorted({p["model"] for op in man["ops"] for p in op["params"].values()
+                        if isinstance(p, dict) and "model" in p})
+        if needs and model is None:
+            sha = str(man["model"].get("file_sha256") or "?")[:16]
+            made = (man.get("run") or {}).get("model_path")
+            raise IntsimError(f"{self.dir}: its ops read model parameters ({needs[0]}, ...): give the "
+                              f"model file it was made from with --model (sha256 {sha}..."
+                              + (f", made from {made}" if made else "") + ")")
+        if needs:
+            check_model(man, model, model_sha256, self.dir)
+        tensors = {t["name"]: t for t in man["tensors"]}
+        self.records = [self._load(man, op, tensors, model) for op in man["ops"]]
+
+    def _load(self, man, op, tensors, model) -> _Record:
+        if op["kind"] not in KINDS:
+            raise dump_error(self.dir, f"op '{op['name']}': unknown kind {op['kind']!r}")
+        kwargs = {}
+        for pname, p in op["params"].items():
+            if isinstance(p, dict) and "model" in p:
+                kwargs[pname] = model_param(model, p["model"])
+            elif isinstance(p, dict) and "spec" in p:
+                kwargs[pname] = spec_of(man, op)
+            else:
+                kwargs[pname] = BACKEND if pname == "backend" else p
+        for tn in op["inputs"]:
+            t = tensors[tn]
+            kwargs[t["arg"]] = read_value(self.dir, t)
+            _freeze(kwargs[t["arg"]])
+        rec = _Record(op["index"], op["name"], op["kind"], kwargs)
+        for tn in op["outputs"]:
+            t = tensors[tn]
+            comps = [(c, read_component(self.dir, e, f"tensor '{tn}'" + (f" {c}" if c else "")))
+                     for c, e in tensor_components(t)]
+            rec.outputs.append(_Output(t["arg"], tn, t["type"], t.get("bits"), t.get("signed"), comps))
+        return rec
+
+    def first_kill(self):
+        """Replay the records in order with the reference as it stands (a mutant applied or
+        not); the first record whose output differs from the dump, as a dict, or None."""
+        for rec in self.records:
+            try:
+                outs, _ = split_result(rec.kind, KINDS[rec.kind](**rec.kwargs))
+                kill = self._compare(rec, dict(outs))
+            except IntsimError as e:
+                kill = {"error": f"the op refused its dumped inputs: {e}"}
+            if kill is not None:
+                return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": rec.kind, **kill}
+        return None
+
+    @staticmethod
+    def _compare(rec: _Record, got: dict):
+        for o in rec.outputs:
+            if o.arg not in got:
+                return {"tensor": o.tensor, "error": f"the op gave no output '{o.arg}'"}
+            comps, typ, attrs = value_comps(got[o.arg])
+            for c, want in o.comps:
+                have = comps.get(c)
+                if have is None or have.shape != want.shape:
+                    return {"tensor": o.tensor, "error": f"component {c or 'values'} has shape "
+                            f"{None if have is None else list(have.shape)}, the dump {list(want.shape)}"}
+                diff = diff_arrays(want, have, c, Diff())
+                if diff.count:
+                    return {"tensor": o.tensor, "mismatches": diff.count, **first_mismatch(diff)}
+            if typ != o.type or (typ != "dyadic" and (attrs["bits"], attrs["signed"]) != (o.bits, bool(o.signed))):
+                return {"tensor": o.tensor, "error": f"width/signedness {attrs.get('bits')}/"
+                        f"{attrs.get('signed')}, the dump {o.bits}/{o.signed}"}
+        return None
+
+
+def score(suites: list, mutants=None) -> dict:
+    """Replay every suite under every mutant (default: the whole registry).  Returns
+    ``{"suites", "mutants": [{name, spec_step, description, killed, kill, kills}], "killed",
+    "total"}``: ``kill`` is the first killing record over the suites in the order given,
+    ``kills`` each suite's first (or None)."""
+    for s in suites:
+        base = s.first_kill()
+        if base is not None:
+            raise IntsimError(f"{s.label}: op {base['op_index']} '{base['op']}' does not replay "
+                              f"bit-identically on the reference backend without any mutant; a "
+                              f"mutant score needs a suite the reference reproduces")
+    rows = []
+    for m in (REGISTRY if mutants is None else mutants):
+        with m.apply():
+            kills = {s.label: s.first_kill() for s in suites}
+        first = next((k for k in kills.values() if k is not None), None)
+        rows.append({"name": m.name, "spec_step": m.spec_step, "description": m.description,
+                     "killed": first is not None, "kill": first, "kills": kills})
+    return {"suites": [{"dir": s.label, "records": len(s.records)} for s in suites],
+            "mutants": rows, "killed": sum(r["killed"] for r in rows), "total": len(rows)}
+
+
+def describe_kill(k: dict) -> str:
+    """One line: where a mutant was killed."""
+    where = f"{k['suite']}: op {k['op_index']} {k['op']} ({k['kind']})"
+    if "error" in k:
+        return f"{where}{', ' + k['tensor'] if 'tensor' in k else ''}: {k['error']}"
+    comp = "" if k["component"] == "values" else f".{k['component']}"
+    return (f"{where}, {k['tensor']}{comp} at {tuple(k['index'])}: dumped {k['golden']}, mutant "
+            f"{k['got']} ({k['mismatches']} element(s) differ)")
+
+
+def percent(k: int, n: int) -> int:
+    """``100 k / n`` rounded down (100 only when every mutant is killed)."""
+    return 100 * k // max(n, 1)
+
+
+def cmd_mutants(args) -> int:
+    mutants = select(args.only)
+    if args.list:
+        for m in mutants:
+            print(f"{m.name:<28} {m.spec_step:<14} {m.description}")
+        print(f"{len(mutants)} mutant(s)")
+        return 0
+    if not args.suites:
+        raise IntsimError("give at least one SUITE_DIR (a golden dump), or --list")
+    model = sha = None
+    if args.model:
+        from ..modelfile import load_model, model_hash
+        model, sha = load_model(args.model), model_hash(args.model)
+    t0 = time.perf_counter_ns()
+    suites = [Suite(d, model, sha) for d in args.suites]
+    r = score(suites, mutants)
+    ms = (time.perf_counter_ns() - t0) // 10 ** 6
+    if args.json:
+        print(json.dumps(r, sort_keys=True))
+    else:
+        print(f"{'mutant':<28} {'SPEC step':<14} {'result':<9} first killing record")
+        for row in r["mutants"]:
+            print(f"{row['name']:<28} {row['spec_step']:<14} {'killed' if row['killed'] else 'SURVIVED':<9} "
+                  + (describe_kill(row["kill"]) if row["killed"] else ""))
+        print(f"killed {r['killed']} of {r['total']} ({percent(r['killed'], r['total'])} %) with "
+              f"{', '.join(s.label for s in suites)} in {ms // 1000}.{ms % 1000 // 100} s")
+    return 0 if r["killed"] == r["total"] else 1
+
+
+def add_mutants_parser(sub) -> None:
+    p = sub.add_parser("mutants", help="the mutant score of golden suites: which deviations of the "
+                       "spec they catch",
+                       description="Replays every op record of the golden suites on the reference "
+                                   "backend under each mutant of the registry (intsim.mutants: one "
+                                   "plausible hardware deviation of one SPEC step each, e.g. a tie "
+                                   "rule replaced by floor) and reports, per mutant, killed (some "
+                                   "record's output differs from the dump) or survived, and the "
+                                   "first killing record.  Exit 0 when every selected mutant is "
+                                   "killed, 1 when one survives, 2 on bad input.  docs/MUTANTS.md.")
+    p.add_argument("suites", nargs="*", metavar="SUITE_DIR", help="golden dumps (intsim golden)")
+    p.add_argument("--model", metavar="MODEL", help="the model file the suites were made from "
+                   "(needed when their ops read model parameters; its sha256 must match)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="only these mutants (names or shell "
+                   "patterns, e.g. 'softmax.*')")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--list", action="store_true", help="list the mutants (name, SPEC step, what "
+                   "changes) and exit")
+    p.set_defaults(func=cmd_mutants)
