@@ -196,7 +196,8 @@ def add_ppl_parser(sub) -> None:
                         "against the float reference, on the first window")
     p.add_argument("--json", action="store_true", help="print one JSON object (ppl_int, ppl_float, tokens, ...)")
     p.add_argument("--spec", metavar="JSON", default=None,
-                   help="override spec options stored in the model file for this run, e.g. "
+                   help="override spec options stored in the model file for this run (a JSON "
+                        "object, or a file holding one), e.g. "
                         "'{\"softmax_clip\": 8}' or '{\"m_bits\": 4, \"overflow\": \"saturate\"}' "
                         "(any intsim.options.Spec field; no re-conversion). m_bits/k_bits also "
                         "re-fit the embedding's row scales from the float source, as convert "

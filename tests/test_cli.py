@@ -2,10 +2,22 @@
 ``--version``, one ``intsim: error:`` line (exit 2, no traceback) for every missing or
 unreadable file, a quiet end when the output pipe closes early, and the packaging
 metadata an install reads."""
+import argparse
+import json
+import os
+import subprocess
+import sys
 import tomllib
+from importlib.metadata import version
 from pathlib import Path
 
+import pytest
+
+from intsim_app.cli import build_parser, main
+from tiny_llama import make_tiny_hf
+
 ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "golden" / "the"          # a committed dump (tests/test_golden.py checks it)
 
 
 def test_pyproject_license_is_an_spdx_string():
@@ -13,3 +25,87 @@ def test_pyproject_license_is_an_spdx_string():
     # install; PEP 639's SPDX expression is a plain string
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert isinstance(project["license"], str) and project["license"] == "Apache-2.0"
+
+
+# ------------------------------------------------------------------ help text
+
+def arguments_without_help(parser: argparse.ArgumentParser, path=("intsim",)):
+    """(command path, argument) of every argument, subcommand included, with no help text."""
+    for a in parser._actions:
+        if not a.help or a.help == argparse.SUPPRESS:
+            yield " ".join(path), "/".join(a.option_strings) or a.dest
+        if isinstance(a, argparse._SubParsersAction):
+            helps = {c.dest: c.help for c in a._choices_actions}
+            for name, sub in a.choices.items():
+                if not helps.get(name):
+                    yield " ".join(path), name
+                yield from arguments_without_help(sub, (*path, name))
+
+
+def test_every_argument_of_every_subcommand_has_help():
+    assert list(arguments_without_help(build_parser())) == []
+
+
+def test_the_help_walk_can_fail():
+    p = argparse.ArgumentParser(prog="x")
+    p.add_argument("--documented", help="yes")
+    sub = p.add_subparsers(dest="c", help="commands")
+    s = sub.add_parser("child")                       # no help for the subcommand itself
+    s.add_argument("positional")                      # nor for this argument
+    assert list(arguments_without_help(p)) == [("intsim", "child"), ("intsim child", "positional")]
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    import intsim
+    assert capsys.readouterr().out.strip() == f"intsim {version('intsim')}"
+    assert version("intsim") == intsim.__version__       # pyproject.toml and the runtime agree
+
+
+# ------------------------------------------------------------------ missing or unreadable files
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    hf = make_tiny_hf(d / "hf", n_layers=1, dim=64, n_heads=4, n_kv_heads=2, vocab_size=300,
+                      max_pos=64)
+    model = d / "tiny.intsim"
+    assert main(["convert", str(hf), "--out", str(model)]) == 0
+    garbage = d / "garbage.bin"
+    garbage.write_bytes(bytes(range(256)) * 8)       # neither safetensors, JSON nor UTF-8
+    text = d / "text.txt"
+    text.write_text("a single man in possession of a good fortune " * 4)
+    return {"hf": hf, "model": model, "garbage": garbage, "text": text, "dir": d,
+            "missing": d / "missing"}
+
+
+def test_spec_file_is_read_like_inline_json(files):
+    from intsim.modelfile import load_model
+    spec = files["dir"] / "spec.json"
+    spec.write_text(json.dumps({"softmax_clip": 9}))
+    out = files["dir"] / "spec.intsim"
+    assert main(["convert", str(files["hf"]), "--out", str(out), "--spec", str(spec)]) == 0
+    assert load_model(out).spec.softmax_clip == 9
+
+
+# ------------------------------------------------------------------ a pipe closed early
+
+@pytest.mark.parametrize("argv", [["compare", str(GOLDEN), str(GOLDEN), "--json"],
+                                  ["compare", str(GOLDEN), str(GOLDEN)],
+                                  ["--help"]], ids=["compare-json", "compare", "help"])
+def test_output_into_a_closed_pipe_ends_quietly(argv):
+    # `intsim ... | head`: the reader is gone before intsim writes (the read end is closed
+    # before the process starts, so the first write fails, deterministically)
+    rd, wr = os.pipe()
+    os.close(rd)
+    try:
+        r = subprocess.run([sys.executable, "-m", "intsim_app", *argv], stdout=wr,
+                           stderr=subprocess.PIPE, text=True)
+    finally:
+        os.close(wr)
+    assert r.stderr == ""                   # no BrokenPipeError, no "Exception ignored"
+    # 141: as a shell reports a process ended by SIGPIPE; argparse's help printer swallows
+    # the error itself and exits 0
+    assert r.returncode == (0 if argv == ["--help"] else 141)
