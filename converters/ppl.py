@@ -54,6 +54,30 @@ def float_reference_dir(model) -> Path:
     return cache
 
 
+def _float_dir(model, float_src) -> Path:
+    """The float reference's folder, checked before any scoring starts."""
+    if not float_src:
+        return float_reference_dir(model)
+    fdir = Path(float_src)
+    if not fdir.is_dir():
+        raise IntsimError(f"--float-src {fdir}: " + ("not a folder" if fdir.exists()
+                                                     else "no such folder"))
+    if not fdir.joinpath("config.json").is_file():
+        raise IntsimError(f"--float-src {fdir}: no config.json; not a Hugging Face folder")
+    return fdir
+
+
+def _check_text(path) -> None:
+    """--text must be a readable UTF-8 file; said before the model is loaded."""
+    try:
+        Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IntsimError(f"--text {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IntsimError(f"--text {path}: not a readable UTF-8 text file: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
 #: spec options whose value is baked into a stored tensor: what ``--spec`` does with them
 STORED_SPEC_OPTIONS = {
     "m_bits": "recomputed: the embedding's per-row scale mantissas are re-fitted from the float source",
@@ -128,9 +152,11 @@ def _requantize_embedding(model, spec, float_src) -> dict:
 def cmd_ppl(args) -> int:
     from .evaluate import nll_from_logits, perplexity, read_text_tokens
     from .float_model import FloatLlama
+    _check_text(args.text)
     model = load_model(args.model)
     if args.spec:
         model = override_spec(model, args.spec, args.float_src)
+    fdir = None if args.no_float else _float_dir(model, args.float_src)
     tok = load_tokenizer(model)
     tokens = read_text_tokens(args.text, tok, args.max_tokens)
     ctx = min(args.ctx, model.config.max_pos)
@@ -141,8 +167,7 @@ def cmd_ppl(args) -> int:
            "ctx": ctx, "int_seconds": round(t_int, 1), "model": str(args.model)}
     if args.spec:
         out["spec_override"] = model.meta["spec_override"]
-    if not args.no_float:
-        fdir = Path(args.float_src) if args.float_src else float_reference_dir(model)
+    if fdir is not None:
         fm = FloatLlama.from_hf(fdir)
         t0 = time.perf_counter()
         res_f = perplexity(lambda w: nll_from_logits(fm.logits(w), w), tokens, ctx, _progress("float"))

@@ -81,6 +81,62 @@ def files(tmp_path_factory):
             "missing": d / "missing"}
 
 
+M, T, G = "{model}", "{text}", "{garbage}"
+# (id, argv with {placeholders}, the path the one error line must name)
+CASES = [
+    ("run-missing", ["run", "{missing}.intsim", "--prompt", "x"], "{missing}.intsim"),
+    ("run-hf-folder", ["run", "{hf}", "--prompt", "x"], "{hf}"),
+    ("run-garbage", ["run", G, "--prompt", "x"], G),
+    ("convert-missing-src", ["convert", "{missing}", "--out", "{dir}/o.intsim"], "{missing}"),
+    ("convert-calib-missing", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--calib", "{missing}.pth"], "{missing}.pth"),
+    ("convert-calib-folder", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--calib", "{dir}"], "{dir}"),
+    ("convert-calib-garbage", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--calib", G], G),
+    ("convert-row-bits-missing", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--row-bits", "{missing}.st"], "{missing}.st"),
+    ("convert-row-bits-garbage", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--row-bits", G], G),
+    ("convert-spec-missing", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--spec", "{missing}.json"], "{missing}.json"),
+    ("convert-spec-garbage", ["convert", "{hf}", "--out", "{dir}/o.intsim", "--spec", G], G),
+    ("ppl-missing-model", ["ppl", "{missing}.intsim", "--text", T], "{missing}.intsim"),
+    ("ppl-text-missing", ["ppl", M, "--text", "{missing}.txt"], "{missing}.txt"),
+    ("ppl-text-folder", ["ppl", M, "--text", "{dir}"], "{dir}"),
+    ("ppl-text-not-utf8", ["ppl", M, "--text", G], G),
+    ("ppl-float-src-missing", ["ppl", M, "--text", T, "--float-src", "{missing}"], "{missing}"),
+    ("ppl-spec-missing", ["ppl", M, "--text", T, "--spec", "{missing}.json"], "{missing}.json"),
+    ("golden-missing-model", ["golden", "{missing}.intsim", "--prompt", "x", "--out", "{dir}/g"], "{missing}.intsim"),
+    ("replay-missing-dump", ["replay", "{missing}", M], "{missing}"),
+    ("replay-missing-model", ["replay", str(GOLDEN), "{missing}.intsim"], "{missing}.intsim"),
+    ("compare-missing-golden", ["compare", "{missing}", str(GOLDEN)], "{missing}"),
+    ("compare-missing-dut", ["compare", str(GOLDEN), "{missing}"], "{missing}"),
+    ("compare-dut-is-a-file", ["compare", str(GOLDEN), T], T),
+    ("overflow-missing-model", ["overflow", "{missing}.intsim", "--prompt", "x"], "{missing}.intsim"),
+    ("bench-missing-model", ["bench", "--quick", "--model", "{missing}.intsim"], "{missing}.intsim"),
+]
+
+
+@pytest.mark.parametrize("argv,named", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_a_missing_or_unreadable_file_is_one_error_line(files, capsys, argv, named):
+    argv = [a.format(**files) for a in argv]
+    named = named.format(**files)
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("intsim: error: ") and named in lines[0], lines[0]
+    assert out == ""                       # nothing printed first (run used to echo the prompt)
+
+
+def test_a_folder_given_as_the_model_points_to_convert(files, capsys):
+    assert main(["run", str(files["hf"]), "--prompt", "x"]) == 2
+    assert f"intsim convert {files['hf']} --out MODEL" in capsys.readouterr().err
+
+
+def test_missing_text_in_a_fresh_process(files):
+    # the issue's own example, as a shell runs it: exit status 2, one line, no traceback
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "ppl", str(files["model"]),
+                        "--text", "missing.txt"], capture_output=True, text=True, cwd=files["dir"])
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == "intsim: error: --text missing.txt: no such file\n"
+
+
 def test_spec_file_is_read_like_inline_json(files):
     from intsim.modelfile import load_model
     spec = files["dir"] / "spec.json"
@@ -109,3 +165,12 @@ def test_output_into_a_closed_pipe_ends_quietly(argv):
     # 141: as a shell reports a process ended by SIGPIPE; argparse's help printer swallows
     # the error itself and exits 0
     assert r.returncode == (0 if argv == ["--help"] else 141)
+
+
+# ------------------------------------------------------------------ what the output says
+
+def test_one_new_token_is_one_token(files, capsys):
+    assert main(["run", str(files["model"]), "--prompt", "a single", "--max-new-tokens", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("a single")                 # the prompt, echoed once it can run
+    assert "[1 token in " in err and "[1 tokens" not in err

@@ -43,7 +43,7 @@ def cmd_golden(args) -> int:
     ms = (time.perf_counter_ns() - t0) // 10 ** 6
     nbytes = man["_bytes_written"]
     tenths = nbytes * 10000 // max(ms, 1) // 10 ** 6            # MB/s in tenths
-    print(f"{args.out}: {len(man['ops'])} ops, {len(man['tensors'])} tensors, {ids.size} tokens, "
+    print(f"{args.out}: {len(man['ops'])} ops, {len(man['tensors'])} tensors, {ids.size} token{'' if ids.size == 1 else 's'}, "
           f"{nbytes // 1000} kB in {ms} ms ({tenths // 10}.{tenths % 10} MB/s); "
           f"sha256 of the manifest: {file_sha256(Path(args.out).joinpath(MANIFEST))}")
     return 0
