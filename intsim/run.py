@@ -52,7 +52,7 @@ def cmd_run(args) -> int:
     res = run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend,
                      stream=lambda s: print(s, end="", flush=True),
                      on_ready=lambda: print(args.prompt, end="", flush=True))
-    print()
+    print(flush=True)       # the text's newline before the stderr summary, also when piped
     n = len(res["new_tokens"])
     print(f"[{n} token{'' if n == 1 else 's'} in {res['seconds']} s; sha256 of all int64 logits rows: "
           f"{res['logits_sha256']}]", file=sys.stderr)
