@@ -116,6 +116,11 @@ CASES = [
     ("compare-dut-is-a-file", ["compare", str(GOLDEN), T], T),
     ("overflow-missing-model", ["overflow", "{missing}.intsim", "--prompt", "x"], "{missing}.intsim"),
     ("bench-missing-model", ["bench", "--quick", "--model", "{missing}.intsim"], "{missing}.intsim"),
+    # outputs that cannot be written (a path under a regular file)
+    ("convert-out-unwritable", ["convert", "{hf}", "--out", T + "/o.intsim"], T),
+    ("overflow-png-unwritable", ["overflow", M, "--prompt", "x", "--png", T + "/h.png",
+                                 "--backend", "reference"], T + "/h.png"),
+    ("golden-out-unwritable", ["golden", M, "--prompt", "x", "--out", T + "/g"], T),
 ]
 
 
