@@ -44,7 +44,8 @@ $(MODEL): $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/intsim demo
 
-## the test suite (CI profile: derandomized hypothesis)
+## the test suite, hypothesis's default 'dev' profile (random examples, tests/conftest.py);
+## CI (.ci/run) sets HYPOTHESIS_PROFILE=ci (derandomized, more examples): HYPOTHESIS_PROFILE=ci make test
 test: $(STAMP)
 	$(PY) -m pytest -q
 

@@ -590,8 +590,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         f"max_position_embeddings, at most {DEFAULT_MAX_POS_CAP}")
     p.add_argument("--spec", metavar="SPEC", default=None,
                    help="spec options stored in the model: 'paper' (Spec.paper()), or a JSON "
-                        "object of options over the defaults, e.g. '{\"rope_frac_bits\": 12}' "
-                        "(default: the defaults)")
+                        "object of options over the defaults, e.g. '{\"rope_frac_bits\": 12}', "
+                        "or (intsim convert) a file holding one (default: the defaults)")
     return p
 
 
@@ -619,9 +619,9 @@ def build_parser(prog: str = "intsim convert") -> argparse.ArgumentParser:
 
 DESCRIPTION = ("Convert a float LLaMA checkpoint (a Hugging Face folder with config.json, "
                "safetensors weights and tokenizer.json, or a .gguf file) into one integer "
-               "model file for 'intsim run'. RMSNorm gains are folded into the next linear "
-               "layers, weights quantized, RoPE tables tabulated; the tokenizer is embedded. "
-               "Format: docs/MODEL_FORMAT.md.")
+               "model file for 'intsim run'. RMSNorm gains stay per channel in DI-Norm (or are "
+               "folded into the next linear layers, --norm-gain fold), weights are quantized, "
+               "RoPE tables tabulated; the tokenizer is embedded. Format: docs/MODEL_FORMAT.md.")
 
 
 def run(args, prog: str = "intsim convert") -> int:

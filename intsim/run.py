@@ -17,7 +17,10 @@ from .modelfile import load_model, load_tokenizer
 
 
 def run_prompt(model_path: str, prompt: str, max_new_tokens: int = 32, backend: str = "numba",
-               stream=None) -> dict:
+               stream=None, on_ready=None) -> dict:
+    """Greedy generation from a model file.  ``stream(text)`` gets each new token's text;
+    ``on_ready()`` is called once the model is loaded and the prompt checked, before the
+    first forward (so nothing is printed for a run that fails to start)."""
     model = load_model(model_path)
     tok = load_tokenizer(model)
     ids = np.array(tok.encode(prompt).ids, dtype=np.int64)
@@ -26,6 +29,8 @@ def run_prompt(model_path: str, prompt: str, max_new_tokens: int = 32, backend: 
     if ids.size + max_new_tokens > model.config.max_pos:
         raise IntsimError(f"prompt: {ids.size} tokens + {max_new_tokens} new exceed the model's "
                           f"context of {model.config.max_pos}")
+    if on_ready is not None:
+        on_ready()
     h = hashlib.sha256()
     t0 = time.perf_counter()
     new, logits = generate(model, ids, max_new_tokens, backend,
@@ -44,11 +49,12 @@ def cmd_run(args) -> int:
         print(json.dumps(run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend)))
         _say_fallback(args.backend)
         return 0
-    print(args.prompt, end="", flush=True)
     res = run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend,
-                     stream=lambda s: print(s, end="", flush=True))
-    print()
-    print(f"[{len(res['new_tokens'])} tokens in {res['seconds']} s; sha256 of all int64 logits rows: "
+                     stream=lambda s: print(s, end="", flush=True),
+                     on_ready=lambda: print(args.prompt, end="", flush=True))
+    print(flush=True)       # the text's newline before the stderr summary, also when piped
+    n = len(res["new_tokens"])
+    print(f"[{n} token{'' if n == 1 else 's'} in {res['seconds']} s; sha256 of all int64 logits rows: "
           f"{res['logits_sha256']}]", file=sys.stderr)
     _say_fallback(args.backend)
     return 0

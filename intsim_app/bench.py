@@ -21,6 +21,9 @@ def main(argv=None) -> int:
                    help="also time this integer model file against PyTorch fp32 on its float "
                         "checkpoint (decode, prefill, file size, peak memory)")
     a = p.parse_args(argv)
+    if a.model:
+        from intsim.modelfile import read_header
+        read_header(a.model)     # a missing or unreadable file is named now, not after the timing
     r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
     if a.model:
         from converters.modelbench import model_bench   # the float side: PyTorch baseline

@@ -8,7 +8,10 @@ and ``demo`` and ``bench`` (:mod:`intsim_app.demo`, :mod:`intsim_app.bench`) joi
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 
 def _demo(args) -> int:
@@ -24,20 +27,39 @@ def _bench(args) -> int:
     return bench_main(argv)
 
 
+def _convert(args) -> int:
+    from converters import convert as cv
+    return cv.run(args, prog="intsim")     # its errors read "intsim: error: ...", as every command's
+
+
 def _add_convert(sub) -> None:
     # the float side: imported only when the subcommand is built (numpy float work lives there)
     from converters import convert as cv
     c = sub.add_parser("convert", help="float LLaMA checkpoint (HF directory or GGUF) -> integer model file",
                        description=cv.DESCRIPTION)
     cv.add_arguments(c)
-    c.set_defaults(func=cv.run)
+    c.set_defaults(func=_convert)
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata); the source tree's own
+    ``intsim.__version__`` when run from a checkout that was never installed."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("intsim")
+    except PackageNotFoundError:
+        from intsim import __version__
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="intsim",
         description="Bit-exact integer-only reference simulator of I-LLM quantized LLaMA models.")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                   help="print the installed version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND",
+                           help="one of the commands below; 'intsim COMMAND --help' lists its arguments")
     _add_convert(sub)
     from intsim.run import add_run_parsers
     add_run_parsers(sub)
@@ -65,7 +87,46 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _read_spec_file(args) -> None:
+    """``--spec FILE`` (convert, ppl): a JSON file of spec options, read here so that the
+    commands see the same JSON text as ``--spec '{...}'``; 'paper' and inline JSON pass."""
+    from intsim.errors import IntsimError
+    text = getattr(args, "spec", None)
+    if text is None or text.strip() == "paper" or text.lstrip().startswith("{"):
+        return
+    path = Path(text)
+    if not path.exists():
+        raise IntsimError(f"--spec {text}: no such file (expected 'paper', a JSON object or a "
+                          f"JSON file of spec options)")
+    try:
+        args.spec = path.read_text(encoding="utf-8")
+        json.loads(args.spec)
+    except (OSError, ValueError) as e:     # unreadable, a folder, not UTF-8, not JSON
+        raise IntsimError(f"--spec {text}: not a readable JSON file of spec options: "
+                          f"{getattr(e, 'strerror', None) or e}") from None
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of stdout went away (``intsim ... | head``): stop quietly.  stdout is
+    pointed at /dev/null so that the interpreter's final flush cannot fail again; 141 is
+    what a shell reports for a process ended by SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
+
+
 def main(argv=None) -> int:
+    try:
+        try:
+            return _main(argv)
+        finally:
+            sys.stdout.flush()    # a closed pipe shows here (also after --help), not at exit
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+
+
+def _main(argv) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -73,9 +134,16 @@ def main(argv=None) -> int:
         return 2
     from intsim.errors import IntsimError
     try:
+        _read_spec_file(args)
         return int(args.func(args) or 0)
     except IntsimError as e:
         print(f"intsim: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if isinstance(e, BrokenPipeError) or e.filename is None:
+            raise
+        # a file the command reads or writes that no check above named: one line, no traceback
+        print(f"intsim: error: {e.filename}: {e.strerror or e}", file=sys.stderr)
         return 2
 
 

@@ -121,7 +121,8 @@ def stored(arr: np.ndarray, qtype) -> np.ndarray:
 
 
 def write_gguf(path: Path, weights: dict[str, np.ndarray], *, arch: str = "llama",
-               pre: str = "smollm", extra_kv=None, drop_tensor: str | None = None) -> Path:
+               pre: str = "smollm", extra_kv=None, drop_tensor: str | None = None,
+               tokens: list[str] | None = None) -> Path:
     w = gguf.GGUFWriter(str(path), arch)
     w.add_name("tiny test llama")
     w.add_block_count(N_LAYER)
@@ -136,7 +137,7 @@ def write_gguf(path: Path, weights: dict[str, np.ndarray], *, arch: str = "llama
     w.add_vocab_size(len(vocab()))
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
-    w.add_token_list(vocab())
+    w.add_token_list(tokens or vocab())
     w.add_token_types([3] * len(SPECIALS) + [1] * (len(vocab()) - len(SPECIALS)))
     w.add_token_merges(MERGES)
     w.add_bos_token_id(1)
@@ -253,6 +254,23 @@ def test_tokenizer(tiny):
     for text in ["The capital of France is", "  spaces\n\n\ttabs\r\n", "Café — naïve “quotes” 😀",
                  "".join(chr(c) for c in range(1, 256)), "x" * 1000 + " the" * 50]:
         assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
+
+
+def test_bytes_without_a_token_are_explained_in_one_note(tmp_path, capsys):
+    # SmolLM2's case, in small: the symbols of bytes 0x04 (a control character), 0xc0 (never
+    # in UTF-8) and 0xf1 (leads only unassigned planes) replaced by other tokens
+    v = vocab()
+    alphabet = byte_alphabet()
+    for b in (0x04, 0xC0, 0xF1):
+        v[v.index(alphabet[b])] = f"<unused{b}>"
+    import_gguf(write_gguf(tmp_path / "g.gguf", hf_weights(), tokens=v), tmp_path / "hf")
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if "byte values" in ln]
+    assert len(notes) == 1
+    note = notes[0]
+    assert note.startswith("note: ") and "no token for 3 of the 256 byte values" in note
+    assert "1 control character(s) (0x04)" in note
+    assert "1 byte(s) that UTF-8 never uses (0xc0)" in note
+    assert "(0xf1)" in note and "unaffected" in note and "unknown token" in note
 
 
 def test_gpt2_pretokenizer_keeps_digit_runs(tmp_path):

@@ -45,7 +45,7 @@ def cmd_golden(args) -> int:
     ms = (time.perf_counter_ns() - t0) // 10 ** 6
     nbytes = man["_bytes_written"]
     tenths = nbytes * 10000 // max(ms, 1) // 10 ** 6            # MB/s in tenths
-    print(f"{args.out}: {len(man['ops'])} ops, {len(man['tensors'])} tensors, {ids.size} tokens, "
+    print(f"{args.out}: {len(man['ops'])} ops, {len(man['tensors'])} tensors, {ids.size} token{'' if ids.size == 1 else 's'}, "
           f"{nbytes // 1000} kB in {ms} ms ({tenths // 10}.{tenths % 10} MB/s); "
           f"sha256 of the manifest: {file_sha256(Path(args.out).joinpath(MANIFEST))}")
     return 0
@@ -127,7 +127,8 @@ def add_golden_parsers(sub) -> None:
                                    "dumped inputs; an input produced by an op replayed earlier in the "
                                    "same run comes from that replay.  Exit 0 only when every output is "
                                    "bit-identical to the dump.")
-    r.add_argument("golden_dir", metavar="GOLDEN_DIR")
+    r.add_argument("golden_dir", metavar="GOLDEN_DIR",
+                   help="folder written by 'intsim golden' (holds manifest.json)")
     r.add_argument("model", metavar="MODEL", help="the model file the dump was made from")
     sel = r.add_mutually_exclusive_group()
     sel.add_argument("--op", help="one op, by name or index")
@@ -146,8 +147,11 @@ def add_golden_parsers(sub) -> None:
                                    "delta, mismatches per op, and whether the golden value sat on a "
                                    "rounding tie.  Exit 0 only when identical, 1 on a mismatch, 2 on "
                                    "bad input.")
-    c.add_argument("golden_dir", metavar="GOLDEN_DIR")
-    c.add_argument("dut_dir", metavar="DUT_DIR")
+    c.add_argument("golden_dir", metavar="GOLDEN_DIR",
+                   help="the reference: a folder written by 'intsim golden'")
+    c.add_argument("dut_dir", metavar="DUT_DIR",
+                   help="the device under test's dump in the same format (docs/GOLDEN_FORMAT.md; "
+                        "hex-only is fine)")
     c.add_argument("--outputs-only", action="store_true", help="compare op outputs only")
     c.add_argument("--partial", action="store_true", help="the DUT dumped a subset: compare what it has")
     c.add_argument("--json", action="store_true", help="print one JSON object")

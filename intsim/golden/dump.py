@@ -24,7 +24,8 @@ def load_manifest(d) -> dict:
     d = Path(d)
     path = d.joinpath(MANIFEST)
     if not d.is_dir():
-        raise dump_error(d, "no such dump directory")
+        raise dump_error(d, "not a directory (a golden dump is a folder)" if d.exists()
+                         else "no such dump directory")
     if not path.is_file():
         raise dump_error(d, f"no {MANIFEST}: not a golden dump, or an interrupted one; {REGENERATE}")
     try:
