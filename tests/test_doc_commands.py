@@ -38,6 +38,9 @@ def _words(cmd: str) -> list[str]:
         words = cmd.split("#")[0].split()
     while words and ENV.match(words[0]):    # NUMBA_NUM_THREADS=1 .venv/bin/python ...
         words = words[1:]
+    for sep in ("|", "&&", ";", ">"):       # the first command of a pipeline or list
+        if sep in words:
+            words = words[:words.index(sep)]
     return [w for w in words if w not in ("...", "…")]     # "and so on" placeholders
 
 
