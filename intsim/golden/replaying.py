@@ -131,12 +131,13 @@ def _check_outputs(d, op: dict, tensors: dict, outs: list, entry: dict, replayed
 
 
 def replay(golden_dir, model=None, *, model_sha256: str | None = None, ops=None,
-           backend: str = "numba") -> dict:
+           backend: str = "numba", stop_at_difference: bool = False) -> dict:
     """Re-run ``ops`` (default: all) of a dump from their dumped inputs; an input that is
     the output of an op replayed earlier in the same run is taken from that replay
     (model-level dumps; the records of a stress suite stand alone).
     ``model``: the model a model-level dump was made from; a stress suite (``intsim
-    stress``) has none and takes ``None``.
+    stress``) has none and takes ``None``.  ``stop_at_difference``: return after the first
+    op whose outputs differ (a quick verdict, e.g. when scoring deviations).
     Returns ``{"identical": bool, "ops": [{index, name, kind, identical, tensors: ...}]}``.
     """
     _check_backend(backend)
@@ -175,4 +176,6 @@ def replay(golden_dir, model=None, *, model_sha256: str | None = None, ops=None,
             entry["identical"] = False
             entry["stats"] = {"dumped": op.get("stats"), "replayed": stats}
         report.append(entry)
+        if stop_at_difference and not entry["identical"]:
+            break
     return {"identical": all(e["identical"] for e in report), "ops": report}

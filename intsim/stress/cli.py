@@ -20,10 +20,10 @@ def cmd_stress(args) -> int:
     if args.out is None:
         raise IntsimError("--out DIR is required (or --list)")
     t0 = time.perf_counter_ns()
-    man = write_suite(args.out, formats=formats, only=args.only, force=args.force, stages=not args.no_stages)
+    man = write_suite(args.out, formats=formats, only=args.only, force=args.force, stages=args.stages)
     ms = (time.perf_counter_ns() - t0) // 10 ** 6
     n_cases = sum(1 for o in man["ops"] if o["stage_of"] is None)
-    print(f"{args.out}: {n_cases} stress records ({len(man['ops'])} ops with stages), {len(man['tensors'])} "
+    print(f"{args.out}: {n_cases} stress records ({len(man['ops'])} ops in all), {len(man['tensors'])} "
           f"tensors, {man['_bytes_written'] // 1000} kB in {ms} ms; sha256 of the manifest: "
           f"{file_sha256(Path(args.out).joinpath(MANIFEST))}")
     if args.coverage:
@@ -49,8 +49,8 @@ def add_stress_parser(sub) -> None:
     s.add_argument("--format", default="npy,hex", help="npy (always) and any of hex, txt (default npy,hex)")
     s.add_argument("--only", nargs="+", metavar="OP", help="only these op kinds (e.g. di_exp requant_rows) "
                    "or case-name prefixes (e.g. requant_rows.preshift)")
-    s.add_argument("--no-stages", action="store_true", help="leave out the stage records of DI-MatMul and "
-                   "DI-ClippedSoftmax cases")
+    s.add_argument("--stages", action="store_true", help="add the stage records of DI-MatMul and "
+                   "DI-ClippedSoftmax cases (their internal steps, as golden dumps of a model have them)")
     s.add_argument("--coverage", metavar="FILE", help="also write the coverage table (Markdown: every SPEC "
                    "site and the records that reach it) to FILE")
     s.add_argument("--list", action="store_true", help="list the cases (name, kind, target) and exit")

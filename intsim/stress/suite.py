@@ -26,9 +26,9 @@ STAGE_TARGETS = {
 
 def all_cases() -> list:
     """Every generator's cases, in suite order (module order, then each generator's)."""
-    from . import gen_attn, gen_exp, gen_matmul, gen_misc, gen_prim, gen_requant, gen_softmax
+    from . import gen_attn, gen_exp, gen_matmul, gen_misc, gen_norm, gen_prim, gen_requant, gen_softmax
     out = []
-    for g in (gen_prim, gen_requant, gen_matmul, gen_exp, gen_softmax, gen_misc, gen_attn):
+    for g in (gen_prim, gen_requant, gen_matmul, gen_exp, gen_softmax, gen_norm, gen_misc, gen_attn):
         out += g.cases()
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -131,7 +131,7 @@ def rule_check(case: Case) -> list:
 
 
 def write_suite(out_dir, *, formats=("npy", "hex"), only=None, force: bool = False,
-                stages: bool = True, check: bool = True) -> dict:
+                stages: bool = False, check: bool = True) -> dict:
     """Write the stress suite to ``out_dir``; returns its manifest.  ``formats``: "npy"
     (always) and any of "hex", "txt"; ``only``: kinds or name prefixes to keep;
     ``stages``: add the stage records of DI-MatMul and DI-ClippedSoftmax cases;
