@@ -50,11 +50,11 @@ def first_kill(suite_dir, name: str, model=None):
     from intsim.golden import replay
     with patched(DEVIATIONS[name]):
         try:
-            r = replay(suite_dir, model, backend="reference")
+            r = replay(suite_dir, model, backend="reference", stop_at_difference=True)
         except (IntsimError, ZeroDivisionError, OverflowError) as e:
             return f"refused: {str(e)[:80]}"
     bad = [e["name"] for e in r["ops"] if not e["identical"]]
-    return f"{bad[0]}: differs ({len(bad)} ops)" if bad else None
+    return f"{bad[0]}: differs" if bad else None
 
 
 def wraps(f):
