@@ -68,11 +68,15 @@ def _qweight(d, op: dict, pname: str, spec: dict, arrays: dict) -> QWeight:
         raise dump_error(d, f"op '{op['name']}': QWeight '{pname}': {e}") from e
 
 
-def _call_args(d, man: dict, op: dict, tensors: dict, model, backend: str, replayed: dict,
-               chain: bool) -> tuple[dict, list]:
-    """The keyword arguments of one op's replay and the inputs taken from earlier replays
-    (only when ``chain``): parameters (model parameters, the spec, the backend, QWeights
-    from their dumped arrays) and dumped inputs."""
+def call_args(d, man: dict, op: dict, tensors: dict, model, backend: str, replayed: dict | None = None,
+              chain: bool = False) -> tuple[dict, list]:
+    """The keyword arguments of one op record's call, and the inputs taken from earlier
+    replays (``replayed``: output tensor name -> value, used only when ``chain``):
+    parameters (model parameters, the spec, the backend, a stress record's QWeight rebuilt
+    from its dumped arrays) and dumped inputs (read with their ``call_dtype``).  ``tensors``:
+    the manifest's tensors by name.  Anything that re-runs records (replay, mutant
+    scoring) builds its calls here."""
+    replayed = {} if replayed is None else replayed
     kwargs, chained, parts = {}, [], {}
     for pname, p in op["params"].items():
         if isinstance(p, dict) and "qweight" in p:
@@ -162,7 +166,7 @@ def replay(golden_dir, model=None, *, model_sha256: str | None = None, ops=None,
         fn = KINDS.get(kind)
         if fn is None:
             raise dump_error(d, f"op '{op['name']}': unknown kind {kind!r}")
-        kwargs, chained = _call_args(d, man, op, tensors, model, backend, replayed, not stress)
+        kwargs, chained = call_args(d, man, op, tensors, model, backend, replayed, not stress)
         try:
             result = fn(**kwargs)
         except IntsimError as e:
