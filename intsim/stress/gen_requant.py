@@ -164,9 +164,13 @@ def _range_cases() -> list:
                            f"SPEC §3 / §1.4 step 5 at k_max (k_bits 4), {mode} mode, tie rule {r}: tiny rows "
                            f"refitted at k = 7 (mantissa bits lost; ceil keeps m >= 1, rnd may give m = 0), "
                            f"k_in = 2^20 where m << -e would leave int64 (range codes)",
-                           ("requant.kmax", "fit.kmax", "requant.int64"),
-                           lambda a: check(all(sc.k_need is None or sc.k_need > 7 for sc, *_ in rows_of(a)),
-                                           "every row beyond k_max")))
+                           ("requant.kmax", "fit.kmax") + (("requant.int64",) if mode == "fitted" else ()),
+                           lambda a, mode=mode: first_miss(
+                               check(all(sc.k_need is None or sc.k_need > 7 for sc, *_ in rows_of(a)),
+                                     "every row beyond k_max"),
+                               check(any((sc.m > 0 and not sc.by_scale) if mode == "fitted" else (sc.m == 0 < sc.R)
+                                         for sc, *_ in rows_of(a)),
+                                     "a fitted row on range codes (int64) / a row refitted to m = 0"))))
     sp = spec()
     out.append(_rq("requant_rows.zero_rows", [[0, 0, 0], [1, -1, 0], [0, 0, 0]], [5, 7, 0], [3, -4, 9], 8, False,
                    sp, "SPEC §3 zero row (R' = 0): codes 0, zp 0, m = 0, k = 0; a zero input scale (m_in = 0) "
