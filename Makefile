@@ -76,7 +76,7 @@ golden: $(SMALL) $(SPEC_MODELS)
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "The" --no-stages --out golden/the --force
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "$$(cat golden/long-prompt.txt)" --layers 5 --no-stages \
 	  --format npy --out golden/long --force
-	$(VENV)/bin/intsim golden out/small-paper.intsim --prompt "Mr. Darcy" --format npy --out golden/paper --force
+	$(VENV)/bin/intsim golden out/small-paper.intsim --prompt "Mr. Darcy" --no-stages --format npy --out golden/paper --force
 	for r in $(TIE_RULES); do $(VENV)/bin/intsim golden out/small-$$r.intsim --prompt "Mr. Darcy" --no-stages \
 	  --format npy --out golden/$$r --force || exit 1; done
 	$(VENV)/bin/intsim stress --out golden/stress --force --coverage docs/COVERAGE.md

@@ -214,6 +214,15 @@ def _gqa_modulo(qc, kc, backend="numba"):
     return np.einsum("ihd,jhd->hij", qc.astype(np.int64), kx)
 
 
+def _argmax_last(logits, backend="numba"):
+    V = logits.shape[-1]
+    return (V - 1 - np.argmax(logits[..., ::-1], axis=-1)).astype(np.int64)
+
+
+def _fit_floor_rule(num, den, m_bits=8, k_range=(-128, 127), rounding="half_up", backend="numba"):
+    return fx.dyadic_fit(num, den, m_bits, k_range, "floor", backend)
+
+
 DEVIATIONS = {
     # DI-Exp
     "exp.no_T_cap": [("intsim.exp", "T_BITS", 62)],
@@ -266,6 +275,9 @@ DEVIATIONS = {
     "fold.half_up": [("intsim.attention", "_rshift_round_ref", force_code(2, "half_up"))],
     "fold.masked_in_kref": [("intsim.attention", "_fold_ref", _fold_all_cols)],
     "attention.gqa_modulo": [("intsim.golden.ops", "KINDS[qk_scores]", _gqa_modulo)],
+    "softmax.recip_half_even": [("intsim.softmax", "_rshift_round_ref", force_code(2, "half_even"))],
+    "head.argmax_last_index": [("intsim.golden.ops", "KINDS[argmax]", _argmax_last)],
+    "attention.mul_scales_floor": [("intsim.llama", "dyadic_fit", _fit_floor_rule)],
     # primitives
     "prim.shift_half_up": [("intsim.fixedpoint", "_rshift_round_ref", force_code(2, "half_up"))],
     "prim.div_floor": [("intsim.fixedpoint", "_div_round_ref", force_code(2, "floor"))],

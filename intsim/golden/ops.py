@@ -9,9 +9,10 @@ import numpy as np
 
 from ..attention import fold_scales, pv, qk_scores
 from ..embedding import embed
+from ..head import argmax, inv_sqrt_dyadic
 from ..errors import IntsimError
 from ..exp import di_exp
-from ..fixedpoint import FLOOR, div_round, dyadic_fit, isqrt, rshift_round
+from ..fixedpoint import FLOOR, HALF_UP, div_round, dyadic_fit, isqrt, rshift_round
 from ..matmul import QWeight, di_matmul, di_matmul_acc
 from ..norm import di_norm, norm_weight
 from ..options import Spec
@@ -20,19 +21,22 @@ from ..residual import residual_add
 from ..rope import rope
 from ..softmax import di_clipped_softmax, softmax_clip
 from ..swiglu import di_swiglu
+from ..llama import mul_scales
 
 #: the fixed-point primitives (docs/SPEC.md section 1), which only stress suites record
 #: (``intsim stress``): they take their tie rule as an argument, not from a spec
 PRIMITIVE_KINDS = ("isqrt", "dyadic_fit", "div_round", "rshift_round")
 #: the op kinds a dump may name: the public operator functions (docs/SPEC.md), the
-#: softmax clip stage and the primitives.  A new op in forward() must be added here to
-#: be captured.
+#: softmax clip stage, and (recorded by stress suites only) the primitives, the head's
+#: argmax and 1/sqrt(d), and the graph's scale product.  A new op in forward() must be
+#: added here to be captured.
 KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matmul_acc, rope,
                                  requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
                                  residual_add, di_swiglu, di_exp, softmax_clip,
-                                 isqrt, dyadic_fit, div_round, rshift_round)}
+                                 isqrt, dyadic_fit, div_round, rshift_round, argmax, inv_sqrt_dyadic,
+                                 mul_scales)}
 #: kinds without any rounding in their output (``rounding: exact``)
-EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip"}
+EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
 #: output argument names per kind (default: one output, "out")
 OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated")}
 
@@ -46,6 +50,8 @@ def rounding_of(kind: str, spec: Spec | None, params: dict | None = None) -> str
         return "exact"
     if kind == "isqrt":
         return FLOOR
+    if kind == "inv_sqrt_dyadic":
+        return HALF_UP                 # to nearest; no tie can occur (docs/SPEC.md section 12)
     if kind in PRIMITIVE_KINDS:
         return str((params or {}).get("rounding"))
     if kind == "rope":

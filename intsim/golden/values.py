@@ -111,7 +111,7 @@ def split_result(kind: str, result) -> tuple[list, dict]:
             values.append(QTensor.exact(v, items[i + 1]))
             i += 2
             continue
-        if isinstance(v, (QTensor, np.ndarray)):
+        if isinstance(v, (QTensor, np.ndarray, Dyadic)):
             values.append(v)
         elif isinstance(v, dict):
             stats.update({str(a): jsonable(b) for a, b in v.items()})

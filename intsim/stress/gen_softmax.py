@@ -91,6 +91,41 @@ def _softmax(name, scores, m, k, sp, targets, sites, mask=None, causal=False, q_
     return Case(name, "di_clipped_softmax", targets, sites, args, witness, distinct)
 
 
+#: the score scale of rows whose DI-Exp unit is T = 2^30 exactly: m = 178 (m_f = 256), k = 38
+#: (and a row range of 65535 units at 16 input bits maps to the codes unchanged)
+T30_SCALE = (178, 38)
+
+
+def _recip_tie_rows() -> list:
+    """Rows at T = 2^30 whose reciprocal-form probability of the max is an exact tie
+    (SPEC 6.2 step 4, F = 16): with e_max = 2^30, e_max f / 2^46 = f / 2^16, a tie when
+    f = floor((2^62 - 1) / S) = 2^15 (mod 2^16).  The min column (-65535, e = 2^30 - 2^15)
+    fixes the range; the others' exps 2^30 - delta set S = n 2^30 - d.  Rows of 5 and 7
+    columns give floor quotients 13107 (odd) and 9362 (even)."""
+    rows = []
+    for n in (5, 7):
+        for d in range(32768, 32768 + (n - 2) * 32767 + 1):
+            if ((2 ** 62 - 1) // (n * 2 ** 30 - d)) % 65536 == 32768:
+                break
+        rest, cols = d - 32768, []
+        for _ in range(n - 2):
+            delta = min(rest, 32767)
+            cols.append(-2 * delta)
+            rest -= delta
+        rows.append([0, -65535] + cols + [0] * (7 - n))
+    return rows
+
+
+def _recip_tie_witness(args) -> str | None:
+    from .gen_exp import exp_py, unit
+    for row, vis in zip(args["scores"].tolist(), args["mask"].tolist()):
+        e = [exp_py(x, *T30_SCALE, "half_up") for x, v in zip(row, vis) if v]
+        f = (2 ** 62 - 1) // sum(e)
+        if not (unit(*T30_SCALE, "floor")[0] == 2 ** 30 and oracle.shift_tie(e[0] * f, 46)):
+            return "an exact tie of e_max f / 2^46"
+    return None
+
+
 def _differ_rows(n_rows: int, cols: int, seed: int) -> tuple:
     """Rows (of designed random scores) on which the reciprocal and the divide form give
     different probabilities at p_out = 16, found with the reference."""
@@ -140,6 +175,16 @@ def _p_cases() -> list:
                                 ("softmax.p.round", "softmax.p.sat", "softmax.zero_spread", "softmax.recip"),
                                 mask=arr(P_TIE_MASK, np.bool_), witness=_p_tie_witness,
                                 distinct=others(r, True) if div == "divide" else ()))
+            if div == "reciprocal":
+                tr = _recip_tie_rows()
+                out.append(_softmax(f"softmax.p_ties.recip16.{r}", tr, [T30_SCALE[0]] * 2, [T30_SCALE[1]] * 2,
+                                    spec(rounding=r),
+                                    f"SPEC §6.2 step 4 (reciprocal, F = p_out = 16), tie rule {r}: rows at T = 2^30 "
+                                    f"whose reciprocal f = floor((2^62 - 1) / S) is 2^15 mod 2^16, so the max's "
+                                    f"e f / 2^46 = f / 2^16 is an exact tie (floor quotients 13107 and 9362)",
+                                    ("softmax.p.round.recip",),
+                                    mask=arr([[True] * 5 + [False] * 2, [True] * 7], np.bool_),
+                                    witness=_recip_tie_witness, distinct=others(r, True)))
             out.append(_softmax(f"softmax.forms.{div}.{r}", rows, [181] * len(rows), [11] * len(rows),
                                 spec(rounding=r, softmax_div=div),
                                 f"SPEC §6.2 step 4 ({div}), tie rule {r}, p_out 16: rows on which the "
@@ -198,7 +243,7 @@ def _width_cases() -> list:
                          ("p16_f1", spec(softmax_p_out=16), 1), ("range_m16", spec(requant_mode="range", m_bits=16),
                                                                     None),
                          ("k4_saturate", spec(k_bits=4, overflow="saturate"), None)):
-        for r in ("half_up", "half_even"):
+        for r in (("half_up", "half_even") if name == "paper" else ("half_even",)):
             out.append(_softmax(f"softmax.widths.{name}.{r}", rows, [181, 255, 129, 200], [4, 12, 30, 9],
                                 spec(sp, rounding=r),
                                 f"SPEC §6.1 options at their extremes ({name}), tie rule {r}: input widths 4, 8, 16; "

@@ -44,7 +44,8 @@ SITES = {
     "matmul.zero": ("4.4", "branch", "all-zero input row: zx = 0, P = 0, output scale m = 0"),
     "matmul.row_bits": ("4.1", "branch", "mixed row widths (row_bits) with group-wise zero-point weights"),
     "matmul.acc.bound": ("4.4", "bound", "int32 group accumulator at G (2^A - 1)(2^W - 1) = 2147450625"),
-    "matmul.p.bound": ("4.4", "bound", "int64 fold P at K (2^A - 1)((2^W - 1) max m + max |b|) near 2^61 - 1"),
+    "matmul.p.bound": ("4.4", "bound", "int64 fold P at K (2^A - 1)((2^W - 1) max m + max |b|) near 2^61 - 1 "
+                                       "(needs about 2^20 columns, some 11 MB of codes: not committed)"),
     # 5 DI-Exp
     "exp.mf": ("5.2", "clamp", "step 0a: m_f = m + (m >> 1) - (m >> 4), the shifts' floors"),
     "exp.tcap": ("5.3", "cap", "the T cap: normalization j = max(0, k - 29 - bitlen(m_f)) on both sides of 0"),
@@ -100,8 +101,8 @@ SITES = {
     "residual.bound": ("10", "bound", "|q - zp| = 2^16 - 1, m = 2^31 - 1 (|v| < 2^47), |k| = 2^20"),
     # 11 embedding, 12 1/sqrt(d), 13 head
     "embed.gather": ("11", "bound", "ids 0 and V - 1, codes +-127 and +-32767, scale extremes"),
-    "head.inv_sqrt": ("12", "rounding", "1/sqrt(d) as a correctly rounded dyadic constant (not an op of a dump)"),
-    "head.argmax": ("13", "branch", "argmax ties to the lowest index (not an op of a dump)"),
+    "head.inv_sqrt": ("12", "rounding", "1/sqrt(d) correctly rounded to m_bits (2..16), head_dim 1..2^16"),
+    "head.argmax": ("13", "branch", "argmax: a repeated maximum goes to the lowest index"),
     # 14 attention
     "fold.round": ("14", "rounding", "the scale fold rnd((v m) 2^G / 2^(k - kref)) on exact ties, G = 0, 12, 16"),
     "fold.mask": ("14", "branch", "kref over visible columns only; a fully masked row (zeros, kref 0)"),
@@ -109,8 +110,7 @@ SITES = {
     "qk.bound": ("14", "bound", "QK^T int32 accumulator at hd max|q| max|k| <= 2^31 - 1"),
     "pv.bound": ("14", "bound", "PV int32 accumulator at S max|p| max|v| <= 2^31 - 1"),
     "attn.gqa": ("14.1", "branch", "grouped-query heads: query head h reads kv head h // (H / Hkv)"),
-    "attn.mul_scales": ("14.1", "rounding", "mul_scales: a mantissa product above 2^28 refitted (graph arithmetic, "
-                                            "not an op of a dump)"),
+    "attn.mul_scales": ("14.1", "rounding", "mul_scales: a mantissa product above 2^28 refitted to 28 bits (ties)"),
     # 15 overflow policy
     "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (no output to record)"),
 }
