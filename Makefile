@@ -66,11 +66,30 @@ rtl-test: rtl-tools
 rtl-test-wrong: rtl-tools
 	$(PY) rtl/run.py --variant wrong --regen
 
-## golden vectors of the small model for two short prompts, committed under golden/
-## (docs/GOLDEN_FORMAT.md; tests/test_golden.py checks the current code reproduces them)
-golden: $(SMALL)
+## golden vectors, committed under golden/ (docs/GOLDEN_FORMAT.md sections 6-7; tests/test_golden.py
+## and tests/test_stress.py check that the current code reproduces them byte for byte): the small
+## model on two short prompts, on a 262-token prompt (last layer), under Spec.paper() and under
+## each non-default tie rule; and the model-free stress suite with its coverage table
+TIE_RULES  := floor half_even half_away
+SPEC_MODELS := out/small-paper.intsim $(TIE_RULES:%=out/small-%.intsim)
+golden: $(SMALL) $(SPEC_MODELS)
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "Mr. Darcy" --out golden/darcy --force
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "The" --no-stages --out golden/the --force
+	$(VENV)/bin/intsim golden $(SMALL) --prompt "$$(cat golden/long-prompt.txt)" --layers 5 --no-stages \
+	  --format npy --out golden/long --force
+	$(VENV)/bin/intsim golden out/small-paper.intsim --prompt "Mr. Darcy" --no-stages --format npy --out golden/paper --force
+	for r in $(TIE_RULES); do $(VENV)/bin/intsim golden out/small-$$r.intsim --prompt "Mr. Darcy" --no-stages \
+	  --format npy --out golden/$$r --force || exit 1; done
+	$(VENV)/bin/intsim stress --out golden/stress --force --coverage docs/COVERAGE.md
+
+# the small model converted under other specs (the spec is stored in the model file)
+out/small-paper.intsim: $(STAMP) $(SMALL_SRC)
+	mkdir -p out
+	$(VENV)/bin/intsim convert models/small --out $@ --spec paper
+
+$(TIE_RULES:%=out/small-%.intsim): out/small-%.intsim: $(STAMP) $(SMALL_SRC)
+	mkdir -p out
+	$(VENV)/bin/intsim convert models/small --out $@ --spec '{"rounding": "$*"}'
 
 ## speed: integer matmul core vs float32 BLAS, and the model vs PyTorch fp32 eager
 bench: $(MODEL)

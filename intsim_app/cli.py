@@ -65,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parsers(sub)
     from intsim.golden import add_golden_parsers
     add_golden_parsers(sub)
+    from intsim.stress.cli import add_stress_parser; add_stress_parser(sub)  # noqa: E702 (intsim stress)
     from intsim.overflow import add_overflow_parser
     add_overflow_parser(sub)
     from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax

@@ -476,19 +476,39 @@ GOLDEN = ROOT / "golden"
 
 
 def _committed_sets():
-    return sorted(p.parent for p in GOLDEN.glob("*/manifest.json"))
+    """The committed model-level dumps (the stress suite, golden/stress, is tests/test_stress.py's)."""
+    return sorted(p.parent for p in GOLDEN.glob("*/manifest.json")
+                  if json.loads(p.read_text()).get("kind", "model") == "model")
+
+
+def _spec_arg(spec: dict) -> list:
+    """The `intsim convert --spec` argument that stores ``spec`` (as `make golden` gives it)."""
+    from intsim.options import Spec
+    if spec == Spec().to_dict():
+        return []
+    if spec == Spec.paper().to_dict():
+        return ["--spec", "paper"]
+    return ["--spec", json.dumps({k: v for k, v in spec.items() if Spec().to_dict()[k] != v})]
 
 
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    """The committed small model converted by the current converter, as `make golden` does."""
+    """The committed small model converted by the current converter under a dump's spec, as
+    `make golden` does (one conversion per spec)."""
     import subprocess
     import sys
-    out = tmp_path_factory.mktemp("small") / "small-w8a8.intsim"
-    r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return out
+    made = {}
+
+    def convert(spec: dict) -> Path:
+        key = json.dumps(spec, sort_keys=True)
+        if key not in made:
+            out = tmp_path_factory.mktemp("small") / "small.intsim"
+            r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
+                                *_spec_arg(spec)], cwd=ROOT, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            made[key] = out
+        return made[key]
+    return convert
 
 
 @pytest.mark.parametrize("gdir", _committed_sets() or [None], ids=lambda p: p.name if p else "none")
@@ -496,13 +516,14 @@ def test_committed_golden_set_is_reproduced_bit_for_bit(gdir, tmp_path, small_mo
     if gdir is None:
         pytest.skip("no committed golden set under golden/ yet")
     man = golden.load_manifest(gdir)
-    path = small_model
+    path = small_model(man["model"]["spec"])
     if model_hash(path) != man["model"]["file_sha256"]:
         pytest.fail(f"{gdir} was made from another model file than `intsim convert models/small` "
                     f"gives now (the model or the converter changed): regenerate with `make golden`")
     run = man["run"]
     golden.export_golden(load_model(path), np.array(man["prompt"]["tokens"]), tmp_path / "now",
                          model_sha256=model_hash(path), prompt_text=man["prompt"]["text"],
+                         layers=None if run["layers"] == "all" else run["layers"],
                          formats=run["formats"], hex_pack=run["hex_pack"], stages=run["stages"],
                          model_path=run.get("model_path"))
     r = golden.compare(gdir, tmp_path / "now")

@@ -36,7 +36,7 @@ from .formats import (FORMAT, FORMAT_VERSION, FORMATS, GENERATOR, INDEX_DIGITS, 
                       word_bits)
 from .ops import EXACT_KINDS, KINDS, OUT_NAMES, model_param, model_params, model_tensors_sha256
 from .record import OpRecord, Recorder, export_golden, parse_layers
-from .replaying import check_model, replay, select_ops
+from .replaying import call_args, check_model, replay, select_ops
 from .stages import STAGES
 from .ties import tie_status
 from .values import assemble, components, split_result
@@ -45,7 +45,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "FORMATS", "GENERATOR", "INDEX_DIGITS", "MANIFEST", "REGENERATE",
     "EXACT_KINDS", "KINDS", "OUT_NAMES", "STAGES",
     "Diff", "OpRecord", "Recorder",
-    "add_golden_parsers", "assemble", "check_model", "cmd_compare", "cmd_golden", "cmd_replay",
+    "add_golden_parsers", "assemble", "call_args", "check_model", "cmd_compare", "cmd_golden", "cmd_replay",
     "compare", "components", "diff_arrays", "export_golden", "hex_buffer", "hex_lines",
     "load_manifest", "manifest_text", "model_param", "model_params", "model_tensors_sha256",
     "pack32_lines", "parse_hex", "parse_layers", "read_component", "read_value", "replay",

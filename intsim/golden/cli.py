@@ -12,7 +12,7 @@ from ..errors import IntsimError
 from ..hashing import file_sha256
 from ..modelfile import check_prompt_ids, load_model, load_tokenizer, model_hash
 from .comparing import compare
-from .dump import load_manifest
+from .dump import is_stress, load_manifest
 from .formats import MANIFEST
 from .mutating import add_mutants_parser
 from .record import export_golden, parse_layers
@@ -52,8 +52,15 @@ def cmd_golden(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    model, sha = _load(args.model)
     man = load_manifest(args.golden_dir)
+    if is_stress(man):
+        if args.model is not None:
+            raise IntsimError(f"{args.golden_dir}: a stress suite is replayed without a MODEL (it has none)")
+        model, sha = None, None
+    elif args.model is None:
+        raise IntsimError(f"{args.golden_dir}: a model-level dump needs the MODEL it was made from")
+    else:
+        model, sha = _load(args.model)
     ops = select_ops(man, op=args.op, layer=args.layer, start=args.start, stop=args.stop)
     r = replay(args.golden_dir, model, model_sha256=sha, ops=ops, backend=args.backend)
     if args.json:
@@ -125,11 +132,13 @@ def add_golden_parsers(sub) -> None:
     r = sub.add_parser("replay", help="re-run ops from a golden dump and check their outputs bit for bit",
                        description="Re-runs one op, one layer, a range of ops or all of them from the "
                                    "dumped inputs; an input produced by an op replayed earlier in the "
-                                   "same run comes from that replay.  Exit 0 only when every output is "
+                                   "same run comes from that replay.  A stress suite (intsim stress) "
+                                   "is replayed without a model.  Exit 0 only when every output is "
                                    "bit-identical to the dump.")
     r.add_argument("golden_dir", metavar="GOLDEN_DIR",
-                   help="folder written by 'intsim golden' (holds manifest.json)")
-    r.add_argument("model", metavar="MODEL", help="the model file the dump was made from")
+                   help="folder written by 'intsim golden' or 'intsim stress' (holds manifest.json)")
+    r.add_argument("model", metavar="MODEL", nargs="?", default=None,
+                   help="the model file the dump was made from (none for a stress suite)")
     sel = r.add_mutually_exclusive_group()
     sel.add_argument("--op", help="one op, by name or index")
     sel.add_argument("--layer", type=int, help="every op of one layer")

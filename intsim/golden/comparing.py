@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import IntsimError
-from .dump import load_manifest, read_component, tensor_components, verify_files
+from .dump import is_stress, load_manifest, read_component, tensor_components, verify_files
 from .ties import tie_status
 
 
@@ -50,6 +50,20 @@ def first_mismatch(diff: Diff):
             "golden": diff.want, "got": diff.got, "lsb_delta": diff.delta}
 
 
+def _same_source(gman: dict, dman: dict) -> None:
+    """Both dumps of the same model and prompt, or both stress suites; else raise."""
+    if is_stress(gman) != is_stress(dman):
+        raise IntsimError("one dump is a stress suite and the other a model-level dump: nothing to compare")
+    gm, dm = gman["model"] or {}, dman["model"] or {}
+    if gm.get("tensors_sha256") != dm.get("tensors_sha256") or (
+            gm.get("file_sha256") and dm.get("file_sha256") and gm["file_sha256"] != dm["file_sha256"]):
+        raise IntsimError(f"the dumps are of different models: golden {str(gm.get('file_sha256') or gm.get('tensors_sha256'))[:16]}..., "
+                          f"DUT {str(dm.get('file_sha256') or dm.get('tensors_sha256'))[:16]}...")
+    if not is_stress(gman) and gman["prompt"].get("tokens") != dman["prompt"].get("tokens"):
+        raise IntsimError(f"the dumps are of different prompts: golden tokens "
+                          f"{gman['prompt'].get('tokens')!r:.80}, DUT {dman['prompt'].get('tokens')!r:.80}")
+
+
 def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = False) -> dict:
     """Compare a device-under-test dump with a golden dump, exactly (module doc).
 
@@ -66,14 +80,7 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
     if problems:
         raise IntsimError(f"{len(problems)} file problem(s): " + "; ".join(problems[:8]) +
                           ("" if len(problems) <= 8 else f"; and {len(problems) - 8} more"))
-    gm, dm = gman["model"], dman["model"]
-    if gm.get("tensors_sha256") != dm.get("tensors_sha256") or (
-            gm.get("file_sha256") and dm.get("file_sha256") and gm["file_sha256"] != dm["file_sha256"]):
-        raise IntsimError(f"the dumps are of different models: golden {str(gm.get('file_sha256') or gm.get('tensors_sha256'))[:16]}..., "
-                          f"DUT {str(dm.get('file_sha256') or dm.get('tensors_sha256'))[:16]}...")
-    if gman["prompt"].get("tokens") != dman["prompt"].get("tokens"):
-        raise IntsimError(f"the dumps are of different prompts: golden tokens "
-                          f"{gman['prompt'].get('tokens')!r:.80}, DUT {dman['prompt'].get('tokens')!r:.80}")
+    _same_source(gman, dman)
     dut = {(t["op"], t["role"], t["arg"]): t for t in dman["tensors"]}
     g_ops = {o["name"]: o for o in gman["ops"]}
     structural, per_op, first, compared = [], {}, None, 0

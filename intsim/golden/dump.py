@@ -12,6 +12,9 @@ from .. import __version__
 from ..errors import IntsimError
 from ..hashing import file_sha256
 from .formats import FORMAT, FORMAT_VERSION, MANIFEST, REGENERATE, parse_hex
+
+#: what a manifest's optional ``kind`` may say ("model" when absent)
+DUMP_KINDS = ("model", "stress")
 from .values import assemble
 
 
@@ -37,8 +40,15 @@ def load_manifest(d) -> dict:
     if man.get("format_version") != FORMAT_VERSION:
         raise dump_error(d, f"{MANIFEST}: format_version {man.get('format_version')!r}, this intsim "
                       f"({__version__}) reads {FORMAT_VERSION}; {REGENERATE}")
+    kind = man.get("kind", "model")
+    if kind not in DUMP_KINDS:
+        raise dump_error(d, f"{MANIFEST}: key 'kind' is {kind!r}, not one of {', '.join(DUMP_KINDS)}")
+    stress = kind == "stress"
     for key, typ in (("model", dict), ("prompt", dict), ("ops", list), ("tensors", list)):
-        if not isinstance(man.get(key), typ):
+        if stress and key in ("model", "prompt"):
+            if key not in man or man[key] is not None:
+                raise dump_error(d, f"{MANIFEST}: key '{key}' of a stress suite must be null")
+        elif not isinstance(man.get(key), typ):
             raise dump_error(d, f"{MANIFEST}: key '{key}' is missing or not a {typ.__name__}")
     names = set()
     for j, t in enumerate(man["tensors"]):
@@ -54,7 +64,32 @@ def load_manifest(d) -> dict:
         for tn in op["inputs"] + op["outputs"]:
             if tn not in names:
                 raise dump_error(d, f"{MANIFEST}: op '{op['name']}' names tensor '{tn}', which is not listed")
+        if stress:
+            _check_stress_op(d, j, op)
     return man
+
+
+def is_stress(man: dict) -> bool:
+    """Whether a (checked) manifest is a stress suite (``"kind": "stress"``: op-level
+    records without a model, docs/GOLDEN_FORMAT.md section 7)."""
+    return man.get("kind") == "stress"
+
+
+def _check_stress_op(d, j: int, op: dict) -> None:
+    what = f"{MANIFEST}: ops[{j}] '{op['name']}'"
+    if not isinstance(op.get("targets"), str) or not op["targets"]:
+        raise dump_error(d, f"{what} has no 'targets' string (the SPEC step it targets)")
+    if not isinstance(op.get("sites"), list) or not all(isinstance(x, str) for x in op["sites"]):
+        raise dump_error(d, f"{what} has no 'sites' list of strings")
+    for pname, p in op["params"].items():
+        if isinstance(p, dict) and "model" in p:
+            raise dump_error(d, f"{what} parameter '{pname}' names a model parameter; a stress suite has no model")
+        if isinstance(p, dict) and p.get("spec") == "model":
+            raise dump_error(d, f"{what} parameter '{pname}' names the model's spec; a stress suite has no model")
+        if isinstance(p, dict) and "qweight" in p:
+            qw = p["qweight"]
+            if not isinstance(qw, dict) or not all(isinstance(qw.get(x), int) for x in ("bits", "group_size", "k")):
+                raise dump_error(d, f"{what} parameter '{pname}': 'qweight' needs integer bits, group_size and k")
 
 
 def _check_comp(d, what: str, c, codes: bool) -> None:
@@ -89,6 +124,14 @@ def _check_tensor_entry(d, j: int, t) -> None:
             raise dump_error(d, f"{MANIFEST}: {what} has no valid '{key}'")
     if t["type"] not in ("qtensor", "dyadic", "array"):
         raise dump_error(d, f"{MANIFEST}: {what} has unknown type {t['type']!r}")
+    if "call_dtype" in t:
+        cd = t["call_dtype"]
+        try:
+            ok = isinstance(cd, str) and t["type"] == "array" and np.dtype(cd).kind in "iu"
+        except TypeError:
+            ok = False
+        if not ok:
+            raise dump_error(d, f"{MANIFEST}: {what} has call_dtype {cd!r}: not an integer dtype of an array")
     if t["type"] != "dyadic":
         _check_comp(d, what, t, True)
         for key in ("bits", "signed"):

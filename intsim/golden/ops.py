@@ -9,9 +9,10 @@ import numpy as np
 
 from ..attention import fold_scales, pv, qk_scores
 from ..embedding import embed
+from ..head import argmax, inv_sqrt_dyadic
 from ..errors import IntsimError
 from ..exp import di_exp
-from ..fixedpoint import FLOOR
+from ..fixedpoint import FLOOR, HALF_UP, div_round, dyadic_fit, isqrt, rshift_round
 from ..matmul import QWeight, di_matmul, di_matmul_acc
 from ..norm import di_norm, norm_weight
 from ..options import Spec
@@ -20,24 +21,39 @@ from ..residual import residual_add
 from ..rope import rope
 from ..softmax import di_clipped_softmax, softmax_clip
 from ..swiglu import di_swiglu
+from ..llama import mul_scales
 
-#: the op kinds a dump may name: the public operator functions (docs/SPEC.md) and the
-#: softmax clip stage.  A new op in forward() must be added here to be captured.
+#: the fixed-point primitives (docs/SPEC.md section 1), which only stress suites record
+#: (``intsim stress``): they take their tie rule as an argument, not from a spec
+PRIMITIVE_KINDS = ("isqrt", "dyadic_fit", "div_round", "rshift_round")
+#: the op kinds a dump may name: the public operator functions (docs/SPEC.md), the
+#: softmax clip stage, and (recorded by stress suites only) the primitives, the head's
+#: argmax and 1/sqrt(d), and the graph's scale product.  A new op in forward() must be
+#: added here to be captured.
 KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matmul_acc, rope,
                                  requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
-                                 residual_add, di_swiglu, di_exp, softmax_clip)}
+                                 residual_add, di_swiglu, di_exp, softmax_clip,
+                                 isqrt, dyadic_fit, div_round, rshift_round, argmax, inv_sqrt_dyadic,
+                                 mul_scales)}
 #: kinds without any rounding in their output (``rounding: exact``)
-EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip"}
+EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
 #: output argument names per kind (default: one output, "out")
-OUT_NAMES = {"di_exp": ("out", "T")}
+OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated")}
 
 
-def rounding_of(kind: str, spec: Spec) -> str:
+def rounding_of(kind: str, spec: Spec | None, params: dict | None = None) -> str:
     """The tie rule of an op's last rounding as the manifest names it: "exact" (nothing
     rounded: the exact kinds, RoPE without dropped bits), ``FLOOR`` for DI-Exp's output
-    shift, else ``spec.rounding``."""
+    shift and the integer square root, a primitive's own ``rounding`` argument (from
+    ``params``), else ``spec.rounding``."""
     if kind in EXACT_KINDS:
         return "exact"
+    if kind == "isqrt":
+        return FLOOR
+    if kind == "inv_sqrt_dyadic":
+        return HALF_UP                 # to nearest; no tie can occur (docs/SPEC.md section 12)
+    if kind in PRIMITIVE_KINDS:
+        return str((params or {}).get("rounding"))
     if kind == "rope":
         return "exact" if spec.rope_drop_bits == 0 else spec.rounding
     if kind == "di_exp":
@@ -80,6 +96,8 @@ def model_tensors_sha256(model) -> str:
 
 def spec_of(man: dict, op: dict) -> Spec:
     p = op["params"].get("spec", {"spec": "model"})
+    if p.get("spec") == "model" and not isinstance(man.get("model"), dict):
+        raise IntsimError(f"op '{op['name']}': names the model's spec, but the dump has no model")
     d = man["model"].get("spec", {}) if p.get("spec") == "model" else p.get("spec")
     try:
         return Spec.from_dict(d)

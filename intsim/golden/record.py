@@ -11,13 +11,14 @@ import numpy as np
 
 from ..errors import IntsimError
 from ..fixedpoint import _check_backend
+from ..matmul import QWeight
 from ..options import Spec
 from ..qtensor import Dyadic, QTensor
 from .formats import (FORMAT, FORMAT_VERSION, FORMATS, GENERATOR, INDEX_DIGITS, MANIFEST, hex_buffer,
                       manifest_text, npy_header, pack32_lines, sha256_of, txt_lines)
 from .ops import KINDS, model_params, model_tensors_sha256, rounding_of
 from .stages import STAGES, stage_call
-from .values import components, jsonable, split_result
+from .values import CALL_DTYPE_DEFAULT, QWEIGHT_ARRAYS, components, jsonable, split_result
 
 
 class _Writer:
@@ -125,14 +126,17 @@ class Recorder:
     ``intsim.llama.OpCall`` (the op function, its arguments and its result); it writes
     the inputs, the outputs and the op's parameters, numbering ops in execution order.
     ``layers``: None (everything) or the set of layer indices to write; the numbering
-    is the full graph's either way.
+    is the full graph's either way.  ``model=None`` records op calls without a model
+    (:meth:`record_call`, the stress suites of ``intsim stress``): every spec is written
+    out, a QWeight argument is dumped as its arrays, and an array argument whose dtype is
+    not int64 (or bool) carries its ``call_dtype``.
     """
     takes_op_calls = True
 
     def __init__(self, model, out_dir, formats=("npy", "hex"), hex_pack: bool = False,
                  stages: bool = True, layers=None):
         self.model = model
-        self.params = model_params(model)
+        self.params = {} if model is None else model_params(model)
         self.writer = _Writer(Path(out_dir), tuple(formats), hex_pack)
         self.stages = stages
         self.layers = None if layers is None else set(layers)
@@ -163,13 +167,26 @@ class Recorder:
             self._record(f"{name}.{st}", fn, a, result, stage_of=name)
         self._record(name, call.fn, dict(args.arguments), call.result, stage_of=None)
 
-    def _record(self, name, fn, arguments: dict, result, stage_of):
+    def record_call(self, name: str, fn, arguments: dict, result, stage_of=None,
+                    extra: dict | None = None) -> None:
+        """Record one op call made outside ``forward`` (``arguments`` by parameter name,
+        defaults included); ``extra`` adds keys to the op's manifest entry."""
+        self._record(name, fn, arguments, result, stage_of, extra)
+
+    def _record(self, name, fn, arguments: dict, result, stage_of, extra=None):
         kind = fn.__name__
         i, self.index = self.index, self.index + 1
         stem0 = f"{str(i).zfill(INDEX_DIGITS)}_{name}"
-        spec = self.model.spec
+        spec = None if self.model is None else self.model.spec
         params, inputs = {}, []
         for arg, v in arguments.items():
+            if isinstance(v, QWeight) and id(v) not in self.params:
+                params[arg] = {"qweight": {"bits": v.bits, "group_size": v.group_size, "k": v.k}}
+                for part in QWEIGHT_ARRAYS:
+                    if getattr(v, part) is not None:
+                        inputs.append(self._tensor(f"{stem0}.in.{arg}.{part}", name, i, "in",
+                                                   f"{arg}.{part}", getattr(v, part), None))
+                continue
             if isinstance(v, (QTensor, Dyadic, np.ndarray)) or id(v) in self.params:
                 if id(v) in self.params:
                     params[arg] = {"model": self.params[id(v)]}
@@ -182,13 +199,15 @@ class Recorder:
             else:
                 params[arg] = jsonable(v)
         outs, stats = split_result(kind, result)
-        rounding = rounding_of(kind, spec)
+        rounding = rounding_of(kind, spec, params)
         outputs = [self._tensor(f"{stem0}.out" + ("" if a == "out" else f".{a}"), name, i, "out", a,
                                 v, rounding) for a, v in outs]
-        self.ops.append({"index": i, "name": name, "kind": kind, "stage_of": stage_of,
-                         "params": params, "rounding": rounding, "stats": stats,
-                         "inputs": [t["name"] for t in inputs],
-                         "outputs": [t["name"] for t in outputs]})
+        op = {"index": i, "name": name, "kind": kind, "stage_of": stage_of,
+              "params": params, "rounding": rounding, "stats": stats,
+              "inputs": [t["name"] for t in inputs],
+              "outputs": [t["name"] for t in outputs]}
+        op.update(extra or {})
+        self.ops.append(op)
 
     #: recent outputs kept by identity, so that an input that IS one of them (the same
     #: arrays, e.g. the norm output fed to q, k and v) needs no conversion or hashing
@@ -207,6 +226,8 @@ class Recorder:
         t = {"name": stem, "op": op, "op_index": index, "role": role, "arg": arg, "type": typ,
              "rounding": rounding}
         t.update({k: v for k, v in attrs.items() if k == "logical"})
+        if self.model is None and role == "in" and typ == "array" and value.dtype.name not in CALL_DTYPE_DEFAULT:
+            t["call_dtype"] = value.dtype.name
         for comp, e in zip(names, entries):
             if comp == "":
                 t.update(e)

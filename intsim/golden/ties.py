@@ -57,6 +57,16 @@ def tie_status(d, man: dict, op: dict, t: dict, flat: int) -> str:
     on a tie of the op's last rounding ("yes" / "no (...)" / "not evaluated (...)")."""
     kind = op.get("kind", "?")
     try:
+        if kind in ("rshift_round", "div_round"):          # stress suites' primitives
+            shape = tuple(t["shape"])
+            a, b = (np.broadcast_to(np.asarray(_input(d, man, op, n), dtype=np.int64), shape)
+                    for n in (("x", "s") if kind == "rshift_round" else ("a", "b")))
+            idx = np.unravel_index(flat, shape)
+            if op["params"].get("rounding") in ("floor", "ceil"):
+                return "no (a directed rounding has no tie)"
+            if kind == "rshift_round":
+                return "no (shift >= 63)" if int(b[idx]) >= 63 else _shift_tie(int(a[idx]), int(b[idx]))
+            return "yes" if oracle.is_tie(int(a[idx]), int(b[idx])) else "no"
         spec = spec_of(man, op)
         rounding = rounding_of(kind, spec) if kind in KINDS else "?"
         if rounding == "exact":

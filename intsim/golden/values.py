@@ -11,6 +11,10 @@ from .ops import OUT_NAMES
 
 #: largest |k| written as a 32-bit word; beyond it the exponent file is 64-bit
 _I32 = 2 ** 31 - 1
+#: dtypes an array input is read back as when its manifest entry has no ``call_dtype``
+CALL_DTYPE_DEFAULT = ("int64", "bool")
+#: the arrays of a QWeight argument a stress suite dumps (``<arg>.q`` ...), in this order
+QWEIGHT_ARRAYS = ("q", "m", "b", "row_bits")
 
 
 def _array_width(a: np.ndarray) -> tuple[int, bool]:
@@ -82,7 +86,17 @@ def assemble(typ: str, attrs: dict, comps: dict):
     if typ == "dyadic":
         return Dyadic(comps["m"].astype(np.int64), comps["k"].astype(np.int64))
     a = comps[""]
-    return a.astype(np.bool_) if attrs.get("logical") == "bool" else a.astype(np.int64)
+    if attrs.get("logical") == "bool":
+        return a.astype(np.bool_)
+    try:
+        dt = np.dtype(attrs.get("call_dtype") or "int64")
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "iu":
+        raise IntsimError(f"call_dtype {attrs.get('call_dtype')!r} is not an integer dtype")
+    if a.size and (int(a.min()) < np.iinfo(dt).min or int(a.max()) > np.iinfo(dt).max):
+        raise IntsimError(f"values do not fit its call_dtype {dt.name}")
+    return a.astype(dt)
 
 
 def split_result(kind: str, result) -> tuple[list, dict]:
@@ -97,7 +111,7 @@ def split_result(kind: str, result) -> tuple[list, dict]:
             values.append(QTensor.exact(v, items[i + 1]))
             i += 2
             continue
-        if isinstance(v, (QTensor, np.ndarray)):
+        if isinstance(v, (QTensor, np.ndarray, Dyadic)):
             values.append(v)
         elif isinstance(v, dict):
             stats.update({str(a): jsonable(b) for a, b in v.items()})
@@ -119,6 +133,8 @@ def jsonable(v):
         return int(v)
     if isinstance(v, str) or v is None:
         return v
+    if isinstance(v, (tuple, list)):
+        return [jsonable(x) for x in v]
     raise IntsimError(f"cannot put a {type(v).__name__} into the manifest")
 
 
