@@ -12,7 +12,7 @@ MODEL   := out/smollm2-w8a8.intsim
 # PROMPT="..." overrides each target's default prompt
 PROMPT  ?=
 
-.PHONY: run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
+.PHONY: mutants run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
 
 venv: $(STAMP)
 
@@ -83,6 +83,10 @@ golden: $(SMALL) $(SPEC_MODELS)
 	$(VENV)/bin/intsim stress --out golden/stress --force --coverage docs/COVERAGE.md
 
 # the small model converted under other specs (the spec is stored in the model file)
+## the mutant score of everything under golden/: every deviation in intsim.mutants must be killed
+mutants: $(SMALL) $(SPEC_MODELS)
+	$(VENV)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS),--model $(m))
+
 out/small-paper.intsim: $(STAMP) $(SMALL_SRC)
 	mkdir -p out
 	$(VENV)/bin/intsim convert models/small --out $@ --spec paper

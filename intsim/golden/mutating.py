@@ -23,9 +23,10 @@ from ..errors import IntsimError
 from ..mutants import REGISTRY, select
 from ..qtensor import Dyadic, QTensor
 from .comparing import Diff, diff_arrays, first_mismatch
-from .dump import dump_error, load_manifest, read_component, read_value, tensor_components, verify_files
-from .ops import KINDS, model_param, spec_of
-from .replaying import check_model
+from .formats import MANIFEST
+from .dump import dump_error, load_manifest, read_component, tensor_components, verify_files
+from .ops import KINDS
+from .replaying import call_args, check_model
 from .values import split_result, value_comps
 
 BACKEND = "reference"
@@ -63,7 +64,9 @@ class Suite:
     """One golden dump, loaded for repeated replays: every op record's call (model
     parameters, spec, dumped inputs) and its dumped outputs."""
 
-    def __init__(self, d, model=None, model_sha256: str | None = None):
+    def __init__(self, d, models=None):
+        """``models``: ``[(model, file sha256), ...]``; a suite whose ops read model
+        parameters takes the one whose hash its manifest records."""
         self.dir = Path(d)
         self.label = str(d)
         man = load_manifest(self.dir)
@@ -72,32 +75,29 @@ class Suite:
             raise dump_error(self.dir, f"{len(problems)} file problem(s): " + "; ".join(problems[:5]))
         needs = sorted({p["model"] for op in man["ops"] for p in op["params"].values()
                         if isinstance(p, dict) and "model" in p})
-        if needs and model is None:
-            sha = str(man["model"].get("file_sha256") or "?")[:16]
-            made = (man.get("run") or {}).get("model_path")
-            raise IntsimError(f"{self.dir}: its ops read model parameters ({needs[0]}, ...): give the "
-                              f"model file it was made from with --model (sha256 {sha}..."
-                              + (f", made from {made}" if made else "") + ")")
+        model = None
         if needs:
-            check_model(man, model, model_sha256, self.dir)
+            want = (man.get("model") or {}).get("file_sha256")
+            found = [(m, sha) for m, sha in (models or []) if sha == want]
+            if not found:
+                made = (man.get("run") or {}).get("model_path")
+                have = "none was given" if not models else \
+                    f"none of the {len(models)} given has that sha256"
+                raise IntsimError(f"{self.dir}: its ops read model parameters ({needs[0]}, ...): give "
+                                  f"the model file it was made from with --model (sha256 "
+                                  f"{str(want or '?')[:16]}..." + (f", made from {made}" if made else "")
+                                  + f"); {have}")
+            model, sha = found[0]
+            check_model(man, model, sha, self.dir)
         tensors = {t["name"]: t for t in man["tensors"]}
         self.records = [self._load(man, op, tensors, model) for op in man["ops"]]
 
     def _load(self, man, op, tensors, model) -> _Record:
         if op["kind"] not in KINDS:
             raise dump_error(self.dir, f"op '{op['name']}': unknown kind {op['kind']!r}")
-        kwargs = {}
-        for pname, p in op["params"].items():
-            if isinstance(p, dict) and "model" in p:
-                kwargs[pname] = model_param(model, p["model"])
-            elif isinstance(p, dict) and "spec" in p:
-                kwargs[pname] = spec_of(man, op)
-            else:
-                kwargs[pname] = BACKEND if pname == "backend" else p
-        for tn in op["inputs"]:
-            t = tensors[tn]
-            kwargs[t["arg"]] = read_value(self.dir, t)
-            _freeze(kwargs[t["arg"]])
+        kwargs, _ = call_args(self.dir, man, op, tensors, model, BACKEND)
+        for tn in op["inputs"]:                       # the dumped inputs, not model parameters
+            _freeze(kwargs.get(tensors[tn]["arg"]))
         rec = _Record(op["index"], op["name"], op["kind"], kwargs)
         for tn in op["outputs"]:
             t = tensors[tn]
@@ -176,6 +176,21 @@ def percent(k: int, n: int) -> int:
     return 100 * k // max(n, 1)
 
 
+def expand_suites(dirs) -> list:
+    """Each SUITE_DIR as given, or, for a folder without a manifest (``golden/``), every
+    sub-folder that holds one, in name order."""
+    out = []
+    for d in map(Path, dirs):
+        if d.joinpath(MANIFEST).is_file() or not d.is_dir():
+            out.append(d)              # (a missing dump is refused by Suite, naming it)
+            continue
+        subs = sorted(p for p in d.iterdir() if p.joinpath(MANIFEST).is_file())
+        if not subs:
+            raise IntsimError(f"{d}: neither a golden dump (no {MANIFEST}) nor a folder of dumps")
+        out.extend(subs)
+    return out
+
+
 def cmd_mutants(args) -> int:
     mutants = select(args.only)
     if args.list:
@@ -185,12 +200,12 @@ def cmd_mutants(args) -> int:
         return 0
     if not args.suites:
         raise IntsimError("give at least one SUITE_DIR (a golden dump), or --list")
-    model = sha = None
+    models = []
     if args.model:
         from ..modelfile import load_model, model_hash
-        model, sha = load_model(args.model), model_hash(args.model)
+        models = [(load_model(p), model_hash(p)) for p in args.model]
     t0 = time.perf_counter_ns()
-    suites = [Suite(d, model, sha) for d in args.suites]
+    suites = [Suite(d, models) for d in expand_suites(args.suites)]
     r = score(suites, mutants)
     ms = (time.perf_counter_ns() - t0) // 10 ** 6
     if args.json:
@@ -216,8 +231,9 @@ def add_mutants_parser(sub) -> None:
                                    "first killing record.  Exit 0 when every selected mutant is "
                                    "killed, 1 when one survives, 2 on bad input.  docs/MUTANTS.md.")
     p.add_argument("suites", nargs="*", metavar="SUITE_DIR", help="golden dumps (intsim golden)")
-    p.add_argument("--model", metavar="MODEL", help="the model file the suites were made from "
-                   "(needed when their ops read model parameters; its sha256 must match)")
+    p.add_argument("--model", metavar="MODEL", action="append", help="a model file suites were "
+                   "made from (needed when their ops read model parameters; each such suite takes "
+                   "the one whose sha256 its manifest records); repeat for suites of several models")
     p.add_argument("--only", nargs="+", metavar="NAME", help="only these mutants (names or shell "
                    "patterns, e.g. 'softmax.*')")
     p.add_argument("--json", action="store_true", help="print one JSON object")
