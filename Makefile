@@ -12,7 +12,7 @@ MODEL   := out/smollm2-w8a8.intsim
 # PROMPT="..." overrides each target's default prompt
 PROMPT  ?=
 
-.PHONY: mutants run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
+.PHONY: mutants mutants-numpy126 run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
 
 venv: $(STAMP)
 
@@ -87,6 +87,17 @@ golden: $(SMALL) $(SPEC_MODELS)
 mutants: $(SMALL) $(SPEC_MODELS)
 	$(VENV)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS),--model $(m))
 
+## the same under the oldest NumPy the package supports (CI runs both): the dumps must replay
+## bit-identically and every mutant must still be caught
+NUMPY_OLD_V := 1.26.4
+NUMPY_OLD := numpy==$(NUMPY_OLD_V)
+VENV_OLD  := .venv-numpy126
+mutants-numpy126: $(SMALL) $(SPEC_MODELS)
+	test -x $(VENV_OLD)/bin/python || $(PYTHON) -m venv $(VENV_OLD)
+	$(VENV_OLD)/bin/python -m pip install -q -e . '$(NUMPY_OLD)'
+	$(VENV_OLD)/bin/python -c "import numpy; v = numpy.__version__; print('numpy', v); assert v == '$(NUMPY_OLD_V)'"
+	$(VENV_OLD)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS),--model $(m))
+
 out/small-paper.intsim: $(STAMP) $(SMALL_SRC)
 	mkdir -p out
 	$(VENV)/bin/intsim convert models/small --out $@ --spec paper
@@ -101,4 +112,4 @@ bench: $(MODEL)
 	$(VENV)/bin/intsim bench --model $(MODEL)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis out
+	rm -rf $(VENV) $(VENV_OLD) .pytest_cache .hypothesis out

@@ -505,8 +505,8 @@ def dyadic_fit(num, den, m_bits: int = 8, k_range: tuple[int, int] = (-128, 127)
     if backend == "reference":
         return _fit_ref(n64, d64, m_bits, k_lo, k_hi, code)
     nb, db = np.broadcast_arrays(n64, d64)
-    m, k, sat = _fit_vec(np.ascontiguousarray(nb).ravel(), np.ascontiguousarray(db).ravel(),
-                         m_bits, k_lo, k_hi, code)
+    # copies: a broadcast view is read-only, which NumPy 1.26 warns about when Numba types it
+    m, k, sat = _fit_vec(np.array(nb).ravel(), np.array(db).ravel(), m_bits, k_lo, k_hi, code)
     return m.reshape(nb.shape), k.reshape(nb.shape), sat.reshape(nb.shape)
 
 
