@@ -23,7 +23,8 @@ SMALL = Path("out") / "small-w8a8.intsim"
 def first_token_run(cmd: list, prompt: str, env: dict, cwd=None) -> dict:
     """Start ``cmd`` (an ``intsim run`` that echoes ``prompt``, then streams tokens) and
     read its stdout as it comes: seconds from the start to the first byte after the
-    echoed prompt (the first generated token) and to the exit; its stderr."""
+    echoed prompt (the first generated token) and to the exit, the CPU seconds it used
+    (user + system: the work itself, whatever else shares the cores), and its stderr."""
     echo = len(prompt.encode())
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
@@ -36,23 +37,27 @@ def first_token_run(cmd: list, prompt: str, env: dict, cwd=None) -> dict:
             got += len(chunk)
             if first is None and got > echo:
                 first = time.perf_counter() - t0
-        rc = p.wait()
+        _, status, usage = os.wait4(p.pid, 0)
         total = time.perf_counter() - t0
+        p.returncode = rc = os.waitstatus_to_exitcode(status)
         p.stdout.close()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     if rc:
         raise RuntimeError(f"{' '.join(map(str, cmd))} exited {rc}:\n{stderr[-2000:]}")
-    return {"first_token_s": first, "total_s": total, "stderr": stderr}
+    return {"first_token_s": first, "total_s": total, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "stderr": stderr}
 
 
 def cold_start(model, tree=None, prompt: str = COLD_PROMPT, tokens: int = COLD_TOKENS) -> dict:
     """``cold_start_s``: seconds from starting ``intsim run MODEL`` (a new process, the
     prompt and length of ``make run``) with an EMPTY Numba cache (NUMBA_CACHE_DIR a new
     temporary folder: everything compiles, as on a fresh clone) to its first generated
-    token; ``cold_start_total_s`` to its exit; ``cold_start_notice``: whether it said
-    it was compiling (intsim.compile_notice).  Then the same run again on the now warm
-    cache: ``warm_start_s``, ``warm_start_total_s``.  ``tree``: run that checkout's code
+    token; ``cold_start_total_s`` to its exit; ``cold_start_cpu_s`` the CPU seconds of
+    the process (on a shared machine the wall figures grow with the other load, this one
+    much less); ``cold_start_notice``: whether it said it was compiling
+    (intsim.compile_notice).  Then the same run again on the now warm cache:
+    ``warm_start_s``, ``warm_start_total_s``, ``warm_start_cpu_s``.  ``tree``: run that checkout's code
     (PYTHONPATH and working folder; default: the installed one)."""
     from intsim.compile_notice import NOTICE
     cmd = [sys.executable, "-m", "intsim_app", "run", str(Path(model).resolve()), "--prompt",
@@ -65,6 +70,7 @@ def cold_start(model, tree=None, prompt: str = COLD_PROMPT, tokens: int = COLD_T
         for key in ("cold_start", "warm_start"):
             r = first_token_run(cmd, prompt, env, cwd=tree)
             out[f"{key}_s"], out[f"{key}_total_s"] = r["first_token_s"], r["total_s"]
+            out[f"{key}_cpu_s"] = r["cpu_s"]
             if key == "cold_start":
                 out["cold_start_notice"] = NOTICE in r["stderr"]
     return out
