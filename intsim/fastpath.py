@@ -80,16 +80,19 @@ from .swiglu import swiglu_row
 @njit(cache=True, inline="always")
 def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, v):
     """DI-Norm of stream row t, its per-channel weight when the model keeps one (into the
-    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits."""
+    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits.  Without a
+    weight the row is copied into ``v`` as it is (the same integers; requant_row then
+    compiles for one input dtype here, not two)."""
     mn, kn, s1 = norm_row(h[t], np.int64(0), cfg.n_c, cfg.p2, preshift, cfg.m_bits, cfg.k_lo,
                           cfg.k_hi, cfg.code)
     if has_weight:
         norm_weight_row(h[t], np.int64(0), g, v)
-        z, m, k, s2 = requant_row(v, np.int64(0), mn, kn + gk, cfg.a_bits, False, cfg.m_bits,
-                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
+        kn += gk
     else:
-        z, m, k, s2 = requant_row(h[t], np.int64(0), mn, kn, cfg.a_bits, False, cfg.m_bits,
-                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
+        for j in range(v.shape[0]):
+            v[j] = h[t, j]
+    z, m, k, s2 = requant_row(v, np.int64(0), mn, kn, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
+                              cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
     return s1 + s2
 
@@ -529,9 +532,10 @@ class _Derived:
         self.arrays = None
 
     def sync(self, cache) -> None:
-        """Rebuild every position below ``cache.length`` when another path wrote the cache."""
+        """Rebuild every position below ``cache.length`` when another path wrote the cache
+        (an empty cache has none: nothing to compile on a fresh run's first call)."""
         if self.version != cache.version:
-            for li in range(len(self.k_par)):
+            for li in range(len(self.k_par) if cache.length else 0):
                 _derive_range(cache.k_q[li], cache.k_zp[li], cache.k_m[li], cache.k_k[li],
                               cache.v_q[li], 0, cache.length, self.k_par[li], self.v_t[li])
             self.version = cache.version
