@@ -29,8 +29,9 @@ What it does differently from the op-by-op graph (each an identity on integers):
 
 Threads: with ``numba.get_num_threads() > 1`` a prefill on the full variant (below)
 splits every stage over threads (9 parallel regions per layer); one token row runs on one
-thread unless ``GEMV_PARALLEL``.  Parallel regions wait for every thread, so a second process on the
-same cores slows them down badly: run with NUMBA_NUM_THREADS=1 when sharing cores.
+thread unless ``GEMV_PARALLEL``.  Parallel regions wait for every thread, so a second
+process on the same cores slows them down badly: run with NUMBA_NUM_THREADS=1 when
+sharing cores.
 
 When it declines (``prepare`` or ``forward_fast`` return a reason string instead of a
 result: a bound it cannot prove statically, a group size that is not a multiple of 16,
