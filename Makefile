@@ -106,8 +106,9 @@ $(TIE_RULES:%=out/small-%.intsim): out/small-%.intsim: $(STAMP) $(SMALL_SRC)
 	mkdir -p out
 	$(VENV)/bin/intsim convert models/small --out $@ --spec '{"rounding": "$*"}'
 
-## speed: integer matmul core vs float32 BLAS, and the model vs PyTorch fp32 eager
-bench: $(MODEL)
+## speed: integer matmul core vs float32 BLAS, the model vs PyTorch fp32 eager, and the cold
+## start of `make run` (its model from an empty Numba cache to the first token)
+bench: $(MODEL) $(SMALL)
 	$(PY) -m pip install -q 'torch==2.13.0' || echo "(PyTorch not installed: its columns stay empty)"
 	$(VENV)/bin/intsim bench --model $(MODEL)
 

@@ -285,4 +285,12 @@ def format_table(r: dict) -> str:
                      f"{r['golden_mb_per_s']:.0f} MB/s; {r['golden_overhead_ratio']:.1f}x a plain forward "
                      f"({r['golden_plain_forward_s']:.2f} s), {r['golden_overhead_vs_op_by_op']:.1f}x the "
                      f"op-by-op path ({r['golden_op_by_op_forward_s']:.2f} s)")
+    if "cold_start_s" in r:
+        lines.append(f"  cold start ('intsim run' {r['cold_start_model']}, empty Numba cache): "
+                     f"first token {r['cold_start_s']:.1f} s, exit {r['cold_start_total_s']:.1f} s")
+        lines.append(f"    ({r['cold_start_cpu_s']:.1f} s CPU; compile notice "
+                     f"{'shown' if r['cold_start_notice'] else 'MISSING'}); warm cache: first "
+                     f"token {r['warm_start_s']:.1f} s, exit {r['warm_start_total_s']:.1f} s")
+    elif "cold_start_note" in r:
+        lines.append(f"  cold start: not measured, {r['cold_start_note']}")
     return "\n".join(lines)

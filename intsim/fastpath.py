@@ -8,7 +8,8 @@ the layer loop runs inside Numba and calls each operator's own row kernel
 ``attention.fold_row``, ``softmax.softmax_row``, ``attention.pv_row``,
 ``residual.align_row``, ``swiglu.swiglu_row``, ``gemm``'s DI-MatMul cores) on raw
 arrays.  It holds orchestration only, no arithmetic of its own: buffers, loop order,
-threads, weight packing and a typed configuration (:class:`FastConfig`).
+threads, weight packing and a typed configuration (``intsim.fastmodel``: ``FastConfig``,
+built with the weight lists by ``prepare``).
 
 What it does differently from the op-by-op graph (each an identity on integers):
 
@@ -22,19 +23,32 @@ What it does differently from the op-by-op graph (each an identity on integers):
   transposed), in a side table of this module (:class:`_Derived`), rebuilt from the
   cache's own arrays whenever another path wrote the cache (``KVCache.version``);
 * the matmuls read the row-layout weights in 3 x 3 vector tiles (prefill), or packed
-  copies with one contiguous stream per 8 output channels (one token row; q/k/v and
-  gate/up stacked into one matrix each), intsim.gemm.
+  copies with one contiguous stream per 8 output channels (one token row, and every row
+  of a call on the row path below; q/k/v and gate/up stacked into one matrix each),
+  intsim.gemm.
 
-Threads: with ``numba.get_num_threads() > 1`` a prefill (T > 1) splits every stage over
-threads (9 parallel regions per layer); one token row runs on one thread unless
-``GEMV_PARALLEL``.  Parallel regions wait for every thread, so a second process on the
-same cores slows them down badly: run with NUMBA_NUM_THREADS=1 when sharing cores.
+Threads: with ``numba.get_num_threads() > 1`` a prefill on the full variant (below)
+splits every stage over threads (9 parallel regions per layer); one token row runs on one
+thread unless ``GEMV_PARALLEL``.  Parallel regions wait for every thread, so a second
+process on the same cores slows them down badly: run with NUMBA_NUM_THREADS=1 when
+sharing cores.
 
 When it declines (``prepare`` or ``forward_fast`` return a reason string instead of a
 result: a bound it cannot prove statically, a group size that is not a multiple of 16,
 a cache not made by ``KVCache.empty``, a mask whose rows are not one range, a context
 beyond the PV int32 bound, a scale that saturated under ``overflow = "raise"``), the
 runner (intsim.runner) runs the op-by-op graph instead and logs the reason.
+
+Compile time (the cold start of a fresh clone; docs/RESULTS.md, "Cold start"):
+``_forward_nb`` is the one compiled entry, and every row and stage function here is
+inlined into it at Numba IR level (``inline="always"``): a separately compiled callee is
+optimized and turned into machine code on its own and then again inside every caller
+that links it, which at five levels of nesting was most of the compile.  It compiles in
+two variants, told apart by the type of its last argument ``full`` (:func:`choose_path`):
+``None``, the row path (one thread, every matmul a GEMV per token row over the packed
+copies; Numba prunes each ``full is not None`` branch before typing, so neither the
+tiled GEMM nor a parallel region is compiled: the short prompt of ``make run`` and
+decoding), or ``True``, the full variant (tiled GEMM and threads for several rows).
 
 Numba caches compiled code per source file: this module's cache does not notice edits
 to the kernels it calls in other intsim modules; clear ``__pycache__/*.nbi`` after
@@ -43,86 +57,48 @@ changing those.
 from __future__ import annotations
 
 import weakref
-from typing import NamedTuple
 
 import numba
 import numpy as np
 from numba import njit, prange, typed
 
-# absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
-from intsim.exp import T_BITS
-from .attention import (GUARD_K, GUARD_O, GUARD_V, VT_PAD, I32_MAX, fold_row, pv_row,
-                        qk_row, score_scales)
+from .attention import GUARD_K, GUARD_O, GUARD_V, VT_PAD, fold_row, pv_row, qk_row, score_scales
 from .embedding import _embed_nb
-from .errors import IntsimError
-from .fixedpoint import ABS_LIMIT, rounding_code
-from .gemm import (VEC, PackedWeight, gemm_acc_multi, gemm_acc_multi_par, gemv_acc_packed,
-                   gemv_acc_packed_par)
-from .head import inv_sqrt_dyadic
-from .matmul import check_bounds
-from .norm import NORM_C_LIMIT, fixed_preshift, norm_row, norm_weight_row, sqrt_c_const
-from .qtensor import Dyadic, dtype_for
+# FastModel and _max_context re-exported: callers and tests read them here
+from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
+from .gemm import VEC, gemm_acc_multi, gemm_acc_multi_par, gemv_acc_packed, gemv_acc_packed_par
+from .norm import norm_row, norm_weight_row
+from .qtensor import Dyadic
 from .requant import requant_row
 from .residual import align_row
 from .rope import rope_head
 from .softmax import softmax_row
-from .swiglu import ALPHA_K_LIMIT, GUARD_LIMIT, swiglu_row
-
-
-class FastConfig(NamedTuple):
-    """The model's widths and spec options as the compiled path reads them."""
-    code: int              # spec.rounding's code (fixedpoint.ROUND_CODE)
-    m_bits: int
-    k_lo: int
-    k_hi: int
-    fitted: bool           # spec.requant_mode == "fitted"
-    a_bits: int
-    qk_bits: int
-    residual_bits: int
-    swiglu_in_bits: int
-    softmax_in_bits: int
-    softmax_clip: int
-    p_frac: int            # F, the probabilities' fraction bits
-    p_max: int             # 2^p_out - 1
-    reciprocal: bool       # spec.softmax_div == "reciprocal"
-    sigmoid_bits: int
-    rowmax: bool           # spec.sigmoid_frame == "rowmax"
-    sigmoid_guard: int
-    rope_shift: int        # rope_frac_bits - rope_drop_bits: RoPE's exponent step
-    rope_drop: int
-    n_c: int               # DI-Norm's sqrt(C) constant and its shift (norm.sqrt_c_const)
-    p2: int
-    preshift_emb: int      # DI-Norm's fixed pre-shift of the embedding / residual stream,
-    preshift_res: int      # or -1 for the per-row one
-    inv_sqrt_m: int        # 1/sqrt(head_dim) (head.inv_sqrt_dyadic)
-    inv_sqrt_k: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    parallel: bool         # threads over token rows and weight chunks (set per call)
-    gemv_parallel: bool
+from .swiglu import swiglu_row
 
 
 # ------------------------------------------------------------------ stage rows
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, v):
     """DI-Norm of stream row t, its per-channel weight when the model keeps one (into the
-    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits."""
+    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits.  Without a
+    weight the row is copied into ``v`` as it is (the same integers; requant_row then
+    compiles for one input dtype here, not two)."""
     mn, kn, s1 = norm_row(h[t], np.int64(0), cfg.n_c, cfg.p2, preshift, cfg.m_bits, cfg.k_lo,
                           cfg.k_hi, cfg.code)
     if has_weight:
         norm_weight_row(h[t], np.int64(0), g, v)
-        z, m, k, s2 = requant_row(v, np.int64(0), mn, kn + gk, cfg.a_bits, False, cfg.m_bits,
-                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
+        kn += gk
     else:
-        z, m, k, s2 = requant_row(h[t], np.int64(0), mn, kn, cfg.a_bits, False, cfg.m_bits,
-                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
+        for j in range(v.shape[0]):
+            v[j] = h[t, j]
+    z, m, k, s2 = requant_row(v, np.int64(0), mn, kn, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
+                              cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
     return s1 + s2
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _rope_heads(P, t, m_in, k_in, n_heads, pos, cos_q, sin_q, cfg, out, zo, mo, ko, codes, y):
     """q or k of token t: requant to qk_bits (into the int32 scratch ``codes``), RoPE per
     head (int64 scratch ``y`` of hd), each head requantized to A bits into ``out[h]``
@@ -140,7 +116,7 @@ def _rope_heads(P, t, m_in, k_in, n_heads, pos, cos_q, sin_q, cfg, out, zo, mo, 
     return sat
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
              Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT, codes, y):
     """q/k/v outputs of token t: Q and K per (token, head) at A bits after RoPE, V per
@@ -159,7 +135,7 @@ def _qkv_row(t, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
     return sat + s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _derive_position(Kq, Kzp, Km, Kk, Vq, at, kpar, VT):
     """The derived copies of position ``at``: per kv head g, ``kpar[g, :, at] = (k_zp, k_m,
     k_k, sum_d k_q)`` and ``VT[g, d, at] = v_q[at, g * hd + d]`` (layout only)."""
@@ -180,7 +156,7 @@ def _derive_range(Kq, Kzp, Km, Kk, Vq, lo, hi, kpar, VT):
         _derive_position(Kq, Kzp, Km, Kk, Vq, at, kpar, VT)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tiled, att, pm, pk,
               raw, sc, cq, pb, s8):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
@@ -209,7 +185,7 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tile
     return sat + s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
     """Heads aligned to one exponent per token (the heads fold), then o_proj's input
     quantization.  Scratch: ``hm``, ``hk``, ``ao`` int64 of H * hd."""
@@ -225,7 +201,7 @@ def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
     return s
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
                 att, pm, pk, xo, zx, mx, kx):
     """Every head of token t, then the heads' fold and o_proj's input quantization."""
@@ -245,7 +221,7 @@ def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
                                   np.empty(D, np.int64), np.empty(D, np.int64))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv):
     """A projection's output (P, scale (mx, kx + wk)) to residual_bits codes (int32 scratch
     ``ob`` of D), added to the stream row (residual_add, int64 scratch ``sv`` of D) and the
@@ -259,7 +235,7 @@ def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv):
     return s1 + s2
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight, ob, sv):
     """The residual add of a projection, then the next DI-Norm and input quantization of
     the updated stream row (mx, kx of row t are read before they are overwritten).
@@ -268,7 +244,7 @@ def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, h
             + _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, sv))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
     """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization.
     Scratch: ``gb``, ``ub`` int32 and ``y`` int64 of F, ``tab`` the sigmoid table (int64,
@@ -289,12 +265,13 @@ def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mx
 # ------------------------------------------------------------------ stages (serial / parallel)
 # Each stage runs its row function over the token rows, on threads for a prefill, with
 # scratch rows of its own (allocated once per thread, or once for the serial loop).
-# Numba compiles a prange per function, hence one serial and one parallel body per stage.
+# Numba compiles a prange per function, hence one serial and one parallel body per stage;
+# the row path (``full`` None) compiles the serial one only.
 
-@njit(cache=True)
-def _st_qkv(parallel, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
+@njit(cache=True, inline="always")
+def _st_qkv(full, parallel, Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
             Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT):
-    if parallel:
+    if full is not None and parallel:
         return _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
                            Qh, zq, qm, qk, Kq, Kzp, Km, Kk, Vq, Vzp, Vm, Vk, kpar, VT)
     sat = 0
@@ -319,10 +296,10 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
     return sats.sum()
 
 
-@njit(cache=True)
-def _st_attn(parallel, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
+@njit(cache=True, inline="always")
+def _st_attn(full, parallel, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
              att, pm, pk, xo, zx, mx, kx):
-    if parallel:
+    if full is not None and parallel:
         return _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi,
                             cfg, att, pm, pk, xo, zx, mx, kx)
     sat = 0
@@ -346,10 +323,10 @@ def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
     return sats.sum()
 
 
-@njit(cache=True)
-def _st_resid_norm(parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+@njit(cache=True, inline="always")
+def _st_resid_norm(full, parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
                    has_weight):
-    if parallel:
+    if full is not None and parallel:
         return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
                                   has_weight)
     sat = 0
@@ -373,9 +350,9 @@ def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, h
     return sats.sum()
 
 
-@njit(cache=True)
-def _st_swiglu(parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
-    if parallel:
+@njit(cache=True, inline="always")
+def _st_swiglu(full, parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
+    if full is not None and parallel:
         return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
     sat = 0
     F = Pg.shape[1]
@@ -403,11 +380,12 @@ def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo
 
 # ------------------------------------------------------------------ matmul dispatch
 
-@njit(cache=True)
-def _matmuls(cfg, xq, zx, widx, W, pidx, PW, outs):
+@njit(cache=True, inline="always")
+def _matmuls(full, cfg, xq, zx, widx, W, pidx, PW, outs):
     """DI-MatMul steps 2-3 of the weights ``widx[i]`` (row layout) that share the input xq,
-    into ``outs[i]`` (int64 [T, N] each).  A single token row reads the packed stack
-    ``pidx`` (the same weights, rows stacked) instead.  ``widx`` and ``outs`` are always
+    into ``outs[i]`` (int64 [T, N] each).  A single token row, and every row on the row
+    path (``full`` None), reads the packed stack ``pidx`` (the same weights, rows stacked)
+    instead.  ``widx`` and ``outs`` are always
     3-tuples, unused trailing slots holding an empty (0, 0) array, so this compiles once.
     The weights of one call share their group size (a multiple of 16: prepare checks).
     ``W``, ``PW``: the weight lists of :class:`FastModel` (codes, qsum, m, b, G, k)."""
@@ -417,18 +395,19 @@ def _matmuls(cfg, xq, zx, widx, W, pidx, PW, outs):
     while nw < 3 and outs[nw].shape[0] == T:
         nw += 1
     G = Gs[widx[0]]
-    if T == 1:
+    if full is None or T == 1:
         Np = PW[1][pidx].shape[0]
-        P = np.empty((1, Np), dtype=np.int64)
-        if cfg.gemv_parallel:
+        P = np.empty((T, Np), dtype=np.int64)
+        if full is not None and cfg.gemv_parallel:
             gemv_acc_packed_par(xq, zx, PW[0][pidx], PW[1][pidx], PW[2][pidx], PW[3][pidx], G, P)
         else:
             gemv_acc_packed(xq, zx, PW[0][pidx], PW[1][pidx], PW[2][pidx], PW[3][pidx], G, P)
         off = 0
         for i in range(nw):
             o = outs[i]
-            for n in range(o.shape[1]):
-                o[0, n] = P[0, off + n]
+            for t in range(T):
+                for n in range(o.shape[1]):
+                    o[t, n] = P[t, off + n]
             off += o.shape[1]
     elif cfg.parallel:
         gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs)
@@ -438,9 +417,9 @@ def _matmuls(cfg, xq, zx, widx, W, pidx, PW, outs):
 
 # ------------------------------------------------------------------ the whole forward
 
-@njit(cache=True)
-def _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW, alpha,
-           alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, C, bufs):
+@njit(cache=True, inline="always")
+def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
+           alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, C, bufs):
     """One decoder layer on the stream h (in place); xq/zx/mx/kx hold its attention norm's
     quantized input on entry and the next norm's on exit.  ``C``: this layer's cache
     arrays (k_q, k_zp, k_m, k_k, v_q, v_zp, v_m, v_k, k_par, v_t); ``bufs``: per-forward
@@ -452,34 +431,34 @@ def _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, W
     Pq = np.empty((T, Wq[w0].shape[0]), dtype=np.int64)
     Pk = np.empty((T, Wq[w0 + 1].shape[0]), dtype=np.int64)
     Pv = np.empty((T, Wq[w0 + 2].shape[0]), dtype=np.int64)
-    _matmuls(cfg, xq, zx, (w0, w0 + 1, w0 + 2), W, 4 * li, PW, (Pq, Pk, Pv))
-    sat = _st_qkv(par, Pq, Pk, Pv, mx, kx, Wk[w0:w0 + 3], pos, cos_q, sin_q, cfg, past, Qh, zq,
-                  qm, qk, C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8], C[9])
+    _matmuls(full, cfg, xq, zx, (w0, w0 + 1, w0 + 2), W, 4 * li, PW, (Pq, Pk, Pv))
+    sat = _st_qkv(full, par, Pq, Pk, Pv, mx, kx, Wk[w0:w0 + 3], pos, cos_q, sin_q, cfg, past,
+                  Qh, zq, qm, qk, C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8], C[9])
     score_scales(qm, qk, cfg.inv_sqrt_m, cfg.inv_sqrt_k, cfg.code, sm, sk)
-    sat += _st_attn(par, Qh, zq, sm, sk, C[0], C[8], C[9], C[6], C[7], C[5], vlo, vhi, cfg, att,
-                    pm, pk, xo, zx, mx, kx)
+    sat += _st_attn(full, par, Qh, zq, sm, sk, C[0], C[8], C[9], C[6], C[7], C[5], vlo, vhi,
+                    cfg, att, pm, pk, xo, zx, mx, kx)
     Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
-    _matmuls(cfg, xo, zx, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
+    _matmuls(full, cfg, xo, zx, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
     i = 2 * li + 1
-    sat += _st_resid_norm(par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg.preshift_res, cfg, xq, zx,
-                          NW[i], NK[i], NU[i] == 0)
+    sat += _st_resid_norm(full, par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg.preshift_res, cfg,
+                          xq, zx, NW[i], NK[i], NU[i] == 0)
     Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
     Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
-    _matmuls(cfg, xq, zx, (w0 + 4, w0 + 5, w0), W, 4 * li + 2, PW, (Pg, Pu, nul))
+    _matmuls(full, cfg, xq, zx, (w0 + 4, w0 + 5, w0), W, 4 * li + 2, PW, (Pg, Pu, nul))
     xf = np.empty((T, Pg.shape[1]), dtype=np.uint8)
-    sat += _st_swiglu(par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li],
+    sat += _st_swiglu(full, par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li],
                       alpha_unit[li], cfg,
                       xf, zx, mx, kx)
     Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
-    _matmuls(cfg, xf, zx, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
+    _matmuls(full, cfg, xf, zx, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
     i = 2 * li + 2
-    return sat + _st_resid_norm(par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg.preshift_res, cfg,
+    return sat + _st_resid_norm(full, par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg.preshift_res, cfg,
                                 xq, zx, NW[i], NK[i], NU[i] == 0)
 
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q, W, Wk, PW,
-                alpha, alpha_k, alpha_unit, NW, NK, NU, cache):
+                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations).
 
     ``W``: the row-layout weight lists (codes, qsum, m, b) and group sizes, index
@@ -512,13 +491,13 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
         sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, xq, zx, mx, kx, NW[0], NK[0],
                                NU[0] == 0, v)
     for li in range(len(cache)):
-        sat += _layer(li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
-                      alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
+        sat += _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W,
+                      Wk, PW, alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
     # the LM head accumulators of the final normed stream
     wh = 7 * len(cache)
     logits = np.empty((T, W[0][wh].shape[0]), dtype=np.int64)
     nul = np.empty((0, 0), dtype=np.int64)
-    _matmuls(cfg, xq, zx, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
+    _matmuls(full, cfg, xq, zx, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
     kout = np.empty(T, dtype=np.int64)
     for t in range(T):
         kout[t] = kx[t] + Wk[wh]
@@ -532,142 +511,10 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
 #: time slice when another process shares the cores (measured: 1 s per token instead
 #: of 13 ms on the shared 2-core host); alone on 2 cores it gives ~100 against ~78 tok/s.
 GEMV_PARALLEL = False
-#: the fold bound |vals * m| << guard <= 2^62 - 1 (attention.fold_scales)
-FOLD_LIMIT = ABS_LIMIT
-_prepared: dict = {}
-
-
-class FastModel:
-    """Per-model constants and weight lists of the fused path (built once, cached)."""
-
-    def __init__(self, model, stacks):
-        c, w, spec = model.config, model.widths, model.spec
-        ws = []
-        for L in model.layers:
-            ws += [L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down]
-        ws.append(model.w_head)
-        C = np.ascontiguousarray
-        self.W = (typed.List([C(x.q) for x in ws]), typed.List([C(x.qsum) for x in ws]),
-                  typed.List([C(x.m) for x in ws]), typed.List([C(x.b) for x in ws]),
-                  np.array([x.group_size for x in ws], dtype=np.int64))
-        self.Wk = np.array([x.k for x in ws], dtype=np.int64)
-        self.PW = tuple(typed.List([getattr(s, a) for s in stacks]) for a in ("wp", "qsum", "m", "b"))
-        F = c.ffn_dim
-        self.alpha = np.ones((c.n_layers, F), dtype=np.int64)
-        self.alpha_k = np.zeros(c.n_layers, dtype=np.int64)
-        for i, L in enumerate(model.layers):
-            if L.alpha_inv is not None:
-                self.alpha[i] = L.alpha_inv.astype(np.int64)
-                self.alpha_k[i] = L.alpha_k
-        self.alpha_unit = (self.alpha == 1).all(axis=1)       # per layer: every 1/alpha is 1
-        nst = 2 * c.n_layers + 1
-        self.NW = np.ones((nst, c.dim), dtype=np.int64)
-        self.NK = np.zeros(nst, dtype=np.int64)
-        self.NU = np.ones(nst, dtype=np.int64)
-        for i, L in enumerate(model.layers):
-            for j, (g, gk) in enumerate(((L.attn_norm_w, L.attn_norm_k),
-                                         (L.ffn_norm_w, L.ffn_norm_k))):
-                if g is not None:
-                    self.NW[2 * i + j] = g.astype(np.int64)
-                    self.NK[2 * i + j] = gk
-                    self.NU[2 * i + j] = 0
-        self.emb_q = C(model.emb_q)
-        self.emb_m = model.emb_m.astype(np.int64)
-        self.emb_k = model.emb_k.astype(np.int64)
-        self.cos_q = C(model.cos_q, dtype=np.int32)
-        self.sin_q = C(model.sin_q, dtype=np.int32)
-        self.cfg = _config(model)
-        self.spec = spec
-        self.max_context = _max_context(w.a_bits)
-
-
-def _config(model) -> FastConfig:
-    c, w, spec = model.config, model.widths, model.spec
-    k_lo, k_hi = spec.k_range
-    n_c, p2 = sqrt_c_const(c.dim)
-    inv = inv_sqrt_dyadic(c.head_dim, spec.m_bits)
-    fixed = spec.norm_preshift == "fixed"
-    return FastConfig(
-        code=rounding_code(spec.rounding), m_bits=spec.m_bits, k_lo=k_lo, k_hi=k_hi,
-        fitted=spec.requant_mode == "fitted", a_bits=w.a_bits, qk_bits=w.qk_bits,
-        residual_bits=spec.residual_bits, swiglu_in_bits=spec.swiglu_in_bits,
-        softmax_in_bits=spec.softmax_in_bits, softmax_clip=spec.softmax_clip,
-        p_frac=spec.softmax_p_out if spec.softmax_p_frac is None else spec.softmax_p_frac,
-        p_max=2 ** spec.softmax_p_out - 1, reciprocal=spec.softmax_div == "reciprocal",
-        sigmoid_bits=spec.sigmoid_bits, rowmax=spec.sigmoid_frame == "rowmax",
-        sigmoid_guard=spec.sigmoid_guard_bits,
-        rope_shift=spec.rope_frac_bits - spec.rope_drop_bits, rope_drop=spec.rope_drop_bits,
-        n_c=n_c, p2=p2, preshift_emb=fixed_preshift(c.dim, w.emb_bits) if fixed else -1,
-        preshift_res=fixed_preshift(c.dim, spec.residual_bits) if fixed else -1,
-        inv_sqrt_m=int(inv.m), inv_sqrt_k=int(inv.k), n_heads=c.n_heads,
-        n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, parallel=False, gemv_parallel=False)
-
-
-def _max_context(a_bits: int) -> int:
-    """Longest context whose PV int32 sums are bounded: S (2^A - 1)^2 <= 2^31 - 1."""
-    return I32_MAX // (2 ** a_bits - 1) ** 2
-
-
-def _unsupported(model) -> str | None:
-    """Why the fused path cannot prove every check the graph makes beyond value ranges,
-    or None when it can (then the graph's checks provably pass)."""
-    c, w, spec = model.config, model.widths, model.spec
-    A = w.a_bits
-    try:
-        for L in model.layers:
-            for x, K in ((L.wq, c.dim), (L.wk, c.dim), (L.wv, c.dim), (L.wo, c.n_heads * c.head_dim),
-                         (L.w_gate, c.dim), (L.w_up, c.dim), (L.w_down, c.ffn_dim)):
-                check_bounds(K, x, A)
-            if L.alpha_inv is not None and not (0 <= L.alpha_k <= ALPHA_K_LIMIT
-                                                and L.alpha_inv.shape == (c.ffn_dim,)
-                                                and L.alpha_inv.dtype.kind in "iu"):
-                return "a layer's 1/alpha is outside DI-SwiGLU's declared range"
-        check_bounds(c.dim, model.w_head, A)
-    except IntsimError as e:
-        return f"a DI-MatMul bound does not hold statically ({e})"
-    qmax = 2 ** A - 1
-    m_max = 2 ** spec.m_bits - 1
-    p_max = 2 ** spec.softmax_p_out - 1
-    checks = (
-        (2 <= A <= 8 and 2 <= w.qk_bits <= 16, "a_bits or qk_bits outside the fused buffers"),
-        (c.dim <= NORM_C_LIMIT, "dim exceeds DI-Norm's channel limit"),
-        (model.emb_q.dtype == dtype_for(w.emb_bits, True), "embedding codes of another dtype"),
-        (model.cos_q.dtype in (np.int16, np.int32) and model.sin_q.dtype in (np.int16, np.int32),
-         "RoPE tables of another dtype"),
-        (c.head_dim * qmax * qmax <= I32_MAX, "the QK^T int32 bound"),
-        ((c.head_dim * qmax * qmax * m_max) << GUARD_K <= FOLD_LIMIT, "the key fold bound"),
-        ((p_max * m_max) << GUARD_V <= FOLD_LIMIT, "the value fold bound"),
-        ((I32_MAX * m_max) << GUARD_O <= FOLD_LIMIT, "the heads fold bound"),
-        (0 <= spec.sigmoid_guard_bits <= GUARD_LIMIT, "sigmoid guard bits out of range"),
-        (T_BITS == 30, "DI-Exp's unit cap"))
-    for ok, why in checks:
-        if not ok:
-            return f"cannot prove {why}"
-    return None
-
-
-def prepare(model) -> FastModel | str:
-    """The model's :class:`FastModel` (built on first use), or the reason the fused path
-    declines this model."""
-    key = id(model)
-    hit = _prepared.get(key)
-    if hit is not None and hit[0]() is model:
-        return hit[1]
-    why = _unsupported(model)
-    fm = why
-    if why is None:
-        try:
-            stacks = []
-            for L in model.layers:
-                stacks += [PackedWeight([L.wq, L.wk, L.wv]), PackedWeight([L.wo]),
-                           PackedWeight([L.w_gate, L.w_up]), PackedWeight([L.w_down])]
-            stacks.append(PackedWeight([model.w_head]))
-            fm = FastModel(model, stacks)
-        except IntsimError as e:   # a group size that is not a multiple of 16, or mixed ones
-            fm = f"the weights cannot be packed ({e})"
-    _prepared[key] = (weakref.ref(model, lambda _r, k=key: _prepared.pop(k, None)), fm)
-    return fm
-
+#: the longest call (token rows) that takes the row path (:func:`choose_path`)
+ROW_PATH_MAX_T = 16
+#: whether this process has run the full variant (then every call takes it)
+_full_ran = [False]
 
 # ------------------------------------------------------------------ the cache's derived copies
 
@@ -686,9 +533,10 @@ class _Derived:
         self.arrays = None
 
     def sync(self, cache) -> None:
-        """Rebuild every position below ``cache.length`` when another path wrote the cache."""
+        """Rebuild every position below ``cache.length`` when another path wrote the cache
+        (an empty cache has none: nothing to compile on a fresh run's first call)."""
         if self.version != cache.version:
-            for li in range(len(self.k_par)):
+            for li in range(len(self.k_par) if cache.length else 0):
                 _derive_range(cache.k_q[li], cache.k_zp[li], cache.k_m[li], cache.k_k[li],
                               cache.v_q[li], 0, cache.length, self.k_par[li], self.v_t[li])
             self.version = cache.version
@@ -752,9 +600,26 @@ def visible_ranges(visible: np.ndarray):
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
-def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache):
+def choose_path(T: int, gemv_parallel: bool) -> str:
+    """Which compiled variant of :func:`_forward_nb` runs a call of T token rows: "rows"
+    (``full=None``: one thread, every matmul a GEMV per token row over the packed weights;
+    Numba prunes the other branches before typing, so a run that takes only this path
+    compiles neither the tiled GEMM nor a parallel region: the cold start of a short
+    prompt) for at most ROW_PATH_MAX_T rows, or "full" (``full=True``: the tiled GEMM
+    and threads for several rows, the packed GEMV for one).  Once this process has run
+    "full", every call takes it (it holds the single-row code too), so a long prompt
+    compiles one variant, not two.  The same integers either way (tests/test_fastpath.py)."""
+    if _full_ran[0] or gemv_parallel or T > ROW_PATH_MAX_T:
+        return "full"
+    return "rows"
+
+
+def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache,
+                 path: str | None = None):
     """The fused forward (arguments already validated by the runner): returns ``(logits,
-    Dyadic)`` and advances the cache, or a string saying why the graph must run instead."""
+    Dyadic)`` and advances the cache, or a string saying why the graph must run instead.
+    ``path``: "rows" or "full" (the compiled variant, :func:`choose_path`; the same
+    integers), None to choose by :func:`choose_path`."""
     fm = prepare(model)
     if isinstance(fm, str):
         return fm
@@ -768,12 +633,15 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         return "a row's visible positions are not one contiguous range"
     threads = numba.get_num_threads() > 1
     cfg = fm.cfg._replace(parallel=threads, gemv_parallel=GEMV_PARALLEL and threads)
+    path = path or choose_path(ids.size, cfg.gemv_parallel)
+    if path == "full":
+        _full_ran[0] = True
     d = _derived_for(cache, model.config)
     logits, m, k, sat = _forward_nb(
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
-        _cache_tuples(cache, d))
+        _cache_tuples(cache, d), True if path == "full" else None)
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo
         return "a scale saturated under overflow='raise' (the graph raises, naming the op)"

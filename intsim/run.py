@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 
+from .compile_notice import announce_compiles
 from .errors import IntsimError
 from .runner import generate
 from .modelfile import load_model, load_tokenizer
@@ -45,6 +46,7 @@ def run_prompt(model_path: str, prompt: str, max_new_tokens: int = 32, backend: 
 def cmd_run(args) -> int:
     if args.max_new_tokens < 1:
         raise IntsimError(f"--max-new-tokens: {args.max_new_tokens} must be >= 1")
+    announce_compiles(newline_first=not args.json)   # stderr, only when Numba must compile
     if args.json:
         print(json.dumps(run_prompt(args.model, args.prompt, args.max_new_tokens, args.backend)))
         _say_fallback(args.backend)

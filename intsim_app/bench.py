@@ -1,12 +1,90 @@
 """``intsim bench``: the command over the integer side's measurements (:mod:`intsim.bench`)
-and, with ``--model``, the float side's PyTorch baseline (:mod:`converters.modelbench`)."""
+and, with ``--model``, the float side's PyTorch baseline (:mod:`converters.modelbench`)
+and the cold start of ``intsim run`` (:func:`cold_start`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 from intsim.bench import collect, format_table, fused_status_row, golden_bench, gpu_bench
+
+#: the cold start's run: ``make run``'s model, prompt and length
+COLD_PROMPT = "It is a truth universally"
+COLD_TOKENS = 32
+SMALL = Path("out") / "small-w8a8.intsim"
+
+
+def first_token_run(cmd: list, prompt: str, env: dict, cwd=None) -> dict:
+    """Start ``cmd`` (an ``intsim run`` that echoes ``prompt``, then streams tokens) and
+    read its stdout as it comes: seconds from the start to the first byte after the
+    echoed prompt (the first generated token) and to the exit, the CPU seconds it used
+    (user + system: the work itself, whatever else shares the cores), and its stderr."""
+    echo = len(prompt.encode())
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd)
+        got, first = 0, None
+        while True:
+            chunk = os.read(p.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            got += len(chunk)
+            if first is None and got > echo:
+                first = time.perf_counter() - t0
+        _, status, usage = os.wait4(p.pid, 0)
+        total = time.perf_counter() - t0
+        p.returncode = rc = os.waitstatus_to_exitcode(status)
+        p.stdout.close()
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if rc:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} exited {rc}:\n{stderr[-2000:]}")
+    return {"first_token_s": first, "total_s": total, "cpu_s": usage.ru_utime + usage.ru_stime,
+            "stderr": stderr}
+
+
+def cold_start(model, tree=None, prompt: str = COLD_PROMPT, tokens: int = COLD_TOKENS) -> dict:
+    """``cold_start_s``: seconds from starting ``intsim run MODEL`` (a new process, the
+    prompt and length of ``make run``) with an EMPTY Numba cache (NUMBA_CACHE_DIR a new
+    temporary folder: everything compiles, as on a fresh clone) to its first generated
+    token; ``cold_start_total_s`` to its exit; ``cold_start_cpu_s`` the CPU seconds of
+    the process (on a shared machine the wall figures grow with the other load, this one
+    much less); ``cold_start_notice``: whether it said it was compiling
+    (intsim.compile_notice).  Then the same run again on the now warm cache:
+    ``warm_start_s``, ``warm_start_total_s``, ``warm_start_cpu_s``.  ``tree``: run that checkout's code
+    (PYTHONPATH and working folder; default: the installed one)."""
+    from intsim.compile_notice import NOTICE
+    cmd = [sys.executable, "-m", "intsim_app", "run", str(Path(model).resolve()), "--prompt",
+           prompt, "--max-new-tokens", str(tokens)]
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="intsim-cold-numba-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONUNBUFFERED="1")
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        for key in ("cold_start", "warm_start"):
+            r = first_token_run(cmd, prompt, env, cwd=tree)
+            out[f"{key}_s"], out[f"{key}_total_s"] = r["first_token_s"], r["total_s"]
+            out[f"{key}_cpu_s"] = r["cpu_s"]
+            if key == "cold_start":
+                out["cold_start_notice"] = NOTICE in r["stderr"]
+    return out
+
+
+def cold_start_row(model=None) -> dict:
+    """The cold start of ``model`` (default: ``out/small-w8a8.intsim`` here or beside the
+    package), or a note saying why there is none."""
+    if model is None:
+        model = next((p for p in (SMALL, Path(__file__).resolve().parents[1] / SMALL)
+                      if p.is_file()), None)
+    if model is None:
+        return {"cold_start_note": f"no {SMALL} (make {SMALL.as_posix()})"}
+    return {"cold_start_model": str(model), **cold_start(model)}
 
 
 def main(argv=None) -> int:
@@ -19,7 +97,11 @@ def main(argv=None) -> int:
                    help="seconds of runs per measurement (default 1, quick 0)")
     p.add_argument("--model", default=None, metavar="MODEL",
                    help="also time this integer model file against PyTorch fp32 on its float "
-                        "checkpoint (decode, prefill, file size, peak memory)")
+                        "checkpoint (decode, prefill, file size, peak memory), and the cold "
+                        "start of 'intsim run' (--cold-start)")
+    p.add_argument("--cold-start", action="store_true",
+                   help=f"time 'intsim run' on {SMALL.as_posix()} from an empty Numba cache to "
+                        "its first token, and again warm (about a minute on 2 cores)")
     a = p.parse_args(argv)
     if a.model:
         from intsim.modelfile import read_header
@@ -31,6 +113,8 @@ def main(argv=None) -> int:
         r.update(fused_status_row(a.model))
         r.update(golden_bench(a.model))
         r.update(gpu_bench(a.model))      # only where a GPU is present
+    if a.model or a.cold_start:
+        r.update(cold_start_row())
     print(json.dumps(r) if a.json else format_table(r))
     return 0 if r["exact"] else 1
 

@@ -1,7 +1,8 @@
 """The fused forward (intsim.fastpath) equals the op-by-op graph.
 
 Whole model: ``forward_fast`` against ``forward(backend="reference")`` for spec variants,
-threads on and off, prefill and decode, packed prompts, the cache shared with the graph,
+threads on and off, both compiled variants (the row path and the full one), prefill and
+decode, packed prompts, the cache shared with the graph,
 and the declines (unsupported bounds, saturation under overflow="raise"), each with its
 reason; the runner falls back to the graph and logs why.  The kernels it calls are the
 operators' own (tests/test_kernels.py).
@@ -32,11 +33,11 @@ def same(a, b):
             and np.array_equal(a[1].k, b[1].k))
 
 
-def run_fast(model, ids, cache, segments=None):
+def run_fast(model, ids, cache, segments=None, path=None):
     """forward_fast directly (asserting it ran, i.e. no silent fallback)."""
     pos, vis = _positions(cache.length, ids.size, segments)
     with trusted():
-        out = forward_fast(model, ids, pos, vis, cache)
+        out = forward_fast(model, ids, pos, vis, cache, path=path)
     assert not isinstance(out, str), f"the fast path declined: {out}"
     return out
 
@@ -59,15 +60,16 @@ def model(request):
     return make_model(5, **MODELS[request.param])
 
 
+@pytest.mark.parametrize("path", ["rows", "full"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_forward_fast_equals_reference(model, threads):
+def test_forward_fast_equals_reference(model, threads, path):
     ref = forward(model, IDS, backend="reference")
     prev = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        full = run_fast(model, IDS, KVCache.empty(model, IDS.size))
+        full = run_fast(model, IDS, KVCache.empty(model, IDS.size), path=path)
         cache = KVCache.empty(model, IDS.size)
-        steps = [run_fast(model, IDS[i:i + 1], cache) for i in range(IDS.size)]
+        steps = [run_fast(model, IDS[i:i + 1], cache, path=path) for i in range(IDS.size)]
     finally:
         numba.set_num_threads(prev)
     assert same(full, ref)
@@ -75,6 +77,21 @@ def test_forward_fast_equals_reference(model, threads):
     assert np.array_equal(np.concatenate([s[1].m for s in steps]), ref[1].m)
     assert np.array_equal(np.concatenate([s[1].k for s in steps]), ref[1].k)
     assert cache.length == IDS.size
+
+
+def test_choose_path(monkeypatch):
+    """Short calls take the row path (the cold start compiles only it), long ones and the
+    parallel GEMV the full variant, and once a process has run the full variant it keeps it."""
+    monkeypatch.setattr(fastpath, "_full_ran", [False])
+    assert fastpath.choose_path(1, False) == "rows"
+    assert fastpath.choose_path(fastpath.ROW_PATH_MAX_T, False) == "rows"
+    assert fastpath.choose_path(fastpath.ROW_PATH_MAX_T + 1, False) == "full"
+    assert fastpath.choose_path(1, True) == "full"
+    m = make_model(12, n_layers=1)
+    run_fast(m, IDS[:3], KVCache.empty(m, 3))
+    assert fastpath._full_ran == [False]
+    run_fast(m, IDS[:3], KVCache.empty(m, 3), path="full")
+    assert fastpath.choose_path(1, False) == "full"
 
 
 def test_forward_fast_parallel_gemv_and_chunks(model, monkeypatch):

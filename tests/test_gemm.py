@@ -7,6 +7,8 @@
     the Python-int result; one step beyond it they raise.
 """
 import json
+import os
+import sys
 
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
@@ -164,3 +166,22 @@ def test_bench_quick_collect_and_json(capsys):
     assert d["gemm_shape"] == {"M": 16, "K": 256, "N": 256} and d["exact"] is True
     assert bench_main(["--quick", "--repeats", "1"]) == 0
     assert "GEMV" in capsys.readouterr().out
+
+
+def test_bench_cold_start_reads_the_first_token_off_the_stream(tmp_path, monkeypatch):
+    """The cold-start timer's stream reading on a stand-in command that echoes a prompt,
+    pauses, then streams: the first token is the first byte after the echo (the figure
+    itself is measured by 'intsim bench --model' / '--cold-start', not asserted here)."""
+    from intsim_app.bench import cold_start_row, first_token_run
+    code = ("import sys, time; print('a prompt', end='', flush=True); time.sleep(0.2); "
+            "print(' tok', end='', flush=True); time.sleep(0.2); print(file=sys.stderr)")
+    r = first_token_run([sys.executable, "-c", code], "a prompt", dict(os.environ))
+    assert r["first_token_s"] is not None and r["first_token_s"] <= r["total_s"]
+    silent = first_token_run([sys.executable, "-c", "print('a prompt', end='')"], "a prompt",
+                             dict(os.environ))
+    assert silent["first_token_s"] is None                  # nothing after the echo
+    with pytest.raises(RuntimeError, match="exited 3"):
+        first_token_run([sys.executable, "-c", "raise SystemExit(3)"], "x", dict(os.environ))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("intsim_app.bench.SMALL", tmp_path / "none" / "small.intsim")
+    assert "none" in cold_start_row()["cold_start_note"]

@@ -1,0 +1,196 @@
+"""The fused path's per-model constants (:class:`FastModel`, built once per model by
+:func:`prepare`) and the checks that decide whether a model can take the fused path at
+all (:func:`_unsupported`): pure Python, no compiled code; ``intsim.fastpath`` runs the
+compiled forward on them.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+from numba import typed
+
+# absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
+from intsim.exp import T_BITS
+from .attention import GUARD_K, GUARD_O, GUARD_V, I32_MAX
+from .errors import IntsimError
+from .fixedpoint import ABS_LIMIT, rounding_code
+from .gemm import PackedWeight
+from .head import inv_sqrt_dyadic
+from .matmul import check_bounds
+from .norm import NORM_C_LIMIT, fixed_preshift, sqrt_c_const
+from .qtensor import dtype_for
+from .swiglu import ALPHA_K_LIMIT, GUARD_LIMIT
+
+
+class FastConfig(NamedTuple):
+    """The model's widths and spec options as the compiled path reads them."""
+    code: int              # spec.rounding's code (fixedpoint.ROUND_CODE)
+    m_bits: int
+    k_lo: int
+    k_hi: int
+    fitted: bool           # spec.requant_mode == "fitted"
+    a_bits: int
+    qk_bits: int
+    residual_bits: int
+    swiglu_in_bits: int
+    softmax_in_bits: int
+    softmax_clip: int
+    p_frac: int            # F, the probabilities' fraction bits
+    p_max: int             # 2^p_out - 1
+    reciprocal: bool       # spec.softmax_div == "reciprocal"
+    sigmoid_bits: int
+    rowmax: bool           # spec.sigmoid_frame == "rowmax"
+    sigmoid_guard: int
+    rope_shift: int        # rope_frac_bits - rope_drop_bits: RoPE's exponent step
+    rope_drop: int
+    n_c: int               # DI-Norm's sqrt(C) constant and its shift (norm.sqrt_c_const)
+    p2: int
+    preshift_emb: int      # DI-Norm's fixed pre-shift of the embedding / residual stream,
+    preshift_res: int      # or -1 for the per-row one
+    inv_sqrt_m: int        # 1/sqrt(head_dim) (head.inv_sqrt_dyadic)
+    inv_sqrt_k: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    parallel: bool         # threads over token rows and weight chunks (set per call)
+    gemv_parallel: bool
+
+
+
+#: the fold bound |vals * m| << guard <= 2^62 - 1 (attention.fold_scales)
+FOLD_LIMIT = ABS_LIMIT
+_prepared: dict = {}
+
+
+class FastModel:
+    """Per-model constants and weight lists of the fused path (built once, cached)."""
+
+    def __init__(self, model, stacks):
+        c, w, spec = model.config, model.widths, model.spec
+        ws = []
+        for L in model.layers:
+            ws += [L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down]
+        ws.append(model.w_head)
+        C = np.ascontiguousarray
+        self.W = (typed.List([C(x.q) for x in ws]), typed.List([C(x.qsum) for x in ws]),
+                  typed.List([C(x.m) for x in ws]), typed.List([C(x.b) for x in ws]),
+                  np.array([x.group_size for x in ws], dtype=np.int64))
+        self.Wk = np.array([x.k for x in ws], dtype=np.int64)
+        self.PW = tuple(typed.List([getattr(s, a) for s in stacks]) for a in ("wp", "qsum", "m", "b"))
+        F = c.ffn_dim
+        self.alpha = np.ones((c.n_layers, F), dtype=np.int64)
+        self.alpha_k = np.zeros(c.n_layers, dtype=np.int64)
+        for i, L in enumerate(model.layers):
+            if L.alpha_inv is not None:
+                self.alpha[i] = L.alpha_inv.astype(np.int64)
+                self.alpha_k[i] = L.alpha_k
+        self.alpha_unit = (self.alpha == 1).all(axis=1)       # per layer: every 1/alpha is 1
+        nst = 2 * c.n_layers + 1
+        self.NW = np.ones((nst, c.dim), dtype=np.int64)
+        self.NK = np.zeros(nst, dtype=np.int64)
+        self.NU = np.ones(nst, dtype=np.int64)
+        for i, L in enumerate(model.layers):
+            for j, (g, gk) in enumerate(((L.attn_norm_w, L.attn_norm_k),
+                                         (L.ffn_norm_w, L.ffn_norm_k))):
+                if g is not None:
+                    self.NW[2 * i + j] = g.astype(np.int64)
+                    self.NK[2 * i + j] = gk
+                    self.NU[2 * i + j] = 0
+        self.emb_q = C(model.emb_q)
+        self.emb_m = model.emb_m.astype(np.int64)
+        self.emb_k = model.emb_k.astype(np.int64)
+        self.cos_q = C(model.cos_q, dtype=np.int32)
+        self.sin_q = C(model.sin_q, dtype=np.int32)
+        self.cfg = _config(model)
+        self.spec = spec
+        self.max_context = _max_context(w.a_bits)
+
+
+def _config(model) -> FastConfig:
+    c, w, spec = model.config, model.widths, model.spec
+    k_lo, k_hi = spec.k_range
+    n_c, p2 = sqrt_c_const(c.dim)
+    inv = inv_sqrt_dyadic(c.head_dim, spec.m_bits)
+    fixed = spec.norm_preshift == "fixed"
+    return FastConfig(
+        code=rounding_code(spec.rounding), m_bits=spec.m_bits, k_lo=k_lo, k_hi=k_hi,
+        fitted=spec.requant_mode == "fitted", a_bits=w.a_bits, qk_bits=w.qk_bits,
+        residual_bits=spec.residual_bits, swiglu_in_bits=spec.swiglu_in_bits,
+        softmax_in_bits=spec.softmax_in_bits, softmax_clip=spec.softmax_clip,
+        p_frac=spec.softmax_p_out if spec.softmax_p_frac is None else spec.softmax_p_frac,
+        p_max=2 ** spec.softmax_p_out - 1, reciprocal=spec.softmax_div == "reciprocal",
+        sigmoid_bits=spec.sigmoid_bits, rowmax=spec.sigmoid_frame == "rowmax",
+        sigmoid_guard=spec.sigmoid_guard_bits,
+        rope_shift=spec.rope_frac_bits - spec.rope_drop_bits, rope_drop=spec.rope_drop_bits,
+        n_c=n_c, p2=p2, preshift_emb=fixed_preshift(c.dim, w.emb_bits) if fixed else -1,
+        preshift_res=fixed_preshift(c.dim, spec.residual_bits) if fixed else -1,
+        inv_sqrt_m=int(inv.m), inv_sqrt_k=int(inv.k), n_heads=c.n_heads,
+        n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, parallel=False, gemv_parallel=False)
+
+
+def _max_context(a_bits: int) -> int:
+    """Longest context whose PV int32 sums are bounded: S (2^A - 1)^2 <= 2^31 - 1."""
+    return I32_MAX // (2 ** a_bits - 1) ** 2
+
+
+def _unsupported(model) -> str | None:
+    """Why the fused path cannot prove every check the graph makes beyond value ranges,
+    or None when it can (then the graph's checks provably pass)."""
+    c, w, spec = model.config, model.widths, model.spec
+    A = w.a_bits
+    try:
+        for L in model.layers:
+            for x, K in ((L.wq, c.dim), (L.wk, c.dim), (L.wv, c.dim), (L.wo, c.n_heads * c.head_dim),
+                         (L.w_gate, c.dim), (L.w_up, c.dim), (L.w_down, c.ffn_dim)):
+                check_bounds(K, x, A)
+            if L.alpha_inv is not None and not (0 <= L.alpha_k <= ALPHA_K_LIMIT
+                                                and L.alpha_inv.shape == (c.ffn_dim,)
+                                                and L.alpha_inv.dtype.kind in "iu"):
+                return "a layer's 1/alpha is outside DI-SwiGLU's declared range"
+        check_bounds(c.dim, model.w_head, A)
+    except IntsimError as e:
+        return f"a DI-MatMul bound does not hold statically ({e})"
+    qmax = 2 ** A - 1
+    m_max = 2 ** spec.m_bits - 1
+    p_max = 2 ** spec.softmax_p_out - 1
+    checks = (
+        (2 <= A <= 8 and 2 <= w.qk_bits <= 16, "a_bits or qk_bits outside the fused buffers"),
+        (c.dim <= NORM_C_LIMIT, "dim exceeds DI-Norm's channel limit"),
+        (model.emb_q.dtype == dtype_for(w.emb_bits, True), "embedding codes of another dtype"),
+        (model.cos_q.dtype in (np.int16, np.int32) and model.sin_q.dtype in (np.int16, np.int32),
+         "RoPE tables of another dtype"),
+        (c.head_dim * qmax * qmax <= I32_MAX, "the QK^T int32 bound"),
+        ((c.head_dim * qmax * qmax * m_max) << GUARD_K <= FOLD_LIMIT, "the key fold bound"),
+        ((p_max * m_max) << GUARD_V <= FOLD_LIMIT, "the value fold bound"),
+        ((I32_MAX * m_max) << GUARD_O <= FOLD_LIMIT, "the heads fold bound"),
+        (0 <= spec.sigmoid_guard_bits <= GUARD_LIMIT, "sigmoid guard bits out of range"),
+        (T_BITS == 30, "DI-Exp's unit cap"))
+    for ok, why in checks:
+        if not ok:
+            return f"cannot prove {why}"
+    return None
+
+
+def prepare(model) -> FastModel | str:
+    """The model's :class:`FastModel` (built on first use), or the reason the fused path
+    declines this model."""
+    key = id(model)
+    hit = _prepared.get(key)
+    if hit is not None and hit[0]() is model:
+        return hit[1]
+    why = _unsupported(model)
+    fm = why
+    if why is None:
+        try:
+            stacks = []
+            for L in model.layers:
+                stacks += [PackedWeight([L.wq, L.wk, L.wv]), PackedWeight([L.wo]),
+                           PackedWeight([L.w_gate, L.w_up]), PackedWeight([L.w_down])]
+            stacks.append(PackedWeight([model.w_head]))
+            fm = FastModel(model, stacks)
+        except IntsimError as e:   # a group size that is not a multiple of 16, or mixed ones
+            fm = f"the weights cannot be packed ({e})"
+    _prepared[key] = (weakref.ref(model, lambda _r, k=key: _prepared.pop(k, None)), fm)
+    return fm
