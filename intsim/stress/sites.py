@@ -112,6 +112,7 @@ SITES = {
     "attn.gqa": ("14.1", "branch", "grouped-query heads: query head h reads kv head h // (H / Hkv)"),
     "attn.mul_scales": ("14.1", "rounding", "mul_scales: a mantissa product above 2^28 refitted to 28 bits (ties)"),
     # 15 overflow policy
-    "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (no output to record)"),
+    "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (a refusal record: "
+                                     "expect_error, its type and exact message, no outputs)"),
 }
 
