@@ -79,7 +79,7 @@ def test_coverage_table_is_the_committed_suites():
     cov = coverage(man)
     gaps = sorted(s for s in SITES if not cov.get(s))
     # the sites no op-level record can reach, each said so in the table (docs/COVERAGE.md "Gaps")
-    assert gaps == ["matmul.p.bound", "overflow.raise"], gaps
+    assert gaps == [], gaps
     for op in man["ops"]:
         assert op["targets"].startswith("SPEC §") and op["sites"], op["name"]
 
@@ -229,3 +229,19 @@ def test_qweight_and_call_dtype_round_trip(tmp_path):
                           for x in m["tensors"] for _, c in golden.tensor_components(x) for e in c["files"].values()])
     r = golden.compare(d, dut)
     assert not r["identical"] and r["first"]["op"] == "di_matmul.groups.default" and r["first"]["flat"] == 3
+
+
+def test_refusal_record_replays_only_on_the_exact_error(tmp_path):
+    """A refusal record (expect_error) is identical only when the op raises exactly that
+    error; another message, or no error, is a mismatch (replay and mutant scoring)."""
+    from intsim.golden.mutating import Suite
+    d = tmp_path / "s"
+    write_suite(d, only=["requant_rows.kmin_raise.fitted"])
+    assert golden.replay(d)["identical"] and Suite(d).first_kill() is None
+    _edit(d, lambda man: man["ops"][0]["expect_error"].update(message="another message"))
+    assert not golden.replay(d)["identical"] and "another message" in Suite(d).first_kill()["error"]
+    _edit(d, lambda man: man["ops"][0]["params"]["spec"]["spec"].update(overflow="saturate"))
+    assert "returned" in golden.replay(d)["ops"][0]["error"]
+    _edit(d, lambda man: man["ops"][0].update(expect_error={"type": "IntsimOverflowError"}))
+    with pytest.raises(IntsimError, match="expect_error"):
+        golden.replay(d)

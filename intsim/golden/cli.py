@@ -81,6 +81,8 @@ def cmd_replay(args) -> int:
                        f"replayed {f['got']}, delta {f['lsb_delta']} LSB" if f else ""))
         if "stats" in e:
             print(f"      stats differ: {e['stats']}")
+        if "error" in e:
+            print(f"      expected refusal: the op {e['error']}")
     print(f"replayed {len(r['ops'])} op(s) on backend {args.backend}: " +
           ("all outputs bit-identical to the dump" if r["identical"] else f"{len(bad)} op(s) differ"))
     return 0 if r["identical"] else 1
@@ -95,6 +97,10 @@ def cmd_compare(args) -> int:
         print(f"identical: {r['compared']} tensor(s) compared, every element equal")
         return 0
     f = r["first"]
+    if "expect_error" in f:                        # a refusal record: another error, or none
+        print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}): golden expects "
+              f"{f['expect_error']}, DUT records {f['got']}")
+        return 1
     print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}), tensor {f['tensor']} "
           f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}): golden {f['golden']}, "
           f"DUT {f['got']}, delta {f['lsb_delta']:+d} LSB; golden value on a rounding tie: {f['tie']}")

@@ -64,6 +64,26 @@ def _same_source(gman: dict, dman: dict) -> None:
                           f"{gman['prompt'].get('tokens')!r:.80}, DUT {dman['prompt'].get('tokens')!r:.80}")
 
 
+def _compare_refusals(gman: dict, dman: dict, partial: bool, per_op: dict, first):
+    """Refusal records (stress suites, ``expect_error``): the DUT's record of the same name
+    must expect the same error.  Returns (records compared, the first divergence)."""
+    d_ops = {o["name"]: o for o in dman["ops"]}
+    n = 0
+    for o in gman["ops"]:
+        if "expect_error" not in o or (partial and o["name"] not in d_ops):
+            continue
+        got = d_ops.get(o["name"], {}).get("expect_error")
+        rec = per_op.setdefault(o["name"], {"index": o["index"], "name": o["name"], "kind": o["kind"],
+                                            "mismatches": 0, "first": None})
+        n += 1
+        if got != o["expect_error"]:
+            rec["mismatches"] += 1
+            rec["first"] = {"expect_error": o["expect_error"], "got": got}
+            if first is None:
+                first = {"op": o["name"], "op_index": o["index"], "kind": o["kind"], **rec["first"]}
+    return n, first
+
+
 def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = False) -> dict:
     """Compare a device-under-test dump with a golden dump, exactly (module doc).
 
@@ -127,6 +147,8 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
             rec["first"] = f
             if first is None:
                 first = {"op": op["name"], "op_index": op["index"], "kind": op["kind"], **f}
+    n, first = _compare_refusals(gman, dman, partial, per_op, first)
+    compared += n
     if structural:
         raise IntsimError(f"{len(structural)} problem(s) with the DUT dump: " + "; ".join(structural[:8]) +
                           ("" if len(structural) <= 8 else f"; and {len(structural) - 8} more"))

@@ -66,7 +66,22 @@ def load_manifest(d) -> dict:
                 raise dump_error(d, f"{MANIFEST}: op '{op['name']}' names tensor '{tn}', which is not listed")
         if stress:
             _check_stress_op(d, j, op)
+        elif "expect_error" in op:
+            raise dump_error(d, f"{MANIFEST}: ops[{j}] '{op['name']}' has 'expect_error', which only a stress suite's "
+                                f"records may have")
     return man
+
+
+def error_verdict(expect: dict, call) -> str | None:
+    """Run ``call()`` for a refusal record (``expect_error``: type and exact message);
+    None when it raised exactly that IntsimError, else what happened instead."""
+    try:
+        call()
+    except IntsimError as e:
+        if type(e).__name__ == expect["type"] and str(e) == expect["message"]:
+            return None
+        return f"raised {type(e).__name__}: {e}; the dump expects {expect['type']}: {expect['message']}"
+    return f"returned; the dump expects {expect['type']}: {expect['message']}"
 
 
 def is_stress(man: dict) -> bool:
@@ -81,6 +96,13 @@ def _check_stress_op(d, j: int, op: dict) -> None:
         raise dump_error(d, f"{what} has no 'targets' string (the SPEC step it targets)")
     if not isinstance(op.get("sites"), list) or not all(isinstance(x, str) for x in op["sites"]):
         raise dump_error(d, f"{what} has no 'sites' list of strings")
+    if "expect_error" in op:
+        ee = op["expect_error"]
+        if not isinstance(ee, dict) or set(ee) != {"type", "message"} or \
+                not all(isinstance(ee[x], str) and ee[x] for x in ee):
+            raise dump_error(d, f"{what} 'expect_error' needs exactly the strings 'type' and 'message'")
+        if op["outputs"]:
+            raise dump_error(d, f"{what} has 'expect_error' and outputs; a refusal record has none")
     for pname, p in op["params"].items():
         if isinstance(p, dict) and "model" in p:
             raise dump_error(d, f"{what} parameter '{pname}' names a model parameter; a stress suite has no model")

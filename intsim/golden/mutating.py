@@ -24,7 +24,7 @@ from ..mutants import REGISTRY, select
 from ..qtensor import Dyadic, QTensor
 from .comparing import Diff, diff_arrays, first_mismatch
 from .formats import MANIFEST
-from .dump import dump_error, load_manifest, read_component, tensor_components, verify_files
+from .dump import dump_error, error_verdict, load_manifest, read_component, tensor_components, verify_files
 from .ops import KINDS
 from .replaying import call_args, check_model
 from .values import split_result, value_comps
@@ -49,6 +49,7 @@ class _Record:
     kind: str
     kwargs: dict
     outputs: list = field(default_factory=list)
+    expect_error: dict | None = None            # a refusal record: the error it must raise
 
 
 def _freeze(v) -> None:
@@ -98,7 +99,7 @@ class Suite:
         kwargs, _ = call_args(self.dir, man, op, tensors, model, BACKEND)
         for tn in op["inputs"]:                       # the dumped inputs, not model parameters
             _freeze(kwargs.get(tensors[tn]["arg"]))
-        rec = _Record(op["index"], op["name"], op["kind"], kwargs)
+        rec = _Record(op["index"], op["name"], op["kind"], kwargs, expect_error=op.get("expect_error"))
         for tn in op["outputs"]:
             t = tensors[tn]
             comps = [(c, read_component(self.dir, e, f"tensor '{tn}'" + (f" {c}" if c else "")))
@@ -110,6 +111,12 @@ class Suite:
         """Replay the records in order with the reference as it stands (a mutant applied or
         not); the first record whose output differs from the dump, as a dict, or None."""
         for rec in self.records:
+            if rec.expect_error is not None:
+                why = error_verdict(rec.expect_error, lambda: KINDS[rec.kind](**rec.kwargs))
+                if why is not None:
+                    return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": rec.kind,
+                            "error": f"the op {why}"}
+                continue
             try:
                 outs, _ = split_result(rec.kind, KINDS[rec.kind](**rec.kwargs))
                 kill = self._compare(rec, dict(outs))

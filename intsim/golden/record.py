@@ -170,7 +170,8 @@ class Recorder:
     def record_call(self, name: str, fn, arguments: dict, result, stage_of=None,
                     extra: dict | None = None) -> None:
         """Record one op call made outside ``forward`` (``arguments`` by parameter name,
-        defaults included); ``extra`` adds keys to the op's manifest entry."""
+        defaults included); ``extra`` adds keys to the op's manifest entry.  ``result``
+        None records inputs only (a stress suite's refusal record, with ``expect_error``)."""
         self._record(name, fn, arguments, result, stage_of, extra)
 
     def _record(self, name, fn, arguments: dict, result, stage_of, extra=None):
@@ -198,7 +199,7 @@ class Recorder:
                     spec = v
             else:
                 params[arg] = jsonable(v)
-        outs, stats = split_result(kind, result)
+        outs, stats = ([], None) if result is None else split_result(kind, result)   # None: a refusal
         rounding = rounding_of(kind, spec, params)
         outputs = [self._tensor(f"{stem0}.out" + ("" if a == "out" else f".{a}"), name, i, "out", a,
                                 v, rounding) for a, v in outs]

@@ -8,7 +8,7 @@ from ..errors import IntsimError
 from ..fixedpoint import _check_backend
 from .comparing import Diff, diff_arrays, first_mismatch
 from ..matmul import QWeight
-from .dump import (dump_error, is_stress, load_manifest, read_component, read_value, tensor_components,
+from .dump import (dump_error, error_verdict, is_stress, load_manifest, read_component, read_value, tensor_components,
                    verify_files)
 from .ops import KINDS, model_param, model_tensors_sha256, spec_of
 from .values import QWEIGHT_ARRAYS, split_result, value_comps
@@ -167,6 +167,16 @@ def replay(golden_dir, model=None, *, model_sha256: str | None = None, ops=None,
         if fn is None:
             raise dump_error(d, f"op '{op['name']}': unknown kind {kind!r}")
         kwargs, chained = call_args(d, man, op, tensors, model, backend, replayed, not stress)
+        if "expect_error" in op:                      # a refusal record: identical iff that exact error
+            why = error_verdict(op["expect_error"], lambda: fn(**kwargs))
+            entry = {"index": op["index"], "name": op["name"], "kind": kind, "chained": chained,
+                     "identical": why is None, "tensors": []}
+            if why is not None:
+                entry["error"] = why
+            report.append(entry)
+            if stop_at_difference and why is not None:
+                break
+            continue
         try:
             result = fn(**kwargs)
         except IntsimError as e:

@@ -33,7 +33,9 @@ class Case:
     what is missing (computed in Python integers, never from the op's own output);
     ``distinct_from``: tie rules under which the output must differ from the recorded one
     when they replace the run's (``spec.rounding``, or a primitive's ``rounding``): the
-    tie the record targets reaches its output (checked by :func:`~intsim.stress.suite.rule_check`).
+    tie the record targets reaches its output (checked by :func:`~intsim.stress.suite.rule_check`);
+    ``expect_error``: None, or the name of the IntsimError subclass the op must raise on
+    this stimulus (a refusal record: no outputs, the error's type and exact message).
     """
     name: str
     kind: str
@@ -42,6 +44,7 @@ class Case:
     args: dict
     witness: object = None
     distinct_from: tuple = ()
+    expect_error: str | None = None
 
 
 # ------------------------------------------------------------------ a fixed PRNG

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import oracle
-from ..matmul import QWeight, acc_bound
+from ..matmul import B_LIMIT, M_LIMIT, QWeight, acc_bound, p_bound
 from .core import Case, Rng, check, exact, first_miss, others, qt, rules, spec
 from .gen_requant import ASYM_TIES, SYM_TIES
 
@@ -84,6 +84,7 @@ def _bound_cases() -> list:
                     ("matmul.acc.bound",), {"x": xs, "w": w, "a_bits": 8, "spec": spec()},
                     lambda a: check(acc_bound(G, 8, 8) == G * 255 * 255 <= 2 ** 31 - 1 < (G + 1) * 255 * 255,
                                     "G is the largest group")))
+    out.append(_p_bound_case())
     # the fold at its widest parameters: m = 2^24 - 1, |b| = 2^32 - 1, groups of 2 over 8 columns
     rng = Rng(41)
     q = [[rng.int(0, 255) for _ in range(8)] for _ in range(4)]
@@ -99,6 +100,33 @@ def _bound_cases() -> list:
                         {"x": x, "w": qweight(q, m, b, 8, 2, k=-3), "a_bits": 8, "out_bits": 16, "out_symmetric": True,
                          "spec": spec(rounding=r)}, None))
     return out
+
+
+def _p_bound_case() -> Case:
+    """The int64 fold P at its proven bound for the record's own K: every operand at its
+    declared extreme (activation codes 255 against zx = 0, and 0 against zx = 255; weight
+    codes 255; group mantissas 2^24 - 1; offsets +(2^32 - 1), the sign of m q), so each
+    term adds its largest magnitude with one sign and |P| equals the formula exactly."""
+    K, G, A, W = 8, 2, 8, 8
+    xs = exact([[255] * K, [-255] * K], [1, 1], [0, 0])
+    w = qweight([[255] * K, [255] * K], [[M_LIMIT] * (K // G)] * 2, [[B_LIMIT] * (K // G)] * 2, W, G)
+    bound = K * (2 ** A - 1) * ((2 ** W - 1) * M_LIMIT + B_LIMIT)
+
+    def wit(args):
+        x, wq = args["x"], args["w"]
+        P = []
+        for row, mx, kx in zip(x.centered().tolist(), x.scale.m.tolist(), x.scale.k.tolist()):
+            _, zx, codes, _ = oracle.requant_row(row, int(mx), int(kx), args["a_bits"], False, args["spec"])
+            P.append([sum((c - zx) * (int(wq.m[n, j // G]) * int(wq.q[n, j]) + int(wq.b[n, j // G]))
+                          for j, c in enumerate(codes)) for n in range(wq.q.shape[0])])
+        return first_miss(check(P == [[bound] * 2, [-bound] * 2], f"P = {P}, the bound {bound}"),
+                          check(p_bound(K, A, W, M_LIMIT, B_LIMIT) == bound <= 2 ** 61 - 1, "p_bound"),
+                          check((wq.m_max, wq.b_absmax) == (M_LIMIT, B_LIMIT), "m and |b| at their limits"))
+    return Case("di_matmul_acc.p_bound", "di_matmul_acc",
+                f"SPEC §4.4 int64 fold P at its proven bound for the record's K: K = {K}, G = {G}, A = W = 8, "
+                f"activation codes 255 (zx = 0) and 0 (zx = 255), weight codes 255, m = 2^24 - 1, "
+                f"b = 2^32 - 1: |P| = K (2^A - 1)((2^W - 1) max m + max |b|) = {bound} exactly",
+                ("matmul.p.bound",), {"x": xs, "w": w, "a_bits": A, "spec": spec()}, wit)
 
 
 def _shape_cases() -> list:

@@ -158,6 +158,19 @@ def _range_cases() -> list:
                            lambda a: check([sc.sat for sc, *_ in rows_of(a)] in
                                            ([False, True, True, False], [False, False, True, False]),
                                            "k = k_min fits, k = -9 saturates, zero row")))
+            if r == "half_up":
+                # the same rows under overflow raise: the op refuses (a refusal record, no outputs)
+                out.append(Case(f"requant_rows.kmin_raise.{mode}", "requant_rows",
+                                f"SPEC §15 overflow raise (k_bits 4: k in [-8, 7]), {mode} mode: two rows need "
+                                f"k = -9 < k_min, so the op raises IntsimOverflowError naming the argument and "
+                                f"the count of saturating row scales; the record holds that exact error",
+                                ("overflow.raise",),
+                                {"v": arr(rows), "scale_in": dy([1] * 4, [0] * 4), "bits": 8, "symmetric": True,
+                                 "spec": spec(rounding=r, requant_mode=mode, k_bits=4, overflow="raise"),
+                                 "name": "v"},
+                                lambda a: check(sum(sc.sat for sc, *_ in rows_of(a)) >= 1,
+                                                "some row scale needs k < k_min"),
+                                expect_error="IntsimOverflowError"))
             rows = [[1, -1, 0, 1], [3, 0, 1, 2], [5, -5, 1, 0], [7, 1, -7, 2]]
             out.append(_rq(f"requant_rows.kmax.{mode}.{r}", rows, [1, 3, 1, 1], [0, 10, 2 ** 20, 200], 8, True,
                            sp,

@@ -44,8 +44,8 @@ SITES = {
     "matmul.zero": ("4.4", "branch", "all-zero input row: zx = 0, P = 0, output scale m = 0"),
     "matmul.row_bits": ("4.1", "branch", "mixed row widths (row_bits) with group-wise zero-point weights"),
     "matmul.acc.bound": ("4.4", "bound", "int32 group accumulator at G (2^A - 1)(2^W - 1) = 2147450625"),
-    "matmul.p.bound": ("4.4", "bound", "int64 fold P at K (2^A - 1)((2^W - 1) max m + max |b|) near 2^61 - 1 "
-                                       "(needs about 2^20 columns, some 11 MB of codes: not committed)"),
+    "matmul.p.bound": ("4.4", "bound", "P at its proven bound K (2^A - 1)((2^W - 1) max m + max |b|) for the "
+                                       "record's K (all-max operands): attained exactly"),
     # 5 DI-Exp
     "exp.mf": ("5.2", "clamp", "step 0a: m_f = m + (m >> 1) - (m >> 4), the shifts' floors"),
     "exp.tcap": ("5.3", "cap", "the T cap: normalization j = max(0, k - 29 - bitlen(m_f)) on both sides of 0"),
@@ -112,6 +112,7 @@ SITES = {
     "attn.gqa": ("14.1", "branch", "grouped-query heads: query head h reads kv head h // (H / Hkv)"),
     "attn.mul_scales": ("14.1", "rounding", "mul_scales: a mantissa product above 2^28 refitted to 28 bits (ties)"),
     # 15 overflow policy
-    "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (no output to record)"),
+    "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (a refusal record: "
+                                     "expect_error, its type and exact message, no outputs)"),
 }
 

@@ -67,12 +67,18 @@ def bound_args(case: Case, backend: str = "reference") -> dict:
 
 
 def run_case(case: Case, backend: str = "reference"):
-    """``(arguments, result)`` of one case on ``backend``."""
+    """``(arguments, result)`` of one case on ``backend``; for a case with ``expect_error``
+    the result is the error the op raised (of exactly that type, else StressError)."""
     a = bound_args(case, backend)
     try:
-        return a, KINDS[case.kind](**a)
+        result = KINDS[case.kind](**a)
     except IntsimError as e:
+        if case.expect_error is not None and type(e).__name__ == case.expect_error:
+            return a, e
         raise StressError(f"{case.name}: {case.kind} refused the stimulus: {e}") from e
+    if case.expect_error is not None:
+        raise StressError(f"{case.name}: {case.kind} returned; the case expects {case.expect_error}")
+    return a, result
 
 
 def witness(case: Case) -> None:
@@ -150,6 +156,11 @@ def write_suite(out_dir, *, formats=("npy", "hex"), only=None, force: bool = Fal
     try:
         for c in cases:
             a, result = run_case(c)
+            if c.expect_error is not None:          # a refusal record: no outputs
+                rec.record_call(c.name, KINDS[c.kind], a, None,
+                                extra={"targets": c.targets, "sites": list(c.sites),
+                                       "expect_error": {"type": type(result).__name__, "message": str(result)}})
+                continue
             for st in (STAGES.get(c.kind, ()) if stages else ()):
                 fn, sa, sr = stage_call(c.kind, st, a, result)
                 rec.record_call(f"{c.name}.{st}", fn, sa, sr, stage_of=c.name,
