@@ -10,9 +10,11 @@ only, in float64 NumPy:
 a. FSBR calibration, if given (``converters.calib``): the smoothing vectors are folded
    into the weights and RMSNorm gains; LWC gives clipping bounds; the SwiGLU act-smooth
    gives ``alpha``, stored as the integer ``alpha_inv`` mantissas of each layer;
-b. RMSNorm gains are folded into the next linear's input columns (docs/SPEC.md section
-   8): input norm -> q, k, v; post-attention norm -> gate, up; final norm -> LM head (a
-   copy of the embedding when they are tied);
+b. RMSNorm gains: by default (``norm_gain="channel"``) each block's γ (divided by FSBR's
+   qkv/fc1 smoothing) is kept per channel as DI-Norm's integer weight (docs/SPEC.md
+   section 8); ``norm_gain="fold"`` folds it into the next linear's input columns instead
+   (input norm -> q, k, v; post-attention norm -> gate, up). The final norm's γ is always
+   folded into the LM head (a copy of the embedding when they are tied);
 c. quantization: the seven linears with ``converters.weights.quantize_weight`` (W bits,
    per output channel or per group, LWC bounds when calibrated), the LM head per output
    channel at ``head_w_bits``, the embedding per row at 8 bits
