@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .rope_tables import rope_inv_freq
+
 __all__ = ["ConfigError", "LlamaConfig", "RopeConfig", "read_llama_config", "MATH_KEYS",
            "REFUSED_KEYS", "INERT_KEYS", "ROPE_TYPES"]
 
@@ -125,9 +127,13 @@ class RopeConfig:
         """
         if precision not in ("float32", "float64"):
             raise ValueError(f"precision: {precision!r} is not 'float32' or 'float64'")
-        f = np.float32 if precision == "float32" else np.float64
-        expo = np.arange(0, head_dim, 2).astype(f) / f(head_dim)
-        inv = (f(1.0) / (f(self.theta) ** expo)).astype(f)
+        if precision == "float32":       # transformers' float32 steps, one by one
+            f = np.float32
+            expo = np.arange(0, head_dim, 2).astype(f) / f(head_dim)
+            inv = (f(1.0) / (f(self.theta) ** expo)).astype(f)
+        else:                            # the integer tables' own float64 base frequencies
+            f = np.float64
+            inv = rope_inv_freq(head_dim, self.theta)
         if self.rope_type == "linear":
             inv = (inv / f(self.factor)).astype(f)
         elif self.rope_type == "llama3":
