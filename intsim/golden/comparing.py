@@ -223,8 +223,7 @@ def _compare_bare(g_dir: Path, gman: dict, d_dir: Path, outputs_only: bool) -> d
         diff, where = Diff(), None
         for s, ext, p in sorted(given[t["name"]], key=lambda x: (order.index(x[0].comp), x[1])):
             want = read_component(g_dir, s.entry, f"golden {s.label}")
-            what = f"{d_dir.joinpath(p.name)}"
-            got, lines = read_dut_hex(p, s, what) if ext == "hex" else (read_dut_npy(p, s, what), None)
+            got, lines = read_dut_hex(p, s, str(p)) if ext == "hex" else (read_dut_npy(p, s, str(p)), None)
             before = diff.count
             diff_arrays(want, got, s.comp, diff)
             if before == 0 and diff.count:
