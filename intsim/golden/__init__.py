@@ -14,15 +14,18 @@ docs/GOLDEN_FORMAT.md.  Three entry points, each an ``intsim`` subcommand:
   dumped outputs bit for bit.
 * :func:`compare` (``intsim compare``): a device-under-test dump against the golden one:
   first divergent op and element, both values, LSB delta, mismatches per op, and
-  whether the golden value sat on a rounding tie.
+  whether the golden value sat on a rounding tie.  The DUT may be a bare folder of
+  .hex / .npy files named after golden records, as a design writes them (``dut``);
+  ``intsim dut-template`` lists the files a design writes (``dut_template``).
 
 Integer only (the float scan applies); json and hashlib handle the manifest.
 
 Modules: ``formats`` (hex / text / npy encodings, the manifest text), ``ops`` (the op
 kinds a dump may name), ``values`` (values <-> stored components), ``stages`` (stage
 records), ``record`` (the Recorder and export), ``dump`` (reading and checking a dump),
-``replaying``, ``comparing`` (element diffs), ``ties`` (rounding-tie analysis, on
-intsim.oracle) and ``cli`` (the three subcommands).  The names below are this package's
+``replaying``, ``comparing`` (element diffs), ``dut`` and ``dut_template`` (bare DUT
+dumps), ``ties`` (rounding-tie analysis, on
+intsim.oracle) and ``cli`` (the subcommands).  The names below are this package's
 public interface.
 """
 from __future__ import annotations

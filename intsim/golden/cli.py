@@ -13,6 +13,8 @@ from ..hashing import file_sha256
 from ..modelfile import check_prompt_ids, load_model, load_tokenizer, model_hash
 from .comparing import compare
 from .dump import is_stress, load_manifest
+from .dut import TEMPLATE
+from .dut_template import list_records, write_template
 from .formats import MANIFEST
 from .mutating import add_mutants_parser
 from .record import export_golden, parse_layers
@@ -88,6 +90,40 @@ def cmd_replay(args) -> int:
     return 0 if r["identical"] else 1
 
 
+def _by_kind(kinds: dict, most: int = 8) -> str:
+    items = sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))
+    text = ", ".join(f"{k} {n}" for k, n in items[:most])
+    return text + (f", and {len(items) - most} more kind(s)" if len(items) > most else "")
+
+
+def _names(names: list, most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f", and {len(names) - most} more" if len(names) > most else "")
+
+
+def print_summary(r: dict) -> None:
+    """The one-screen summary of a comparison: what was checked, what the DUT did not give,
+    totals and the verdict."""
+    s = r["summary"]
+    mode = "a bare DUT dump, no manifest" if s["mode"] == "bare" else "a DUT dump with its manifest"
+    print(f"summary ({mode}): {len(s['checked_ops'])} of {s['golden_ops']} golden op(s) checked, "
+          f"{s['files']} file(s), {s['elements']} element(s)")
+    checked = s["checked_ops"]
+    print("  checked:      " + (_names(checked) if len(checked) <= 4 else _by_kind(s["checked_kinds"])))
+    if s["not_provided_ops"]:
+        print(f"  not provided: {len(s['not_provided_ops'])} golden op(s): {_by_kind(s['not_provided_kinds'])}"
+              f" (--json lists them)")
+    if s["missing_components"]:
+        print(f"  not provided for checked ops: {len(s['missing_components'])} output component(s): "
+              f"{_names(s['missing_components'], 3)}")
+    if s["ignored"]:
+        print(f"  ignored (not a .hex/.npy record file): {_names(s['ignored'], 3)}")
+    if r["identical"]:
+        print(f"PASS: every compared element identical ({s['elements']})")
+    else:
+        print(f"FAIL: {s['mismatching_elements']} element(s) differ, in {len(r['mismatching_ops'])} of "
+              f"{len(r['ops'])} checked op(s)")
+
+
 def cmd_compare(args) -> int:
     r = compare(args.golden_dir, args.dut_dir, outputs_only=args.outputs_only, partial=args.partial)
     if args.json:
@@ -95,14 +131,19 @@ def cmd_compare(args) -> int:
         return 0 if r["identical"] else 1
     if r["identical"]:
         print(f"identical: {r['compared']} tensor(s) compared, every element equal")
+        print_summary(r)
         return 0
     f = r["first"]
     if "expect_error" in f:                        # a refusal record: another error, or none
         print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}): golden expects "
               f"{f['expect_error']}, DUT records {f['got']}")
+        print_summary(r)
         return 1
+    where = ""
+    if f.get("file"):
+        where = f"; DUT file {f['file']}" + (f" line {f['line']}" if f.get("line") else "")
     print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}), tensor {f['tensor']} "
-          f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}): golden {f['golden']}, "
+          f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}{where}): golden {f['golden']}, "
           f"DUT {f['got']}, delta {f['lsb_delta']:+d} LSB; golden value on a rounding tie: {f['tie']}")
     print("mismatches per op:")
     for o in r["mismatching_ops"][:args.max_report]:
@@ -113,7 +154,22 @@ def cmd_compare(args) -> int:
     if more > 0:
         print(f"  ... and {more} more op(s)")
     print(f"{len(r['mismatching_ops'])} of {len(r['ops'])} compared op(s) differ")
+    print_summary(r)
     return 1
+
+
+def cmd_dut_template(args) -> int:
+    items = [x.strip() for a in (args.ops or []) for x in a.split(",") if x.strip()] or None
+    if args.list:
+        for line in list_records(args.golden_dir, items):
+            print(line)
+        return 0
+    if args.out is None:
+        raise IntsimError("dut-template: give --out DIR (or --list to see the records)")
+    tpl = write_template(args.golden_dir, items, args.out, force=args.force, values=args.values)
+    print(f"{args.out}: {len(tpl['records'])} record(s), {len(tpl['files'])} file(s) a design writes "
+          f"({TEMPLATE}, README.md" + (", values/" if args.values else "") + ")")
+    return 0
 
 
 def add_golden_parsers(sub) -> None:
@@ -157,19 +213,41 @@ def add_golden_parsers(sub) -> None:
     r.add_argument("--max-report", type=int, default=20, metavar="N", help="differing ops listed (default 20)")
     r.set_defaults(func=cmd_replay)
     c = sub.add_parser("compare", help="compare a device-under-test dump with a golden dump, exactly",
-                       description="Checks both manifests and every file's sha256, then compares every "
-                                   "tensor exactly: first divergent op and element, both values, LSB "
-                                   "delta, mismatches per op, and whether the golden value sat on a "
-                                   "rounding tie.  Exit 0 only when identical, 1 on a mismatch, 2 on "
-                                   "bad input.")
+                       description="Checks the golden manifest and every file's sha256 (and the DUT's, "
+                                   "when it has a manifest), then compares every tensor the DUT gives "
+                                   "exactly: first divergent op and element, both values, LSB delta, "
+                                   "mismatches per op, whether the golden value sat on a rounding tie, "
+                                   "and a summary of what was checked and what the DUT did not give.  "
+                                   "Exit 0 only when identical, 1 on a mismatch, 2 on bad input.")
     c.add_argument("golden_dir", metavar="GOLDEN_DIR",
                    help="the reference: a folder written by 'intsim golden'")
     c.add_argument("dut_dir", metavar="DUT_DIR",
-                   help="the device under test's dump in the same format (docs/GOLDEN_FORMAT.md; "
-                        "hex-only is fine)")
+                   help="the device under test's dump: a folder of bare .hex / .npy files named after "
+                        "golden records (no manifest; 'intsim dut-template' lists the names; "
+                        "docs/GOLDEN_FORMAT.md section 8), or a dump with its own manifest.json")
     c.add_argument("--outputs-only", action="store_true", help="compare op outputs only")
-    c.add_argument("--partial", action="store_true", help="the DUT dumped a subset: compare what it has")
+    c.add_argument("--partial", action="store_true", help="the DUT dump with a manifest holds a subset: "
+                   "compare what it has (a bare DUT folder is always compared this way)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.add_argument("--max-report", type=int, default=20, metavar="N", help="differing ops listed (default 20)")
     c.set_defaults(func=cmd_compare)
+    t = sub.add_parser("dut-template", help="list the files a design writes for 'intsim compare' to check it",
+                       description="For the selected records of a golden dump or stress suite, writes "
+                                   "what a design must produce as a bare DUT dump: dut_template.json "
+                                   "(file names, shapes, word widths, signedness, element order, and "
+                                   "each record's golden input files) and README.md, into DIR, "
+                                   "atomically (docs/GOLDEN_FORMAT.md section 8).")
+    t.add_argument("golden_dir", metavar="GOLDEN_DIR",
+                   help="folder written by 'intsim golden' or 'intsim stress' (holds manifest.json)")
+    t.add_argument("--ops", action="append", metavar="OP[,OP...]",
+                   help="records to include, by op kind (requant_rows), record name, dotted name prefix "
+                        "(requant_rows.ties) or op index; comma-separated or repeated (default: all)")
+    t.add_argument("--out", metavar="DIR", help="the template folder to write (created; an earlier "
+                   "template there needs --force)")
+    t.add_argument("--list", action="store_true", help="print the selected records (index, name, kind, "
+                   "outputs) instead of writing a template")
+    t.add_argument("--values", action="store_true", help="also write the golden's own values as a DUT dump "
+                   "in DIR/values (compare passes on it: a check of a reader or testbench)")
+    t.add_argument("--force", action="store_true", help="replace an earlier template in DIR")
+    t.set_defaults(func=cmd_dut_template)
     add_mutants_parser(sub)

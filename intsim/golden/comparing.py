@@ -1,6 +1,8 @@
 """Comparing dumps exactly (``intsim compare``): a device-under-test dump against the
 golden one, element by element, with the first divergence, its LSB delta and whether the
-golden value sat on a rounding tie (intsim.golden.ties); the element diff replay uses too."""
+golden value sat on a rounding tie (intsim.golden.ties); the element diff replay uses too.
+The DUT is either a dump with its own manifest (every file's sha256 checked) or a bare
+folder of .hex / .npy files named after golden records (intsim.golden.dut)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +12,13 @@ import numpy as np
 
 from ..errors import IntsimError
 from .dump import is_stress, load_manifest, read_component, tensor_components, verify_files
+from .dut import DUT_EXTS, locate, read_dut_hex, read_dut_npy
+from .formats import MANIFEST
 from .ties import tie_status
+
+#: what load_manifest adds when the golden folder (the first argument) has no manifest
+GOLDEN_FIRST = ("the first folder of 'intsim compare' is the golden dump; a device's bare "
+                "dump goes second")
 
 
 @dataclass
@@ -84,17 +92,63 @@ def _compare_refusals(gman: dict, dman: dict, partial: bool, per_op: dict, first
     return n, first
 
 
+def _op_entry(per_op: dict, op: dict) -> dict:
+    return per_op.setdefault(op["name"], {"index": op["index"], "name": op["name"], "kind": op["kind"],
+                                          "mismatches": 0, "first": None})
+
+
+def _note(per_op, first, op, t, diff: Diff, g_dir, gman, where=None):
+    """Add one tensor's mismatches to its op's entry; returns the (new) first divergence."""
+    rec = _op_entry(per_op, op)
+    rec["mismatches"] += diff.count
+    if diff.count and rec["first"] is None:
+        f = first_mismatch(diff)
+        f["tensor"] = t["name"]
+        f["role"] = t["role"]
+        f["tie"] = (tie_status(g_dir, gman, op, t, diff.flat) if t["role"] == "out" and diff.component == ""
+                    else "not evaluated (only output values are)")
+        f.update(where or {})
+        rec["first"] = f
+        if first is None:
+            first = {"op": op["name"], "op_index": op["index"], "kind": op["kind"], **f}
+    return first
+
+
+def _kinds(ops) -> dict:
+    out: dict = {}
+    for o in ops:
+        out[o["kind"]] = out.get(o["kind"], 0) + 1
+    return out
+
+
+def _result(gman, per_op, first, compared, summary) -> dict:
+    """The report: today's keys plus ``summary`` (which golden ops were checked, which the
+    DUT did not give, files, elements, mismatching elements)."""
+    ops = sorted(per_op.values(), key=lambda r: r["index"])
+    missing = [o for o in gman["ops"] if o["name"] not in per_op]
+    summary.update({"checked_ops": [o["name"] for o in ops], "checked_kinds": _kinds(ops),
+                    "not_provided_ops": [o["name"] for o in missing], "not_provided_kinds": _kinds(missing),
+                    "golden_ops": len(gman["ops"]), "mismatching_elements": sum(o["mismatches"] for o in ops)})
+    return {"identical": first is None, "compared": compared, "first": first,
+            "mismatching_ops": [r for r in ops if r["mismatches"]], "ops": ops, "summary": summary}
+
+
 def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = False) -> dict:
     """Compare a device-under-test dump with a golden dump, exactly (module doc).
 
     Raises ``IntsimError`` on bad input (a manifest or file problem, another model or
-    prompt, a missing tensor, a shape / type mismatch); otherwise returns
-    ``{"identical", "compared", "first", "ops": [{index, name, kind, mismatches}], ...}``.
-    Tensors are matched by (op name, role, argument), so a dump numbered differently
-    (e.g. without stages) still lines up.
+    prompt, a missing tensor, a shape / type mismatch; for a bare DUT folder a file that
+    names no golden record, a wrong word count, a word too wide, ...); otherwise returns
+    ``{"identical", "compared", "first", "ops": [{index, name, kind, mismatches}],
+    "summary", ...}``.  Tensors are matched by (op name, role, argument), so a dump
+    numbered differently (e.g. without stages) still lines up.  A DUT folder without
+    manifest.json is a bare dump (intsim.golden.dut): always partial.
     """
     g_dir, d_dir = Path(golden_dir), Path(dut_dir)
-    gman, dman = load_manifest(g_dir), load_manifest(d_dir)
+    gman = load_manifest(g_dir, hint=GOLDEN_FIRST)
+    if d_dir.is_dir() and not d_dir.joinpath(MANIFEST).exists():
+        return _compare_bare(g_dir, gman, d_dir, outputs_only)
+    dman = load_manifest(d_dir)
     problems = [f"golden {p}" for p in verify_files(g_dir, gman)]
     problems += [f"DUT {p}" for p in verify_files(d_dir, dman)]
     if problems:
@@ -103,7 +157,7 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
     _same_source(gman, dman)
     dut = {(t["op"], t["role"], t["arg"]): t for t in dman["tensors"]}
     g_ops = {o["name"]: o for o in gman["ops"]}
-    structural, per_op, first, compared = [], {}, None, 0
+    structural, per_op, first, compared, files, elements = [], {}, None, 0, 0, 0
     for t in gman["tensors"]:
         if outputs_only and t["role"] != "out":
             continue
@@ -129,24 +183,14 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
             want = read_component(g_dir, ge, f"golden {what}")
             got = read_component(d_dir, de, f"DUT {what}")
             diff_arrays(want, got, c, diff)
+            files, elements = files + 1, elements + want.size
         compared += 1
         if t["type"] != "dyadic" and (u.get("bits"), u.get("signed")) != (t.get("bits"), t.get("signed")) \
                 and diff.count == 0:
             structural.append(f"{label}: DUT bits/signed {u.get('bits')}/{u.get('signed')}, golden "
                               f"{t.get('bits')}/{t.get('signed')}")
         op = g_ops.get(t["op"], {"index": t["op_index"], "name": t["op"], "kind": "?"})
-        rec = per_op.setdefault(op["name"], {"index": op["index"], "name": op["name"],
-                                             "kind": op["kind"], "mismatches": 0, "first": None})
-        rec["mismatches"] += diff.count
-        if diff.count and rec["first"] is None:
-            f = first_mismatch(diff)
-            f["tensor"] = t["name"]
-            f["role"] = t["role"]
-            f["tie"] = (tie_status(g_dir, gman, op, t, diff.flat) if t["role"] == "out" and diff.component == ""
-                        else "not evaluated (only output values are)")
-            rec["first"] = f
-            if first is None:
-                first = {"op": op["name"], "op_index": op["index"], "kind": op["kind"], **f}
+        first = _note(per_op, first, op, t, diff, g_dir, gman)
     n, first = _compare_refusals(gman, dman, partial, per_op, first)
     compared += n
     if structural:
@@ -154,7 +198,41 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
                           ("" if len(structural) <= 8 else f"; and {len(structural) - 8} more"))
     if compared == 0:
         raise IntsimError("no tensor of the golden dump is in the DUT dump: nothing compared")
-    ops = sorted(per_op.values(), key=lambda r: r["index"])
-    return {"identical": first is None, "compared": compared, "first": first,
-            "mismatching_ops": [r for r in ops if r["mismatches"]],
-            "ops": ops}
+    return _result(gman, per_op, first, compared, {"mode": "manifest", "files": files, "elements": elements,
+                                                   "missing_components": [], "ignored": []})
+
+
+def _compare_bare(g_dir: Path, gman: dict, d_dir: Path, outputs_only: bool) -> dict:
+    """A bare DUT folder (intsim.golden.dut) against the golden dump, whose own files must
+    still match their sha256.  Each given file (a component, as .hex or .npy; both when
+    both are given) is compared in full; what the DUT does not give is listed, not an error."""
+    problems = verify_files(g_dir, gman)
+    if problems:
+        raise IntsimError(f"{g_dir}: {len(problems)} file problem(s) in the golden dump: " +
+                          "; ".join(problems[:8]))
+    found, ignored = locate(d_dir, g_dir, gman, outputs_only)
+    given: dict = {}
+    for (_, ext), (s, p) in sorted(found.items()):
+        given.setdefault(s.tensor["name"], []).append((s, ext, p))
+    g_ops = {o["name"]: o for o in gman["ops"]}
+    per_op, first, compared, elements = {}, None, 0, 0
+    for t in gman["tensors"]:
+        if t["name"] not in given:
+            continue
+        order = [c for c, _ in tensor_components(t)]
+        diff, where = Diff(), None
+        for s, ext, p in sorted(given[t["name"]], key=lambda x: (order.index(x[0].comp), x[1])):
+            want = read_component(g_dir, s.entry, f"golden {s.label}")
+            got, lines = read_dut_hex(p, s, str(p)) if ext == "hex" else (read_dut_npy(p, s, str(p)), None)
+            before = diff.count
+            diff_arrays(want, got, s.comp, diff)
+            if before == 0 and diff.count:
+                where = {"file": p.name, "line": None if lines is None else int(lines[diff.flat])}
+            elements += want.size
+        compared += 1
+        first = _note(per_op, first, g_ops[t["op"]], t, diff, g_dir, gman, where)
+    tensors = {t["name"]: t for t in gman["tensors"]}
+    missing = [tn + (f".{c}" if c else "") for o in gman["ops"] if o["name"] in per_op for tn in o["outputs"]
+               for c, _ in tensor_components(tensors[tn]) if not any(((tn, c), x) in found for x in DUT_EXTS)]
+    return _result(gman, per_op, first, compared, {"mode": "bare", "files": len(found), "elements": elements,
+                                                   "missing_components": missing, "ignored": ignored})

@@ -22,15 +22,17 @@ def dump_error(d, msg: str) -> IntsimError:
     return IntsimError(f"{d}: {msg}")
 
 
-def load_manifest(d) -> dict:
-    """Read and check ``d/manifest.json``: magic, version, and the shape of every entry."""
+def load_manifest(d, hint: str = "") -> dict:
+    """Read and check ``d/manifest.json``: magic, version, and the shape of every entry.
+    ``hint``: added to the error of a folder without a manifest."""
     d = Path(d)
     path = d.joinpath(MANIFEST)
     if not d.is_dir():
         raise dump_error(d, "not a directory (a golden dump is a folder)" if d.exists()
                          else "no such dump directory")
     if not path.is_file():
-        raise dump_error(d, f"no {MANIFEST}: not a golden dump, or an interrupted one; {REGENERATE}")
+        raise dump_error(d, f"no {MANIFEST}: not a dump written by 'intsim golden' or 'intsim stress', or an "
+                            f"interrupted one; {REGENERATE}" + (f" ({hint})" if hint else ""))
     try:
         man = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:

@@ -18,7 +18,8 @@ FORMAT_VERSION = 1
 GENERATOR = f"intsim {__version__} intsim.golden"
 MANIFEST = "manifest.json"
 FORMATS = ("npy", "hex", "txt")
-REGENERATE = "regenerate it with: intsim golden MODEL --prompt TEXT --out DIR"
+REGENERATE = ("regenerate it with: intsim golden MODEL --prompt TEXT --out DIR "
+              "(a stress suite: intsim stress --out DIR)")
 #: index digits of a file stem (an index >= 10^4 simply has more digits)
 INDEX_DIGITS = 4
 
