@@ -29,7 +29,9 @@ from pathlib import Path
 RTL = Path(__file__).resolve().parent
 ROOT = RTL.parent
 BUILD = RTL / "build"
-sys.path.insert(0, str(ROOT))
+# cocotb's runner hands the simulator this process's sys.path as PYTHONPATH: the test
+# modules (RTL) and intsim (ROOT) must be on it
+sys.path[:0] = [str(RTL), str(ROOT)]
 
 from intsim.cocotb import SIMULATORS, available, get_runner  # noqa: E402
 from intsim.errors import IntsimError                         # noqa: E402
@@ -73,8 +75,7 @@ def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, set
     t1 = time.perf_counter()
     env = {"RTL_SETS": json.dumps({k: [str(ROOT.joinpath(d)) for d in v] for k, v in sets.items()}),
            "RTL_SELECT": json.dumps({"kind": op.kind, "ops": list(op.ops) if op.ops else None}),
-           "RTL_RESULT": str(result),
-           "PYTHONPATH": os.pathsep.join([str(RTL), str(ROOT), os.environ.get("PYTHONPATH", "")])}
+           "RTL_RESULT": str(result)}
     try:       # under pytest (PYTEST_CURRENT_TEST set) the runner raises on a failed test
         runner.test(test_module=op.test_module, hdl_toplevel=op.toplevel, build_dir=build, test_dir=build,
                     extra_env=env, results_xml=str(build.joinpath("results.xml")),

@@ -242,3 +242,69 @@ def test_the_scoreboard_imports_and_plans_without_cocotb():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split(None, 1) == ["38", "cocotb is not installed: .venv/bin/pip install -e '.[rtl]'\n"]
+
+
+# ------------------------------------------------------------------ under a simulator
+
+FIX = ROOT / "tests" / "fixtures" / "rtl"
+needs_icarus = pytest.mark.skipif(available("icarus") is not None,
+                                  reason=f"RTL simulation: {available('icarus')} (`make rtl-test` installs it)")
+
+
+def _simulate(tmp, core: str, testcases=None) -> dict:
+    """di_exp_stream.v around rtl/<core> under Icarus; the cases' JSON record."""
+    from intsim.cocotb import get_runner
+    runner = get_runner("icarus")
+    build = tmp / core
+    runner.build(sources=[ROOT / "rtl" / core, FIX / "di_exp_stream.v"], includes=[ROOT / "rtl"],
+                 hdl_toplevel="di_exp_stream", build_dir=build, always=True, timescale=("1ns", "1ps"),
+                 log_file=build / "build.log")
+    out = build / "cases.json"
+    env = {"TB_OUT": str(out), "TB_ROOT": str(ROOT)}
+    if str(FIX) not in sys.path:         # cocotb's runner hands the simulator this sys.path
+        sys.path.insert(0, str(FIX))
+    try:
+        runner.test(test_module="tb_scoreboard", hdl_toplevel="di_exp_stream", build_dir=build, test_dir=build,
+                    testcase=testcases, extra_env=env, log_file=build / "sim.log",
+                    results_xml=str(build / "results.xml"))
+    except (SystemExit, Exception):
+        pass
+    assert out.exists(), (build / "sim.log").read_text()[-3000:]
+    return json.loads(out.read_text())
+
+
+@needs_icarus
+def test_clocked_timings_pass_the_right_design_and_bad_mappings_name_the_port(tmp_path):
+    cases = _simulate(tmp_path, "di_exp.v")
+    for name in ("pipeline", "handshake_with_stalls"):
+        assert "error" not in cases[name], cases[name]
+        r = cases[name]["result"]
+        assert r["identical"] and r["elements"] == r["beats"] == 650 and r["simulator"] == "Icarus Verilog"
+    assert cases["pipeline"]["result"]["cycles"] == 652                 # 650 beats + latency 2
+    assert cases["handshake_with_stalls"]["result"]["cycles"] > 700     # the LFSR stalled some beats
+    off = cases["pipeline_latency_off_by_one"]
+    assert off["error"] == "ScoreboardMismatch" and "first divergence: op 120 'di_exp.tcap.floor'" in off["message"]
+    assert off["message"].startswith("[Icarus Verilog] FAIL:")
+    assert cases["unknown_port"]["error"] == "PortError"
+    assert cases["unknown_port"]["message"].startswith(
+        "port 'result': the design 'di_exp_stream' has no signal of that name; its signals: ")
+    assert "t_unit" in cases["unknown_port"]["message"]
+    stray = cases["handshake_after_a_stray_beat"]
+    # a stale beat in the design never passes: here it comes out first, so every beat is shifted by one
+    assert stray["error"] == "ScoreboardMismatch" and "first divergence: op 120 'di_exp.tcap.floor'" in stray["message"] \
+        and "at index (0, 0) (flat 0)" in stray["message"]
+    w = cases["port_width_differs_from_the_design"]
+    assert (w["error"], w["message"]) == ("PortError", "port 'x': the mapping makes it 32 bits wide, the "
+                                                       "design's 'x' is 64 bits")
+
+
+@needs_icarus
+def test_a_wrong_design_fails_with_the_first_divergence(tmp_path):
+    case = _simulate(tmp_path, "di_exp_wrong.v", ["pipeline"])["pipeline"]
+    assert case["error"] == "ScoreboardMismatch"
+    lines = case["message"].splitlines()
+    assert lines[0] == "[Icarus Verilog] FAIL: 7 of 14 op(s) differ"
+    assert lines[1].startswith("[Icarus Verilog] first divergence: op 121 'di_exp.tcap.half_up' (di_exp), tensor "
+                               "0121_di_exp.tcap.half_up.out  at index (1, 0) (flat 8): golden 954437177, DUT "
+                               "954437176, delta -1 LSB; golden value on a rounding tie: no")
+    assert case["result"]["first"]["port"] == "out" and len(case["result"]["mismatching_ops"]) == 7

@@ -73,10 +73,12 @@ def handle(dut, name: str, width: int | None = None, what: str = "port"):
 
 
 def _read(h, name: str, where: str) -> int:
-    v = h.value
-    if not v.is_resolvable:
+    v = h.value                            # LogicArray, Logic (1 bit) or int (integer types)
+    if isinstance(v, int):
+        return v
+    if not getattr(v, "is_resolvable", True):
         raise PortError(f"port '{name}' reads {v} (X or Z) at {where}")
-    return v.to_unsigned()
+    return v.to_unsigned() if hasattr(v, "to_unsigned") else int(v)
 
 
 def _beats(plans):
@@ -140,8 +142,9 @@ async def _run_handshake(dut, plans, outs, hs, got, t):
             sent += 1
             moved = True
         if _read(ov, t.out_valid, f"cycle {cycles}"):
-            if recv >= len(seq):
-                raise PortError(f"out_valid '{t.out_valid}' is 1 at cycle {cycles} after all {len(seq)} beats came out")
+            if recv >= sent:
+                raise PortError(f"out_valid '{t.out_valid}' is 1 at cycle {cycles} with no beat in flight ({sent} "
+                                f"in, {recv} out): a stale output; reset or drain the design before check()")
             n, b = seq[recv]
             _collect(plans, outs, got, hs, n, b, f"cycle {cycles}, output beat {recv} (beat {b} of op "
                                                  f"'{plans[n].record.name}')")
