@@ -6,7 +6,7 @@ field, and let :func:`check` drive every record through the design and compare w
 comes out exactly.  A mismatch fails the cocotb test with intsim's first-divergence
 message (the wording of ``intsim compare``: op, tensor, element index, golden and DUT
 values, LSB delta, whether the golden value sat on a rounding tie), then the mismatches
-per op.
+per op.  docs/VERIFY.md has a complete testbench.
 
     import cocotb
     from intsim.cocotb import Combinational, Port, check, load_records

@@ -48,6 +48,11 @@ class Record:
     def index(self) -> int:
         return self.op["index"]
 
+    @property
+    def params(self) -> dict:
+        """The op's parameters as the manifest records them (e.g. a primitive's ``rounding``)."""
+        return self.op["params"]
+
     def __getitem__(self, fname: str) -> np.ndarray:
         if fname not in self.values:
             raise IntsimError(f"op '{self.name}' ({self.kind}) has no field '{fname}'; its fields: "
