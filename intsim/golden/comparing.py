@@ -236,3 +236,19 @@ def _compare_bare(g_dir: Path, gman: dict, d_dir: Path, outputs_only: bool) -> d
                for c, _ in tensor_components(tensors[tn]) if not any(((tn, c), x) in found for x in DUT_EXTS)]
     return _result(gman, per_op, first, compared, {"mode": "bare", "files": len(found), "elements": elements,
                                                    "missing_components": missing, "ignored": ignored})
+
+
+def divergence_line(f: dict) -> str:
+    """The first divergence of a comparison result (``result["first"]``) as one line: op,
+    tensor, element index (and, for a bare DUT dump, its file and line), golden and DUT
+    values, LSB delta and the tie status; the wording of ``intsim compare`` and of the
+    cocotb scoreboard (intsim.cocotb)."""
+    if "expect_error" in f:                        # a refusal record: another error, or none
+        return (f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}): golden expects "
+                f"{f['expect_error']}, DUT records {f['got']}")
+    where = ""
+    if f.get("file"):
+        where = f"; DUT file {f['file']}" + (f" line {f['line']}" if f.get("line") else "")
+    return (f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}), tensor {f['tensor']} "
+            f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}{where}): golden {f['golden']}, "
+            f"DUT {f['got']}, delta {f['lsb_delta']:+d} LSB; golden value on a rounding tie: {f['tie']}")
