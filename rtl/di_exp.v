@@ -66,11 +66,7 @@ module di_exp (
             num = 64'd1 << kk;
             tq  = num / mf;
             tr  = num % mf;
-`ifdef DI_EXP_WRONG
-            T   = tq;                           // WRONG (rtl/di_exp_wrong.v): T not rounded
-`else
             T   = round_qr(tq, tr, mf, 1'b0, rnd);
-`endif
             if (T < 1) T = 64'sd1;
         end
         // step 0c: x' = rnd(x / 2^j)
@@ -80,7 +76,11 @@ module di_exp (
             xs = (rnd == FLOOR && x < 0) ? -64'sd1 : 64'sd0;
         end else begin
             xf = x >>> j;
+`ifdef DI_EXP_WRONG
+            xs = xf;                            // WRONG (rtl/di_exp_wrong.v): x' = floor(x / 2^j)
+`else
             xs = round_qr(xf, x - (xf <<< j), 64'd1 << j, x < 0, rnd);
+`endif
         end
         // steps 2-5
         n      = -xs;                              // 0 <= n <= 2^62 - 1
