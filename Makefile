@@ -19,7 +19,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,convert]'
+	$(PY) -m pip install -q -e '.[test,convert,sweep]'
 	touch $(STAMP)
 
 ## main job: the committed small LLaMA -> integer W8A8 model -> greedy text, integer only (no download)

@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_overflow_parser(sub)
     from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax
     add_ppl_parser(sub)
+    from .sweep import add_sweep_parser     # golden / overflow / ppl over a corpus, on Dask
+    add_sweep_parser(sub)
     d = sub.add_parser("demo", help="run every integer operator on a fixed seeded example",
                        description="Runs one transformer-block-shaped chain of the integer "
                                    "operators on seeded inputs and prints each op's output "
