@@ -5,7 +5,8 @@ that died, and reports completions; the driver only submits, shows progress and 
 
 Order of work: the plan is read and checked; source models are converted (into
 ``OUT/models``); leftovers of a killed run are removed; the plan is expanded into tasks;
-the tasks not done yet (no folder under their key) go to the cluster; then, from what is
+the tasks not done yet (no folder under their key) go to the cluster; what a worker killed
+mid-task left is removed (one sweep at a time per results folder); then, from what is
 on disk and in plan order, the reports are merged: ``overflow/`` (worst headroom per op,
 a PNG per model, and the worst windows exported as golden dumps, a second round of
 tasks), ``golden/index.json``, the float side's ``ppl/`` table, and ``sweep.json`` (every
@@ -29,7 +30,7 @@ from .merge import golden_index, merge_overflow, overflow_png, overflow_text, st
 from .plan import load_plan
 
 #: seconds to wait for an existing scheduler before giving up
-CONNECT_TIMEOUT = "10s"
+CONNECT_TIMEOUT = "5s"
 
 
 @dataclass
@@ -167,10 +168,10 @@ def run_sweep(plan_path, out, *, workers: int | None = None, scheduler: str | No
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise IntsimError(f"--out {out}: exists and is not a folder")
+    files = _models(plan, out, hooks)
+    tasks = expand(plan, files)            # the last check of the plan: nothing written before
     out.mkdir(parents=True, exist_ok=True)
     oc = Outcome(leftovers=remove_leftovers(out))
-    files = _models(plan, out, hooks)
-    tasks = expand(plan, files)
     uniq = _unique(tasks)
     # breadth first: window 0 of every (entry, model, spec), then window 1, ...: a sweep
     # stopped early has covered every model and spec alike (results do not depend on it)
@@ -211,6 +212,7 @@ def run_sweep(plan_path, out, *, workers: int | None = None, scheduler: str | No
         if cluster is not None and not scheduler:
             cluster.close()
     oc.ran = sum(1 for s in status.values() if not s.get("cached"))
+    oc.leftovers += remove_leftovers(out)     # what a worker killed mid-task left (its task was redone)
     gold = [t for t in tasks if t.kind == "golden" and is_done(out, t.folder)]
     if gold:
         reports["golden/index.json"] = canonical(golden_index(out, gold)).encode() + b"\n"
