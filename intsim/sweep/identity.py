@@ -2,7 +2,8 @@
 
 A task is one (kind, model, spec variant, window) of a plan.  Its key is the sha256 of
 the canonical JSON of exactly what determines its result: the kind and its options, the
-model file's sha256, the spec overrides, the window's token ids and the intsim version.
+model file's sha256, the spec overrides, the window's token ids and the intsim version
+(options that steer only the merge, ``plan.MERGE_OPTIONS``, are left out).
 Its folder is ``tasks/KIND/KEY[:24]``: a rerun, a resumed sweep or another plan that
 holds the same task finds it done there, whatever the plan calls the model or the input.
 """
@@ -17,6 +18,7 @@ import numpy as np
 from .. import __version__
 from ..errors import IntsimError
 from ..hashing import file_sha256
+from .plan import MERGE_OPTIONS
 
 #: hex digits of the key in a task's folder name (96 bits)
 KEY_DIGITS = 24
@@ -128,7 +130,8 @@ def expand(plan, model_files: dict) -> list:
                         wins[mname, iname] = ws
                     for j, w in enumerate(wins[mname, iname]):
                         spec = plan.specs[sname]
-                        key = task_key(e.kind, shas[mname], spec, w, e.options)
+                        key = task_key(e.kind, shas[mname], spec, w,
+                                       {k: v for k, v in e.options.items() if k not in MERGE_OPTIONS})
                         out.append(Task(e.kind, mname, sname, iname, j, e.index,
                                         str(model_files[mname]), shas[mname], _freeze(spec),
                                         tuple(w), _freeze(e.options), key))

@@ -29,6 +29,9 @@ KIND_OPTIONS = {
     "golden": {"layers": str, "stages": bool, "formats": list, "hex_pack": bool},
     "ppl": {},
 }
+#: options that steer only the merge (which windows become stimuli), not a task's result:
+#: left out of the task's identity, so changing them reuses every result
+MERGE_OPTIONS = ("stimuli", "stimuli_formats")
 #: kinds known to intsim that a sweep does not run (yet), with the reason given
 NOT_IN_SWEEPS = {"mutants": "scores a committed golden suite, not a corpus: run 'intsim mutants' "
                             "on the sweep's golden dumps instead"}
