@@ -76,8 +76,12 @@ def connect(workers: int | None, scheduler: str | None):
     return Client(cluster)
 
 
-def dashboard_of(client) -> str | None:
-    """The dashboard's address when the scheduler serves one (Bokeh installed there)."""
+def dashboard_of(client, local: bool) -> str | None:
+    """The dashboard's address when the scheduler serves one; a LocalCluster's pages need
+    Bokeh here (not in the sweep extra), a remote scheduler's are its own business."""
+    import importlib.util
+    if local and importlib.util.find_spec("bokeh") is None:
+        return None
     try:
         up = "dashboard" in client.scheduler_info().get("services", {})
     except Exception:
@@ -182,7 +186,7 @@ def run_sweep(plan_path, out, *, workers: int | None = None, scheduler: str | No
                                           f"folder(s)" if oc.leftovers else ""))
     client = connect(workers, scheduler)
     try:
-        oc.dashboard = dashboard_of(client)
+        oc.dashboard = dashboard_of(client, local=not scheduler)
         if oc.dashboard:
             echo(f"sweep: Dask dashboard at {oc.dashboard}")
         status = _round(client, todo, str(out), hooks, progress, "tasks", oc)
