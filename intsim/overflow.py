@@ -117,11 +117,38 @@ class Entry:
     first: tuple | None        # index of the first of them
     total: int                 # elements (rows) examined
     check: bool | None         # the recompute reproduced the run's output (None: n/a)
+    peak_at: tuple | None = None   # index (C order) of the first element (row) reaching peak
+    peak_token: int | None = None  # the token position of that element (_token_axis)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["first"] = list(self.first) if self.first is not None else None
+        d["peak_at"] = list(self.peak_at) if self.peak_at is not None else None
         return d
+
+
+#: ops whose tensors are head-first ([H, T, ...]: the attention scores, their softmax and
+#: the probabilities' scale), so that the token (query) position is axis 1; every other
+#: tensor of the graph is token-first ([T, ...])
+HEAD_FIRST = ("attn.qk.acc", "attn.scores.fold", "attn.softmax.x.scale", "attn.softmax.sum",
+              "attn.softmax.e*f", "attn.softmax.p", "attn.p_v.fold", "attn.p.scale")
+
+
+def _token_axis(name: str) -> int:
+    return 1 if _op(name) in HEAD_FIRST else 0
+
+
+def _locate(e: "Entry", at) -> "Entry":
+    """Set the entry's peak index ``at`` (a C-order tuple, or None) and its token."""
+    e.peak_at = None if at is None else tuple(int(i) for i in at)
+    ax = _token_axis(e.name)
+    e.peak_token = e.peak_at[ax] if e.peak_at is not None and len(e.peak_at) > ax else None
+    return e
+
+
+def _argmax_at(a) -> tuple | None:
+    """C-order index of the first largest element of ``a`` (None when empty)."""
+    return tuple(np.unravel_index(int(np.argmax(a)), np.shape(a))) if np.size(a) else None
 
 
 def _value_entry(name, layer, vals, container, bound, check=None) -> Entry:
@@ -130,9 +157,10 @@ def _value_entry(name, layer, vals, container, bound, check=None) -> Entry:
     peak = int(np.max(a)) if a.size else 0
     over = a > (1 << bits) - 1
     n = int(np.count_nonzero(over))
-    return Entry(name, _op(name), layer, "value", container, bits, peak, bound,
-                 bits - peak.bit_length(), None if bound is None else bits - int(bound).bit_length(),
-                 n, _first(over) if n else None, int(a.size), check)
+    e = Entry(name, _op(name), layer, "value", container, bits, peak, bound,
+              bits - peak.bit_length(), None if bound is None else bits - int(bound).bit_length(),
+              n, _first(over) if n else None, int(a.size), check)
+    return _locate(e, _argmax_at(a))
 
 
 def _op(name: str) -> str:
@@ -175,8 +203,10 @@ def _scale_entry(name, layer, k_need: list, rows: tuple, spec, run_scale: Dyadic
         agree = all(int(rk[i]) == k for i, k in enumerate(k_need)
                     if k is not None and k_lo <= k <= k_hi and int(rm[i]) != 0)
         ok = agree if ok is None else (ok and agree)
-    return Entry(name, _op(name), layer, "scale", f"k>={k_lo}", k_lo, peak, None, peak - k_lo,
-                 None, len(sat), first, len(k_need), ok)
+    e = Entry(name, _op(name), layer, "scale", f"k>={k_lo}", k_lo, peak, None, peak - k_lo,
+              None, len(sat), first, len(k_need), ok)
+    at = next((i for i, k in enumerate(k_need) if k == peak), None) if ks else None
+    return _locate(e, None if at is None else np.unravel_index(at, rows))
 
 
 # ------------------------------------------------------------------ the recompute
@@ -273,11 +303,12 @@ class _Recompute:
         xs = _ints(xc.reshape(T, ng, G).sum(axis=2))                          # [T, ng]
         # the fold in group order, Python ints; peak over every partial sum
         P = np.zeros((T, N), dtype=object)
-        ppeak = 0
+        ppeak, p_at = 0, None
         m, b = _ints(w.m), _ints(w.b)
         for g in range(ng):
             P = P + _ints(acc[:, :, g]) * m[None, :, g] + xs[:, g][:, None] * b[None, :, g]
-            ppeak = max(ppeak, _absmax(P))
+            if _absmax(P) > ppeak:                         # where the peak partial sum sits
+                ppeak, p_at = _absmax(P), _argmax_at(np.abs(P))
         A, W = a_bits, w.bits
         # the run's own counters (matmul stats) must equal the recompute
         ok = stats.get("acc_absmax") in (None, _absmax(acc)) and \
@@ -286,6 +317,7 @@ class _Recompute:
         e_p = self.add(_value_entry(f"{name}.P", layer, P, "int64",
                                     p_bound(K, A, W, w.m_max, w.b_absmax), ok))
         e_p.peak, e_p.headroom = ppeak, 63 - ppeak.bit_length()
+        _locate(e_p, p_at if p_at is not None else e_p.peak_at)
         P64 = P.astype(np.int64).reshape(x.q.shape[:-1] + (N,)) if ppeak < 2 ** 63 else None
         return P64, Dyadic(xq_t.scale.m, xq_t.scale.k + w.k), (e_acc, e_p)
 
@@ -417,10 +449,10 @@ class _Recompute:
         over = p_un > p_max
         n = int(np.count_nonzero(over))
         peak = _absmax(p_un)
-        ents.append(self.add(Entry(f"{name}.p", _op(f"{name}.p"), layer, "clamp", f"u{p_out}", p_out,
-                                   peak, 1 << F, p_out - peak.bit_length(),
-                                   p_out - (1 << F).bit_length(), n, _first(over) if n else None,
-                                   int(over.size), check)))
+        ents.append(self.add(_locate(Entry(
+            f"{name}.p", _op(f"{name}.p"), layer, "clamp", f"u{p_out}", p_out, peak, 1 << F,
+            p_out - peak.bit_length(), p_out - (1 << F).bit_length(), n,
+            _first(over) if n else None, int(over.size), check), _argmax_at(np.abs(p_un)))))
         for ent in ents:
             ent.check = bool(check and ent.check is not False)
 

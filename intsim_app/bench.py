@@ -87,6 +87,67 @@ def cold_start_row(model=None) -> dict:
     return {"cold_start_model": str(model), **cold_start(model)}
 
 
+#: the sweep bench's plan: overflow (no stimuli) on 16 windows of 64 tokens, the small model
+SWEEP_WINDOWS, SWEEP_WINDOW = 16, 64
+SWEEP_TEXT = Path(__file__).resolve().parents[1].joinpath("golden", "long-prompt.txt")
+
+
+def sweep_bench(model=None, rounds: int = 3, workers=(1, 2)) -> dict:
+    """``intsim sweep`` throughput: the same overflow plan (``SWEEP_WINDOWS`` windows of
+    ``SWEEP_WINDOW`` tokens of golden/long-prompt.txt, repeated, on the small model) swept
+    ``rounds`` times into a new folder with each number of LocalCluster workers, side by
+    side in this run.  Time: from the first submit to the last result (the cluster's start
+    and the merge are not in it; each round starts new worker processes, which load the
+    Numba cache).  tasks/s and MB/s (bytes of the task folders written) as min and median
+    over the rounds."""
+    import statistics
+    from intsim.sweep import run_sweep
+    from .sweep import hooks
+    model = model or next((p for p in (SMALL, Path(__file__).resolve().parents[1] / SMALL)
+                           if p.is_file()), None)
+    if model is None:
+        return {"sweep_note": f"no {SMALL} (make {SMALL.as_posix()})"}
+    out = {"sweep_model": str(model), "sweep_tasks": SWEEP_WINDOWS, "sweep_rounds": rounds,
+           "sweep_window_tokens": SWEEP_WINDOW}
+    with tempfile.TemporaryDirectory(prefix="intsim-sweep-bench-") as d:
+        text = Path(d, "text.txt")
+        text.write_text(SWEEP_TEXT.read_text() * 8)
+        plan = Path(d, "plan.toml")
+        plan.write_text(f'[models.m]\nfile = "{Path(model).resolve()}"\n[inputs.t]\ntext = "{text}"\n'
+                        f"window = {SWEEP_WINDOW}\ncount = {SWEEP_WINDOWS}\n[[tasks]]\n"
+                        f'kind = "overflow"\noptions = {{ stimuli = false }}\n')
+        for w in workers:
+            rates, mbs = [], []
+            for r in range(rounds):
+                oc = run_sweep(plan, Path(d, f"out-{w}-{r}"), workers=w, hooks=hooks(),
+                               progress=False, echo=lambda s: None)
+                if oc.failed or oc.ran != SWEEP_WINDOWS:
+                    raise RuntimeError(f"sweep bench: {oc.failed or oc.ran}")
+                secs = oc.run_ns / 1e9
+                rates.append(oc.ran / secs)
+                mbs.append(oc.bytes / 1e6 / secs)
+            out[f"sweep_{w}w_tasks_per_s_min"] = min(rates)
+            out[f"sweep_{w}w_tasks_per_s_median"] = statistics.median(rates)
+            out[f"sweep_{w}w_mb_per_s_min"] = min(mbs)
+            out[f"sweep_{w}w_mb_per_s_median"] = statistics.median(mbs)
+            out[f"sweep_{w}w_s_per_task_median"] = 1 / statistics.median(rates)
+    return out
+
+
+def sweep_table(r: dict) -> str:
+    if "sweep_note" in r:
+        return f"  sweep: {r['sweep_note']}"
+    lines = [f"  sweep (intsim sweep, overflow of {r['sweep_tasks']} windows of "
+             f"{r['sweep_window_tokens']} tokens, {r['sweep_model']}; {r['sweep_rounds']} rounds):"]
+    for w in (1, 2):
+        if f"sweep_{w}w_tasks_per_s_min" in r:
+            lines.append(f"    {w} worker{'s' if w > 1 else ' '}: tasks/s min "
+                         f"{r[f'sweep_{w}w_tasks_per_s_min']:.2f} median "
+                         f"{r[f'sweep_{w}w_tasks_per_s_median']:.2f}; MB/s min "
+                         f"{r[f'sweep_{w}w_mb_per_s_min']:.2f} median {r[f'sweep_{w}w_mb_per_s_median']:.2f}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="intsim bench",
                                 description="integer matmul core vs float32 BLAS")
@@ -102,6 +163,9 @@ def main(argv=None) -> int:
     p.add_argument("--cold-start", action="store_true",
                    help=f"time 'intsim run' on {SMALL.as_posix()} from an empty Numba cache to "
                         "its first token, and again warm (about a minute on 2 cores)")
+    p.add_argument("--sweep", action="store_true",
+                   help="also 'intsim sweep' throughput (tasks/s, MB/s) with 1 and 2 LocalCluster "
+                        f"workers on {SMALL.as_posix()} (a few minutes on 2 cores)")
     a = p.parse_args(argv)
     if a.model:
         from intsim.modelfile import read_header
@@ -115,7 +179,9 @@ def main(argv=None) -> int:
         r.update(gpu_bench(a.model))      # only where a GPU is present
     if a.model or a.cold_start:
         r.update(cold_start_row())
-    print(json.dumps(r) if a.json else format_table(r))
+    if a.sweep:
+        r.update(sweep_bench())
+    print(json.dumps(r) if a.json else format_table(r) + ("\n" + sweep_table(r) if a.sweep else ""))
     return 0 if r["exact"] else 1
 
 

@@ -24,7 +24,8 @@ def _bench(args) -> int:
     from .bench import main as bench_main
     argv = ((["--json"] if args.json else []) + (["--quick"] if args.quick else [])
             + (["--model", args.model] if args.model else [])
-            + (["--cold-start"] if args.cold_start else []))
+            + (["--cold-start"] if args.cold_start else [])
+            + (["--sweep"] if args.sweep else []))
     return bench_main(argv)
 
 
@@ -71,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_overflow_parser(sub)
     from converters.ppl import add_ppl_parser   # the float side: perplexity needs a log-softmax
     add_ppl_parser(sub)
+    from .sweep import add_sweep_parser     # golden / overflow / ppl over a corpus, on Dask
+    add_sweep_parser(sub)
     d = sub.add_parser("demo", help="run every integer operator on a fixed seeded example",
                        description="Runs one transformer-block-shaped chain of the integer "
                                    "operators on seeded inputs and prints each op's output "
@@ -89,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cold-start", action="store_true", help="time 'intsim run' on the small "
                    "model from an empty Numba cache to its first token, and again warm (about a "
                    "minute on 2 cores; included with --model)")
+    b.add_argument("--sweep", action="store_true", help="also 'intsim sweep' throughput (tasks/s, "
+                   "MB/s) with 1 and 2 LocalCluster workers on the small model (a few minutes)")
     b.set_defaults(func=_bench)
     return p
 
