@@ -42,7 +42,7 @@
 
 module requant #(
     parameter integer ROUNDING = 1,
-    parameter integer MAXC = 4096
+    parameter integer MAXC = 65536
 ) (
     input  wire               clk,
     input  wire               rst,

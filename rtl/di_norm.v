@@ -1,7 +1,7 @@
-// DI-Norm's row scale (intsim/norm.py, docs/SPEC.md section 8.2): the sum of squares of a
-// row of codes, the pre-shift, the integer square root and the dyadic fit of sqrt(C) / sqrt(sumsq).
-// DI-Norm passes the codes and zero point through unchanged, so this module is the whole
-// operator's arithmetic: a row of codes in, the row's new scale (m, k) out.
+// DI-Norm (intsim/norm.py, docs/SPEC.md section 8.2) as a streaming module: a row of codes in,
+// the same codes out with the row's new scale.  Its arithmetic is the row scale: the sum of
+// squares, the pre-shift, the integer square root and the dyadic fit of sqrt(C) / sqrt(sumsq);
+// the codes and zero point pass through unchanged (buffered while the root is computed).
 // SIMULATION-LEVEL Verilog: the square root is a real sequential unit (the spec's 31-step
 // restoring digit recurrence, one step per clock), the fit and the per-model constant are
 // behavioural functions (rtl/intsim_arith.vh); the values are normative, the structure is
@@ -16,9 +16,11 @@
 //   cfg_fixed 1: norm_preshift "fixed", 0: "row" (the default)
 //   cfg_mbits mantissa width m_bits      cfg_klo, cfg_khi  spec.k_range of the final k
 // Input stream (valid/ready): in_q a code, in_zp the row's zero point (|q - zp| <= 2^16 - 1),
-//   in_last the row's last code.  C, the row length, is counted.
-// Output (valid/ready), one beat per row: out_m, out_k the scale m * 2^-k, out_sat 1 when it
-//   saturated at k_lo, out_root r (the square root, for inspection).
+//   in_last the row's last code.  C, the row length (<= MAXC), is counted.
+// Output stream (valid/ready), one beat per code, the row's values on every beat: out_q the
+//   code, out_zp the zero point (both unchanged), out_m, out_k the new scale m * 2^-k,
+//   out_sat 1 when it saturated at k_lo, out_root r (the square root, for inspection),
+//   out_last the row's last code.
 //
 // Per row (SPEC 8.2):
 //   1 sumsq = sum (q - zp)^2                               <= C (2^16 - 1)^2 < 2^48
@@ -30,8 +32,9 @@
 //   sumsq = 0: m = 0, k = 0 clamped into [k_lo, k_hi]
 `default_nettype none
 
-module di_norm_scale #(
-    parameter integer ROUNDING = 1
+module di_norm #(
+    parameter integer ROUNDING = 1,
+    parameter integer MAXC = 65536
 ) (
     input  wire               clk,
     input  wire               rst,
@@ -47,21 +50,26 @@ module di_norm_scale #(
     input  wire               in_last,
     output wire               out_valid,
     input  wire               out_ready,
+    output wire signed [31:0] out_q,
+    output wire signed [31:0] out_zp,
     output wire        [31:0] out_m,
     output wire signed [31:0] out_k,
     output wire               out_sat,
-    output wire        [31:0] out_root
+    output wire        [31:0] out_root,
+    output wire               out_last
 );
 `include "intsim_arith.vh"
 
     localparam [2:0] RND = ROUNDING[2:0];
     localparam [1:0] S_ACC = 2'd0, S_ROOT = 2'd1, S_OUT = 2'd2;
 
+    reg signed [31:0] mem [0:MAXC-1];          // the row's codes, passed through
     reg         [1:0] state;
     reg        [63:0] sumsq;                   // running sum of squares, < 2^48
     reg        [31:0] cnt;                     // codes of the row so far
     reg        [31:0] r_C;                     // the row's length C
     reg        [31:0] r_P;                     // its pre-shift P
+    reg signed [31:0] r_zp;                    // its zero point
     reg               r_zero;                  // sumsq = 0
     reg        [63:0] rem, res, bitv;          // the square-root unit (SPEC 1.4)
     reg         [4:0] step;
@@ -70,6 +78,9 @@ module di_norm_scale #(
     assign in_ready  = (state == S_ACC);
     assign out_valid = (state == S_OUT);
     assign out_root  = root[31:0];
+    assign out_q     = mem[cnt];
+    assign out_zp    = r_zp;
+    assign out_last  = out_valid && (cnt == r_C - 1);
     wire fire_in  = in_valid && in_ready;
     wire fire_out = out_valid && out_ready;
 
@@ -160,10 +171,13 @@ module di_norm_scale #(
             root  <= 0;
         end else case (state)
             S_ACC: if (fire_in) begin
+                if (cnt >= MAXC) $fatal(1, "di_norm: a row longer than MAXC = %0d", MAXC);
+                mem[cnt] <= in_q;
                 if (in_last) begin
                     r_C    <= C_n;
                     r_P    <= P_n;
                     r_zero <= (sq_n == 0);
+                    r_zp   <= in_zp;
                     rem    <= sq_n << (2 * P_n);
                     res    <= 0;
                     bitv   <= 64'd1 << 60;
@@ -187,7 +201,14 @@ module di_norm_scale #(
                     state <= S_OUT;
                 end
             end
-            default: if (fire_out) state <= S_ACC;
+            default: if (fire_out) begin
+                if (cnt == r_C - 1) begin
+                    cnt   <= 0;
+                    state <= S_ACC;
+                end else begin
+                    cnt <= cnt + 1;
+                end
+            end
         endcase
     end
 endmodule
