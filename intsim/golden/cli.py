@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import IntsimError
 from ..hashing import file_sha256
 from ..modelfile import check_prompt_ids, load_model, load_tokenizer, model_hash
-from .comparing import compare
+from .comparing import compare, divergence_line
 from .dump import is_stress, load_manifest
 from .formats import MANIFEST
 from .mutating import add_mutants_parser
@@ -97,13 +97,9 @@ def cmd_compare(args) -> int:
         print(f"identical: {r['compared']} tensor(s) compared, every element equal")
         return 0
     f = r["first"]
+    print(divergence_line(f))
     if "expect_error" in f:                        # a refusal record: another error, or none
-        print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}): golden expects "
-              f"{f['expect_error']}, DUT records {f['got']}")
         return 1
-    print(f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}), tensor {f['tensor']} "
-          f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}): golden {f['golden']}, "
-          f"DUT {f['got']}, delta {f['lsb_delta']:+d} LSB; golden value on a rounding tie: {f['tie']}")
     print("mismatches per op:")
     for o in r["mismatching_ops"][:args.max_report]:
         g = o["first"]

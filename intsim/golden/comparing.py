@@ -158,3 +158,15 @@ def compare(golden_dir, dut_dir, *, outputs_only: bool = False, partial: bool = 
     return {"identical": first is None, "compared": compared, "first": first,
             "mismatching_ops": [r for r in ops if r["mismatches"]],
             "ops": ops}
+
+
+def divergence_line(f: dict) -> str:
+    """The first divergence of a comparison result (``result["first"]``) as one line: op,
+    tensor, element index, golden and DUT values, LSB delta and the tie status; the
+    wording of ``intsim compare`` and of the cocotb scoreboard (intsim.cocotb)."""
+    if "expect_error" in f:                        # a refusal record: another error, or none
+        return (f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}): golden expects "
+                f"{f['expect_error']}, DUT records {f['got']}")
+    return (f"first divergence: op {f['op_index']} '{f['op']}' ({f['kind']}), tensor {f['tensor']} "
+            f"{f['component']} at index {tuple(f['index'])} (flat {f['flat']}): golden {f['golden']}, "
+            f"DUT {f['got']}, delta {f['lsb_delta']:+d} LSB; golden value on a rounding tie: {f['tie']}")
