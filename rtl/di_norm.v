@@ -11,7 +11,7 @@
 //   ROUNDING  the run's tie rule for the fit: 0 floor, 1 half_up (default), 2 half_even,
 //             3 half_away
 //
-// Configuration (held for a whole row):
+// Configuration (held for a row's input beats; latched at in_last):
 //   cfg_bits  the input codes' width (the fixed pre-shift's bound)
 //   cfg_fixed 1: norm_preshift "fixed", 0: "row" (the default)
 //   cfg_mbits mantissa width m_bits      cfg_klo, cfg_khi  spec.k_range of the final k
@@ -70,6 +70,8 @@ module di_norm #(
     reg        [31:0] r_C;                     // the row's length C
     reg        [31:0] r_P;                     // its pre-shift P
     reg signed [31:0] r_zp;                    // its zero point
+    reg         [4:0] r_mbits;                 // the configuration of the fit, latched at in_last
+    reg signed [31:0] r_klo, r_khi;            // (the next row's may be on the inputs already)
     reg               r_zero;                  // sumsq = 0
     reg        [63:0] rem, res, bitv;          // the square-root unit (SPEC 1.4)
     reg         [4:0] step;
@@ -147,14 +149,14 @@ module di_norm #(
     always @* begin
         p2  = (61 - bitlen({96'd0, r_C})) >> 1;
         n_c = {64'd0, isqrt62({32'd0, r_C} << (2 * p2))};
-        k0  = (cfg_klo > 0) ? cfg_klo : ((cfg_khi < 0) ? cfg_khi : 0);
+        k0  = (r_klo > 0) ? r_klo : ((r_khi < 0) ? r_khi : 0);
         if (r_zero) begin
             fm   = 0;
             fe   = k0;
             fsat = 1'b0;
         end else begin
-            dyadic_fit(n_c, {64'd0, root}, {27'd0, cfg_mbits},
-                       cfg_klo - $signed(p2) + $signed(r_P), cfg_khi - $signed(p2) + $signed(r_P),
+            dyadic_fit(n_c, {64'd0, root}, {27'd0, r_mbits},
+                       r_klo - $signed(p2) + $signed(r_P), r_khi - $signed(p2) + $signed(r_P),
                        RND, fm, fe, fsat);
             fe = (fm == 0) ? k0 : fe + $signed(p2) - $signed(r_P);
         end
@@ -177,7 +179,10 @@ module di_norm #(
                     r_C    <= C_n;
                     r_P    <= P_n;
                     r_zero <= (sq_n == 0);
-                    r_zp   <= in_zp;
+                    r_zp    <= in_zp;
+                    r_mbits <= cfg_mbits;
+                    r_klo   <= cfg_klo;
+                    r_khi   <= cfg_khi;
                     rem    <= sq_n << (2 * P_n);
                     res    <= 0;
                     bitv   <= 64'd1 << 60;

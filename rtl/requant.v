@@ -10,7 +10,7 @@
 //             3 half_away; every division and, in range mode, the scale fit use it
 //   MAXC      longest row the buffer holds (elements)
 //
-// Configuration (held for a whole row; sampled with each input beat, used at in_last):
+// Configuration (held for a row's input beats; the row's values are latched at in_last):
 //   cfg_bits  output width b, 2..16      cfg_sym   1: symmetric signed codes, 0: asymmetric
 //   cfg_mbits mantissa width m_bits      cfg_klo, cfg_khi  spec.k_range of the final k
 //   cfg_range 1: requant_mode "range" (the paper's codes), 0: "fitted" (the default)
@@ -154,10 +154,11 @@ module requant #(
     endfunction
 
     // ---- the code of one buffered element against the latched row parameters
-    reg signed [127:0] vs;
+    wire signed [63:0] cur = mem[cnt];         // (a continuous read: Icarus compiles an
+    reg signed [127:0] vs;                     //  always @* over the array per word)
     reg signed [127:0] t;
     always @* begin
-        vs = $signed({{64{mem[cnt][63]}}, mem[cnt]}) >>> r_sh;
+        vs = $signed({{64{cur[63]}}, cur}) >>> r_sh;
         if (r_zero)
             t = 0;
         else if (r_by_scale)
