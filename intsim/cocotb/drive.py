@@ -171,12 +171,18 @@ async def check(dut, records, ports, timing=Combinational(), *, raise_on_mismatc
     :class:`ScoreboardMismatch` (an AssertionError: the cocotb test fails) whose message
     is intsim's first-divergence report, unless ``raise_on_mismatch`` is False.
     ``result_json``: a path the result is also written to (before raising)."""
-    import cocotb
+    try:
+        import cocotb
+    except ImportError:
+        raise PortError("check() runs inside a cocotb simulation: cocotb is not installed "
+                        "(.venv/bin/pip install -e '.[rtl]')") from None
     ports = check_ports(ports)
     records = list(records)
     if not records:
         raise PortError("no records to drive (intsim.cocotb.load_records selects them)")
     plans = [pl for pl in (plan(r, ports) for r in records) if pl.beats]
+    if not plans:
+        raise PortError(f"none of the {len(records)} record(s) has an element to drive (all empty)")
     hs = {p.name: handle(dut, p.name, p.width * p.lanes) for p in ports}
     outs = [p for p in ports if p.is_output]
     got = {(n, p.name): [] for n in range(len(plans)) for p in outs}

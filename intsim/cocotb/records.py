@@ -17,6 +17,10 @@ from ..hashing import file_sha256
 from ..options import Spec
 
 
+class NoRecords(IntsimError):
+    """A dump with no record matching the selection (the message names the dump and its kinds)."""
+
+
 def field_name(t: dict, component: str) -> str:
     """The field of one component of a manifest tensor, as its file stem ends:
     ``in.<arg>`` / ``out`` / ``out.<arg>``, then ``.<component>`` for a QTensor's zero
@@ -47,6 +51,11 @@ class Record:
     @property
     def index(self) -> int:
         return self.op["index"]
+
+    @property
+    def params(self) -> dict:
+        """The op's parameters as the manifest records them (e.g. a primitive's ``rounding``)."""
+        return self.op["params"]
 
     def __getitem__(self, fname: str) -> np.ndarray:
         if fname not in self.values:
@@ -100,7 +109,8 @@ def load_records(dump, *, kind: str | None = None, ops=None, select=None) -> lis
     names, indices or ``fnmatch`` patterns (``"layers.*.attn.softmax.exp"``).
     ``select``: a predicate on :class:`Record` (e.g. the shapes a design supports).
     Refusal records of a stress suite (``expect_error``: no outputs) are left out.
-    Raises ``IntsimError`` naming the dump when nothing matches or a file is bad."""
+    Raises ``NoRecords`` (an IntsimError) naming the dump and its kinds when nothing
+    matches, ``IntsimError`` when a file is bad."""
     d = Path(dump)
     man = load_manifest(d)
     if isinstance(ops, str):
@@ -110,7 +120,7 @@ def load_records(dump, *, kind: str | None = None, ops=None, select=None) -> lis
     if not chosen:
         what = " and ".join(x for x in (kind and f"kind '{kind}'", ops and f"ops {ops}") if x) or "outputs"
         kinds = sorted({o["kind"] for o in man["ops"]})
-        raise IntsimError(f"{d}: no op with {what} in this {'stress suite' if is_stress(man) else 'dump'} "
+        raise NoRecords(f"{d}: no op with {what} in this {'stress suite' if is_stress(man) else 'dump'} "
                           f"(its kinds: {', '.join(kinds)})")
     _check_files(d, [tensors[n] for o in chosen for n in o["inputs"] + o["outputs"]])
     out = []
@@ -130,5 +140,5 @@ def load_records(dump, *, kind: str | None = None, ops=None, select=None) -> lis
         if select is None or select(rec):
             out.append(rec)
     if not out:
-        raise IntsimError(f"{d}: the select predicate kept none of the {len(chosen)} matching op(s)")
+        raise NoRecords(f"{d}: the select predicate kept none of the {len(chosen)} matching op(s)")
     return out
