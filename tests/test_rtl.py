@@ -116,8 +116,9 @@ def test_the_row_end_flag_is_driven_on_each_rows_last_beat():
 
 
 def _rtl_test_ports(module: str):
-    """PORTS of an rtl/test_<op>.py, imported without cocotb (stubbed: only the mapping is read)."""
-    import importlib
+    """PORTS of an rtl/<module>.py, loaded from its file under another name (tests/ has
+    modules of the same names) with cocotb and rtl/harness.py stubbed: only the mapping is read."""
+    import importlib.util
     import types
     stubs = {"cocotb": types.SimpleNamespace(test=lambda *a, **k: (lambda f: f)),
              "cocotb.clock": types.SimpleNamespace(Clock=None),
@@ -125,12 +126,12 @@ def _rtl_test_ports(module: str):
              "harness": types.SimpleNamespace(run_sets=None)}
     saved = {k: sys.modules.get(k) for k in stubs}
     sys.modules.update(stubs)
-    sys.path.insert(0, str(ROOT / "rtl"))
     try:
-        return importlib.import_module(module).PORTS
+        spec = importlib.util.spec_from_file_location(f"rtl_{module}", ROOT / "rtl" / f"{module}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.PORTS
     finally:
-        sys.path.remove(str(ROOT / "rtl"))
-        sys.modules.pop(module, None)
         for k, v in saved.items():
             if v is None:
                 sys.modules.pop(k, None)
