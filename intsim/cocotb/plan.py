@@ -36,14 +36,20 @@ class ScoreboardMismatch(AssertionError):
         self.result = result
 
 
+#: the field of a driven row-end flag: 1 on each row's last beat (Port docstring)
+LAST = "last"
+
+
 @dataclass(frozen=True)
 class Port:
     """One signal of the design bound to one field of every record.
 
     ``name``: the signal (``dut.<name>``).  ``field``: ``"in.<arg>"`` (driven),
     ``"out"`` / ``"out.<arg>"`` (checked), each optionally ``.zp`` / ``.m`` / ``.k`` for a
-    QTensor's zero point and scale or a Dyadic's components; or a function of the
-    :class:`Record` returning an int (driven, constant over the record: a mode code).
+    QTensor's zero point and scale or a Dyadic's components; :data:`LAST` (driven: 1 on
+    the beat that ends a row, 0 on the others, for a design that reduces over the row);
+    or a function of the :class:`Record` returning an int (driven, constant over the
+    record: a mode code).
     ``width``: bits per lane; the signal must be ``width * lanes`` bits wide, lane 0 in the
     least significant bits.  ``signed``: two's complement."""
     name: str
@@ -78,10 +84,13 @@ def check_ports(ports) -> list:
             raise PortError(f"port '{p.name}': width {p.width!r} is not a positive number of bits")
         if not isinstance(p.lanes, int) or p.lanes < 1:
             raise PortError(f"port '{p.name}': lanes {p.lanes!r} is not a positive integer")
-        if isinstance(p.field, str):
+        if p.field == LAST:
+            if p.lanes != 1:
+                raise PortError(f"port '{p.name}': the row-end flag '{LAST}' takes 1 lane, not {p.lanes}")
+        elif isinstance(p.field, str):
             if not (p.is_output or p.field.startswith("in.")):
-                raise PortError(f"port '{p.name}': field '{p.field}' is neither in.<arg>[.<component>] "
-                                f"nor out[.<arg>][.<component>]")
+                raise PortError(f"port '{p.name}': field '{p.field}' is neither in.<arg>[.<component>], "
+                                f"out[.<arg>][.<component>] nor '{LAST}'")
         elif not callable(p.field):
             raise PortError(f"port '{p.name}': field {p.field!r} is neither a field name nor a function")
         if p.name in seen:
@@ -146,7 +155,7 @@ def unpack(word: int, p: Port) -> list:
 def plan(rec: Record, ports) -> Plan:
     """Beats of one record under the mapping (module doc); raises PortError naming the
     port when a field is missing, has no place in the record's geometry, or does not fit."""
-    named = [p for p in ports if isinstance(p.field, str)]
+    named = [p for p in ports if isinstance(p.field, str) and p.field != LAST]
     for p in named:
         if p.field not in rec.values:
             raise PortError(f"{p.describe()}: op '{rec.name}' ({rec.kind}, {rec.dump}) has no field "
@@ -167,7 +176,11 @@ def plan(rec: Record, ports) -> Plan:
     pos[:, :C] = np.arange(rows * C, dtype=np.int64).reshape(rows, C)
     pos = pos.reshape(-1)
     drive, expect = {}, {}
+    last = [(b + 1) % bpr == 0 for b in range(beats)]
     for p in ports:
+        if p.field == LAST:
+            drive[p.name] = [int(x) for x in last]
+            continue
         if not isinstance(p.field, str):
             v = p.field(rec)
             if not isinstance(v, (int, np.integer)):
@@ -195,7 +208,6 @@ def plan(rec: Record, ports) -> Plan:
             expect[p.name] = (vals, idx.tolist())
         else:
             drive[p.name] = _pack(vals, p)
-    last = [(b + 1) % bpr == 0 for b in range(beats)]
     return Plan(rec, beats, int(main.size), drive, expect, last)
 
 

