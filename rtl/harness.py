@@ -6,6 +6,8 @@ Environment (set by rtl/run.py): ``RTL_SETS`` = JSON ``{set name: [dump dirs]}``
 ``RTL_SELECT`` = JSON ``{"kind": ..., "ops": [...], "rounding": ...}`` (the records of
 the operator; ``rounding``: only those under that tie rule),
 ``RTL_REPEAT`` = passes over each set that passes (their drive times measure the speed),
+``RTL_DUMP`` = JSON ``{set name: folder}``: the first pass over that set also writes what
+the design produced there as a bare DUT dump (check()'s ``dump_dir``; a set of one dump),
 ``RTL_RESULT`` = the JSON file the verdicts go to:
 ``{set name: scoreboard result, or {"skipped": reason}}``."""
 from __future__ import annotations
@@ -33,6 +35,7 @@ async def run_sets(dut, ports, timing, select=None) -> dict:
         rule, user = sel["rounding"], select
         select = lambda rec: rounding_of(rec) == rule and (user is None or user(rec))   # noqa: E731
     repeat = int(os.environ.get("RTL_REPEAT", "1"))
+    dump = json.loads(os.environ.get("RTL_DUMP", "{}"))
     verdicts, failed = {}, []
     for name, dirs in sets.items():
         records, missing = [], []
@@ -44,7 +47,7 @@ async def run_sets(dut, ports, timing, select=None) -> dict:
         if not records:
             verdicts[name] = {"skipped": f"no matching records in {', '.join(missing)}"}
             continue
-        r = await check(dut, records, ports, timing, raise_on_mismatch=False, log=False)
+        r = await check(dut, records, ports, timing, raise_on_mismatch=False, log=False, dump_dir=dump.get(name))
         times = [r["drive_ns"]]
         for _ in range(repeat - 1 if r["identical"] else 0):       # speed: the same records again
             again = await check(dut, records, ports, timing, raise_on_mismatch=False, log=False)

@@ -7,6 +7,11 @@ intsim.cocotb's scoreboard) against the golden vectors, and measure the speed.
                                           each wrong one passes the 3-token golden set and fails the stress suite (exit 0
                                           only then); ``make rtl-test`` runs this
     python rtl/run.py --op di_exp --sim icarus     one operator, one simulator
+    python rtl/run.py --op requant --sim icarus --dump out/rtl-dump
+                                          also write what the design produced on the stress suite as a
+                                          bare DUT dump (out/rtl-dump/requant-right-icarus) and check it
+                                          with ``intsim compare golden/stress DIR``: its verdict must be
+                                          the scoreboard's (the same first wrong element)
 
 Vector sets (VECTOR_SETS): ``golden`` = the committed 3-token dumps golden/darcy and
 golden/the (a dump without records of an operator is named and skipped), ``stress`` =
@@ -67,10 +72,14 @@ VECTOR_SETS = {"golden": ("golden/darcy", "golden/the"), "stress": ("golden/stre
 VARIANTS = ("right", "wrong")
 
 
+DUMP_SET = "stress"                 # the vector set --dump writes (one golden dump: golden/stress)
+
+
 def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, sets=VECTOR_SETS,
-             repeat: int = 1) -> dict:
+             repeat: int = 1, dump: Path | None = None) -> dict:
     """Build and run one variant of one operator under one simulator; returns
-    ``{"sets": {set: verdict}, "build_s", "test_s"}`` (verdicts: rtl/harness.py)."""
+    ``{"sets": {set: verdict}, "build_s", "test_s"}`` (verdicts: rtl/harness.py).
+    ``dump``: the folder the design's outputs on the stress set go to, as a bare DUT dump."""
     runner = get_runner(sim)
     build = build_root.joinpath(f"{op.name}-{variant}-{sim}")
     build.mkdir(parents=True, exist_ok=True)
@@ -87,7 +96,8 @@ def simulate(op: Operator, variant: str, sim: str, build_root: Path = BUILD, set
     env = {"RTL_SETS": json.dumps({k: [str(ROOT.joinpath(d)) for d in v] for k, v in sets.items()}),
            "RTL_SELECT": json.dumps({"kind": op.kind, "ops": list(op.ops) if op.ops else None,
                                      "rounding": op.rounding}),
-           "RTL_REPEAT": str(repeat), "RTL_RESULT": str(result)}
+           "RTL_REPEAT": str(repeat), "RTL_RESULT": str(result),
+           "RTL_DUMP": json.dumps({DUMP_SET: str(dump.resolve())} if dump is not None and DUMP_SET in sets else {})}
     try:       # under pytest (PYTEST_CURRENT_TEST set) the runner raises on a failed test
         runner.test(test_module=op.test_module, hdl_toplevel=op.toplevel, build_dir=build, test_dir=build,
                     extra_env=env, results_xml=str(build.joinpath("results.xml")),
@@ -122,6 +132,37 @@ def report(op: Operator, variant: str, sim: str, run: dict) -> dict:
     return out
 
 
+def compare_dump(op: Operator, variant: str, sim: str, run: dict, dump: Path) -> bool:
+    """Run ``intsim compare`` (the command line, as a team would) on the DUT dump the
+    simulation wrote; print its verdict line and whether it agrees with the scoreboard:
+    the same PASS / FAIL and, on a FAIL, the same first wrong element.  True if it agrees."""
+    import subprocess
+    golden = VECTOR_SETS[DUMP_SET][0]
+    v = run["sets"].get(DUMP_SET, {})
+    head = f"[{sim}] {op.name} {variant} dump {dump}"
+    if "skipped" in v or "dump" not in v:
+        print(f"{head}: nothing dumped ({v.get('skipped', 'no dump written')})")
+        return "skipped" in v
+    cmd = [sys.executable, "-m", "intsim_app", "compare", golden, str(dump), "--json"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if p.returncode not in (0, 1):
+        print(f"{head}: intsim compare exit {p.returncode}: {p.stderr.strip() or p.stdout.strip()}")
+        return False
+    res = json.loads(p.stdout)
+    from intsim.golden.comparing import divergence_line
+    f, s = res["first"], v["first"]
+    verdict = "PASS" if p.returncode == 0 else f"FAIL: {divergence_line(f)}"
+    same = (p.returncode == 0) == v["identical"] and (
+        v["identical"] or (f["op_index"], f["tensor"], f["component"], f["flat"]) ==
+        (s["op_index"], s["tensor"], s["component"] or "values", s["flat"]))
+    print(f"{head}: intsim compare {golden} (exit {p.returncode}): {verdict}; "
+          + ("the scoreboard's verdict" if same else "NOT the scoreboard's verdict"))
+    for w in v["dump"]["wrapped"][:1]:
+        print(f"{head}: {len(v['dump']['wrapped'])} component(s) written wrapped to their declared width; first: "
+              f"{w['file']} element {w['flat']}: the design gave {w['design']}, the dump holds {w['written']}")
+    return same
+
+
 def speed(op: Operator, sim: str, run: dict) -> dict:
     """Elements per second of the drive loop over every set, per pass: best and median."""
     done = [v for v in run["sets"].values() if "skipped" not in v]
@@ -149,6 +190,10 @@ def main(argv=None) -> int:
     ap.add_argument("--build", type=Path, default=BUILD, help="directory for the simulator builds (default rtl/build)")
     ap.add_argument("--passes", type=int, default=5,
                     help="passes of the right module over the vectors, for the speed figures (default 5)")
+    ap.add_argument("--dump", type=Path, metavar="DIR",
+                    help="write what each design produced on the stress suite as a bare DUT dump into "
+                         "DIR/<op>-<variant>-<sim> and check it with 'intsim compare golden/stress' (its verdict "
+                         "must be the scoreboard's)")
     ap.add_argument("--summary", type=Path, help="write every verdict and speed figure to this JSON file")
     a = ap.parse_args(argv)
     ops = [o for o in OPERATORS if not a.op or o.name in a.op]
@@ -164,12 +209,16 @@ def main(argv=None) -> int:
         for sim in sims:
             variants = VARIANTS if a.self_test else (a.variant,)
             for variant in variants:
+                dump = a.dump.joinpath(f"{op.name}-{variant}-{sim}") if a.dump else None
                 try:
-                    run = simulate(op, variant, sim, a.build, repeat=a.passes if variant == "right" else 1)
+                    run = simulate(op, variant, sim, a.build, repeat=a.passes if variant == "right" else 1,
+                                   dump=dump)
                 except IntsimError as e:
                     print(f"[{sim}] rtl: error: {e}", file=sys.stderr)
                     return 2
                 verdict = report(op, variant, sim, run)
+                if dump is not None:
+                    ok &= compare_dump(op, variant, sim, run, dump)
                 summary[f"{op.name}/{variant}/{sim}"] = run
                 if variant == "right":
                     ok &= all(v is not False for v in verdict.values())

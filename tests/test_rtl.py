@@ -381,3 +381,60 @@ def test_a_wrong_design_fails_with_the_first_divergence(tmp_path):
                                "0121_di_exp.tcap.half_up.out  at index (2, 0) (flat 16): golden 941362694, DUT "
                                "941362693, delta -1 LSB; golden value on a rounding tie: no")
     assert case["result"]["first"]["port"] == "out" and len(case["result"]["mismatching_ops"]) == 5
+
+
+# ------------------------------------------------------------------ the design's outputs as a DUT dump
+
+def _rtl_run():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("rtl_run_for_tests", ROOT / "rtl" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod           # its dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_a_row_value_read_on_every_beat_keeps_a_differing_copy_in_the_dump():
+    from intsim.cocotb.dumping import component_values
+    # element 0 read on three beats (the design changed it on the second), element 1 on one, a padding lane
+    assert component_values([5, 5, 5, 7, 0], [5, 6, 5, 7, 9], [0, 0, 0, 1, -1], 2) == [6, 7]
+    assert component_values([5, 5], [5, 5], [0, 0], 1) == [5]
+
+
+def test_a_value_whose_wrap_lands_on_the_golden_value_is_refused():
+    from intsim.cocotb.dumping import _fit
+    from intsim.golden.dut import Slot
+    rec = load_records(STRESS, kind="requant_rows")[0]
+    t, comp, c = rec.entries["out"]
+    slot, port = Slot(t, comp, c), Port("q", "out", 32, signed=True)
+    bits = slot.bits
+    assert _fit([1 << bits], [1], slot, rec, port)[1]["written"] == 0      # wrapped, noted
+    with pytest.raises(PortError, match="equals the golden value 0, so a DUT dump cannot show the mismatch"):
+        _fit([1 << bits], [0], slot, rec, port)
+
+
+@needs_icarus
+@pytest.mark.parametrize("variant", ["right", "wrong"])
+def test_the_requantizers_dump_gets_the_scoreboards_verdict_from_intsim_compare(tmp_path, variant):
+    run = _rtl_run()
+    op = next(o for o in run.OPERATORS if o.name == "requant")
+    dump = tmp_path / "dut"
+    v = run.simulate(op, variant, "icarus", tmp_path / "build", sets={"stress": ("golden/stress",)},
+                     dump=dump)["sets"]["stress"]
+    assert v["dump"]["files"] == 4 * v["records"] and sorted(os.listdir(dump))[0].startswith("0033_requant_rows.")
+    p = subprocess.run([sys.executable, "-m", "intsim_app", "compare", str(ROOT / "golden" / "stress"), str(dump),
+                        "--json"], cwd=ROOT, capture_output=True, text=True)
+    res = json.loads(p.stdout)
+    if variant == "right":
+        assert v["identical"] and p.returncode == 0 and res["identical"], p.stdout[-2000:]
+        return
+    # rtl/requant_wrong.v drops the final clamp: under floor, the element at lo' of an asymmetric row comes
+    # out -1; the unsigned 8-bit code's dump word holds it wrapped to 8 bits, 255
+    s, f = v["first"], res["first"]
+    assert p.returncode == 1 and not v["identical"]
+    assert (s["op_index"], s["op"], s["flat"], s["golden"], s["got"]) == (34, "requant_rows.ties.fitted.asym.floor",
+                                                                         0, 0, -1)
+    assert (f["op_index"], f["tensor"], f["component"], f["flat"], f["golden"], f["got"]) == (
+        34, s["tensor"], "values", 0, 0, 255)
+    assert f["file"] == "0034_requant_rows.ties.fitted.asym.floor.out.hex" and f["line"] == 1
+    assert sorted(o["name"] for o in res["mismatching_ops"]) == sorted(o["name"] for o in v["mismatching_ops"])

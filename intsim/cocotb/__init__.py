@@ -39,6 +39,8 @@ API (everything here but :func:`check` and :func:`get_runner` works without coco
   ``elements``, ``beats``, ``cycles``, ``drive_ns``, ``simulator``); raises
   :class:`ScoreboardMismatch` on a mismatch and :class:`PortError` (naming the port) on
   a mapping that does not fit the records or the design.  :func:`report` formats a result.
+  ``dump_dir=``: also write what the design produced as a bare DUT dump (``.hex`` files
+  named after the golden records) that ``intsim compare GOLDEN DIR`` checks.
 * :func:`plan` / :func:`judge`: the beats of one record and the exact comparison, for
   a testbench that drives the design its own way.
 * :func:`get_runner` ("icarus" / "verilator"): cocotb's runner with the pinned

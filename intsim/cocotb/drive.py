@@ -9,6 +9,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from .dumping import write_dump
 from .plan import PortError, ScoreboardMismatch, check_ports, judge, plan, report, unpack
 
 
@@ -161,7 +162,7 @@ async def _run_handshake(dut, plans, outs, hs, got, t):
 
 
 async def check(dut, records, ports, timing=Combinational(), *, raise_on_mismatch: bool = True,
-                result_json=None, log: bool = True) -> dict:
+                result_json=None, log: bool = True, dump_dir=None) -> dict:
     """Drive ``records`` through ``dut`` under ``ports`` and ``timing``, compare every
     output exactly, and return the result (``intsim.golden.compare``'s structure plus
     ``elements``, ``beats``, ``cycles``, ``drive_ns`` and ``simulator``).
@@ -170,7 +171,11 @@ async def check(dut, records, ports, timing=Combinational(), *, raise_on_mismatc
     design's signals (names, widths): a PortError names the port.  On a mismatch, raises
     :class:`ScoreboardMismatch` (an AssertionError: the cocotb test fails) whose message
     is intsim's first-divergence report, unless ``raise_on_mismatch`` is False.
-    ``result_json``: a path the result is also written to (before raising)."""
+    ``result_json``: a path the result is also written to (before raising).
+    ``dump_dir``: also write what the design produced as a bare DUT dump there (one
+    ``.hex`` per record and output port, named by the golden's file stem; the records must
+    come from one dump), which ``intsim compare GOLDEN dump_dir`` checks
+    (intsim.cocotb.dumping; ``result["dump"]`` says what was written)."""
     try:
         import cocotb
     except ImportError:
@@ -197,6 +202,12 @@ async def check(dut, records, ports, timing=Combinational(), *, raise_on_mismatc
     ns = time.perf_counter_ns() - t0
     result = judge(plans, got, ports, simulator=getattr(cocotb, "SIM_NAME", "") or "")
     result.update(cycles=cycles, drive_ns=ns)
+    if dump_dir is not None:
+        result["dump"] = write_dump(dump_dir, plans, got, ports)
+        for w in result["dump"]["wrapped"][:1]:
+            dut._log.warning(f"dump {dump_dir}: {len(result['dump']['wrapped'])} component(s) hold values outside "
+                             f"their declared width, written wrapped to it; first: {w['file']} element {w['flat']}: "
+                             f"the design gave {w['design']}, the dump holds {w['written']}")
     if result_json:
         tmp = f"{result_json}.tmp"
         with open(tmp, "w") as f:
