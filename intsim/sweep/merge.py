@@ -54,7 +54,9 @@ def merge_overflow(out, tasks: list) -> dict:
                 grid[cell] = e["headroom"]
     for op, row in worst.items():
         row["saturated_total"] = sat.get(op, 0)
-    return {"tasks": len(tasks), "windows": len({(t.model, t.spec_name, t.input, t.window) for t in tasks}),
+    wins = {(t.model, t.spec_name, t.input, t.window) for t in tasks}
+    return {"tasks": len(tasks), "windows": len(wins),
+            "windows_by_model": {m: sum(1 for w in wins if w[0] == m) for m in by_model},
             "all_recomputes_match": checks, "ops": list(worst.values()),
             "by_model": {m: list(rows.values()) for m, rows in by_model.items()},
             "cells": {m: [[lay, op, h] for (lay, op), h in grid.items()] for m, grid in cells.items()}}
@@ -107,11 +109,19 @@ def overflow_png(merged: dict, model: str) -> bytes:
             ops.append(op)
     cols = [str(i) for i in layers] + ["F"]
     cells = [[None] * len(cols) for _ in ops]
+    clamps = {r["op"] for r in merged["by_model"][model] if r["kind"] == "clamp"}
+    marks = set()
     for lay, op, h in grid:
-        cells[ops.index(op)][len(layers) if lay is None else layers.index(lay)] = h
-    note = (f"MODEL {model.upper()}: THE WORST OF {merged['windows']} WINDOW(S) PER CELL. "
-            f"COLUMNS: LAYERS, F = FINAL NORM AND HEAD.",)
-    return heatmap_png(ops, cols, cells, "INTSIM OVERFLOW SWEEP: WORST HEADROOM PER LAYER AND OP", note)
+        rc = (ops.index(op), len(layers) if lay is None else layers.index(lay))
+        cells[rc[0]][rc[1]] = h
+        if op in clamps and h < 0:
+            marks.add(rc)
+    notes = (f"MODEL {model.upper()}: THE WORST OF {merged['windows_by_model'][model]} WINDOW(S) PER "
+             f"CELL. COLUMNS: LAYERS, F = FINAL NORM AND HEAD.",
+             "LILAC: SOFTMAX.P CLAMPED AT 2^P_OUT - 1 BY DESIGN (A PROBABILITY ABOVE 1 - 2^-(F+1))."
+             if marks else "")
+    return heatmap_png(ops, cols, cells, "INTSIM OVERFLOW SWEEP: WORST HEADROOM PER LAYER AND OP",
+                       notes, marks)
 
 
 def golden_index(out, tasks: list) -> dict:
