@@ -67,3 +67,20 @@ async def run_sets(dut, ports, timing, select=None) -> dict:
     if failed:
         raise AssertionError(f"the design differs from the golden values on: {', '.join(failed)}")
     return verdicts
+
+
+async def run_streaming(dut, ports) -> dict:
+    """The clocked valid/ready designs (rtl/requant.v, rtl/di_norm.v behind their
+    ``*_rules.v`` wrappers): start ``clk``, hold ``rst`` two cycles with ``in_valid`` low,
+    then :func:`run_sets` under a handshake."""
+    from cocotb.clock import Clock
+    from cocotb.triggers import RisingEdge
+
+    from intsim.cocotb import Handshake
+    Clock(dut.clk, 10, unit="ns").start()
+    dut.in_valid.value = 0
+    dut.rst.value = 1
+    for _ in range(2):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    return await run_sets(dut, ports, Handshake(start_clock=False))

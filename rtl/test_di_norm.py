@@ -9,11 +9,9 @@ exactly."""
 from __future__ import annotations
 
 import cocotb
-from cocotb.clock import Clock
-from cocotb.triggers import RisingEdge
-from harness import run_sets
+from harness import run_streaming
 
-from intsim.cocotb import LAST, Handshake, Port
+from intsim.cocotb import LAST, Port
 
 #: the wrapper's ``rule`` input: which ROUNDING instance takes the record
 RND = {"floor": 0, "half_up": 1, "half_even": 2, "half_away": 3}
@@ -43,10 +41,4 @@ PORTS = [
 
 @cocotb.test()
 async def di_norm_matches_the_golden_records(dut):
-    Clock(dut.clk, 10, unit="ns").start()
-    dut.in_valid.value = 0
-    dut.rst.value = 1
-    for _ in range(2):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-    await run_sets(dut, PORTS, Handshake(start_clock=False))
+    await run_streaming(dut, PORTS)

@@ -121,9 +121,7 @@ def _rtl_test_ports(module: str):
     import importlib.util
     import types
     stubs = {"cocotb": types.SimpleNamespace(test=lambda *a, **k: (lambda f: f)),
-             "cocotb.clock": types.SimpleNamespace(Clock=None),
-             "cocotb.triggers": types.SimpleNamespace(RisingEdge=None),
-             "harness": types.SimpleNamespace(run_sets=None)}
+             "harness": types.SimpleNamespace(run_streaming=None)}
     saved = {k: sys.modules.get(k) for k in stubs}
     sys.modules.update(stubs)
     try:
