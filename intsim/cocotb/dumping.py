@@ -7,14 +7,13 @@ DIR`` reads it back.  Written into a temporary folder beside the target and rena
 place.  Pure Python and NumPy (no simulator needed); integer only."""
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..golden.dut import Slot
 from ..golden.formats import hex_lines
+from ..staging import staged_folder
 from .plan import PortError
 
 
@@ -101,22 +100,7 @@ def write_dump(dump_dir, plans: list, got: dict, ports) -> dict:
             raise PortError(f"dump_dir {out}: holds files that are not a DUT dump ({', '.join(other[:3])}); "
                             f"refusing to replace it")
     files, notes = dump_files(plans, got, ports)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise PortError(f"dump_dir {out}: cannot write there: {e.strerror or e}") from None
-    try:
+    with staged_folder(out, "dump_dir", PortError) as tmp:
         for name, data in files.items():
             tmp.joinpath(name).write_bytes(data)
-        if out.exists():
-            trash = tmp.with_name(tmp.name + ".old")
-            out.rename(trash)              # the old dump stays whole until the new one is in place
-            tmp.rename(out)
-            shutil.rmtree(trash)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return {"dir": str(out), "files": len(files), "golden": dumps[0], "wrapped": notes}

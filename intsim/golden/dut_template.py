@@ -8,12 +8,11 @@ place, so an interrupted run leaves nothing half-written."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from ..errors import IntsimError
 from ..hashing import file_sha256
+from ..staging import staged_folder
 from .dump import is_stress, load_manifest, read_component, tensor_components
 from .dut import TEMPLATE, TEMPLATE_FORMAT, Slot
 from .formats import MANIFEST, hex_lines
@@ -134,24 +133,19 @@ def _write_values(g_dir: Path, gman: dict, tpl: dict, vdir: Path) -> None:
         vdir.joinpath(f["file"]).write_bytes(hex_lines(read_component(g_dir, e, f"golden {f['tensor']}")))
 
 
-def _place(tmp: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` to ``out``; an earlier template there is replaced only
-    with ``force``, and a folder holding anything else is never replaced."""
-    if out.exists():
-        if not out.is_dir():
-            raise IntsimError(f"--out {out}: exists and is not a directory")
-        old = sorted(p.name for p in out.iterdir())
-        if old and not set(old) <= {TEMPLATE, README, VALUES}:
-            raise IntsimError(f"--out {out}: holds files that are not a DUT template ({', '.join(old[:3])}); "
-                              f"refusing to replace it")
-        if old and not force:
-            raise IntsimError(f"--out {out}: holds a DUT template (use --force to replace it)")
-        trash = tmp.with_name(tmp.name + ".old")
-        out.rename(trash)                   # the old template stays whole until the new is in place
-        tmp.rename(out)
-        shutil.rmtree(trash)
+def _check_replaceable(out: Path, force: bool) -> None:
+    """An earlier template at ``out`` is replaced only with ``force``, and a folder holding
+    anything else is never replaced."""
+    if not out.exists():
         return
-    tmp.rename(out)
+    if not out.is_dir():
+        raise IntsimError(f"--out {out}: exists and is not a directory")
+    old = sorted(p.name for p in out.iterdir())
+    if old and not set(old) <= {TEMPLATE, README, VALUES}:
+        raise IntsimError(f"--out {out}: holds files that are not a DUT template ({', '.join(old[:3])}); "
+                          f"refusing to replace it")
+    if old and not force:
+        raise IntsimError(f"--out {out}: holds a DUT template (use --force to replace it)")
 
 
 def write_template(golden_dir, items, out_dir, *, force: bool = False, values: bool = False) -> dict:
@@ -164,20 +158,12 @@ def write_template(golden_dir, items, out_dir, *, force: bool = False, values: b
         raise IntsimError(f"--ops: the selected record(s) of {g_dir} have no outputs (refusal records only)")
     if out.exists() and not out.is_dir():
         raise IntsimError(f"--out {out}: exists and is not a directory")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    except OSError as e:
-        raise IntsimError(f"--out {out}: cannot write there: {e.strerror or e}") from None
-    try:
+    with staged_folder(out, "--out") as tmp:
         tmp.joinpath(TEMPLATE).write_text(json.dumps(tpl, indent=1, sort_keys=True) + "\n")
         tmp.joinpath(README).write_text(readme(tpl, values))
         if values:
             _write_values(g_dir, gman, tpl, tmp.joinpath(VALUES))
-        _place(tmp, out, force)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        _check_replaceable(out, force)
     return tpl
 
 
