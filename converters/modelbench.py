@@ -66,6 +66,10 @@ def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill
 def _worker(kind: str, path: str) -> None:
     if kind == "int":
         res = bench_int(path)
+    elif kind.startswith("torch_cuda_"):      # the GPU peer: same protocol as gpu_bench's rows
+        from .torch_llama import bench_torch
+        res = bench_torch(path, prompt_len=64, decode_tokens=32, prefill_len=256, threads=1,
+                          device="cuda", dtype=kind[len("torch_cuda_"):])
     else:
         from .torch_llama import bench_torch
         res = bench_torch(path)
@@ -81,6 +85,31 @@ def _spawn(kind: str, path) -> dict:
             return json.loads(line[7:])
     tail = (p.stderr or p.stdout).strip().splitlines()[-1:] or ["no output"]
     return {"error": tail[0]}
+
+
+def torch_gpu_bench(model_path, float_dir=None, dtypes=("float32", "bfloat16")) -> dict:
+    """PyTorch on the GPU, the peer of ``--backend cuda`` (rows only where torch sees a CUDA
+    device; else ``{}``): prefill of 256 tokens and 32 decode steps after a 64-token prefill,
+    per dtype, each in its own process: ``prefill_gpu_torch_<dtype>_tok_s``, ..."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    if float_dir is None:
+        from intsim.modelfile import load_model
+        from .ppl import float_reference_dir
+        float_dir = float_reference_dir(load_model(model_path))
+    out: dict = {}
+    for dt in dtypes:
+        r = _spawn(f"torch_cuda_{dt}", float_dir)
+        if "error" in r:
+            out[f"gpu_torch_{dt}_error"] = r["error"]
+            continue
+        out[f"prefill_gpu_torch_{dt}_tok_s"] = r["prefill_torch_tok_s"]
+        out[f"decode_gpu_torch_{dt}_tok_s"] = r["decode_torch_tok_s"]
+    return out
 
 
 def model_bench(model_path, float_dir=None) -> dict:

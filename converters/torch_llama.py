@@ -29,6 +29,7 @@ from converters.float_model import LlamaConfig, load_hf_weights, rope_cos_sin
 __all__ = ["TorchLlama", "bench_torch", "require_torch", "TORCH_PIN"]
 
 TORCH_PIN = "torch==2.13.0"
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def require_torch():
@@ -48,12 +49,18 @@ class TorchLlama:
     """
 
     def __init__(self, cfg: LlamaConfig, weights: dict[str, np.ndarray], threads: int | None = None,
-                 rope_angles: str = "hf_float32"):
+                 rope_angles: str = "hf_float32", device: str = "cpu", dtype: str = "float32"):
         torch = require_torch()
         self.torch, self.cfg = torch, cfg
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: one of {', '.join(DTYPES)}, got {dtype!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device: {device!r} asked for, but torch sees no CUDA device")
+        self.device, self.dtype = torch.device(device), getattr(torch, dtype)
         if threads is not None:
             torch.set_num_threads(int(threads))
-        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(  # noqa: E731
+            self.device, self.dtype)
         self.emb = t(weights["model.embed_tokens.weight"])                            # [V, D]
         self.head = self.emb if weights["lm_head.weight"] is weights["model.embed_tokens.weight"] \
             else t(weights["lm_head.weight"])                                          # [V, D]
@@ -68,15 +75,16 @@ class TorchLlama:
                 ("wg", "mlp.gate_proj.weight"), ("wu", "mlp.up_proj.weight"),
                 ("wd", "mlp.down_proj.weight"))})
         self.rope_angles = rope_angles
-        self._cos = self._sin = torch.zeros(0, cfg.head_dim // 2)
+        self._cos = self._sin = torch.zeros(0, cfg.head_dim // 2, device=self.device, dtype=self.dtype)
         self.reset()
 
     @classmethod
     def from_hf(cls, model_dir: os.PathLike[str] | str, threads: int | None = None,
-                rope_angles: str = "hf_float32") -> "TorchLlama":
+                rope_angles: str = "hf_float32", device: str = "cpu",
+                dtype: str = "float32") -> "TorchLlama":
         require_torch()
         cfg, w = load_hf_weights(model_dir)
-        return cls(cfg, w, threads=threads, rope_angles=rope_angles)
+        return cls(cfg, w, threads=threads, rope_angles=rope_angles, device=device, dtype=dtype)
 
     def reset(self) -> None:
         """Forget the cached sequence (the next call starts at position 0)."""
@@ -88,7 +96,7 @@ class TorchLlama:
         if self._cos.shape[0] < end:
             n = max(end, 2 * self._cos.shape[0], 256)
             c, s = rope_cos_sin(self.cfg, n, self.rope_angles)
-            self._cos, self._sin = self.torch.from_numpy(c), self.torch.from_numpy(s)
+            self._cos, self._sin = (self.torch.from_numpy(a).to(self.device, self.dtype) for a in (c, s))
         return self._cos[self.pos:end], self._sin[self.pos:end]
 
     def _rms(self, x, g):
@@ -107,8 +115,8 @@ class TorchLlama:
         buf_k, buf_v = self._k[i], self._v[i]
         if buf_k is None or buf_k.shape[1] < end:
             cap = max(end, 256 if buf_k is None else 2 * buf_k.shape[1])
-            nk = torch.empty(k.shape[0], cap, k.shape[2])
-            nv = torch.empty(k.shape[0], cap, k.shape[2])
+            nk = torch.empty(k.shape[0], cap, k.shape[2], device=self.device, dtype=self.dtype)
+            nv = torch.empty(k.shape[0], cap, k.shape[2], device=self.device, dtype=self.dtype)
             if buf_k is not None:
                 nk[:, :self.pos] = buf_k[:, :self.pos]
                 nv[:, :self.pos] = buf_v[:, :self.pos]
@@ -131,7 +139,7 @@ class TorchLlama:
         cos, sin = self._rope(end)                                           # [T, hd/2]
         mask = None
         if self.pos > 0 and T > 1:      # queries after a cached prefix: causal with an offset
-            mask = torch.ones(T, end, dtype=torch.bool).tril(self.pos)
+            mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(self.pos)
         x = self.emb[ids]                                                    # [T, D]
         for i, L in enumerate(self.layers):
             h = self._rms(x, L["ln1"])
@@ -155,14 +163,14 @@ class TorchLlama:
             raise ValueError(f"ids: need a non-empty 1-D integer array, got {ids.dtype} {ids.shape}")
         if ids.min() < 0 or ids.max() >= self.cfg.vocab_size:
             raise ValueError(f"ids: token ids must lie in [0, {self.cfg.vocab_size})")
-        return self.torch.from_numpy(ids.astype(np.int64))
+        return self.torch.from_numpy(ids.astype(np.int64)).to(self.device)
 
     def prefill(self, ids) -> np.ndarray:
         """Start a new sequence with ids [T]: logits float32 [T, V] (the cache then holds T)."""
         ids = self._ids(ids)
         self.reset()
         with self.torch.inference_mode():
-            return self._forward(ids).numpy()
+            return self._forward(ids).float().cpu().numpy()
 
     def decode(self, next_id: int) -> np.ndarray:
         """Append one token at the next position using the cache: logits float32 [V]."""
@@ -170,25 +178,28 @@ class TorchLlama:
             raise ValueError("decode: no sequence started (call prefill first)")
         ids = self._ids(np.array([int(next_id)]))
         with self.torch.inference_mode():
-            return self._forward(ids)[0].numpy()
+            return self._forward(ids)[0].float().cpu().numpy()
 
 
 def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_tokens: int = 64,
-                prefill_len: int = 256, threads: int = 2, repeats: int = 3, seed: int = 0) -> dict:
-    """fp32 eager PyTorch speed on a HF LLaMA folder, best of ``repeats`` after a warm-up.
+                prefill_len: int = 256, threads: int = 2, repeats: int = 3, seed: int = 0,
+                device: str = "cpu", dtype: str = "float32") -> dict:
+    """Eager PyTorch speed on a HF LLaMA folder, best of ``repeats`` after a warm-up.
 
     - prefill: ``prefill(ids)`` of ``prefill_len`` random tokens, timed whole (logits of every
       position included); ``prefill_torch_tok_s = prefill_len / best seconds``;
     - decode: after an untimed prefill of ``prompt_len`` tokens, ``decode_tokens`` greedy steps
       (argmax feeds the next step), timed together; ``decode_torch_tok_s = decode_tokens / best``.
 
-    ``threads`` sets torch's intra-op threads for the run (restored afterwards).
+    ``threads`` sets torch's intra-op threads for the run (restored afterwards).  ``device``
+    ("cpu", "cuda") and ``dtype`` (float32, bfloat16, float16) place the weights; every timed
+    call ends with its logits copied to the host, so GPU work is finished inside the timing.
     """
     torch = require_torch()
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        m = TorchLlama.from_hf(model_dir)
+        m = TorchLlama.from_hf(model_dir, device=device, dtype=dtype)
         rng = np.random.default_rng(seed)
         pre_ids = rng.integers(0, m.cfg.vocab_size, prefill_len)
         prompt = rng.integers(0, m.cfg.vocab_size, prompt_len)
@@ -212,20 +223,24 @@ def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_
     finally:
         torch.set_num_threads(old)
     return {"prefill_torch_tok_s": prefill_len / best_p, "decode_torch_tok_s": decode_tokens / best_d,
-            "torch_version": torch.__version__, "threads": int(threads)}
+            "torch_version": torch.__version__, "threads": int(threads), "device": device,
+            "dtype": dtype}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m converters.torch_llama",
-                                 description="fp32 eager PyTorch speed of a HF LLaMA folder.")
+                                 description="Eager PyTorch speed of a HF LLaMA folder.")
     ap.add_argument("model_dir")
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--decode-tokens", type=int, default=64)
     ap.add_argument("--prefill-len", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU peer of --backend cuda)")
+    ap.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' and activations' type")
     a = ap.parse_args(argv)
-    r = bench_torch(a.model_dir, a.prompt_len, a.decode_tokens, a.prefill_len, a.threads, a.repeats)
+    r = bench_torch(a.model_dir, a.prompt_len, a.decode_tokens, a.prefill_len, a.threads, a.repeats,
+                    device=a.device, dtype=a.dtype)
     print(json.dumps(r, indent=1))
     return 0
 

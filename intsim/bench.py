@@ -185,13 +185,15 @@ def gpu_bench(model_path: str, tokens: int = 256, decode: int = 32, golden_token
         out[f"{key}_declined"] = last_decline()
     tmp = Path(tempfile.mkdtemp(prefix="intsim-golden-gpu-"))
     try:
-        export_golden(model, ids[:4], tmp / "warm", backend="cuda")
-        t0 = time.perf_counter()
-        man = export_golden(model, ids[:golden_tokens], tmp / "dump", backend="cuda")
-        t = time.perf_counter() - t0
+        for backend, key in (("cuda", "gpu"), ("numba", "cpu")):
+            export_golden(model, ids[:4], tmp.joinpath("warm"), backend=backend)
+            t0 = time.perf_counter()
+            man = export_golden(model, ids[:golden_tokens], tmp.joinpath(key), backend=backend)
+            out[f"golden_{key}_mb_per_s"] = man["_bytes_written"] / 1e6 / (time.perf_counter() - t0)
+            shutil.rmtree(tmp.joinpath("warm"), ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out.update(golden_gpu_tokens=golden_tokens, golden_gpu_mb_per_s=man["_bytes_written"] / 1e6 / t)
+    out["golden_gpu_tokens"] = golden_tokens
     return out
 
 
@@ -278,7 +280,13 @@ def format_table(r: dict) -> str:
     if "gpu" in r:
         lines.append(f"  GPU {r['gpu']}: prefill {r['prefill_gpu_tok_s']:.0f} tok/s (CPU "
                      f"{r['prefill_cpu_tok_s']:.0f}), decode {r['decode_gpu_tok_s']:.1f} tok/s (CPU "
-                     f"{r['decode_cpu_tok_s']:.1f}), golden export {r['golden_gpu_mb_per_s']:.0f} MB/s")
+                     f"{r['decode_cpu_tok_s']:.1f}), golden export of {r['golden_gpu_tokens']} tokens "
+                     f"{r['golden_gpu_mb_per_s']:.0f} MB/s (CPU {r['golden_cpu_mb_per_s']:.0f})")
+        for dt in ("float32", "bfloat16"):
+            if f"prefill_gpu_torch_{dt}_tok_s" in r:
+                lines.append(f"  PyTorch {dt} on the same GPU: prefill "
+                             f"{r[f'prefill_gpu_torch_{dt}_tok_s']:.0f} tok/s, decode "
+                             f"{r[f'decode_gpu_torch_{dt}_tok_s']:.1f} tok/s")
     if "golden_seconds" in r:
         lines.append(f"  golden export, {r['golden_tokens']}-token prompt: {r['golden_seconds']:.1f} s, "
                      f"{r['golden_mb']:.0f} MB in {r['golden_files']} files ({r['golden_ops']} ops), "

@@ -177,6 +177,9 @@ def main(argv=None) -> int:
         r.update(fused_status_row(a.model))
         r.update(golden_bench(a.model))
         r.update(gpu_bench(a.model))      # only where a GPU is present
+        if "gpu" in r:
+            from converters.modelbench import torch_gpu_bench   # PyTorch on the same GPU
+            r.update(torch_gpu_bench(a.model))
     if a.model or a.cold_start:
         r.update(cold_start_row())
     if a.sweep:

@@ -1,7 +1,7 @@
 """The GPU backend against the CPU: whole forwards, bit for bit.
 
     python scripts/cuda_check.py [--models synthetic,FILE.intsim,...] [--synthetic NAMES]
-                                 [--tokens 64] [--decode 8] [--golden T] [--speed]
+                                 [--tokens 64] [--decode 8] [--golden T] [--speed] [--profile]
 
 For each model: a prefill of ``--tokens`` seeded token ids on ``backend="cuda"`` against the
 op-by-op graph on the reference backend (synthetic models) or the CPU fused path (model
@@ -132,6 +132,61 @@ def speed(model, tokens: int = 256, decode: int = 32) -> dict:
     return res
 
 
+def profile(model, tokens: int = 256, decode: int = 8) -> dict:
+    """Where a GPU forward's time goes: each kernel launch of intsim.cudapath timed from the
+    host with a device synchronize before and after (launch cost included), summed per
+    kernel, for a ``tokens`` prefill and for ``decode`` steps after a 64-token prefill;
+    ``host`` is the rest of the wall time (allocations, copies, the layer loop)."""
+    from numba import cuda
+    import intsim.cudapath as cp
+    ids = np.random.default_rng(2).integers(0, model.config.vocab_size, max(tokens, 64 + decode))
+    spent: dict = {}
+
+    class Timed:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, conf):
+            launch = self.kernel[conf]
+
+            def run(*args):
+                cuda.synchronize()
+                t = time.perf_counter()
+                launch(*args)
+                cuda.synchronize()
+                spent[self.name] = spent.get(self.name, 0.0) + time.perf_counter() - t
+            return run
+
+    names = [n for n in vars(cp) if n.startswith("_k_")]
+    saved = {n: getattr(cp, n) for n in names}
+    runner.forward(model, ids[:8], backend="cuda")                       # compile, upload
+    report = {}
+    try:
+        for n in names:
+            setattr(cp, n, Timed(n, saved[n]))
+        pre = min(64, model.config.max_pos - decode - 1)
+        cache = KVCache.empty(model, pre + decode + 1)
+        for label, setup, run in (
+                (f"prefill{tokens}", lambda: None,
+                 lambda: runner.forward(model, ids[:tokens], backend="cuda")),
+                (f"decode_x{decode}", lambda: runner.forward(model, ids[:pre], cache, backend="cuda"),
+                 lambda: [runner.forward(model, ids[pre + i:pre + i + 1], cache, backend="cuda")
+                          for i in range(decode)])):
+            setup()
+            spent.clear()
+            t = time.perf_counter()
+            run()
+            wall = time.perf_counter() - t
+            row = {k: round(v * 1e3, 2) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+            row["host"] = round((wall - sum(spent.values())) * 1e3, 2)
+            row["wall"] = round(wall * 1e3, 2)
+            report[label + "_ms"] = row
+    finally:
+        for n in names:
+            setattr(cp, n, saved[n])
+    return report
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="cuda_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="synthetic",
@@ -143,6 +198,9 @@ def main(argv=None) -> int:
     p.add_argument("--golden", type=int, default=0, metavar="T",
                    help="also export golden vectors of T tokens op by op on the GPU and the CPU "
                         "and require byte-identical files")
+    p.add_argument("--profile", action="store_true",
+                   help="also time each GPU kernel of a 256-token prefill and of decode steps "
+                        "(model files; synchronizes around every launch)")
     p.add_argument("--speed", action="store_true",
                    help="also time prefill (256 tokens) and decode on the GPU and the CPU (model files)")
     a = p.parse_args(argv)
@@ -164,6 +222,9 @@ def main(argv=None) -> int:
             ok &= check(item, m, ids, a.decode, "numba")
             if a.golden:
                 ok &= golden_check(item, m, ids[:a.golden], model_path=item)
+            if a.profile:
+                import json
+                print(json.dumps(profile(m)))
             if a.speed:
                 import json
                 print(json.dumps(speed(m)))

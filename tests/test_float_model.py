@@ -316,3 +316,56 @@ def test_bench_torch_reports_rates(tmp_path):
                     threads=1, repeats=1)
     assert r["prefill_torch_tok_s"] > 0 and r["decode_torch_tok_s"] > 0
     assert torch.get_num_threads() == before
+
+
+@needs_torch
+def test_torch_llama_dtype_and_device_choices(tmp_path):
+    """bfloat16 weights follow the float32 logits within bf16's precision (8 mantissa bits:
+    relative error near 1e-2 after a few layers); an unknown dtype, or CUDA where torch sees
+    none, is refused by name."""
+    import torch
+    from converters.torch_llama import TorchLlama
+    d = make_tiny_hf(tmp_path / "m")
+    ids = np.arange(12) % 50
+    f32 = TorchLlama.from_hf(d).prefill(ids)
+    b16 = TorchLlama.from_hf(d, dtype="bfloat16").prefill(ids)
+    assert b16.dtype == np.float32 and b16.shape == f32.shape
+    rel = np.linalg.norm(b16 - f32) / np.linalg.norm(f32)
+    assert 0 < rel < 5e-2, rel
+    with pytest.raises(ValueError, match="dtype: one of float32, bfloat16, float16"):
+        TorchLlama.from_hf(d, dtype="int8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device: 'cuda'.*no CUDA device"):
+            TorchLlama.from_hf(d, device="cuda")
+
+
+def test_torch_gpu_bench_rows_only_where_a_gpu_is(tmp_path, monkeypatch):
+    """The PyTorch-on-GPU peer adds rows only where torch sees a CUDA device; without one (or
+    without torch) it returns nothing and never reads the model."""
+    from converters.modelbench import torch_gpu_bench
+    try:
+        import torch
+    except ImportError:
+        assert torch_gpu_bench(tmp_path / "absent.intsim") == {}
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert torch_gpu_bench(tmp_path / "absent.intsim") == {}
+
+
+def test_bench_table_prints_the_gpu_rows():
+    from intsim.bench import format_table
+    r = {"quick": True, "repeats": 1, "min_time_s": 0, "dtype": "int8", "machine": {
+        "cpu": "c", "cores": 1, "numba_threads": 1, "blas": "b", "numpy": "n", "numba": "n"},
+        "gpu": "NVIDIA H100", "prefill_gpu_tok_s": 1234.0, "prefill_cpu_tok_s": 99.0,
+        "decode_gpu_tok_s": 45.5, "decode_cpu_tok_s": 7.25, "golden_gpu_tokens": 32,
+        "golden_gpu_mb_per_s": 321.0, "golden_cpu_mb_per_s": 12.0,
+        "prefill_gpu_torch_bfloat16_tok_s": 50000.0, "decode_gpu_torch_bfloat16_tok_s": 300.5}
+    for name in ("gemm", "gemv"):
+        r.update({f"{name}_shape": {"M": 1, "K": 2, "N": 3}, f"{name}_int_gops": 1.0,
+                  f"{name}_f32_gops": 1.0, f"{name}_ratio": 1.0, f"{name}_int_dot_gops": 1.0,
+                  f"{name}_di_matmul_gops": 1.0, f"{name}_exact": True})
+    text = format_table(r)
+    assert ("GPU NVIDIA H100: prefill 1234 tok/s (CPU 99), decode 45.5 tok/s (CPU 7.2), golden "
+            "export of 32 tokens 321 MB/s (CPU 12)") in text
+    assert "PyTorch bfloat16 on the same GPU: prefill 50000 tok/s, decode 300.5 tok/s" in text
+    assert "PyTorch float32" not in text
