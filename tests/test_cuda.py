@@ -7,7 +7,9 @@ in Python threads, calling the same compiled row functions the CPU uses.
 * the whole GPU forward equals the op-by-op graph on the reference backend for spec
   variants: prefill, decode through the KV cache, a GPU-written cache continued on the CPU,
   packed prompts (``scripts/cuda_check.py``, which the GPU machine runs on real models);
-* the golden export op by op on ``backend="cuda"`` writes the CPU's files byte for byte.
+* the golden export op by op on ``backend="cuda"`` writes the CPU's files byte for byte;
+* every other operator's GPU twin in intsim.cudaops equals its NumPy reference on
+  hypothesis inputs: tests/test_cuda_kernels.py.
 
 Each runs in a subprocess with NUMBA_ENABLE_CUDASIM=1 (the variable must be set before
 numba.cuda is imported).
