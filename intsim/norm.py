@@ -164,7 +164,12 @@ def di_norm(x: QTensor, spec: Spec = DEFAULT_SPEC, backend: str = "numba",
     code = rounding_code(spec.rounding)
     k_lo, k_hi = spec.k_range
     n_c, p2 = sqrt_c_const(C)
-    p_fixed = fixed_preshift(C, x.bits) if preshift == "fixed" else -1
+    p_fixed = -1
+    if preshift == "fixed":          # P is sized for |q - zp| <= 2^bits - 1 (SPEC section 8.2)
+        lim = (1 << x.bits) - 1
+        check_range(f"x (q - zp) under the fixed pre-shift (sized for {x.bits}-bit codes)",
+                    x.centered(), -lim, lim)
+        p_fixed = fixed_preshift(C, x.bits)
     rows = x.q.shape[:-1]
     if backend == "reference":
         m, k, nsat = _di_norm_ref(x.q, zp, n_c, p2, p_fixed, spec.m_bits, k_lo, k_hi, code)

@@ -539,24 +539,19 @@ def test_every_twin_but_matmul_has_a_check():
     assert twins == set(CHECKS) | {"gemm_acc"}
 
 
-@pytest.mark.xfail(strict=True, raises=(AssertionError, ZeroDivisionError),
-                   reason="DI-Norm's fixed pre-shift assumes |q - zp| <= 2^bits - 1, which di_norm does not check")
 @pytest.mark.parametrize("zp", [5, 6])
 def test_di_norm_fixed_preshift_beyond_the_width(zp):
     """Found by check_di_norm (the smallest case): one 2-bit code 0 with zero point 5 or 6,
-    so |q - zp| > 2^2 - 1 (di_norm refuses only |q - zp| > 2^16 - 1).  The fixed
-    pre-shift (P = 29 for C = 1 at 2 bits) shifts sumsq = 25 or 36 past int64: at 5 both
-    backends return the wrapped scale 128 * 2^-9 (1/5 is meant); at 6 the reference
-    returns 1 * 2^22 and the Numba row kernel, which the GPU twin runs too, divides by zero.
-    Passes once the input is refused with an IntsimError or scaled to within 2^-5 of the
-    per-row pre-shift's scale, alike on both backends."""
-    from fractions import Fraction
+    so |q - zp| > 2^2 - 1.  The fixed pre-shift (P = 29 for C = 1 at 2 bits) would shift
+    sumsq = 25 or 36 past int64 (the reference wrapped, the Numba row kernel, which the GPU
+    twin runs too, divided by zero); di_norm now refuses the input on every backend, by
+    name, and the per-row pre-shift still takes it."""
+    from intsim.errors import IntsimError
     from intsim.norm import di_norm
     x = QTensor(np.array([[0]], np.uint8), np.array([zp], np.int32),
                 Dyadic(np.ones(1, np.int64), np.zeros(1, np.int64)), 2, False)
-    got = {be: outcome(lambda b: di_norm(x, Spec(norm_preshift="fixed"), b)[0].scale, be)
-           for be in ("reference", "numba")}
-    same(got["numba"], got["reference"], "fixed pre-shift")
-    if not isinstance(got["reference"], Raised):
-        row = di_norm(x, Spec(norm_preshift="row"), "reference")[0].scale.as_fraction(0)
-        assert abs(got["reference"].as_fraction(0) - row) <= row * Fraction(1, 32)
+    for be in ("reference", "numba"):
+        with pytest.raises(IntsimError, match=r"x \(q - zp\) under the fixed pre-shift .*2-bit codes"
+                                              r".*outside \[-3, 3\]"):
+            di_norm(x, Spec(norm_preshift="fixed"), be)
+        assert di_norm(x, Spec(norm_preshift="row"), be)[0].scale.m[0] > 0
