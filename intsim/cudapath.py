@@ -49,10 +49,10 @@ _score_scales = _host_call(score_scales)
 # ------------------------------------------------------------------ kernels
 
 @cuda.jit
-def _k_norm_quant(h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, V, sats):
+def _k_norm_quant(h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, V[t])
+        sats[t] += _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V[t])
 
 
 @cuda.jit
@@ -90,11 +90,11 @@ def _k_heads(att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao, sats):
 
 
 @cuda.jit
-def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight, ob, sv,
-                  sats):
+def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight, ob,
+                  sv, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                                    has_weight, ob[t], sv[t])
 
 
@@ -246,8 +246,8 @@ def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
     Po = z((T, W[3][0].shape[0]), np.int64)
     _matmul(b, b.xo, b.zx, W[3], Po)
     i = 2 * li + 1
-    _k_resid_norm[g1](Po, b.mx, b.kx, W[3][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, b.xq, b.zx,
-                      cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
+    _k_resid_norm[g1](Po, b.mx, b.kx, W[3][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, cfg.a_bits, b.xq,
+                      b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
     Pg, Pu = z((T, W[4][0].shape[0]), np.int64), z((T, W[5][0].shape[0]), np.int64)
     _matmul(b, b.xq, b.zx, W[4], Pg)
     _matmul(b, b.xq, b.zx, W[5], Pu)
@@ -255,9 +255,10 @@ def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
                   cfg, b.xf, b.zx, b.mx, b.kx, b.gb, b.ub, b.yf, b.tab, b.sats)
     Pd = z((T, W[6][0].shape[0]), np.int64)
     _matmul(b, b.xf, b.zx, W[6], Pd)
-    i = 2 * li + 2
-    _k_resid_norm[g1](Pd, b.mx, b.kx, W[6][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, b.xq, b.zx,
-                      cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
+    i = 2 * li + 2                  # after the last layer: the final norm, the head's input
+    a_next = cfg.head_a_bits if li == c.n_layers - 1 else cfg.a_bits
+    _k_resid_norm[g1](Pd, b.mx, b.kx, W[6][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, a_next, b.xq,
+                      b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
 
 
 def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache):
@@ -284,7 +285,7 @@ def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     vlo, vhi = cuda.to_device(rng[0]), cuda.to_device(rng[1])
     g1 = _grid(T)
     _k_embed[g1](ids_d, *cm.emb, b.h, b.hm, b.hk)
-    _k_norm_quant[g1](b.h, cfg.preshift_emb, cfg, b.xq, b.zx, b.mx, b.kx, cm.NW[0], fm.NK[0],
+    _k_norm_quant[g1](b.h, cfg.preshift_emb, cfg, cfg.a_bits, b.xq, b.zx, b.mx, b.kx, cm.NW[0], fm.NK[0],
                       fm.NU[0] == 0, b.v, b.sats)
     for li in range(c.n_layers):
         _layer(cm, li, b, cfg, c, T, pos_d, vlo, vhi, past, C[li])

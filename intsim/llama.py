@@ -223,9 +223,17 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
         h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)
     cache.length = past + T
     final, _ = _op(tap, "final_norm", di_norm, h, spec, backend)
-    logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head, w.a_bits, spec,
-                                  backend)                                       # [T, V] int64
+    logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head, head_in_bits(w),
+                                  spec, backend)                                 # [T, V] int64
     return logits, logits_scale
+
+
+def head_in_bits(widths) -> int:
+    """The width the LM head's DI-MatMul quantizes its input (the final DI-Norm's output)
+    to: ``widths.head_a_bits``, or A when the model sets none (docs/SPEC.md section 13.1).
+    The graph's one choice of a width per op that is not A everywhere; a name of its own so
+    that a mutant can swap it (intsim.mutants: ``head.input_at_a``)."""
+    return widths.head_in_bits
 
 
 def _norm(tap, name: str, h: QTensor, g, gk: int, spec, backend: str) -> QTensor:
