@@ -1,4 +1,5 @@
-"""Whole-model speed and memory: the integer model against PyTorch fp32 eager, same machine.
+"""Whole-model speed and memory: the integer model against PyTorch fp32 eager and PyTorch's
+int8 dynamic quantization (``quantize_dynamic`` on the linears), same machine.
 
 Each side runs in its own Python subprocess (so its peak resident memory is its own and
 neither warms the other's caches), with the same protocol as ``torch_llama.bench_torch``:
@@ -66,6 +67,9 @@ def bench_int(model_path, prompt_len: int = 64, decode_tokens: int = 64, prefill
 def _worker(kind: str, path: str) -> None:
     if kind == "int":
         res = bench_int(path)
+    elif kind == "torch_int8":               # PyTorch's int8 dynamic quantization (CPU)
+        from .torch_llama import bench_torch
+        res = bench_torch(path, int8=True)
     elif kind.startswith("torch_cuda_"):      # the GPU peer: same protocol as gpu_bench's rows
         from .torch_llama import bench_torch
         res = bench_torch(path, prompt_len=64, decode_tokens=32, prefill_len=256, threads=1,
@@ -132,7 +136,14 @@ def model_bench(model_path, float_dir=None) -> dict:
         return out
     rt = _spawn("torch", float_dir)
     out.update({k if k != "peak_rss_mib" else "torch_peak_rss_mib": v for k, v in rt.items()})
+    r8 = _spawn("torch_int8", float_dir)
+    names = {"prefill_torch_tok_s": "prefill_torch_int8_tok_s", "decode_torch_tok_s":
+             "decode_torch_int8_tok_s", "peak_rss_mib": "torch_int8_peak_rss_mib",
+             "error": "torch_int8_error"}
+    out.update({names[k]: v for k, v in r8.items() if k in names})
     for name in ("decode", "prefill"):
         i, t = out.get(f"{name}_int_tok_s"), out.get(f"{name}_torch_tok_s")
         out[f"{name}_ratio"] = i / t if i and t else None
+        t8 = out.get(f"{name}_torch_int8_tok_s")
+        out[f"{name}_ratio_torch_int8"] = i / t8 if i and t8 else None
     return out

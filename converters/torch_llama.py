@@ -26,7 +26,7 @@ import numpy as np
 
 from converters.float_model import LlamaConfig, load_hf_weights, rope_cos_sin
 
-__all__ = ["TorchLlama", "bench_torch", "require_torch", "TORCH_PIN"]
+__all__ = ["TorchLlama", "TorchLlamaInt8", "bench_torch", "require_torch", "TORCH_PIN"]
 
 TORCH_PIN = "torch==2.13.0"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -130,6 +130,7 @@ class TorchLlama:
         A hook point: converters.mixllm overrides it to record inputs and gradients."""
         return h @ self.layers[i][name].T
 
+
     def _forward(self, ids):
         """Run ids [T] at positions pos..pos+T-1 through the cache; logits float32 [T, V]."""
         torch, c = self.torch, self.cfg
@@ -181,9 +182,43 @@ class TorchLlama:
             return self._forward(ids)[0].float().cpu().numpy()
 
 
+class TorchLlamaInt8(TorchLlama):
+    """The PyTorch int8 peer: every decoder linear through ``quantize_dynamic`` (int8
+    weights per tensor, activations quantized per call, fbgemm/x86 kernels; CPU only), the
+    rest (norms, RoPE, attention, LM head) fp32 as in :class:`TorchLlama`.  What people get
+    from PyTorch's own int8 without a calibration set."""
+
+    def __init__(self, cfg: LlamaConfig, weights: dict[str, np.ndarray], threads: int | None = None,
+                 rope_angles: str = "hf_float32"):
+        super().__init__(cfg, weights, threads=threads, rope_angles=rope_angles)
+        torch = self.torch
+        import warnings
+        from torch.ao.quantization import quantize_dynamic
+        self.qlin = []
+        with warnings.catch_warnings():          # torch 2.13 marks the quantized tensor API deprecated
+            warnings.simplefilter("ignore")
+            for L in self.layers:
+                mods = torch.nn.ModuleDict()
+                for name in ("wq", "wk", "wv", "wo", "wg", "wu", "wd"):
+                    lin = torch.nn.Linear(L[name].shape[1], L[name].shape[0], bias=False)
+                    lin.weight.data.copy_(L[name])
+                    mods[name] = lin
+                self.qlin.append(quantize_dynamic(mods, {torch.nn.Linear}, dtype=torch.qint8))
+
+    @classmethod
+    def from_hf(cls, model_dir: os.PathLike[str] | str, threads: int | None = None,
+                rope_angles: str = "hf_float32") -> "TorchLlamaInt8":
+        require_torch()
+        cfg, w = load_hf_weights(model_dir)
+        return cls(cfg, w, threads=threads, rope_angles=rope_angles)
+
+    def _lin(self, i: int, name: str, h):
+        return self.qlin[i][name](h)
+
+
 def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_tokens: int = 64,
                 prefill_len: int = 256, threads: int = 2, repeats: int = 3, seed: int = 0,
-                device: str = "cpu", dtype: str = "float32") -> dict:
+                device: str = "cpu", dtype: str = "float32", int8: bool = False) -> dict:
     """Eager PyTorch speed on a HF LLaMA folder, best of ``repeats`` after a warm-up.
 
     - prefill: ``prefill(ids)`` of ``prefill_len`` random tokens, timed whole (logits of every
@@ -194,12 +229,16 @@ def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).  ``device``
     ("cpu", "cuda") and ``dtype`` (float32, bfloat16, float16) place the weights; every timed
     call ends with its logits copied to the host, so GPU work is finished inside the timing.
+    ``int8``: :class:`TorchLlamaInt8` (``quantize_dynamic`` linears; CPU, float32).
     """
+    if int8 and (device != "cpu" or dtype != "float32"):
+        raise ValueError("int8: PyTorch's dynamic quantization runs on the CPU in float32 only")
     torch = require_torch()
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        m = TorchLlama.from_hf(model_dir, device=device, dtype=dtype)
+        m = TorchLlamaInt8.from_hf(model_dir) if int8 else \
+            TorchLlama.from_hf(model_dir, device=device, dtype=dtype)
         rng = np.random.default_rng(seed)
         pre_ids = rng.integers(0, m.cfg.vocab_size, prefill_len)
         prompt = rng.integers(0, m.cfg.vocab_size, prompt_len)
@@ -224,23 +263,25 @@ def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_
         torch.set_num_threads(old)
     return {"prefill_torch_tok_s": prefill_len / best_p, "decode_torch_tok_s": decode_tokens / best_d,
             "torch_version": torch.__version__, "threads": int(threads), "device": device,
-            "dtype": dtype}
+            "dtype": "int8 dynamic" if int8 else dtype}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m converters.torch_llama",
                                  description="Eager PyTorch speed of a HF LLaMA folder.")
-    ap.add_argument("model_dir")
-    ap.add_argument("--prompt-len", type=int, default=64)
-    ap.add_argument("--decode-tokens", type=int, default=64)
-    ap.add_argument("--prefill-len", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("model_dir", help="a Hugging Face LLaMA folder (config.json, safetensors)")
+    ap.add_argument("--prompt-len", type=int, default=64, help="tokens prefilled before decode")
+    ap.add_argument("--decode-tokens", type=int, default=64, help="timed decode steps")
+    ap.add_argument("--prefill-len", type=int, default=256, help="tokens of the timed prefill")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs; the best is reported")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (the GPU peer of --backend cuda)")
     ap.add_argument("--dtype", default="float32", choices=DTYPES, help="weights' and activations' type")
+    ap.add_argument("--int8", action="store_true",
+                    help="PyTorch's int8 dynamic quantization of the linears (CPU, float32)")
     a = ap.parse_args(argv)
     r = bench_torch(a.model_dir, a.prompt_len, a.decode_tokens, a.prefill_len, a.threads, a.repeats,
-                    device=a.device, dtype=a.dtype)
+                    device=a.device, dtype=a.dtype, int8=a.int8)
     print(json.dumps(r, indent=1))
     return 0
 

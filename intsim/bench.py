@@ -271,8 +271,10 @@ def format_table(r: dict) -> str:
                      f"{r.get('float_file_mib', 0):.0f} MiB)")
         for name in ("decode", "prefill"):
             i, t, q = r.get(f"{name}_int_tok_s"), r.get(f"{name}_torch_tok_s"), r.get(f"{name}_ratio")
+            t8, q8 = r.get(f"{name}_torch_int8_tok_s"), r.get(f"{name}_ratio_torch_int8")
             lines.append(f"  {name:<8} int {i or 0:8.1f} tok/s   torch fp32 {t or 0:8.1f} tok/s   "
-                         f"ratio {q or 0:5.2f}x")
+                         f"ratio {q or 0:5.2f}x   torch int8 dynamic {t8 or 0:8.1f} tok/s   "
+                         f"ratio {q8 or 0:5.2f}x")
         lines.append(f"  peak RSS: int {r.get('int_peak_rss_mib', 0):.0f} MiB, torch "
                      f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
         lines.append("  integer forward: " + ("fused path" if r.get("fused_declined") is None else

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import config as numba_config
-from numba import cuda, njit
+from numba import cuda, int32, int64, njit
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
 TPB = 64
@@ -64,7 +64,7 @@ def grid(n: int) -> tuple:
 # absolute imports: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import exp_apply_nb, exp_recip_nb, exp_unit_nb  # noqa: E402
 from .attention import fold_row, pv_row, qk_row  # noqa: E402
-from .gemm import _row_group_sums, fold_group  # noqa: E402
+from .gemm import fold_group  # noqa: E402
 from .norm import norm_row, norm_weight_row  # noqa: E402
 from .qtensor import gather_visible, scatter_visible  # noqa: E402
 from .requant import requant_row  # noqa: E402
@@ -76,7 +76,7 @@ from .swiglu import swiglu_row  # noqa: E402
 _requant_row, _norm_row, _norm_weight_row = host_call(requant_row), host_call(norm_row), host_call(norm_weight_row)
 _rope_head, _align_row, _swiglu_row = host_call(rope_head), host_call(align_row), host_call(swiglu_row)
 _softmax_row, _clip_row_h, _fold_row = host_call(softmax_row), host_call(_clip_row), host_call(fold_row)
-_qk_row, _pv_row, _group_sums = host_call(qk_row), host_call(pv_row), host_call(_row_group_sums)
+_qk_row, _pv_row = host_call(qk_row), host_call(pv_row)
 _gather, _scatter = host_call(gather_visible), host_call(scatter_visible)
 _exp_unit, _exp_recip, _exp_apply = host_call(exp_unit_nb), host_call(exp_recip_nb), host_call(exp_apply_nb)
 
@@ -198,30 +198,82 @@ def _k_exp(x, m, k, code, out, T_out):
             out[i, c] = _exp_apply(x[i, c], T, j, MT, code)
 
 
-@cuda.jit
-def _k_group_sums(xq, zx, G, xs):
-    t = cuda.grid(1)
-    if t < xq.shape[0]:
-        _group_sums(xq, t, zx[t], G, xs[t])
+WARPS = 4                                    # DI-MatMul: warps (outputs) per block
+# lanes per output: a warp on the GPU; 2 under the simulator, which runs every thread as a
+# Python thread (the kernel is written for any lane count, and 2 still takes both branches)
+LANES = 2 if SIMULATED else 32
 
 
 @cuda.jit
-def _k_matmul(xq, zx, xs, q, qsum, m, b, G, P, amax):
-    """DI-MatMul steps 2-3, one thread per output (t, n): the int32 group sums of the raw
-    codes, folded per group by ``fold_group`` (int64), with the peak |acc| per output."""
-    t, n = cuda.grid(2)
-    if t < xq.shape[0] and n < q.shape[0]:
-        K = xq.shape[1]
-        acc = np.int64(0)
-        peak = np.int64(0)
+def _k_matmul(xq, zx, q, qsum, m, b, G, P, amax):
+    """DI-MatMul steps 2-3, one warp (``LANES`` threads) per output (t, n), ``WARPS`` per block: each group's
+    int32 sum of code products ``raw`` and its input-code sum, split over the lanes and added
+    up through shared memory (a wrapping int32 sum and an int64 sum: exact in any order),
+    folded by ``fold_group`` (int64) as ``gemm`` does with ``xs = sum x - G zx``; with the
+    peak |acc| per output.  Groups of >= LANES codes: the lanes share each group and lane 0
+    folds it; smaller groups: each lane takes whole groups and lane 0 adds the lanes' folds.
+    Every thread of a block reaches each barrier: a warp past the last output computes a
+    copy of the last one and writes nothing."""
+    sr = cuda.shared.array((WARPS, LANES), int32)
+    ss = cuda.shared.array((WARPS, LANES), int64)
+    sp = cuda.shared.array((WARPS, LANES), int64)
+    wi = cuda.threadIdx.x // LANES
+    lane = cuda.threadIdx.x - wi * LANES
+    w = cuda.blockIdx.x * WARPS + wi
+    N, T, K = q.shape[0], xq.shape[0], xq.shape[1]
+    t = w // N
+    n = w - t * N
+    live = t < T
+    if not live:
+        t, n = T - 1, N - 1
+    z = zx[t]
+    acc = int64(0)
+    peak = int64(0)
+    if G >= LANES:
         for g in range(K // G):
-            raw = np.int32(0)
+            raw = int32(0)
+            sx = int64(0)
+            for j in range(g * G + lane, g * G + G, LANES):
+                x = xq[t, j]
+                raw = int32(raw + int32(x) * int32(q[n, j]))
+                sx += int64(x)
+            sr[wi, lane] = raw
+            ss[wi, lane] = sx
+            cuda.syncthreads()
+            if lane == 0:
+                for i in range(1, LANES):
+                    raw = int32(raw + sr[wi, i])
+                    sx += ss[wi, i]
+                peak = max(peak, abs(int64(raw) - z * qsum[n, g]))
+                acc += fold_group(raw, z, qsum[n, g], m[n, g], b[n, g], sx - G * z)
+            cuda.syncthreads()
+    else:
+        for g in range(lane, K // G, LANES):
+            raw = int32(0)
+            sx = int64(0)
             for j in range(g * G, g * G + G):
-                raw = np.int32(raw + np.int32(xq[t, j]) * np.int32(q[n, j]))
-            peak = max(peak, abs(np.int64(raw) - zx[t] * qsum[n, g]))
-            acc += fold_group(raw, zx[t], qsum[n, g], m[n, g], b[n, g], xs[t, g])
+                x = xq[t, j]
+                raw = int32(raw + int32(x) * int32(q[n, j]))
+                sx += int64(x)
+            peak = max(peak, abs(int64(raw) - z * qsum[n, g]))
+            acc += fold_group(raw, z, qsum[n, g], m[n, g], b[n, g], sx - G * z)
+        ss[wi, lane] = acc
+        sp[wi, lane] = peak
+        cuda.syncthreads()
+        if lane == 0:
+            for i in range(1, LANES):
+                acc += ss[wi, i]
+                peak = max(peak, sp[wi, i])
+    if lane == 0 and live:
         P[t, n] = acc
         amax[t, n] = peak
+
+
+def matmul_launch(xq, zx, q, qsum, m, b, G, P, amax):
+    """Launch :func:`_k_matmul` over every output of P (device or host arrays)."""
+    blocks = -(-(xq.shape[0] * q.shape[0]) // WARPS)
+    if blocks:
+        _k_matmul[blocks, WARPS * LANES](xq, zx, q, qsum, m, b, G, P, amax)
 
 
 @njit(cache=True)
@@ -242,9 +294,6 @@ def _k_embed(ids, table_q, table_m, table_k, h, hm, hk):
     t = cuda.grid(1)
     if t < ids.shape[0]:
         _gather_row_h(ids, table_q, table_m, table_k, h, hm, hk, t)
-
-
-MM_BLOCK = (8, 32)
 
 
 # ------------------------------------------------------------------ twins of the CPU drivers
@@ -372,14 +421,9 @@ def di_exp(x, m, k, code, out, T):
 
 def gemm_acc(xq, zx, q, qsum, m, b, G, P):
     """Twin of ``gemm.gemm_acc_rows_par``: DI-MatMul steps 2-3, returns max |acc|."""
-    T = xq.shape[0]
-    dx, dz = _d(xq), _d(zx)
-    xs = cuda.to_device(np.zeros((T, xq.shape[1] // G), np.int64))
-    _k_group_sums[grid(T)](dx, dz, G, xs)
     amax = cuda.to_device(np.zeros(P.shape, np.int64))
     dP = _d(P)
-    blocks = (-(-T // MM_BLOCK[0]), -(-q.shape[0] // MM_BLOCK[1]))
-    _k_matmul[blocks, MM_BLOCK](dx, dz, xs, _d(q), _d(qsum), _d(m), _d(b), G, dP, amax)
+    matmul_launch(_d(xq), _d(zx), _d(q), _d(qsum), _d(m), _d(b), G, dP, amax)
     _back(dP, P)
     peaks = _back(amax)
     return int(peaks.max()) if peaks.size else 0

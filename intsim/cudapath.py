@@ -10,14 +10,15 @@ GPU: one thread per token row (per (token, head) for attention), its scratch row
 of device arrays.  So no operator's arithmetic is restated for the GPU: each rounding is
 the operator's own, under its named tie rule; the attention sums take their scalar form
 (``tiled=False``: the CPU's vector tile is x86 IR).  DI-MatMul's integer core runs one
-thread per output, its group fold the shared ``gemm.fold_group``.
+warp per output (``cudaops._k_matmul``), its group fold the shared ``gemm.fold_group``.
 
 Orchestration (this module): the model's weights go to the device once
 (:class:`CudaModel`); the KV cache is mirrored on the device with the fused layouts
 (:class:`_DeviceCache`), uploaded when another path wrote the cache (``KVCache.version``),
 and each call copies the positions it wrote back into the host cache, so the host
 ``KVCache`` stays the one state every backend reads.  The layer loop runs on the host,
-launching about 15 kernels a layer.
+launching about 15 kernels a layer; the device buffers of a call are made once per (tokens,
+positions rounded up to a power of two) and reused by later calls of that size.
 
 Tested without a GPU under Numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``): there the
 kernels run as Python and call the same compiled row functions, with the simulator's
@@ -33,7 +34,7 @@ from numba import cuda
 
 from . import fastpath as fp
 from .attention import score_scales
-from .cudaops import MM_BLOCK, _k_embed, _k_group_sums, _k_matmul, grid as _grid
+from .cudaops import _k_embed, grid as _grid, matmul_launch
 from .cudaops import host_call as _host_call
 from .qtensor import Dyadic
 
@@ -126,6 +127,8 @@ class CudaModel:
         self.NW = [up(fm.NW[i]) for i in range(fm.NW.shape[0])]
         self.emb = (up(fm.emb_q), up(fm.emb_m), up(fm.emb_k))
         self.cos_q, self.sin_q = up(fm.cos_q), up(fm.sin_q)
+        self.wk3 = [up(np.array([W[0][5], W[1][5], W[2][5]], dtype=np.int64)) for W in self.layers]
+        self.pools: dict = {}                # (T, S capacity) -> _Buffers, reused across calls
 
 
 _models: dict = {}
@@ -213,29 +216,34 @@ class _Buffers:
         self.hm3, self.hk3, self.ao = (z((T, H * hd), np.int64) for _ in range(3))
         self.gb, self.ub, self.yf = z((T, F), np.int32), z((T, F), np.int32), z((T, F), np.int64)
         self.tab = z((T, 1 << cfg.swiglu_in_bits), np.int64)
+        self.out: dict = {}                 # DI-MatMul outputs and peaks by width
+
+    def mm_out(self, key, n):
+        """The (T, n) int64 output of the matmul ``key`` and a peaks array, kept for reuse."""
+        hit = self.out.get(key)
+        if hit is None:
+            T = self.h.shape[0]
+            hit = self.out[key] = (cuda.device_array((T, n), np.int64),
+                                   cuda.device_array((T, n), np.int64))
+        return hit
 
 
-def _matmul(b, x, zx, w, out):
-    """DI-MatMul steps 2-3 of one weight ``w`` (device tuple) on input codes x into out."""
+def _matmul(b, key, x, zx, w):
+    """DI-MatMul steps 2-3 of one weight ``w`` (device tuple) on input codes x, into the
+    reused output ``key`` of the call's buffers (returned)."""
     q, qsum, m, bb, G, _ = w
-    T = x.shape[0]
-    xs = cuda.device_array((T, x.shape[1] // G), np.int64)
-    _k_group_sums[_grid(T)](x, zx, G, xs)
-    blocks = (-(-T // MM_BLOCK[0]), -(-q.shape[0] // MM_BLOCK[1]))
-    peaks = cuda.device_array(out.shape, np.int64)      # the op's peak |acc|, unused here
-    _k_matmul[blocks, MM_BLOCK](x, zx, xs, q, qsum, m, bb, G, out, peaks)
+    out, peaks = b.mm_out(key, q.shape[0])              # peaks: the op's peak |acc|, unused here
+    matmul_launch(x, zx, q, qsum, m, bb, G, out, peaks)
+    return out
 
 
 def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
     """One decoder layer: the stages of ``fastpath._layer``, each a kernel."""
     fm = cm.fm
     W = cm.layers[li]
-    z = cuda.device_array
     g1 = _grid(T)
-    Pq, Pk, Pv = (z((T, W[j][0].shape[0]), np.int64) for j in range(3))
-    for j, P in enumerate((Pq, Pk, Pv)):
-        _matmul(b, b.xq, b.zx, W[j], P)
-    wk3 = np.array([W[0][5], W[1][5], W[2][5]], dtype=np.int64)
+    Pq, Pk, Pv = (_matmul(b, key, b.xq, b.zx, W[j]) for j, key in enumerate(("q", "k", "v")))
+    wk3 = cm.wk3[li]
     _k_qkv[g1](Pq, Pk, Pv, b.mx, b.kx, wk3, pos, cm.cos_q, cm.sin_q, cfg, past, b.Qh, b.zq, b.qm,
                b.qk, *C, b.codes, b.y, b.sats)
     _k_score_scales[1, 1](b.qm, b.qk, cfg.inv_sqrt_m, cfg.inv_sqrt_k, cfg.code, b.sm, b.sk)
@@ -243,22 +251,33 @@ def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
     _k_attn[_grid(T * c.n_heads)](b.Qh, b.zq, b.sm, b.sk, kq, kpar, vt, vm, vk, vzp, vlo, vhi, cfg,
                                   b.att, b.pm, b.pk, b.raw, b.sc, b.cq, b.pb, b.s8, b.sats)
     _k_heads[g1](b.att, b.pm, b.pk, cfg, b.xo, b.zx, b.mx, b.kx, b.hm3, b.hk3, b.ao, b.sats)
-    Po = z((T, W[3][0].shape[0]), np.int64)
-    _matmul(b, b.xo, b.zx, W[3], Po)
+    Po = _matmul(b, "o", b.xo, b.zx, W[3])
     i = 2 * li + 1
     _k_resid_norm[g1](Po, b.mx, b.kx, W[3][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, cfg.a_bits, b.xq,
                       b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
-    Pg, Pu = z((T, W[4][0].shape[0]), np.int64), z((T, W[5][0].shape[0]), np.int64)
-    _matmul(b, b.xq, b.zx, W[4], Pg)
-    _matmul(b, b.xq, b.zx, W[5], Pu)
+    Pg, Pu = _matmul(b, "gate", b.xq, b.zx, W[4]), _matmul(b, "up", b.xq, b.zx, W[5])
     _k_swiglu[g1](Pg, Pu, b.mx, b.kx, W[4][5], W[5][5], cm.alpha[li], fm.alpha_k[li], fm.alpha_unit[li],
                   cfg, b.xf, b.zx, b.mx, b.kx, b.gb, b.ub, b.yf, b.tab, b.sats)
-    Pd = z((T, W[6][0].shape[0]), np.int64)
-    _matmul(b, b.xf, b.zx, W[6], Pd)
+    Pd = _matmul(b, "down", b.xf, b.zx, W[6])
     i = 2 * li + 2                  # after the last layer: the final norm, the head's input
     a_next = cfg.head_a_bits if li == c.n_layers - 1 else cfg.a_bits
     _k_resid_norm[g1](Pd, b.mx, b.kx, W[6][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, a_next, b.xq,
                       b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
+
+
+def _buffers(cm, c, cfg, T, S):
+    """The call's device buffers: made for (T, S rounded up to a power of two) once and
+    reused by later calls of that size (scratch rows only need >= S entries); the
+    saturation counts are zeroed."""
+    cap = 1 << max(S - 1, 1).bit_length()
+    b = cm.pools.get((T, cap))
+    if b is None:
+        if len(cm.pools) >= 8:
+            cm.pools.clear()
+        b = cm.pools[(T, cap)] = _Buffers(c, cfg, T, cap)
+        b.zeros = np.zeros(b.sats.shape[0], np.int64)
+    b.sats.copy_to_device(b.zeros)
+    return b
 
 
 def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache):
@@ -280,7 +299,7 @@ def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     cfg = fm.cfg._replace(parallel=False, gemv_parallel=False)
     dc = _side(_caches, cache, _DeviceCache)
     C = dc.sync(cache, c)
-    b = _Buffers(c, cfg, T, int(rng[1].max()))
+    b = _buffers(cm, c, cfg, T, int(rng[1].max()))
     ids_d, pos_d = cuda.to_device(np.ascontiguousarray(ids, np.int64)), cuda.to_device(np.ascontiguousarray(pos, np.int64))
     vlo, vhi = cuda.to_device(rng[0]), cuda.to_device(rng[1])
     g1 = _grid(T)
@@ -289,8 +308,7 @@ def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
                       fm.NU[0] == 0, b.v, b.sats)
     for li in range(c.n_layers):
         _layer(cm, li, b, cfg, c, T, pos_d, vlo, vhi, past, C[li])
-    logits = cuda.device_array((T, cm.head[0].shape[0]), np.int64)
-    _matmul(b, b.xq, b.zx, cm.head, logits)
+    logits = _matmul(b, "head", b.xq, b.zx, cm.head)
     sat = int(b.sats.copy_to_host().sum())
     if sat and fm.spec.overflow == "raise":
         dc.version = -1                      # the device cache holds positions the CPU redoes

@@ -134,11 +134,13 @@ def speed(model, tokens: int = 256, decode: int = 32) -> dict:
 
 
 def profile(model, tokens: int = 256, decode: int = 8) -> dict:
-    """Where a GPU forward's time goes: each kernel launch of intsim.cudapath timed from the
+    """Where a GPU forward's time goes: each kernel launch of intsim.cudapath (and the
+    DI-MatMul kernel it launches from intsim.cudaops) timed from the
     host with a device synchronize before and after (launch cost included), summed per
     kernel, for a ``tokens`` prefill and for ``decode`` steps after a 64-token prefill;
     ``host`` is the rest of the wall time (allocations, copies, the layer loop)."""
     from numba import cuda
+    import intsim.cudaops as co
     import intsim.cudapath as cp
     ids = np.random.default_rng(2).integers(0, model.config.vocab_size, max(tokens, 64 + decode))
     spent: dict = {}
@@ -158,13 +160,13 @@ def profile(model, tokens: int = 256, decode: int = 8) -> dict:
                 spent[self.name] = spent.get(self.name, 0.0) + time.perf_counter() - t
             return run
 
-    names = [n for n in vars(cp) if n.startswith("_k_")]
-    saved = {n: getattr(cp, n) for n in names}
+    names = [(mod, n) for mod in (cp, co) for n in vars(mod) if n.startswith("_k_")]
+    saved = {(mod, n): getattr(mod, n) for mod, n in names}
     runner.forward(model, ids[:8], backend="cuda")                       # compile, upload
     report = {}
     try:
-        for n in names:
-            setattr(cp, n, Timed(n, saved[n]))
+        for mod, n in names:
+            setattr(mod, n, Timed(n, saved[(mod, n)]))
         pre = min(64, model.config.max_pos - decode - 1)
         cache = KVCache.empty(model, pre + decode + 1)
         for label, setup, run in (
@@ -183,8 +185,8 @@ def profile(model, tokens: int = 256, decode: int = 8) -> dict:
             row["wall"] = round(wall * 1e3, 2)
             report[label + "_ms"] = row
     finally:
-        for n in names:
-            setattr(cp, n, saved[n])
+        for mod, n in names:
+            setattr(mod, n, saved[(mod, n)])
     return report
 
 

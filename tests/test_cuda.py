@@ -1,7 +1,7 @@
 """The GPU backend (intsim.cudapath) without a GPU: Numba's CUDA simulator runs its kernels
 in Python threads, calling the same compiled row functions the CPU uses.
 
-* DI-MatMul's GPU core (``_k_group_sums`` + ``_k_matmul``, one thread per output) equals
+* DI-MatMul's GPU core (``_k_matmul``, one warp per output; 2 lanes under the simulator) equals
   ``matmul._di_acc_ref``, accumulators and peak |acc|, on hypothesis inputs with independent extremes (group sizes that
   divide K, 2..8-bit codes, extreme mantissas and offsets);
 * the whole GPU forward equals the op-by-op graph on the reference backend for spec
@@ -25,12 +25,12 @@ MATMUL_CHECK = textwrap.dedent('''
     import numpy as np
     from hypothesis import given, settings, strategies as st
     from numba import cuda
-    from intsim.cudaops import _k_group_sums, _k_matmul
+    from intsim.cudaops import LANES, matmul_launch
     from intsim.matmul import QWeight, _di_acc_ref
 
     @st.composite
     def case(draw):
-        G = draw(st.sampled_from([1, 3, 8, 16, 24]))
+        G = draw(st.sampled_from([1, 3, 4, 8, 16, 24]))    # < and >= LANES (2): both branches
         K = G * draw(st.integers(1, 3))
         T, N = draw(st.integers(1, 4)), draw(st.integers(1, 6))
         wb, ab = draw(st.integers(2, 8)), draw(st.integers(2, 8))
@@ -50,14 +50,13 @@ MATMUL_CHECK = textwrap.dedent('''
     def check(c):
         w, xq, zx = c
         T, G = xq.shape[0], w.group_size
-        xs = np.zeros((T, xq.shape[1] // G), np.int64)
-        _k_group_sums[1, 8](xq, zx, G, xs)
         P = np.full((T, w.q.shape[0]), -7, np.int64)
         peaks = np.zeros(P.shape, np.int64)
-        _k_matmul[(1, 1), (8, 8)](xq, zx, xs, w.q, w.qsum, w.m, w.b, G, P, peaks)
+        matmul_launch(xq, zx, w.q, w.qsum, w.m, w.b, G, P, peaks)
         want, amax = _di_acc_ref(xq, zx, w)
         assert np.array_equal(P, want) and int(peaks.max()) == amax
 
+    assert LANES == 2
     check()
     print("MATMUL OK")
 ''')

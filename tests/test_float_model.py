@@ -364,8 +364,35 @@ def test_bench_table_prints_the_gpu_rows():
         r.update({f"{name}_shape": {"M": 1, "K": 2, "N": 3}, f"{name}_int_gops": 1.0,
                   f"{name}_f32_gops": 1.0, f"{name}_ratio": 1.0, f"{name}_int_dot_gops": 1.0,
                   f"{name}_di_matmul_gops": 1.0, f"{name}_exact": True})
+    r.update({"model": "m.intsim", "int_file_mib": 1.0, "decode_int_tok_s": 150.0,
+              "decode_torch_tok_s": 100.0, "decode_ratio": 1.5, "decode_torch_int8_tok_s": 50.0,
+              "decode_ratio_torch_int8": 3.0, "prefill_int_tok_s": 600.0})
     text = format_table(r)
+    assert ("decode   int    150.0 tok/s   torch fp32    100.0 tok/s   ratio  1.50x   torch int8 "
+            "dynamic     50.0 tok/s   ratio  3.00x") in text
+    assert "prefill  int    600.0 tok/s   torch fp32      0.0 tok/s" in text
     assert ("GPU NVIDIA H100: prefill 1234 tok/s (CPU 99), decode 45.5 tok/s (CPU 7.2), golden "
             "export of 32 tokens 321 MB/s (CPU 12)") in text
     assert "PyTorch bfloat16 on the same GPU: prefill 50000 tok/s, decode 300.5 tok/s" in text
     assert "PyTorch float32" not in text
+
+
+@needs_torch
+def test_torch_int8_peer_follows_fp32_and_reports_rates(tmp_path):
+    """PyTorch's int8 dynamic quantization (the bench's int8 peer) quantizes every decoder
+    linear and keeps the logits near fp32's (per-tensor int8 weights and per-call int8
+    activations: a few per cent relative error on the tiny model), and bench_torch times it."""
+    import torch
+    from converters.torch_llama import TorchLlama, TorchLlamaInt8, bench_torch
+    d = make_tiny_hf(tmp_path / "m")
+    ids = np.arange(12) % 50
+    m8 = TorchLlamaInt8.from_hf(d)
+    assert all(type(mod).__module__.startswith("torch.ao.nn.quantized.dynamic")
+               for layer in m8.qlin for mod in layer.values())
+    f32, i8 = TorchLlama.from_hf(d).prefill(ids), m8.prefill(ids)
+    rel = np.linalg.norm(i8 - f32) / np.linalg.norm(f32)
+    assert 0 < rel < 0.1, rel
+    r = bench_torch(d, prompt_len=8, decode_tokens=4, prefill_len=16, threads=1, repeats=1, int8=True)
+    assert r["prefill_torch_tok_s"] > 0 and r["decode_torch_tok_s"] > 0 and r["dtype"] == "int8 dynamic"
+    with pytest.raises(ValueError, match="int8: PyTorch's dynamic quantization runs on the CPU"):
+        bench_torch(d, int8=True, dtype="bfloat16")
