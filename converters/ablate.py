@@ -223,8 +223,9 @@ class Hybrid:
     def _stream(self, v) -> QTensor:
         return self._bridge(v, self.model.spec.residual_bits, True)
 
-    def _fq(self, x):
-        return fake_quant(x, self.model.widths.a_bits) if self.lin == "fake" else x
+    def _fq(self, x, bits=None):
+        """Fake-quantized to ``bits`` (default A) per token in the fake-quant mirror."""
+        return fake_quant(x, bits or self.model.widths.a_bits) if self.lin == "fake" else x
 
     # ---- operators
     def _norm(self, h, li, which):
@@ -399,9 +400,9 @@ class Hybrid:
             h = self._residual(h, self._mlp(li, hn2))
         hf = self._norm(h, None, "final")
         if self.lin == "int":
-            P, s, _ = di_matmul_acc(self._exact(hf), m.w_head, m.widths.a_bits, m.spec, self.backend)
+            P, s, _ = di_matmul_acc(self._exact(hf), m.w_head, m.widths.head_in_bits, m.spec, self.backend)
             return dequantize_logits(P, s.m, s.k)
-        return self._fq(self._f(hf)) @ self._W(None, "head").T
+        return self._fq(self._f(hf), m.widths.head_in_bits) @ self._W(None, "head").T
 
     def nll(self, ids) -> np.ndarray:
         return nll_from_logits(self.logits(ids), np.asarray(ids))

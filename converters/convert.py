@@ -338,6 +338,7 @@ def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
                 qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
+                head_a_bits: int | None = None,
                 _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
@@ -345,7 +346,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     """
     try:
         widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
-                        head_w_bits=head_w_bits)
+                        head_w_bits=head_w_bits, head_a_bits=head_a_bits)
     except IntsimError as e:
         raise ConvertError(f"widths: {e}") from e
     if not isinstance(spec, Spec):
@@ -453,7 +454,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                            f"'lm_head.weight' differs from 'model.embed_tokens.weight'")
     head = head * hf.get("model.norm.weight")[None, :]
     w_head = _quantize("head (lm_head.weight, final norm folded)", head, head_w_bits,
-                       config.dim, a_bits)
+                       config.dim, widths.head_in_bits)
     try:
         rope = extras["rope"]
         cos_q, sin_q = rope_tables(config.head_dim, config.max_pos, rope.theta,
@@ -503,7 +504,8 @@ def _is_gguf(path: Path) -> bool:
 
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-            qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None) -> Path:
+            qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
+            head_a_bits: int | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -519,7 +521,9 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     official I-LLM calibration's do (``converters.calib.prepare_calib``); ``norm_gain``: ``"fold"`` (γ into the next
     linears) or ``"channel"`` (the default: γ, divided by FSBR's qkv/fc1 smoothing, kept per
     channel in DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
-    (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``.
+    (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``;
+    ``head_a_bits``: the LM head's input width (2..8; None = ``a_bits``, docs/SPEC.md
+    section 13.1): the final norm's output is quantized to it instead of A.
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -532,7 +536,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         raise ConvertError(f"{src}: no such file or folder")
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
-              row_bits=row_bits)
+              row_bits=row_bits, head_a_bits=head_a_bits)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -553,8 +557,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         raise ConvertError(f"{src}: neither a Hugging Face folder nor a GGUF file")
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
+    head = model.widths.head_a_bits
     print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{w_bits}A{a_bits}"
-          f"{f' G{group_size}' if group_size else ''}{', FSBR' if calib else ''}) in {dt:.1f} s",
+          f"{f' G{group_size}' if group_size else ''}{f', head A{head}' if head else ''}"
+          f"{', FSBR' if calib else ''}) in {dt:.1f} s",
           file=sys.stderr)
     return out
 
@@ -574,6 +580,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="weight group size; 0 = one scale per output channel (default)")
     p.add_argument("--head-wbits", metavar="W", type=int, default=8,
                    help="LM head weight bits, per output channel (default 8)")
+    p.add_argument("--head-abits", metavar="A", type=int, default=None,
+                   help="LM head input bits, 2..8: the final norm's output is quantized to A "
+                        "for the head's matmul (default: --abits); docs/SPEC.md section 13.1")
     p.add_argument("--calib", metavar="FILE",
                    help="FSBR calibration: the official fsbr_parameters.pth (read without "
                         "torch, no pickled code run) or the safetensors form")
@@ -632,7 +641,7 @@ def run(args, prog: str = "intsim convert") -> int:
         convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
                 group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
                 head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec),
-                norm_gain=args.norm_gain, row_bits=args.row_bits)
+                norm_gain=args.norm_gain, row_bits=args.row_bits, head_a_bits=args.head_abits)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -50,10 +50,10 @@ _score_scales = _host_call(score_scales)
 # ------------------------------------------------------------------ kernels
 
 @cuda.jit
-def _k_norm_quant(h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, V, sats):
+def _k_norm_quant(h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, V[t])
+        sats[t] += _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V[t])
 
 
 @cuda.jit
@@ -91,11 +91,11 @@ def _k_heads(att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao, sats):
 
 
 @cuda.jit
-def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight, ob, sv,
-                  sats):
+def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight, ob,
+                  sv, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                                    has_weight, ob[t], sv[t])
 
 
@@ -253,15 +253,16 @@ def _layer(cm, li, b, cfg, c, T, pos, vlo, vhi, past, C):
     _k_heads[g1](b.att, b.pm, b.pk, cfg, b.xo, b.zx, b.mx, b.kx, b.hm3, b.hk3, b.ao, b.sats)
     Po = _matmul(b, "o", b.xo, b.zx, W[3])
     i = 2 * li + 1
-    _k_resid_norm[g1](Po, b.mx, b.kx, W[3][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, b.xq, b.zx,
-                      cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
+    _k_resid_norm[g1](Po, b.mx, b.kx, W[3][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, cfg.a_bits, b.xq,
+                      b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
     Pg, Pu = _matmul(b, "gate", b.xq, b.zx, W[4]), _matmul(b, "up", b.xq, b.zx, W[5])
     _k_swiglu[g1](Pg, Pu, b.mx, b.kx, W[4][5], W[5][5], cm.alpha[li], fm.alpha_k[li], fm.alpha_unit[li],
                   cfg, b.xf, b.zx, b.mx, b.kx, b.gb, b.ub, b.yf, b.tab, b.sats)
     Pd = _matmul(b, "down", b.xf, b.zx, W[6])
-    i = 2 * li + 2
-    _k_resid_norm[g1](Pd, b.mx, b.kx, W[6][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, b.xq, b.zx,
-                      cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
+    i = 2 * li + 2                  # after the last layer: the final norm, the head's input
+    a_next = cfg.head_a_bits if li == c.n_layers - 1 else cfg.a_bits
+    _k_resid_norm[g1](Pd, b.mx, b.kx, W[6][5], b.h, b.hm, b.hk, cfg.preshift_res, cfg, a_next, b.xq,
+                      b.zx, cm.NW[i], fm.NK[i], fm.NU[i] == 0, b.ob, b.v, b.sats)
 
 
 def _buffers(cm, c, cfg, T, S):
@@ -303,7 +304,7 @@ def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     vlo, vhi = cuda.to_device(rng[0]), cuda.to_device(rng[1])
     g1 = _grid(T)
     _k_embed[g1](ids_d, *cm.emb, b.h, b.hm, b.hk)
-    _k_norm_quant[g1](b.h, cfg.preshift_emb, cfg, b.xq, b.zx, b.mx, b.kx, cm.NW[0], fm.NK[0],
+    _k_norm_quant[g1](b.h, cfg.preshift_emb, cfg, cfg.a_bits, b.xq, b.zx, b.mx, b.kx, cm.NW[0], fm.NK[0],
                       fm.NU[0] == 0, b.v, b.sats)
     for li in range(c.n_layers):
         _layer(cm, li, b, cfg, c, T, pos_d, vlo, vhi, past, C[li])

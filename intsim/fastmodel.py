@@ -32,6 +32,7 @@ class FastConfig(NamedTuple):
     k_hi: int
     fitted: bool           # spec.requant_mode == "fitted"
     a_bits: int
+    head_a_bits: int       # the LM head's input width (Widths.head_in_bits: a_bits by default)
     qk_bits: int
     residual_bits: int
     swiglu_in_bits: int
@@ -116,7 +117,8 @@ def _config(model) -> FastConfig:
     fixed = spec.norm_preshift == "fixed"
     return FastConfig(
         code=rounding_code(spec.rounding), m_bits=spec.m_bits, k_lo=k_lo, k_hi=k_hi,
-        fitted=spec.requant_mode == "fitted", a_bits=w.a_bits, qk_bits=w.qk_bits,
+        fitted=spec.requant_mode == "fitted", a_bits=w.a_bits, head_a_bits=w.head_in_bits,
+        qk_bits=w.qk_bits,
         residual_bits=spec.residual_bits, swiglu_in_bits=spec.swiglu_in_bits,
         softmax_in_bits=spec.softmax_in_bits, softmax_clip=spec.softmax_clip,
         p_frac=spec.softmax_p_out if spec.softmax_p_frac is None else spec.softmax_p_frac,
@@ -149,14 +151,15 @@ def _unsupported(model) -> str | None:
                                                 and L.alpha_inv.shape == (c.ffn_dim,)
                                                 and L.alpha_inv.dtype.kind in "iu"):
                 return "a layer's 1/alpha is outside DI-SwiGLU's declared range"
-        check_bounds(c.dim, model.w_head, A)
+        check_bounds(c.dim, model.w_head, w.head_in_bits)
     except IntsimError as e:
         return f"a DI-MatMul bound does not hold statically ({e})"
     qmax = 2 ** A - 1
     m_max = 2 ** spec.m_bits - 1
     p_max = 2 ** spec.softmax_p_out - 1
     checks = (
-        (2 <= A <= 8 and 2 <= w.qk_bits <= 16, "a_bits or qk_bits outside the fused buffers"),
+        (2 <= A <= 8 and 2 <= w.head_in_bits <= 8 and 2 <= w.qk_bits <= 16,
+         "a_bits, head_a_bits or qk_bits outside the fused buffers"),
         (c.dim <= NORM_C_LIMIT, "dim exceeds DI-Norm's channel limit"),
         (model.emb_q.dtype == dtype_for(w.emb_bits, True), "embedding codes of another dtype"),
         (model.cos_q.dtype in (np.int16, np.int32) and model.sin_q.dtype in (np.int16, np.int32),

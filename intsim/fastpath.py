@@ -79,9 +79,10 @@ from .swiglu import swiglu_row
 # ------------------------------------------------------------------ stage rows
 
 @njit(cache=True, inline="always")
-def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, v):
+def _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, v):
     """DI-Norm of stream row t, its per-channel weight when the model keeps one (into the
-    int64 scratch ``v`` of D), then DI-MatMul's input quantization to A bits.  Without a
+    int64 scratch ``v`` of D), then DI-MatMul's input quantization to ``a_bits`` (A, or the
+    LM head's input width after the last layer: SPEC section 13.1).  Without a
     weight the row is copied into ``v`` as it is (the same integers; requant_row then
     compiles for one input dtype here, not two)."""
     mn, kn, s1 = norm_row(h[t], np.int64(0), cfg.n_c, cfg.p2, preshift, cfg.m_bits, cfg.k_lo,
@@ -92,7 +93,7 @@ def _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, v):
     else:
         for j in range(v.shape[0]):
             v[j] = h[t, j]
-    z, m, k, s2 = requant_row(v, np.int64(0), mn, kn, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
+    z, m, k, s2 = requant_row(v, np.int64(0), mn, kn, a_bits, False, cfg.m_bits, cfg.k_lo,
                               cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mx[t], kx[t] = z, m, k
     return s1 + s2
@@ -236,12 +237,13 @@ def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv):
 
 
 @njit(cache=True, inline="always")
-def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight, ob, sv):
+def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight, ob,
+                    sv):
     """The residual add of a projection, then the next DI-Norm and input quantization of
     the updated stream row (mx, kx of row t are read before they are overwritten).
     Scratch: ``ob`` int32 and ``sv`` int64 of D."""
     return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv)
-            + _norm_quant_row(t, h, preshift, cfg, xq, zx, mx, kx, g, gk, has_weight, sv))
+            + _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, sv))
 
 
 @njit(cache=True, inline="always")
@@ -324,28 +326,28 @@ def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
 
 
 @njit(cache=True, inline="always")
-def _st_resid_norm(full, parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+def _st_resid_norm(full, parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                    has_weight):
     if full is not None and parallel:
-        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                                   has_weight)
     sat = 0
     ob = np.empty(h.shape[1], dtype=np.int32)
     sv = np.empty(h.shape[1], dtype=np.int64)
     for t in range(h.shape[0]):
-        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                                has_weight, ob, sv)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk, has_weight):
+def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight):
     T = h.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
         ob = np.empty(h.shape[1], dtype=np.int32)
         sv = np.empty(h.shape[1], dtype=np.int64)
-        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, xq, zx, g, gk,
+        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
                                   has_weight, ob, sv)
     return sats.sum()
 
@@ -440,7 +442,7 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
     Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
     _matmuls(full, cfg, xo, zx, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
     i = 2 * li + 1
-    sat += _st_resid_norm(full, par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg.preshift_res, cfg,
+    sat += _st_resid_norm(full, par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg.preshift_res, cfg, cfg.a_bits,
                           xq, zx, NW[i], NK[i], NU[i] == 0)
     Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
     Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
@@ -451,8 +453,9 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
                       xf, zx, mx, kx)
     Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
     _matmuls(full, cfg, xf, zx, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
-    i = 2 * li + 2
-    return sat + _st_resid_norm(full, par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg.preshift_res, cfg,
+    i = 2 * li + 2                  # the last stage, 2 nL, is the final norm: the head's input
+    a_next = cfg.head_a_bits if i == NW.shape[0] - 1 else cfg.a_bits
+    return sat + _st_resid_norm(full, par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg.preshift_res, cfg, a_next,
                                 xq, zx, NW[i], NK[i], NU[i] == 0)
 
 
@@ -488,7 +491,7 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     sat = 0
     v = np.empty(D, dtype=np.int64)
     for t in range(T):
-        sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, xq, zx, mx, kx, NW[0], NK[0],
+        sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, cfg.a_bits, xq, zx, mx, kx, NW[0], NK[0],
                                NU[0] == 0, v)
     for li in range(len(cache)):
         sat += _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W,

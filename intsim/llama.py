@@ -222,10 +222,25 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
                    spec.residual_bits, out_symmetric=True, spec=spec, backend=backend)
         h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)
     cache.length = past + T
-    final, _ = _op(tap, "final_norm", di_norm, h, spec, backend)
-    logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head, w.a_bits, spec,
-                                  backend)                                       # [T, V] int64
+    return lm_head(model, h, backend, tap)
+
+
+def lm_head(model: IntModel, h: QTensor, backend: str, tap=None) -> tuple[np.ndarray, Dyadic]:
+    """The final DI-Norm of the stream ``h`` [T, D] and the LM head's DI-MatMul steps 1-3,
+    its input quantized to :func:`head_in_bits`: int64 logits [T, V] and their per-token
+    scale (docs/SPEC.md sections 13, 13.1).  Reads ``model.spec``, ``.widths``, ``.w_head``."""
+    final, _ = _op(tap, "final_norm", di_norm, h, model.spec, backend)
+    logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head,
+                                  head_in_bits(model.widths), model.spec, backend)   # [T, V] int64
     return logits, logits_scale
+
+
+def head_in_bits(widths) -> int:
+    """The width the LM head's DI-MatMul quantizes its input (the final DI-Norm's output)
+    to: ``widths.head_a_bits``, or A when the model sets none (docs/SPEC.md section 13.1).
+    The graph's one choice of a width per op that is not A everywhere; a name of its own so
+    that a mutant can swap it (intsim.mutants: ``head.input_at_a``)."""
+    return widths.head_in_bits
 
 
 def _norm(tap, name: str, h: QTensor, g, gk: int, spec, backend: str) -> QTensor:

@@ -9,7 +9,7 @@ tables are data.  docs/MODEL_FORMAT.md gives the on-disk form.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -53,6 +53,10 @@ class Widths:
     head_w_bits: int = 8     # LM head weights (per output channel)
     emb_bits: int = 8        # embedding table (per row, symmetric)
     qk_bits: int = 16        # q/k projection outputs (symmetric, before RoPE)
+    #: LM head input: the bits the final DI-Norm's output is quantized to for the head's
+    #: DI-MatMul (docs/SPEC.md section 13.1); None = a_bits.  A value equal to a_bits is
+    #: stored as None, so a model has one form and its file is the same either way.
+    head_a_bits: int | None = None
 
     def __post_init__(self):
         check_int("w_bits", self.w_bits, 2, 8)
@@ -61,6 +65,22 @@ class Widths:
         check_int("head_w_bits", self.head_w_bits, 2, 8)
         check_int("emb_bits", self.emb_bits, 2, 8)
         check_int("qk_bits", self.qk_bits, 2, 16)
+        if self.head_a_bits is not None:
+            h = check_int("head_a_bits", self.head_a_bits, 2, 8)
+            object.__setattr__(self, "head_a_bits", None if h == self.a_bits else h)
+
+    @property
+    def head_in_bits(self) -> int:
+        """The LM head's input width: ``head_a_bits``, or ``a_bits`` when it is None."""
+        return self.a_bits if self.head_a_bits is None else self.head_a_bits
+
+    def to_dict(self) -> dict:
+        """The fields as a model file's ``widths`` header and a golden manifest record them:
+        ``head_a_bits`` only when it is set (files of models without it are unchanged)."""
+        d = asdict(self)
+        if d["head_a_bits"] is None:
+            del d["head_a_bits"]
+        return d
 
 
 @dataclass(frozen=True)

@@ -136,7 +136,7 @@ def save_model(model: IntModel, path, tokenizer_json: bytes) -> Path:
         "format_version": FORMAT_VERSION,
         "intsim_version": __version__,
         "config": asdict(model.config),
-        "widths": asdict(model.widths),
+        "widths": model.widths.to_dict(),
         "spec": model.spec.to_dict(),
         "qweights": qmeta,
         "alpha_k": [None if L.alpha_inv is None else int(L.alpha_k) for L in model.layers],

@@ -290,3 +290,11 @@ def acc_variant(xq, zx, w, *, offset=True, acc_bits=0):
     if offset:
         P = P + (xg.sum(axis=2)[:, None, :] * w.b[None, :, :]).sum(axis=2)
     return P, int(np.abs(acc).max()) if acc.size else 0
+
+
+# ------------------------------------------------------------ the graph (llama.head_in_bits)
+
+def head_in_bits_variant(widths, *, use_a=False):
+    """``llama.head_in_bits``: the LM head's input width.  ``use_a``: the layers' A,
+    whatever ``head_a_bits`` says (a head wired to the activation width of the layers)."""
+    return widths.a_bits if use_a else widths.head_in_bits

@@ -18,6 +18,11 @@ touched), in one of two ways:
   knob at its default a variant equals the reference (tests/test_mutants.py), so the mutant
   deviates in that one step only.
 
+A mutant of the **graph** (``graph=True``: the width ``intsim.llama`` hands an op, not the
+op's arithmetic) replays every record unchanged, since a record's call carries its
+arguments; the golden replay then also runs the whole graph of a model dump once more
+(:mod:`intsim.golden.mutating`), where it shows.
+
 A helper shared by several ops (DI-Exp, the dyadic fit) is swapped in every ``intsim``
 module that imported it (``everywhere``): the deviation is the operator's, wherever it runs.
 Every mutant carries a **witness**, an op call on a small input on which the mutated op's
@@ -26,7 +31,8 @@ output differs from the reference's (tested), so no mutant is an equivalent no-o
 (``norm.sqrt_c_const``, ``head.inv_sqrt_dyadic``) on entry and on exit.
 
 Kept out: steps no op record replays (the graph's scale products and 1/sqrt(d), argmax)
-and the embedding gather (no arithmetic).
+and the embedding gather (no arithmetic); of the graph's own choices, only the LM head's
+input width (``head.input_at_a``), the one width that is not A for every matmul.
 """
 from __future__ import annotations
 
@@ -46,6 +52,7 @@ from .exp import di_exp
 from .fixedpoint import RC_CEIL, RC_FLOOR, RC_HALF_EVEN, RC_HALF_UP, dyadic_fit
 from .head import inv_sqrt_dyadic
 from .matmul import QWeight, di_matmul
+from .model import Widths
 from .norm import di_norm, sqrt_c_const
 from .options import Spec
 from .qtensor import Dyadic, QTensor
@@ -117,12 +124,14 @@ def _clear_constant_caches() -> None:
 class Mutant:
     """One named deviation: ``spec_step`` (``§5.2 step 1``) is the docs/SPEC.md step it
     changes; ``patches`` what :meth:`apply` swaps; ``witness()`` runs the targeted op on
-    an input where the mutant's output differs from the reference's."""
+    an input where the mutant's output differs from the reference's; ``graph``: it changes
+    what the graph passes an op (a width), so only a run of the whole graph can show it."""
     name: str
     spec_step: str
     description: str
     patches: tuple
     witness: object
+    graph: bool = False
 
     @contextmanager
     def apply(self):
@@ -239,6 +248,20 @@ def _w_acc_bound():
         x = _qt(np.full((1, G), 100), 0, 200, 10, 8, True)
         w = QWeight(np.full((1, G), 255, np.uint8), 8, G, _a([[1]]), _a([[0]]), 0)
         return di_matmul(x, w, 8, 16, True, Spec(), REF)
+    return run
+
+
+def _w_head():
+    """The graph's LM head (``llama.lm_head``) of a model at A = 4 whose head input is 8 bits,
+    on a stream row whose channels 225 and 232 share one 4-bit code but not one 8-bit code."""
+    def run():
+        from types import SimpleNamespace
+
+        from . import llama
+        eye = np.eye(4, dtype=np.uint8)
+        m = SimpleNamespace(widths=Widths(a_bits=4, head_a_bits=8), spec=Spec(),
+                            w_head=QWeight(eye, 8, 4, _a([[1]] * 4), _a([[0]] * 4), 0))
+        return llama.lm_head(m, _qt([[-240, 0, 225, 232]], 0, 1, 0, 16, True), REF)
     return run
 
 
@@ -473,6 +496,10 @@ def _registry() -> tuple:
         M("residual.fine_floor", "§10 step 4", "the fine term's rounding (when it does not fit) "
           "floors instead of the run's rule", _wrap(rs, "_rshift_round_ref", floor_rule),
           _w_residual([[25298]], -6, [[-16482]], 59)),
+        M("head.input_at_a", "§13.1", "the LM head's input is quantized to the layers' A, "
+          "ignoring head_a_bits (the head wired to the activation width of the layers)",
+          _variant("intsim.llama", "head_in_bits", mv.head_in_bits_variant, use_a=True), _w_head(),
+          graph=True),
         M("attention.gqa_modulo", "§14 QKᵀ", "query head h reads kv head h % Hkv instead of "
           "h // (H / Hkv), in QKᵀ and PV", _replace(at, "_kv_per_query_head_ref", _kv_modulo),
           lambda: qk_scores(_a([[[1, 2], [3, 4], [5, 6], [7, 8]]]), _a([[[1, -1], [2, 5]]]), REF)),

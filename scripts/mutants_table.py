@@ -18,6 +18,8 @@ BEGIN, END = "<!-- mutants-table -->", "<!-- /mutants-table -->"
 
 def _kill(k: dict) -> str:
     where = f"{Path(k['suite']).name} op {k['op_index']} `{k['op']}`"
+    if k.get("kind") == "graph":                       # the whole graph run, at its logits
+        where = f"{Path(k['suite']).name} whole graph, op {k['op_index']} `{k['op']}`"
     if "error" in k:
         return f"{where}: {k['error']}"
     comp = "" if k["component"] == "values" else f" {k['component']}"

@@ -38,6 +38,7 @@ def _models(tiny):
     out = [model]
     if "norm_gain" in inspect.signature(build_model).parameters:
         out.append(build_model(src, norm_gain="channel")[0])
+    out.append(build_model(src, a_bits=4, head_a_bits=8)[0])      # the LM head input wider than A
     return out
 
 

@@ -660,7 +660,7 @@ def test_cli(tmp_path, capsys):
     assert e.value.code == 0
     helptext = capsys.readouterr().out
     for opt in ("SRC", "--out MODEL", "--wbits W", "--abits A", "--group-size G", "--calib FILE",
-                "--max-pos N"):
+                "--max-pos N", "--head-abits A"):
         assert opt in helptext
     src = make_tiny_hf(tmp_path / "hf")
     out = tmp_path / "m.intsim"

@@ -75,10 +75,10 @@ def test_gpu_matmul_core_equals_reference_under_simulator():
 
 
 def test_gpu_forward_equals_graph_under_simulator():
-    r = run(["scripts/cuda_check.py", "--synthetic", "default,w4a4_g32_mha,norm_weights_fixed_floor",
+    r = run(["scripts/cuda_check.py", "--synthetic", "default,w4a4_g32_mha,norm_weights_fixed_floor,w4a4_head8",
              "--tokens", "9", "--decode", "3"])
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("ok   ") == 12, r.stdout
+    assert r.stdout.count("ok   ") == 16, r.stdout
 
 
 def test_gpu_golden_export_equals_cpu_under_simulator():

@@ -52,6 +52,7 @@ MODELS = {
     "paper_range": dict(spec=Spec.paper()),
     "group16_mqa": dict(group_size=16, n_kv_heads=1, w_bits=6),
     "norm_weights": dict(norm_weights=True, alpha=True),
+    "w4a4_head8": dict(w_bits=4, a_bits=4, head_a_bits=8, group_size=16),
 }
 
 

@@ -18,6 +18,7 @@ from intsim import golden
 from intsim_app.cli import main as cli_main
 from intsim.errors import IntsimError
 from intsim.llama import forward
+from intsim.model import Widths
 from intsim.modelfile import load_model, model_hash, save_model
 from intsim.qtensor import Dyadic, QTensor
 
@@ -491,20 +492,31 @@ def _spec_arg(spec: dict) -> list:
     return ["--spec", json.dumps({k: v for k, v in spec.items() if Spec().to_dict()[k] != v})]
 
 
+def _widths_args(widths: dict) -> list:
+    """The `intsim convert` width arguments that give ``widths`` (as `make golden` does)."""
+    flags = {"w_bits": "--wbits", "a_bits": "--abits", "head_a_bits": "--head-abits"}
+    default = Widths().to_dict()
+    unknown = {k for k, v in widths.items() if default.get(k) != v} - set(flags)
+    assert not unknown, f"widths {sorted(unknown)}: no converter argument for them here"
+    return [a for k, f in flags.items() if k in widths and default.get(k) != widths[k]
+            for a in (f, str(widths[k]))]
+
+
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory):
-    """The committed small model converted by the current converter under a dump's spec, as
-    `make golden` does (one conversion per spec)."""
+    """The committed small model converted by the current converter under a dump's spec and
+    widths, as `make golden` does (one conversion per spec and widths)."""
     import subprocess
     import sys
     made = {}
 
-    def convert(spec: dict) -> Path:
-        key = json.dumps(spec, sort_keys=True)
+    def convert(spec: dict, widths: dict | None = None) -> Path:
+        wargs = _widths_args(widths or {})
+        key = json.dumps([spec, wargs], sort_keys=True)
         if key not in made:
             out = tmp_path_factory.mktemp("small") / "small.intsim"
             r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
-                                *_spec_arg(spec)], cwd=ROOT, capture_output=True, text=True)
+                                *_spec_arg(spec), *wargs], cwd=ROOT, capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
             made[key] = out
         return made[key]
@@ -516,7 +528,7 @@ def test_committed_golden_set_is_reproduced_bit_for_bit(gdir, tmp_path, small_mo
     if gdir is None:
         pytest.skip("no committed golden set under golden/ yet")
     man = golden.load_manifest(gdir)
-    path = small_model(man["model"]["spec"])
+    path = small_model(man["model"]["spec"], man["model"]["widths"])
     if model_hash(path) != man["model"]["file_sha256"]:
         pytest.fail(f"{gdir} was made from another model file than `intsim convert models/small` "
                     f"gives now (the model or the converter changed): regenerate with `make golden`")

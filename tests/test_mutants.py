@@ -30,6 +30,7 @@ from intsim.exp import _exp_apply_ref, _exp_unit_ref
 from intsim.fixedpoint import ROUND_CODE, _fit_ref
 from intsim.golden import replay
 from intsim.golden.mutating import Suite
+from intsim.llama import forward
 from intsim.matmul import QWeight, _di_acc_ref
 from intsim.modelfile import load_model, model_hash
 from intsim.norm import _di_norm_ref, fixed_preshift, sqrt_c_const
@@ -40,7 +41,7 @@ from intsim.softmax import _center_clip_ref, _exp_norm_ref
 from intsim_app.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the", ROOT / "golden" / "stress"]
+SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the", ROOT / "golden" / "head8", ROOT / "golden" / "stress"]
 CODES = sorted(ROUND_CODE.values())
 NAMES = [m.name for m in mu.REGISTRY]
 
@@ -196,6 +197,16 @@ def test_norm_rope_residual_fold_and_acc_variants_are_their_references():
     assert np.array_equal(want[0], got[0]) and want[1] == got[1]
 
 
+def test_head_width_variant_is_the_graphs_choice():
+    from intsim.llama import head_in_bits
+    from intsim.model import Widths
+    for a in (2, 4, 6, 8):
+        for h in (None, 2, 5, 8):
+            w = Widths(a_bits=a, head_a_bits=h)
+            assert mv.head_in_bits_variant(w) == head_in_bits(w) == (a if h is None else h)
+            assert mv.head_in_bits_variant(w, use_a=True) == a
+
+
 # ------------------------------------------------------------------ the committed suites
 
 @pytest.fixture(scope="module")
@@ -209,19 +220,35 @@ def small_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def report(small_model):
-    """``intsim mutants golden/darcy golden/the --model ... --json`` on the committed suites."""
+def head_model(tmp_path_factory):
+    """The small model at A = 4 with an 8-bit LM head input, as `make golden` converts it
+    for golden/head8."""
+    out = tmp_path_factory.mktemp("small") / "small-a4-head8.intsim"
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
+                        "--abits", "4", "--head-abits", "8"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def _models(*paths) -> list:
+    return [(load_model(p), model_hash(p)) for p in paths]
+
+
+@pytest.fixture(scope="module")
+def report(small_model, head_model):
+    """``intsim mutants golden/darcy golden/the golden/head8 golden/stress --model ... --json``
+    on the committed suites."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = cli_main(["mutants", *map(str, SUITES), "--model", str(small_model), "--json"])
+        rc = cli_main(["mutants", *map(str, SUITES), "--model", str(small_model), "--model", str(head_model),
+                       "--json"])
     r = json.loads(out.getvalue())
     assert rc == (0 if r["killed"] == r["total"] else 1)
     return r
 
 
-def test_variants_at_their_defaults_replay_the_committed_suites(small_model):
-    model, sha = load_model(small_model), model_hash(small_model)
-    suites = [Suite(d, [(model, sha)]) for d in SUITES]
+def test_variants_at_their_defaults_replay_the_committed_suites(small_model, head_model):
+    suites = [Suite(d, _models(small_model, head_model)) for d in SUITES]
     nulls = [("intsim.fixedpoint", "_fit_ref", mv.fit_variant, True), ("intsim.requant", "_requant_ref", mv.requant_variant, False),
              ("intsim.exp", "_exp_unit_ref", mv.exp_unit_variant, True), ("intsim.exp", "_exp_apply_ref", mv.exp_apply_variant, True),
              ("intsim.softmax", "_center_clip_ref", mv.center_clip_variant, False),
@@ -232,12 +259,17 @@ def test_variants_at_their_defaults_replay_the_committed_suites(small_model):
         null = mu.Mutant("null", "§1", "no change", mu._variant(module, attr, fn, everywhere), None)
         with null.apply():
             assert [s.first_kill() for s in suites] == [None] * len(suites), f"{fn.__name__} at its defaults"
+    null = mu.Mutant("null", "§13.1", "no change", mu._variant("intsim.llama", "head_in_bits",
+                                                               mv.head_in_bits_variant), None, graph=True)
+    assert sum(s.graph is not None for s in suites) == 3          # darcy, the, head8: whole graphs
+    with null.apply():
+        assert [s.first_kill(graph=True) for s in suites] == [None] * len(suites)
 
 
-def test_the_command_reports_every_mutant_with_real_kills(report, small_model):
+def test_the_command_reports_every_mutant_with_real_kills(report, small_model, head_model):
     assert [r["name"] for r in report["mutants"]] == NAMES
     assert report["killed"] == sum(r["killed"] for r in report["mutants"]) and report["total"] == len(NAMES)
-    model, sha = load_model(small_model), model_hash(small_model)
+    models = {sha: (m, sha) for m, sha in _models(small_model, head_model)}
     for row in report["mutants"]:
         k = row["kill"]
         assert row["killed"] == (k is not None)
@@ -247,11 +279,24 @@ def test_the_command_reports_every_mutant_with_real_kills(report, small_model):
         assert k == next(v for v in row["kills"].values() if v is not None)
         m = next(x for x in mu.REGISTRY if x.name == row["name"])
         gdir = Path(k["suite"])
-        op = [o for o in json.loads((gdir / "manifest.json").read_text())["ops"] if o["index"] == k["op_index"]]
-        mdl = (None, None) if gdir.name == "stress" else (model, sha)      # stress: no model
+        man = json.loads((gdir / "manifest.json").read_text())
+        op = [o for o in man["ops"] if o["index"] == k["op_index"]]
+        mdl = (None, None) if gdir.name == "stress" else models[man["model"]["file_sha256"]]  # stress: no model
         assert replay(gdir, mdl[0], model_sha256=mdl[1], ops=op, backend="reference")["identical"]
         with m.apply():
             r = replay(gdir, mdl[0], model_sha256=mdl[1], ops=op, backend="reference")
+        if k["kind"] == "graph":
+            # a graph mutant: the record replays unchanged with its dumped arguments, and the
+            # whole graph from the dumped token ids gives other logits under the mutant
+            assert m.graph and r["identical"], f"{row['name']}: a graph kill whose record mismatches"
+            logits = next(t for t in man["tensors"] if t["name"] == k["tensor"])
+            want = np.load(gdir / logits["files"]["npy"]["path"])
+            ids = np.array(man["prompt"]["tokens"])
+            assert np.array_equal(forward(mdl[0], ids, backend="reference")[0], want)
+            with m.apply():
+                got = forward(mdl[0], ids, backend="reference")[0]
+            assert got[tuple(k["index"])] == k["got"] != want[tuple(k["index"])] == k["golden"]
+            continue
         assert not r["identical"], f"{row['name']}: {k['op']} does not mismatch under the mutant"
         if "tensor" in k and "error" not in k:
             t = next(t for t in r["ops"][0]["tensors"] if t["name"] == k["tensor"])

@@ -9,6 +9,13 @@ differing record every output equals the dump, so the first kill is the one a ch
 replay (``intsim replay``) would show, and a suite stops at it.  The suites are loaded
 once (files checked against the manifest, the model against its recorded hash) and must
 replay bit-identically without any mutant first, else no kill would mean anything.
+
+A mutant of the graph (``Mutant.graph``: a width the graph hands an op, not an op's
+arithmetic) cannot show in a record replayed with its dumped arguments.  For those, a model
+dump of a prefill from position 0 that ends with the LM head's record (``logits``) is also
+run as a whole: ``intsim.llama.forward`` from the dumped token ids on the reference backend,
+its logits against that record's dump (a kill of kind ``graph``).  For an op mutant this run
+could add nothing: every op sees the same inputs as its record until a record differs.
 """
 from __future__ import annotations
 
@@ -92,6 +99,14 @@ class Suite:
             check_model(man, model, sha, self.dir)
         tensors = {t["name"]: t for t in man["tensors"]}
         self.records = [self._load(man, op, tensors, model) for op in man["ops"]]
+        self.graph = None          # (model, token ids, the logits record) for a graph run
+        last = self.records[-1] if self.records else None
+        if (model is not None and last is not None and last.name == "logits"
+                and last.kind == "di_matmul_acc"
+                and str((man.get("run") or {}).get("positions", "")).startswith("prefill 0..")):
+            ids = np.asarray((man.get("prompt") or {}).get("tokens", []), dtype=np.int64)
+            if ids.size:
+                self.graph = (model, ids, last)
 
     def _load(self, man, op, tensors, model) -> _Record:
         if op["kind"] not in KINDS:
@@ -107,9 +122,10 @@ class Suite:
             rec.outputs.append(_Output(t["arg"], tn, t["type"], t.get("bits"), t.get("signed"), comps))
         return rec
 
-    def first_kill(self):
+    def first_kill(self, graph: bool = False):
         """Replay the records in order with the reference as it stands (a mutant applied or
-        not); the first record whose output differs from the dump, as a dict, or None."""
+        not); the first record whose output differs from the dump, as a dict, or None.
+        ``graph``: then also run the whole graph (module doc) when the suite allows it."""
         for rec in self.records:
             if rec.expect_error is not None:
                 why = error_verdict(rec.expect_error, lambda: KINDS[rec.kind](**rec.kwargs))
@@ -124,7 +140,19 @@ class Suite:
                 kill = {"error": f"the op refused its dumped inputs: {e}"}
             if kill is not None:
                 return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": rec.kind, **kill}
-        return None
+        return self._graph_kill() if graph and self.graph is not None else None
+
+    def _graph_kill(self):
+        from ..llama import forward
+        model, ids, rec = self.graph
+        try:
+            outs, _ = split_result(rec.kind, (*forward(model, ids, backend=BACKEND), {}))
+            kill = self._compare(rec, dict(outs))
+        except IntsimError as e:
+            kill = {"error": f"the graph refused the dumped token ids: {e}"}
+        if kill is None:
+            return None
+        return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": "graph", **kill}
 
     @staticmethod
     def _compare(rec: _Record, got: dict):
@@ -151,16 +179,19 @@ def score(suites: list, mutants=None) -> dict:
     ``{"suites", "mutants": [{name, spec_step, description, killed, kill, kills}], "killed",
     "total"}``: ``kill`` is the first killing record over the suites in the order given,
     ``kills`` each suite's first (or None)."""
+    todo = REGISTRY if mutants is None else mutants
+    graph = any(m.graph for m in todo)
     for s in suites:
-        base = s.first_kill()
+        base = s.first_kill(graph)
         if base is not None:
-            raise IntsimError(f"{s.label}: op {base['op_index']} '{base['op']}' does not replay "
+            what = "the whole graph's" if base["kind"] == "graph" else "op"
+            raise IntsimError(f"{s.label}: {what} {base['op_index']} '{base['op']}' does not replay "
                               f"bit-identically on the reference backend without any mutant; a "
                               f"mutant score needs a suite the reference reproduces")
     rows = []
-    for m in (REGISTRY if mutants is None else mutants):
+    for m in todo:
         with m.apply():
-            kills = {s.label: s.first_kill() for s in suites}
+            kills = {s.label: s.first_kill(m.graph) for s in suites}
         first = next((k for k in kills.values() if k is not None), None)
         rows.append({"name": m.name, "spec_step": m.spec_step, "description": m.description,
                      "killed": first is not None, "kill": first, "kills": kills})
@@ -171,6 +202,8 @@ def score(suites: list, mutants=None) -> dict:
 def describe_kill(k: dict) -> str:
     """One line: where a mutant was killed."""
     where = f"{k['suite']}: op {k['op_index']} {k['op']} ({k['kind']})"
+    if k["kind"] == "graph":
+        where = f"{k['suite']}: the whole graph, at op {k['op_index']} {k['op']}"
     if "error" in k:
         return f"{where}{', ' + k['tensor'] if 'tensor' in k else ''}: {k['error']}"
     comp = "" if k["component"] == "values" else f".{k['component']}"

@@ -323,7 +323,7 @@ def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, promp
     manifest = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "generator": GENERATOR,
         "model": {"file_sha256": model_sha256, "tensors_sha256": model_tensors_sha256(model),
-                  "config": asdict(model.config), "widths": asdict(model.widths),
+                  "config": asdict(model.config), "widths": model.widths.to_dict(),
                   "spec": model.spec.to_dict()},
         "prompt": {"text": prompt_text, "tokens": [int(t) for t in ids]},
         "run": {"backend": backend, "model_path": model_path, "positions": f"prefill 0..{ids.size - 1}, causal",

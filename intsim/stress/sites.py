@@ -103,6 +103,12 @@ SITES = {
     "embed.gather": ("11", "bound", "ids 0 and V - 1, codes +-127 and +-32767, scale extremes"),
     "head.inv_sqrt": ("12", "rounding", "1/sqrt(d) correctly rounded to m_bits (2..16), head_dim 1..2^16"),
     "head.argmax": ("13", "branch", "argmax: a repeated maximum goes to the lowest index"),
+    "head.in_width": ("13.1", "branch", "the LM head's input at head_a_bits 2..8, other than the layers' A: "
+                                        "one final-norm row at each width (channels merged at 4 bits, apart at 6)"),
+    "head.in_ties": ("13.1", "rounding", "the head's input quantized to head_a_bits 4 and 6 on exact ties "
+                                         "(codes and zero point) that reach P"),
+    "head.p.bound": ("13.1", "bound", "the head's fold at its proven bound, one group per channel (G = K), "
+                                      "head_a_bits 6 and 8: attained exactly"),
     # 14 attention
     "fold.round": ("14", "rounding", "the scale fold rnd((v m) 2^G / 2^(k - kref)) on exact ties, G = 0, 12, 16"),
     "fold.mask": ("14", "branch", "kref over visible columns only; a fully masked row (zeros, kref 0)"),
