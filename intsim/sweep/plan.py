@@ -261,11 +261,10 @@ def _mutants_options(path, where: str, o: dict, t: dict, entries: list, base: Pa
     if ("golden" in o) == ("suites" in o):
         raise _err(path, f"{where}.options", "give exactly one of 'golden' (the index of a golden "
                                              "task entry of this plan) and 'suites' (committed dumps)")
-    from ..errors import IntsimError as _E
     from ..mutants import select
     try:
         only = [m.name for m in select(o.get("only"))]
-    except _E as e:
+    except IntsimError as e:
         raise _err(path, f"{where}.options.only", str(e).replace("--only: ", "")) from None
     if "golden" in o:
         g = o["golden"]
