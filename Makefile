@@ -140,10 +140,11 @@ $(HEAD_MODEL): $(STAMP) $(SMALL_SRC)
 
 ## speed: integer matmul core vs float32 BLAS, the model vs PyTorch fp32 eager, and the cold
 ## start of `make run` (its model from an empty Numba cache to the first token), and the
-## throughput of intsim sweep with 1 and 2 workers
+## throughput of intsim sweep with 1 and 2 workers, and the overflow report's cost per window
+## (int64 recompute against Python ints, side by side) on both models
 bench: $(MODEL) $(SMALL)
 	$(PY) -m pip install -q 'torch==2.13.0' || echo "(PyTorch not installed: its columns stay empty)"
-	$(VENV)/bin/intsim bench --model $(MODEL) --sweep
+	$(VENV)/bin/intsim bench --model $(MODEL) --sweep --overflow $(SMALL) $(MODEL)
 
 clean:
 	rm -rf $(VENV) $(VENV_OLD) .pytest_cache .hypothesis out

@@ -50,6 +50,7 @@ from intsim.options import Spec
 from . import calib as fsbr
 from .embedding import quantize_embedding
 from .hfconfig import ConfigError, read_llama_config
+from .provenance import locate
 from .rope_tables import rope_tables
 from .weights import quantize_weight
 
@@ -555,6 +556,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         model, tok = build_model(src, **kw)
     else:
         raise ConvertError(f"{src}: neither a Hugging Face folder nor a GGUF file")
+    for key in ("source", "calib", "row_bits"):     # no checkout's or venv's location in the bytes
+        entry = model.meta.get(key)
+        if entry:
+            entry.update(locate(entry["path"]))
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
     head = model.widths.head_a_bits

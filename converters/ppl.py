@@ -40,8 +40,12 @@ def int_nll_fn(model, backend: str = "numba"):
 
 def float_reference_dir(model) -> Path:
     """The float checkpoint the model was converted from (re-imported when it was a GGUF)."""
+    from .provenance import resolve
     src = model.meta.get("source", {})
-    path = Path(src.get("path", ""))
+    try:
+        path = resolve(src, "float reference")
+    except IntsimError as e:
+        raise IntsimError(f"{e}; pass --float-src DIR") from None
     if not path.exists():
         raise IntsimError(f"float reference: the source {path} recorded in the model file is gone; "
                           f"pass --float-src DIR")

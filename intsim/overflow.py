@@ -3,8 +3,17 @@
 ``overflow_report(model, ids, policy)`` runs one fresh prefill of ``ids`` with an op-aware
 tap (intsim.llama.forward hands it every op call: function, arguments, result), then
 recomputes, from each call's own arguments, the quantities that live only inside the
-operator, in Python integers (the rounding, fit, isqrt and requantizer steps with
-intsim.oracle; int64 where a Python-int bound on the actual operands proves it exact).  Dispatch is on the op function, so the report follows the graph:
+operator, exactly: in vectorized int64 where a bound on the call's actual operands proves
+that no value of the recompute (product, partial sum, shifted term) can leave int64, in
+Python integers where it cannot be proven (the rounding, fit, isqrt and requantizer
+steps with intsim.oracle, or intsim.fixedpoint's int64 references inside their bounds).
+Each op's bound has the form of its proven bound (SPEC, the bound next to each
+accumulator) evaluated on the operands' maxima, so for in-range operands int64 is always
+chosen, and an out-of-range operand (a stress input) falls back to Python ints rather
+than wrapping.  ``exact=True`` recomputes everything in Python integers, as the report
+did before the int64 path existed: the oracle the tests hold the default to, entry for
+entry (tests/test_overflow.py).  Dispatch is on the op function, so the report follows
+the graph:
 
 * DI-MatMul: the input requantization's scale, the int32 group accumulators ``acc``,
   the int64 fold ``P`` (peak over its partial sums in group order), the output scale;
@@ -47,12 +56,16 @@ from .attention import fold_scales, pv, qk_scores
 from .embedding import embed
 from .errors import IntsimError, IntsimOverflowError, check_choice
 from .exp import T_BITS, _exp_apply_ref, _exp_unit_ref, row_scale
-from .fixedpoint import rounding_code
+from .fixedpoint import div_round, rounding_code
 from .llama import forward
 from .matmul import QWeight, acc_bound, di_matmul, di_matmul_acc, p_bound
 from .norm import di_norm, fixed_preshift, norm_weight, sqrt_c_const
 from .options import OVERFLOW_POLICIES
-from .oracle import fit_exponent, isqrt, requant_scale, rnd, rshift
+from .oracle import fit_exponent, isqrt, rnd
+from .overflow_arith import I64_MAX, REF, ROUND_MAX, align_add64, align_add_exact, exact_einsum, group_acc
+from .overflow_arith import absmax as _absmax
+from .overflow_arith import ints as _ints
+from .overflow_arith import requant_k_need, round_shift
 from .qtensor import Dyadic, QTensor
 from .requant import requant_rows
 from .residual import ALIGN_BITS, residual_add
@@ -63,33 +76,16 @@ from .swiglu import _sigmoid_ref, di_swiglu
 #: magnitude bits of each container: the largest |value| it holds is 2^bits - 1
 #: (signed containers are symmetric, docs/SPEC.md 1.2)
 CONTAINER_BITS = {"int32": 31, "int64": 63}
-REF = "reference"
 
 
-# ------------------------------------------------------------------ Python-int helpers
-# (the exact arithmetic itself, rounding, fits, isqrt, the requantizer, is intsim.oracle)
-
-
-def _ints(a) -> np.ndarray:
-    """An integer array as an object array of Python ints (exact for any magnitude)."""
-    return np.asarray(a).astype(object)
-
-
-def _absmax(a) -> int:
-    return int(np.max(np.abs(a))) if np.size(a) else 0
+# ------------------------------------------------------------------ helpers
+# (the exact arithmetic itself is intsim.overflow_arith, over intsim.oracle and
+# intsim.fixedpoint's references)
 
 
 def _first(mask: np.ndarray):
     idx = np.argwhere(mask)
     return tuple(int(i) for i in idx[0]) if len(idx) else None
-
-
-def _exact_einsum(spec: str, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """A contraction over ``n`` terms, in int64 when ``n * max|a| * max|b| < 2^63`` (then no
-    partial sum can wrap), else in Python ints."""
-    if n * _absmax(a) * _absmax(b) < 2 ** 63:
-        return np.einsum(spec, a.astype(np.int64), b.astype(np.int64))
-    return np.einsum(spec, _ints(a), _ints(b))
 
 
 def _same(a: QTensor, b: QTensor) -> bool:
@@ -175,18 +171,6 @@ def _layer(name: str):
 
 # ------------------------------------------------------------------ scale recomputes
 
-def _requant_k_need(v, m_in, k_in, bits: int, symmetric: bool, spec) -> list:
-    """Per row of ``v`` (int64 (..., C) flattened to rows): the exponent requant_rows'
-    scale fit needs before its range clamp (docs/SPEC.md section 3), None for a zero row
-    or a zero input scale.  Python integers (intsim.oracle.requant_scale)."""
-    C = v.shape[-1]
-    v2 = np.asarray(v).reshape(-1, C)
-    m2 = np.broadcast_to(m_in, v.shape[:-1]).reshape(-1)
-    k2 = np.broadcast_to(k_in, v.shape[:-1]).reshape(-1)
-    return [requant_scale(int(v2[i].min()), int(v2[i].max()), int(m2[i]), int(k2[i]), bits,
-                          symmetric, spec).k_need for i in range(v2.shape[0])]
-
-
 def _scale_entry(name, layer, k_need: list, rows: tuple, spec, run_scale: Dyadic | None,
                  check=None) -> Entry:
     """Row exponents against ``k_min``; ``run_scale`` (the run's scale of the same rows)
@@ -217,8 +201,9 @@ class _Recompute:
     of a known op is covered whatever the graph around it; other ops are listed in
     ``uncovered``."""
 
-    def __init__(self, model):
+    def __init__(self, model, exact: bool = False):
         self.model = model
+        self.exact = exact
         self.entries: list[Entry] = []
         self.uncovered: list[str] = []
         self.handlers = {di_norm: self.di_norm, di_matmul: self.di_matmul,
@@ -246,6 +231,19 @@ class _Recompute:
         self.entries.append(e)
         return e
 
+    def lift(self, bound: int, *arrays, limit: int = I64_MAX) -> tuple:
+        """``arrays`` for a recompute in which no value exceeds ``bound`` in magnitude (the
+        op's bound over the operands' actual maxima, computed in Python ints): int64 when
+        ``bound <= limit`` (and not ``exact``), else object arrays of Python ints."""
+        if not self.exact and int(bound) <= limit:
+            return tuple(np.asarray(a).astype(np.int64) for a in arrays)
+        return tuple(_ints(a) for a in arrays)
+
+    def k_need(self, v, m_in, k_in, bits: int, symmetric: bool, spec) -> list:
+        """requant_rows' exponent per row of ``v`` before its range clamp (None: a zero
+        row); intsim.overflow_arith.requant_k_need."""
+        return requant_k_need(v, m_in, k_in, bits, symmetric, spec, self.exact)
+
     @property
     def a_bits(self) -> int:
         return self.model.widths.a_bits
@@ -254,9 +252,10 @@ class _Recompute:
     def di_norm(self, name: str, a: dict, res) -> None:
         x, spec, layer = a["x"], a["spec"], _layer(name)
         preshift = spec.norm_preshift if a.get("preshift") is None else a["preshift"]
-        d = _ints(x.centered())
-        sumsq = (d * d).sum(axis=-1)                     # Python ints
         C = x.q.shape[-1]
+        c = x.centered()
+        d, = self.lift(C * _absmax(c) ** 2, c)          # every partial sum <= C max|d|^2
+        sumsq = (d * d).sum(axis=-1)
         ref, _ = di_norm(x, spec, REF, preshift)
         check = _same(ref, res[0])
         self.add(_value_entry(f"{name}.sumsq", layer, sumsq, "int64", C * (2 ** 16 - 1) ** 2, check))
@@ -275,7 +274,9 @@ class _Recompute:
 
     def norm_weight(self, name: str, a: dict, res) -> None:
         x, g = list(a.values())[:2]           # (x, g): the gain's name reads as a dtype string
-        y = _ints(x.centered()) * _ints(np.asarray(g, dtype=np.int64))
+        c, g = x.centered(), np.asarray(g, dtype=np.int64)
+        c, g = self.lift(_absmax(c) * _absmax(g), c, g)
+        y = c * g
         check = bool(np.array_equal(y.astype(np.int64), res.q))
         self.add(_value_entry(f"{name}.y", _layer(name), y, "int64", (2 ** 16 - 1) * (2 ** 15 - 1), check))
 
@@ -286,27 +287,22 @@ class _Recompute:
         v = x.centered()
         xq_t, _ = requant_rows(v, x.scale, a_bits, False, spec, REF, name="x")
         self.add(_scale_entry(f"{name}.x.scale", layer,
-                              _requant_k_need(v, x.scale.m, x.scale.k, a_bits, False, spec),
+                              self.k_need(v, x.scale.m, x.scale.k, a_bits, False, spec),
                               v.shape[:-1], spec, xq_t.scale))
         K = w.q.shape[1]
         G, ng = w.group_size, w.n_groups
         xc = xq_t.centered().reshape(-1, K)                                  # |.| <= 2^A - 1
         T, N = xc.shape[0], w.q.shape[0]
-        # int64 is exact for the group dot products: G * max|xc| * max q is checked here
-        exact64 = G * _absmax(xc) * int(w.q.max()) < 2 ** 63
-        acc = np.empty((T, N, ng), dtype=np.int64 if exact64 else object)
-        for g in range(ng):
-            xs_ = xc[:, g * G:(g + 1) * G]
-            for n0 in range(0, N, 4096):                   # bounded int64 copies of the codes
-                qs_ = w.q[n0:n0 + 4096, g * G:(g + 1) * G].astype(np.int64)
-                acc[:, n0:n0 + 4096, g] = (xs_ @ qs_.T) if exact64 else _ints(xs_) @ _ints(qs_).T
-        xs = _ints(xc.reshape(T, ng, G).sum(axis=2))                          # [T, ng]
-        # the fold in group order, Python ints; peak over every partial sum
-        P = np.zeros((T, N), dtype=object)
+        acc = group_acc(xc, w.q, G, self.exact)          # int64 where G max|xc| max q < 2^63
+        xs = xc.reshape(T, ng, G).sum(axis=2)                                 # [T, ng]
+        # the fold in group order; peak over every partial sum.  Every term and partial
+        # sum is at most ng (max|acc| max m + max|xs| max|b|) (p_bound's form)
+        pb = ng * (_absmax(acc) * _absmax(w.m) + _absmax(xs) * _absmax(w.b))
+        acc_f, xs, m, b = self.lift(pb, acc, xs, w.m, w.b)
+        P = np.zeros((T, N), dtype=acc_f.dtype)
         ppeak, p_at = 0, None
-        m, b = _ints(w.m), _ints(w.b)
         for g in range(ng):
-            P = P + _ints(acc[:, :, g]) * m[None, :, g] + xs[:, g][:, None] * b[None, :, g]
+            P = P + acc_f[:, :, g] * m[None, :, g] + xs[:, g][:, None] * b[None, :, g]
             if _absmax(P) > ppeak:                         # where the peak partial sum sits
                 ppeak, p_at = _absmax(P), _argmax_at(np.abs(P))
         A, W = a_bits, w.bits
@@ -332,7 +328,7 @@ class _Recompute:
         for e in ents:
             e.check = bool(e.check and check)
         self.add(_scale_entry(f"{name}.scale", _layer(name),
-                              _requant_k_need(P, scale.m, scale.k, bits, sym, spec), P.shape[:-1],
+                              self.k_need(P, scale.m, scale.k, bits, sym, spec), P.shape[:-1],
                               spec, res[0].scale, check))
 
     def di_matmul_acc(self, name: str, a: dict, res) -> None:
@@ -349,16 +345,16 @@ class _Recompute:
         f = spec.rope_frac_bits
         drop = spec.rope_drop_bits if a.get("drop_bits") is None else a["drop_bits"]
         T, hh = x.q.shape[0], hd // 2
-        xc = _ints(x.centered()).reshape(T, H, hd)
         pos = np.asarray(a["positions"], dtype=np.int64)
-        c = _ints(np.asarray(a["cos_q"])[pos])[:, None, :]                    # [T, 1, hd/2]
-        s = _ints(np.asarray(a["sin_q"])[pos])[:, None, :]
+        c, s = np.asarray(a["cos_q"])[pos], np.asarray(a["sin_q"])[pos]
+        xc = x.centered()
+        # |u c -+ w s| <= 2 max|x| max(|cos|, |sin|); then the rounding shift by drop
+        xc, c, s = self.lift(2 * _absmax(xc) * max(_absmax(c), _absmax(s)), xc, c, s,
+                             limit=ROUND_MAX if drop else I64_MAX)
+        xc, c, s = xc.reshape(T, H, hd), c[:, None, :], s[:, None, :]        # [T, 1, hd/2]
         u, w = xc[:, :, :hh], xc[:, :, hh:]
         y = np.concatenate([u * c - w * s, u * s + w * c], axis=2).reshape(T, H * hd)
-        if drop:
-            y_out = np.vectorize(lambda z: rshift(int(z), drop, spec.rounding), otypes=[object])(y)
-        else:
-            y_out = y
+        y_out = round_shift(y, drop, spec.rounding) if drop else y
         check = bool(np.array_equal(y_out.astype(np.int64), res[0]))
         self.add(_value_entry(f"{name}.y", _layer(name), y, "int64", 2 ** (17 + f), check))
 
@@ -371,14 +367,14 @@ class _Recompute:
         k_in = np.broadcast_to(s_in.k, rows)
         ref, _ = requant_rows(v, s_in, bits, sym, spec, REF, name=a.get("name", "v"))
         self.add(_scale_entry(f"{name}.scale", _layer(name),
-                              _requant_k_need(v, m_in, k_in, bits, sym, spec), rows, spec,
+                              self.k_need(v, m_in, k_in, bits, sym, spec), rows, spec,
                               res[0].scale, _same(ref, res[0])))
 
     # -- attention matmuls ----------------------------------------------------
     def _attn_acc(self, name: str, contraction: str, x, kv, n: int, rep: int, res) -> None:
         """The int32 accumulator of an attention product over ``n`` terms; each of the
         ``kv`` heads serves ``rep`` query heads (GQA)."""
-        acc = _exact_einsum(contraction, x, np.repeat(kv, rep, axis=1), n)
+        acc = exact_einsum(contraction, x, np.repeat(kv, rep, axis=1), n)
         self.add(_value_entry(f"{name}.acc", _layer(name), acc, "int32",
                               n * (2 ** self.a_bits - 1) ** 2, bool(np.array_equal(acc, res))))
 
@@ -396,7 +392,9 @@ class _Recompute:
         guard, visible = a["guard"], a["visible"]
         shape = vals.shape
         vis = np.ones(shape, bool) if visible is None else np.broadcast_to(visible, shape)
-        prod = np.where(vis, _ints(vals) * _ints(np.broadcast_to(a["m"], shape)), 0) * (1 << guard)
+        m = np.broadcast_to(a["m"], shape)
+        vals_, m_ = self.lift(max(_absmax(vals) * _absmax(m), 1) << guard, vals, m)
+        prod = np.where(vis, vals_ * m_, 0) * (1 << guard)
         out, sc = fold_scales(vals, a["m"], a["k"], guard, visible, a["spec"], REF, name=a["name"])
         check = bool(np.array_equal(out, res[0]) and np.array_equal(sc.k, res[1].k))
         self.add(_value_entry(f"{name}.fold", _layer(name), prod, "int64", 2 ** 62 - 1, check))
@@ -417,13 +415,14 @@ class _Recompute:
         qt, _ = requant_rows(xt, Dyadic(m1, k1), bits, False, spec, REF,
                              name="scores - rowmax (clipped)")
         e_x = self.add(_scale_entry(f"{name}.x.scale", layer,
-                                    _requant_k_need(xt, m1, k1, bits, False, spec), rows, spec, qt.scale))
+                                    self.k_need(xt, m1, k1, bits, False, spec), rows, spec, qt.scale))
         # DI-Exp (the op's own reference steps) and the sum in Python ints
         mr, kr = qt.scale.m, qt.scale.k
         zero = mr == 0
         xq = np.where(v2 & ~zero[:, None], qt.centered(), 0)
         T, j = _exp_unit_ref(np.where(zero, 1, mr), np.where(zero, 0, kr), code)
-        e = _ints(np.where(v2, _exp_apply_ref(xq, T[:, None], j[:, None], code), 0))
+        e64 = np.where(v2, _exp_apply_ref(xq, T[:, None], j[:, None], code), 0)    # 0 <= e <= 2^30
+        e, = self.lift(cols * _absmax(e64), e64)          # every partial sum <= cols max e
         S = e.sum(axis=-1)
         ents = [e_x, self.add(_value_entry(f"{name}.sum", layer, S.reshape(rows), "int64",
                                            cols * 2 ** T_BITS))]
@@ -431,18 +430,25 @@ class _Recompute:
         F = a["p_frac_bits"] if a.get("p_frac_bits") is not None else spec.softmax_p_frac
         F = p_out if F is None else F
         Sd = [max(int(x), 1) for x in S]
+        emax = [int(x) for x in e64.max(axis=-1)]
         if spec.softmax_div == "reciprocal":
-            f = np.array([(2 ** RECIP_BITS - 1) // x for x in Sd], dtype=object)
+            f = [(2 ** RECIP_BITS - 1) // x for x in Sd]
+            # per row e * f <= max e * f (<= S f <= 2^62 - 1: the proven bound), then a shift
+            e, f = self.lift(max(x * y for x, y in zip(emax, f)), e64, np.array(f, dtype=object),
+                             limit=ROUND_MAX)
             prod = e * f[:, None]
             ents.append(self.add(_value_entry(f"{name}.e*f", layer, prod.reshape(scores.shape),
                                               "int64", 2 ** RECIP_BITS - 1)))
-            p_un = np.vectorize(lambda z: rshift(int(z), RECIP_BITS - F, spec.rounding),
-                                otypes=[object])(prod)
-        else:
+            p_un = round_shift(prod, RECIP_BITS - F, spec.rounding)
+        else:                        # e 2^F / S: the numerator and the divisor in int64?
+            e, = self.lift(max(max(emax) << F, max(Sd)), e64, limit=ROUND_MAX)
             num = e * (1 << F)
-            p_un = np.empty(num.shape, dtype=object)
-            for i in range(num.shape[0]):
-                p_un[i] = [rnd(int(z), Sd[i], spec.rounding) for z in num[i]]
+            if num.dtype != object:
+                p_un = div_round(num, np.array(Sd, dtype=np.int64)[:, None], spec.rounding, REF)
+            else:
+                p_un = np.empty(num.shape, dtype=object)
+                for i in range(num.shape[0]):
+                    p_un[i] = [rnd(int(z), Sd[i], spec.rounding) for z in num[i]]
         p_max = 2 ** p_out - 1
         p_un = p_un.reshape(scores.shape)
         check = bool(np.array_equal(np.minimum(p_un, p_max).astype(np.int64), res.q.astype(np.int64)))
@@ -460,23 +466,20 @@ class _Recompute:
     def residual(self, name: str, a: dict, res) -> None:
         """The aligned sum in Python ints (docs/SPEC.md section 10), then its scale."""
         qa, qb, spec, layer = a["a"], a["b"], a["spec"], _layer(name)
-        va = _ints(qa.centered()) * _ints(qa.scale.m)[..., None]
-        vb = _ints(qb.centered()) * _ints(qb.scale.m)[..., None]
+        ca, cb, ma, mb = qa.centered(), qb.centered(), qa.scale.m, qb.scale.m
+        # int64 when |v| < 2^ALIGN_BITS: then the coarse side shifted stays below
+        # 2^ALIGN_BITS, the fine side's rounding shift within fixedpoint's bound, the sum
+        # below 2^(ALIGN_BITS + 1) (the proven bound 2^61 - 1)
+        ca, cb, ma, mb = self.lift(max(_absmax(ca) * _absmax(ma), _absmax(cb) * _absmax(mb)),
+                                   ca, cb, ma, mb, limit=2 ** ALIGN_BITS - 1)
+        va, vb = ca * ma[..., None], cb * mb[..., None]
         C = qa.q.shape[-1]
         va, vb = va.reshape(-1, C), vb.reshape(-1, C)
         ka, kb = qa.scale.k.reshape(-1), qb.scale.k.reshape(-1)
-        s = np.empty(va.shape, dtype=object)
-        K = np.empty(va.shape[0], dtype=np.int64)
-        for i in range(va.shape[0]):
-            a_coarse = int(ka[i]) <= int(kb[i])
-            vc, vf = (va[i], vb[i]) if a_coarse else (vb[i], va[i])
-            kc, kf = min(int(ka[i]), int(kb[i])), max(int(ka[i]), int(kb[i]))
-            L = _absmax(vc).bit_length()
-            sc = 0 if L == 0 else min(kf - kc, ALIGN_BITS - L)
-            K[i] = kf if L == 0 else kc + sc
-            sf = kf - int(K[i])
-            s[i] = [(int(x) << sc) + rshift(int(y), sf, spec.rounding)
-                    for x, y in zip(vc, vf)]
+        if va.dtype != object:
+            s, K = align_add64(va, vb, ka, kb, spec.rounding)
+        else:
+            s, K = align_add_exact(va, vb, ka, kb, spec.rounding)
         rows = qa.q.shape[:-1]
         s64 = s.astype(np.int64).reshape(qa.q.shape)
         Kr = K.reshape(rows)
@@ -485,7 +488,7 @@ class _Recompute:
         check = _same(ref, res[0])
         self.add(_value_entry(f"{name}.sum", layer, s.reshape(qa.q.shape), "int64", 2 ** 61 - 1, check))
         self.add(_scale_entry(f"{name}.scale", layer,
-                              _requant_k_need(s64, np.ones(rows, dtype=np.int64), Kr,
+                              self.k_need(s64, np.ones(rows, dtype=np.int64), Kr,
                                               spec.residual_bits, True, spec),
                               rows, spec, res[0].scale, check))
 
@@ -501,12 +504,15 @@ class _Recompute:
         ka = 0 if ainv is None else int(a["alpha_k"])
         g = spec.sigmoid_guard_bits if a.get("guard_bits") is None else a["guard_bits"]
         B = spec.sigmoid_bits
-        z = (_ints(a1) * _ints(mc)[None, :]) * (1 << g)
+        a1_, mc_ = self.lift(max(_absmax(a1) * _absmax(mc), 1) << g, a1, mc)
+        z = (a1_ * mc_[None, :]) * (1 << g)
         m1, m2 = gate.scale.m.reshape(-1), up.scale.m.reshape(-1)
         dead = ((m1 == 0) | (m2 == 0))[:, None]
         kz = gate.scale.k.reshape(-1) + ka + g
         sig = _sigmoid_ref(z.astype(np.int64), m1, kz, B, spec.sigmoid_frame == "rowmax", code)
-        y = _ints(a1) * _ints(sig) * _ints(np.where(dead, 0, a2))
+        a2 = np.where(dead, 0, a2)
+        y1, y2, y3 = self.lift(_absmax(a1) * _absmax(sig) * _absmax(a2), a1, sig, a2)
+        y = y1 * y2 * y3
         check = bool(np.array_equal(y.astype(np.int64).reshape(gate.q.shape), res[0]))
         self.add(_value_entry(f"{name}.z", layer, z.reshape(gate.q.shape), "int64", 2 ** 56, check))
         self.add(_value_entry(f"{name}.y", layer, y.reshape(gate.q.shape), "int64",
@@ -630,9 +636,10 @@ def _collect(model, ids, backend) -> list:
 
 
 def overflow_report(model, ids: np.ndarray, policy: str | None = None,
-                    backend: str = "numba") -> Report:
+                    backend: str = "numba", exact: bool = False) -> Report:
     """Run a fresh prefill of ``ids`` under ``policy`` ("raise" | "saturate"; None = the
     model's ``spec.overflow``) and report every container (module docstring).
+    ``exact``: recompute in Python integers throughout (the oracle; same report, slower).
 
     Under "raise" the first saturating scale raises ``IntsimOverflowError`` naming the op,
     the number of saturated rows and the first row's index."""
@@ -644,10 +651,10 @@ def overflow_report(model, ids: np.ndarray, policy: str | None = None,
     except IntsimOverflowError as err:
         if policy != "raise":
             raise
-        rep = _build(sat_model, ids, _collect(sat_model, ids, backend), policy)
+        rep = _build(sat_model, ids, _collect(sat_model, ids, backend), policy, exact)
         _raise_first(rep, err)
         raise
-    rep = _build(sat_model, ids, calls, policy)
+    rep = _build(sat_model, ids, calls, policy, exact)
     if policy == "raise":
         _raise_first(rep, None)
     return rep
@@ -663,8 +670,8 @@ def _raise_first(rep: Report, err) -> None:
                                   f"index {e.first} (policy raise)") from err
 
 
-def _build(model, ids, calls: list, policy: str) -> Report:
-    r = _Recompute(model)
+def _build(model, ids, calls: list, policy: str, exact: bool = False) -> Report:
+    r = _Recompute(model, exact)
     for name, call in calls:
         r.call(name, call)
     return Report(int(np.size(ids)), policy, model.spec.to_dict(), r.entries, r.uncovered)
@@ -679,7 +686,7 @@ def cmd_overflow(args) -> int:
     model = load_model(args.model)
     ids = check_prompt_ids(np.array(load_tokenizer(model).encode(args.prompt).ids, dtype=np.int64),
                            model, "--prompt")
-    rep = overflow_report(model, ids, args.policy, args.backend)
+    rep = overflow_report(model, ids, args.policy, args.backend, exact=args.exact)
     if args.png:
         with open(args.png, "wb") as fh:
             fh.write(rep.png())
@@ -695,7 +702,8 @@ def cmd_overflow(args) -> int:
 def add_overflow_parser(sub) -> None:
     o = sub.add_parser("overflow", help="per-op peaks, headroom and saturations of one prefill",
                        description="Runs one prefill of the prompt, recomputes every internal "
-                                   "accumulator from the tapped op inputs in Python integers and "
+                                   "accumulator exactly from the tapped op inputs (int64 where "
+                                   "their bounds prove it, else Python integers) and "
                                    "reports per op its peak against its container, the headroom in "
                                    "bits, the proven bound and the saturations (docs/SPEC.md 15).")
     o.add_argument("model", metavar="MODEL", help="integer model file from 'intsim convert'")
@@ -706,6 +714,9 @@ def add_overflow_parser(sub) -> None:
                         "model's spec.overflow)")
     o.add_argument("--json", action="store_true", help="print one JSON object")
     o.add_argument("--backend", choices=("numba", "reference"), default="numba",
-                   help="backend of the run (default numba; the recompute always uses Python ints "
-                        "and the reference functions)")
+                   help="backend of the run (default numba; the recompute always uses the "
+                        "reference functions)")
+    o.add_argument("--exact", action="store_true",
+                   help="recompute in Python integers throughout, never int64 (slower; the same "
+                        "report: a cross-check)")
     o.set_defaults(func=cmd_overflow)

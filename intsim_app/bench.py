@@ -148,6 +148,60 @@ def sweep_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+#: the overflow bench's window: the first OVERFLOW_TOKENS tokens of golden/long-prompt.txt
+OVERFLOW_TOKENS = 256
+
+
+def overflow_bench(models, tokens: int = OVERFLOW_TOKENS, rounds: int = 3) -> dict:
+    """The overflow report (``intsim overflow``, a sweep's overflow task) on one window of
+    ``tokens`` tokens (golden/long-prompt.txt, repeated, under each model's tokenizer),
+    side by side in this process: the default recompute (int64 where the bounds prove it)
+    and ``exact=True`` (Python ints throughout: the report's recompute before the int64
+    path), interleaved round by round after one warm-up of each (Numba compiled).
+    Seconds per window, min and median over ``rounds``, and whether the two reports are
+    the same JSON."""
+    import statistics
+    import numpy as np
+    from intsim.modelfile import load_model, load_tokenizer
+    from intsim.overflow import overflow_report
+    from intsim.sweep import canonical
+    out = {"overflow_tokens": tokens, "overflow_rounds": rounds, "overflow_models": []}
+    for path in models:
+        model = load_model(path)
+        ids = load_tokenizer(model).encode(SWEEP_TEXT.read_text() * 8, add_special_tokens=False).ids
+        ids = np.asarray(ids[:tokens], dtype=np.int64)
+        overflow_report(model, ids[:8], "saturate")
+        overflow_report(model, ids[:8], "saturate", exact=True)
+        times: dict = {"int64": [], "exact": []}
+        same = True
+        for _ in range(rounds):
+            reps = {}
+            for mode in ("exact", "int64"):
+                t0 = time.perf_counter()
+                reps[mode] = overflow_report(model, ids, "saturate", exact=mode == "exact")
+                times[mode].append(time.perf_counter() - t0)
+            same = same and canonical(reps["exact"].to_dict()) == canonical(reps["int64"].to_dict())
+        name = Path(path).name
+        out["overflow_models"].append(name)
+        for mode, ts in times.items():
+            out[f"overflow_{name}_{mode}_s_min"] = min(ts)
+            out[f"overflow_{name}_{mode}_s_median"] = statistics.median(ts)
+        out[f"overflow_{name}_same_report"] = same
+    return out
+
+
+def overflow_table(r: dict) -> str:
+    lines = [f"  overflow report, one window of {r['overflow_tokens']} tokens, {r['overflow_rounds']} "
+             f"rounds interleaved (s per window, min / median):"]
+    for name in r["overflow_models"]:
+        g = lambda m, s: r[f"overflow_{name}_{m}_s_{s}"]        # noqa: E731
+        lines.append(f"    {name}: Python ints (exact=True) {g('exact', 'min'):.2f} / "
+                     f"{g('exact', 'median'):.2f}; int64 where proven (default) {g('int64', 'min'):.2f} / "
+                     f"{g('int64', 'median'):.2f}; {g('exact', 'median') / g('int64', 'median'):.1f}x; "
+                     f"same report: {'yes' if r[f'overflow_{name}_same_report'] else 'NO'}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="intsim bench",
                                 description="integer matmul core vs float32 BLAS")
@@ -166,10 +220,16 @@ def main(argv=None) -> int:
     p.add_argument("--sweep", action="store_true",
                    help="also 'intsim sweep' throughput (tasks/s, MB/s) with 1 and 2 LocalCluster "
                         f"workers on {SMALL.as_posix()} (a few minutes on 2 cores)")
+    p.add_argument("--overflow", nargs="*", metavar="MODEL", default=None,
+                   help="also time the overflow report on one 256-token window, the int64 "
+                        "recompute against Python ints throughout, side by side, on these model "
+                        f"files (none named: {SMALL.as_posix()})")
+    p.add_argument("--overflow-rounds", type=int, default=3, metavar="N",
+                   help="rounds of the --overflow timing (default 3)")
     a = p.parse_args(argv)
-    if a.model:
+    for m in ([a.model] if a.model else []) + (a.overflow or []):
         from intsim.modelfile import read_header
-        read_header(a.model)     # a missing or unreadable file is named now, not after the timing
+        read_header(m)           # a missing or unreadable file is named now, not after the timing
     r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
     if a.model:
         from converters.modelbench import model_bench   # the float side: PyTorch baseline
@@ -184,8 +244,12 @@ def main(argv=None) -> int:
         r.update(cold_start_row())
     if a.sweep:
         r.update(sweep_bench())
-    print(json.dumps(r) if a.json else format_table(r) + ("\n" + sweep_table(r) if a.sweep else ""))
-    return 0 if r["exact"] else 1
+    if a.overflow is not None:
+        r.update(overflow_bench(a.overflow or [SMALL], rounds=max(1, a.overflow_rounds)))
+    text = format_table(r) + ("\n" + sweep_table(r) if a.sweep else "") + \
+        ("\n" + overflow_table(r) if a.overflow is not None else "")
+    print(json.dumps(r) if a.json else text)
+    return 0 if r["exact"] and all(v for k, v in r.items() if k.endswith("_same_report")) else 1
 
 
 if __name__ == "__main__":

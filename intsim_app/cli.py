@@ -25,7 +25,9 @@ def _bench(args) -> int:
     argv = ((["--json"] if args.json else []) + (["--quick"] if args.quick else [])
             + (["--model", args.model] if args.model else [])
             + (["--cold-start"] if args.cold_start else [])
-            + (["--sweep"] if args.sweep else []))
+            + (["--sweep"] if args.sweep else [])
+            + (["--overflow", *args.overflow] if args.overflow is not None else [])
+            + ["--overflow-rounds", str(args.overflow_rounds)])
     return bench_main(argv)
 
 
@@ -94,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "minute on 2 cores; included with --model)")
     b.add_argument("--sweep", action="store_true", help="also 'intsim sweep' throughput (tasks/s, "
                    "MB/s) with 1 and 2 LocalCluster workers on the small model (a few minutes)")
+    b.add_argument("--overflow", nargs="*", metavar="MODEL", default=None,
+                   help="also time the overflow report on one 256-token window, the int64 "
+                        "recompute against Python ints throughout, side by side, on these model "
+                        "files (none named: the small model)")
+    b.add_argument("--overflow-rounds", type=int, default=3, metavar="N",
+                   help="rounds of the --overflow timing (default 3)")
     b.set_defaults(func=_bench)
     return p
 

@@ -294,6 +294,144 @@ def test_cli_overflow_json_and_png(tmp_path):
     assert out["all_recomputes_match"] and out["policy"] == "raise"      # the model's spec
     assert {s["op"] for s in out["summary"]} >= {"attn.qk.acc", "logits.P", "swiglu.y"}
     _decode_png(png.read_bytes())
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "overflow", str(path), "--prompt",
+                        "the lazy dog sleeps", "--backend", "reference", "--json", "--exact"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and json.loads(r.stdout) == out          # Python ints: the same
     r = subprocess.run([sys.executable, "-m", "intsim_app", "overflow", str(path), "--prompt", "dog",
                         "--backend", "reference"], capture_output=True, text=True)
     assert r.returncode == 0 and "recomputes: all match" in r.stdout
+
+
+# ------------------------------------------------------------------ int64 against Python ints
+# The default recompute runs in int64 where a bound over the call's operands proves it exact;
+# exact=True recomputes in Python ints throughout (the report as it was before the int64
+# path).  The two must give the same report, entry for entry, bit for bit.
+
+def _same_reports(a, b) -> None:
+    assert json.dumps(a.to_dict(), sort_keys=True) == json.dumps(b.to_dict(), sort_keys=True)
+
+
+def test_int64_report_equals_the_python_int_report_on_synthetic_models(model, report, crafted):
+    _same_reports(report, ov.overflow_report(model, IDS, "saturate", backend="reference", exact=True))
+    a, b = (ov.overflow_report(crafted, IDS, "saturate", backend="reference", exact=e) for e in (False, True))
+    assert a.saturations                        # the forced overflow is in both
+    _same_reports(a, b)
+    paper = make_model(seed=3, n_layers=1, vocab=64, dim=32, n_heads=4, n_kv_heads=2, ffn=48)
+    from intsim.options import Spec
+    for spec in (Spec.paper(), Spec(rounding="half_even", rope_drop_bits=3), Spec(softmax_div="divide")):
+        m = replace(paper, spec=spec)
+        _same_reports(*(ov.overflow_report(m, IDS, "saturate", backend="reference", exact=e)
+                        for e in (False, True)))
+
+
+def test_int64_report_equals_the_python_int_report_on_the_small_model(tmp_path):
+    from pathlib import Path
+    from converters.convert import convert
+    from intsim.modelfile import load_model, load_tokenizer
+    root = Path(__file__).resolve().parents[1]
+    m = load_model(convert(root / "models" / "small", tmp_path / "small.intsim"))
+    ids = load_tokenizer(m).encode((root / "golden" / "long-prompt.txt").read_text()).ids[:96]
+    fast = ov.overflow_report(m, np.asarray(ids), "saturate")
+    assert fast.all_checked and len(fast.entries) > 150
+    _same_reports(fast, ov.overflow_report(m, np.asarray(ids), "saturate", exact=True))
+
+
+def test_int64_and_python_int_recomputes_agree_on_the_stress_suite(monkeypatch):
+    """Every op-level stress record the report recomputes (extreme codes, scales, shifts
+    and ties), fed to both recomputes as an op call: the same entries, or the same error.
+    The ops refuse operands beyond their proven bounds, so every call they accept is
+    recomputed in int64 (the fallback is exercised below with the limits lowered)."""
+    from types import SimpleNamespace
+    from intsim.golden.ops import KINDS
+    from intsim.llama import OpCall
+    from intsim.stress.suite import all_cases, run_case
+    decisions = []
+    lift = ov._Recompute.lift
+
+    def spy(self, bound, *arrays, limit=ov.I64_MAX):
+        if not self.exact:
+            decisions.append(int(bound) <= limit)
+        return lift(self, bound, *arrays, limit=limit)
+    monkeypatch.setattr(ov._Recompute, "lift", spy)
+    fake = SimpleNamespace(widths=SimpleNamespace(a_bits=8))
+    n = 0
+    for case in all_cases():
+        fn = KINDS[case.kind]
+        probe = ov._Recompute(fake)
+        if case.expect_error or probe.handlers.get(fn) is None:
+            continue
+        args, result = run_case(case)
+        call = OpCall(fn, (), args, result)
+        got = []
+        for exact in (False, True):
+            r = ov._Recompute(fake, exact)
+            try:
+                r.call(f"layers.0.{case.name}", call)
+                got.append([e.to_dict() for e in r.entries])
+            except Exception as e:                  # the same refusal from both, if any
+                got.append((type(e).__name__, str(e)))
+        assert got[0] == got[1], case.name
+        n += 1
+    assert n >= 100
+    assert decisions and all(decisions)
+
+
+@pytest.mark.parametrize("cap", [2 ** 20, 2 ** 32, 2 ** 44])
+def test_the_python_int_fallback_mixes_with_int64_exactly(model, report, monkeypatch, cap):
+    """With the int64 limit lowered to ``cap`` the bounds of some values of an op pass and
+    others fail, so each op's recompute mixes int64 and Python-int arrays: still the same
+    report."""
+    lift = ov._Recompute.lift
+    decisions = []
+
+    def capped(self, bound, *arrays, limit=ov.I64_MAX):
+        decisions.append(int(bound) <= min(limit, cap))
+        return lift(self, bound, *arrays, limit=min(limit, cap))
+    monkeypatch.setattr(ov._Recompute, "lift", capped)
+    _same_reports(report, ov.overflow_report(model, IDS, "saturate", backend="reference"))
+    assert True in decisions and False in decisions
+
+
+def test_int64_pieces_equal_python_ints_on_extremes():
+    """The vectorized pieces against their Python-int forms on extreme operands: rounding
+    shifts by 0..70 bits near 2^62, the residual alignment across exponent gaps of 0..200,
+    the requantizer's exponents of rows near +-2^62 (and beyond: the fallback), and the
+    group sums of codes too large for int64."""
+    from intsim import overflow_arith as oa
+    from intsim.options import Spec
+    rng = np.random.default_rng(7)
+    big = 2 ** 62 - 1
+    x = np.concatenate([rng.integers(-big, big, 200, dtype=np.int64), [big, -big, 0, 1, -1, 2 ** 61, -(2 ** 61)]])
+    for rule in ("floor", "half_up", "half_even", "half_away"):
+        s = rng.integers(0, 71, x.size)
+        assert oa.round_shift(x, s, rule).tolist() == oa.round_shift(oa.ints(x), s, rule).tolist()
+        va = rng.integers(-(2 ** 59), 2 ** 59, (6, 9), dtype=np.int64)
+        vb = rng.integers(-(2 ** 59), 2 ** 59, (6, 9), dtype=np.int64)
+        va[2] = 0                                   # a zero row aligns to the other exponent
+        ka, kb = rng.integers(-100, 100, 6), rng.integers(-100, 100, 6)
+        kb[0] = ka[0]
+        s64, K64 = oa.align_add64(va, vb, ka, kb, rule)
+        sx, Kx = oa.align_add_exact(oa.ints(va), oa.ints(vb), ka, kb, rule)
+        assert s64.tolist() == sx.tolist() and K64.tolist() == Kx.tolist()
+        for mode in ("fitted", "range"):
+            spec = Spec(rounding=rule, requant_mode=mode)
+            v = rng.integers(-big, big, (5, 7), dtype=np.int64)
+            v[1] = 0
+            v[3] = rng.integers(0, 2 ** 20, 7)
+            m = np.array([0, 3, 255, 2 ** 20, 2 ** 27])
+            k = np.array([0, -5, 40, 100, -128])
+            for sym in (False, True):
+                want = oa.requant_k_need(v, m, k, 8, sym, spec, exact=True)
+                assert oa.requant_k_need(v, m, k, 8, sym, spec, exact=False) == want
+                huge = oa.ints(v) * 4                      # beyond int64: Python ints
+                assert oa.requant_k_need(huge, m, k, 8, sym, spec, exact=False) == \
+                    oa.requant_k_need(huge, m, k, 8, sym, spec, exact=True)
+    xc = rng.integers(-255, 256, (5, 64))
+    q = rng.integers(0, 256, (7, 64)).astype(np.uint8)
+    fast, slow = oa.group_acc(xc, q, 16, exact=False), oa.group_acc(xc, q, 16, exact=True)
+    assert fast.dtype == np.int64 and fast.tolist() == slow.tolist()
+    assert np.array_equal(fast.sum(axis=2), xc @ q.astype(np.int64).T)
+    wide = oa.ints(xc) * 2 ** 60                         # group sums beyond int64
+    got = oa.group_acc(wide, q, 16, exact=False)
+    assert got.dtype == object and got.tolist() == (oa.ints(slow) * 2 ** 60).tolist()

@@ -205,7 +205,15 @@ REFUSALS = [
     ("clip8 = { softmax_clip = 8 }", "clip8 = { softmax_clipp = 8 }", "specs.clip8: unknown spec field(s) ['softmax_clipp']"),
     ("clip8 = { softmax_clip = 8 }", "clip8 = { m_bits = 99 }", "specs.clip8: m_bits"),
     ('kind = "ppl"', 'kind = "pll"', "tasks[2].kind: unknown task 'pll'"),
-    ('kind = "ppl"', 'kind = "mutants"', "tasks[2].kind: 'mutants' does not run in a sweep"),
+    ('kind = "ppl"', 'kind = "mutants"', "tasks[2].options: give exactly one of 'golden'"),
+    ('kind = "ppl"', 'kind = "mutants"\noptions = { golden = 1, only = ["nope.*"] }',
+     "tasks[2].options.only: no mutant matches 'nope.*'"),
+    ('kind = "ppl"', 'kind = "mutants"\noptions = { golden = 0 }',
+     "tasks[2].options.golden: 0 is not the index of a golden task entry"),
+    ('kind = "ppl"', 'kind = "mutants"\noptions = { golden = 1 }',
+     "tasks[2]: no task of tasks[1] is among its models, specs and inputs"),
+    ('kind = "ppl"', 'kind = "mutants"\noptions = { suites = ["/nonexistent"] }',
+     "tasks[2].inputs: a committed suite records its own spec and inputs"),
     ('prompts = ["Mr. Darcy", "It is a truth universally acknowledged"]', "prompts = []", "inputs.prompts: empty prompt set"),
     ('prompts = ["Mr. Darcy", "It is a truth universally acknowledged"]', 'prompts = ["Mr. Darcy", " "]', "inputs.prompts: prompt 1 is empty"),
     ("window = 16", "window = 4096", "inputs.austen: gives no window"),
@@ -273,3 +281,49 @@ def test_json_plan_gives_the_same_tasks_and_keys_hash_inputs_not_names(tmp_path)
     d = expand(load_plan(_plan(tmp_path, PLAN.replace('stimuli_formats = ["npy"]', "stimuli = false"),
                                "nostim.toml")), {"small": str(SMALL)})
     assert [x.key for x in d] == [x.key for x in a]
+
+
+MUTANTS_PLAN_T = """
+[models.small]
+file = "@SMALL@"
+[inputs.prompts]
+prompts = ["Mr. Darcy"]
+[[tasks]]
+kind = "golden"
+options = { layers = "0", stages = false, formats = ["npy"] }
+[[tasks]]
+kind = "mutants"
+options = { golden = 0, only = ["requant.codes_floor", "softmax.p_tie", "matmul.acc_31bit"] }
+[[tasks]]
+kind = "mutants"
+options = { suites = ["@ROOT@/golden/the", "@ROOT@/golden/stress"], only = ["requant.codes_floor", "softmax.p_tie", "matmul.acc_31bit"] }
+"""
+
+
+def test_mutants_tasks_score_the_sweeps_dumps_and_committed_suites(tmp_path, capsys):
+    plan = _plan(tmp_path, fill(MUTANTS_PLAN_T).replace("@ROOT@", str(ROOT)))
+    tasks = expand(load_plan(plan), {"small": str(SMALL)})
+    assert [(t.kind, t.model, t.input) for t in tasks] == [
+        ("golden", "small", "prompts"), ("mutants", "small", "prompts"),
+        ("mutants", "small", "suite:the"), ("mutants", "-", "suite:stress")]   # stress: no model
+    out2 = tmp_path / "out2"
+    oc = sweep(plan, out2, workers=2)
+    assert not oc.failed and oc.ran == 4
+    table = json.loads((out2 / "mutants" / "table.json").read_text())
+    got = {m["name"]: (m["killed_by"], m["dumps"], m["first"]["input"] if m["first"] else None)
+           for m in table["mutants"]}
+    # the codes' rounding is in every dump; only the stress suite reaches an int32 acc's top
+    # bit and a tie of p (docs/MUTANTS.md)
+    assert got == {"requant.codes_floor": (3, 3, "prompts"), "matmul.acc_31bit": (1, 3, "suite:stress"),
+                   "softmax.p_tie": (1, 3, "suite:stress")}
+    assert (table["killed"], table["total"]) == (3, 3)
+    assert [d["records"] for d in table["dumps"]][1:] == [153, 261]
+    assert "| `matmul.acc_31bit` | §4.4 acc | 1 of 3 | - - suite:stress 1: op 103" in \
+        (out2 / "mutants" / "table.md").read_text()
+    # no path of this machine in any result or report; 1 worker and a rerun: the same bytes
+    for f in out2.rglob("*.json"):
+        assert str(ROOT) not in f.read_text() and str(tmp_path) not in f.read_text(), f
+    out1 = tmp_path / "out1"
+    assert not sweep(plan, out1, workers=1).failed
+    assert tree(out1) == tree(out2)
+    assert sweep(plan, out1, workers=2).ran == 0 and tree(out1) == tree(out2)

@@ -79,6 +79,8 @@ def load_prepared(payload: dict, prepare):
     """The task's model, loaded once per worker process: the file checked against the
     sha256 the plan was expanded with, then ``prepare(model, spec_overrides)``."""
     from ..modelfile import load_model, model_hash
+    if not payload["model_file"]:               # a task without a model (a model-free suite)
+        return None
     key = (payload["model_file"], payload["model_sha256"], canonical(payload["spec"]))
     if key not in _MODELS:
         sha = model_hash(payload["model_file"])
@@ -108,7 +110,7 @@ def run_task(payload: dict, out: str, runners: dict, prepare) -> dict:
     try:
         _crash_hook(tmp)
         model = load_prepared(payload, prepare)
-        result = runners[payload["kind"]](model, payload, tmp)
+        result = runners[payload["kind"]](model, {**payload, "out": str(out)}, tmp)
         inputs = {k: payload[k] for k in ("kind", "model_sha256", "spec", "options")}
         inputs["tokens"] = len(payload["tokens"])
         doc = {"key": payload["key"], "inputs": inputs, "result": result}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +53,8 @@ class Task:
     tokens: tuple
     options: tuple              # (option, value), sorted
     key: str
+    data: tuple = ()            # (name, value): what a worker needs beyond the identity (a
+                                # committed suite's folder): neither in the key nor in results
 
     @property
     def folder(self) -> str:
@@ -63,7 +66,7 @@ class Task:
         return {"kind": self.kind, "key": self.key, "folder": self.folder,
                 "model_file": self.model_file, "model_sha256": self.model_sha256,
                 "spec": dict(self.spec), "tokens": list(self.tokens),
-                "options": _thaw(self.options)}
+                "options": _thaw(self.options), **dict(self.data)}
 
     def where(self) -> dict:
         """The task's place in the plan (names only, no paths)."""
@@ -112,6 +115,8 @@ def expand(plan, model_files: dict) -> list:
     wins: dict = {}
     out = []
     for e in plan.tasks:
+        if e.kind == "mutants":
+            continue                    # scored from the others' dumps: below
         for mname in e.models:
             for sname in e.specs:
                 for iname in e.inputs:
@@ -135,4 +140,48 @@ def expand(plan, model_files: dict) -> list:
                         out.append(Task(e.kind, mname, sname, iname, j, e.index,
                                         str(model_files[mname]), shas[mname], _freeze(spec),
                                         tuple(w), _freeze(e.options), key))
+    for e in plan.tasks:
+        if e.kind == "mutants":
+            out += _mutants_tasks(plan, e, out, model_files, shas)
+    return out
+
+
+def _mutants_tasks(plan, e, tasks: list, model_files: dict, shas: dict) -> list:
+    """The tasks of a mutants entry: one per golden task of the entry it names (``golden``,
+    the model, spec and window of that dump; key: the dump's task key and the mutants), or
+    one per committed suite (``suites``; key: the sha256 of its manifest, which holds every
+    file's, the model file's sha256 when its ops read model parameters, and the mutants),
+    scored with a plan model it was made from."""
+    from ..golden import load_manifest
+    from ..golden.formats import MANIFEST
+    only = list(e.options["only"])
+    where = f"{plan.path}: tasks[{e.index}]"
+    out = []
+    if "golden" in e.options:
+        src = [t for t in tasks if t.entry == e.options["golden"] and t.model in e.models
+               and t.spec_name in e.specs and t.input in e.inputs]
+        if not src:
+            raise IntsimError(f"{where}: no task of tasks[{e.options['golden']}] is among its "
+                              f"models, specs and inputs")
+        for g in src:
+            opts = {"golden": g.key, "only": only}
+            out.append(Task("mutants", g.model, g.spec_name, g.input, g.window, e.index, g.model_file,
+                            g.model_sha256, g.spec, g.tokens, _freeze(opts),
+                            task_key("mutants", g.model_sha256, dict(g.spec), g.tokens, opts)))
+        return out
+    for j, d in enumerate(e.options["suites"]):
+        man = load_manifest(d)
+        reads = any(isinstance(p, dict) and "model" in p for op in man["ops"] for p in op["params"].values())
+        want = (man.get("model") or {}).get("file_sha256") if reads else None
+        cands = [m for m in e.models if shas[m] == want]
+        if want is not None and not cands:
+            raise IntsimError(f"{where}.options.suites: {d} was made from a model file with sha256 "
+                              f"{str(want)[:16]}..., which none of the entry's models "
+                              f"({', '.join(e.models)}) is")
+        opts = {"suite": file_sha256(os.path.join(d, MANIFEST)), "only": only}
+        key = task_key("mutants", want or "", {}, [], opts)
+        m = cands[0] if cands and want is not None else None      # a model-free suite: no model
+        out.append(Task("mutants", m or "-", "-", f"suite:{os.path.basename(d)}", j, e.index,
+                        "" if m is None else str(model_files[m]), want or "", (), (),
+                        _freeze(opts), key, (("suite_dir", d),)))
     return out

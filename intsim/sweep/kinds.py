@@ -1,17 +1,19 @@
 """The integer task kinds of a sweep: each calls the single-run function of its command
 (``intsim overflow``: :func:`intsim.overflow.overflow_report`; ``intsim golden``:
-:func:`intsim.golden.export_golden`) on one window and returns its JSON-able result.
+:func:`intsim.golden.export_golden`; ``intsim mutants``: :func:`intsim.golden.mutating.score`)
+on one window (or one golden dump) and returns its JSON-able result.
 The float side's ``ppl`` kind lives with the command line (intsim_app.sweep)."""
 from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 
 from ..golden.formats import MANIFEST
 from ..hashing import file_sha256
-from .identity import canonical
+from .identity import KEY_DIGITS, canonical
 
 #: every sweep runs the overflow report to the end, counting saturations
 POLICY = "saturate"
@@ -50,5 +52,30 @@ def golden_run(model, payload: dict, folder) -> dict:
             "records": record_hashes(dump)}
 
 
+def mutants_run(model, payload: dict, folder) -> dict:
+    """``intsim mutants`` on one golden dump: the sweep's own (``golden``: that golden
+    task's folder under the sweep's output) or a committed suite (``suite_dir``), with the
+    task's model (under its spec variant); every selected mutant, killed or not, and its
+    first killing record.  The suite is named by where it sits in the sweep's folder, or
+    by the sha256 of its manifest: no path of this machine enters the result."""
+    from ..errors import IntsimError
+    from ..golden.mutating import Suite, score
+    from ..mutants import REGISTRY
+    o = payload["options"]
+    if "golden" in o:
+        label = f"tasks/golden/{o['golden'][:KEY_DIGITS]}/dump"
+        d = Path(payload["out"]).joinpath(*label.split("/"))
+        if not d.joinpath(MANIFEST).is_file():
+            raise IntsimError(f"mutants: the golden dump {label} is missing (its golden task failed)")
+    else:
+        label, d = f"suite {o['suite'][:16]}", Path(payload["suite_dir"])
+    suite = Suite(d, [] if model is None else [(model, payload["model_sha256"])])
+    suite.label = label
+    r = score([suite], [m for m in REGISTRY if m.name in set(o["only"])])
+    return {"suite": label, "records": len(suite.records), "killed": r["killed"], "total": r["total"],
+            "mutants": [{k: row[k] for k in ("name", "spec_step", "description", "killed", "kill")}
+                        for row in r["mutants"]]}
+
+
 #: kind -> runner, the integer kinds (the command line adds ppl)
-RUNNERS = {"overflow": overflow_run, "golden": golden_run}
+RUNNERS = {"overflow": overflow_run, "golden": golden_run, "mutants": mutants_run}

@@ -133,3 +133,48 @@ def golden_index(out, tasks: list) -> dict:
         dumps.append({**t.where(), "folder": f"{t.folder}/{r['dump']}",
                       "manifest_sha256": r["manifest_sha256"], "records": r["records"]})
     return {"dumps": dumps, "records": sum(len(d["records"]) for d in dumps)}
+
+
+def mutants_table(out, tasks: list) -> dict:
+    """The mutant score over the sweep's mutants tasks (plan order, each task once): per
+    task (one golden dump) how many of its mutants it kills; per mutant how many dumps
+    kill it and the first killing record (the first task in plan order that kills it)."""
+    dumps, rows, seen = [], {}, set()
+    for t in tasks:
+        if t.key in seen:
+            continue
+        seen.add(t.key)
+        r = load_result(out, t)
+        dumps.append({**t.where(), "suite": r["suite"], "records": r["records"], "killed": r["killed"],
+                      "total": r["total"]})
+        for m in r["mutants"]:
+            row = rows.setdefault(m["name"], {"name": m["name"], "spec_step": m["spec_step"],
+                                              "description": m["description"], "killed_by": 0,
+                                              "dumps": 0, "first": None})
+            row["dumps"] += 1
+            if m["killed"]:
+                row["killed_by"] += 1
+                if row["first"] is None:
+                    row["first"] = {**t.where(), **m["kill"]}
+    mutants = list(rows.values())
+    return {"dumps": dumps, "mutants": mutants, "killed": sum(1 for m in mutants if m["killed_by"]),
+            "total": len(mutants)}
+
+
+def mutants_markdown(table: dict) -> str:
+    """The mutant score as a Markdown table: a mutant counts as killed when some dump kills it."""
+    def at(f: dict) -> str:
+        w = f"{f['model']} {f['spec']} {f['input']} {f['window']}"
+        return f"{w}: op {f['op_index']} `{f['op']}` ({f['kind']})"
+    lines = [f"Killed {table['killed']} of {table['total']} mutant(s) with {len(table['dumps'])} "
+             f"golden dump(s).", "",
+             "| mutant | SPEC step | killed by (dumps) | first killing record (model spec input window: op) |",
+             "|---|---|---|---|"]
+    for m in table["mutants"]:
+        first = "SURVIVED" if m["first"] is None else at(m["first"])
+        lines.append(f"| `{m['name']}` | {m['spec_step']} | {m['killed_by']} of {m['dumps']} | {first} |")
+    lines += ["", "| model | spec | input | window | dump | records | killed |", "|---|---|---|---|---|---|---|"]
+    for d in table["dumps"]:
+        lines.append(f"| {d['model']} | {d['spec']} | {d['input']} | {d['window']} | {d['suite']} | "
+                     f"{d['records']} | {d['killed']} of {d['total']} |")
+    return "\n".join(lines) + "\n"

@@ -1,10 +1,12 @@
 """The sweep plan: reading (TOML or JSON), checking every entry, and expanding it into tasks.
 
 A plan names models, spec variants, inputs (prompts, or a text file cut into windows of N
-tokens) and task entries; docs/SWEEP.md is its reference.  Everything is checked here,
-before anything runs: a missing model file, source folder or text, an unknown spec field
-or value, an unknown task kind or option, an empty prompt set or a text too short for one
-window is refused with an ``IntsimError`` naming the plan file and the entry.
+tokens) and task entries (overflow, golden, ppl, and mutants: the mutant score of a golden
+entry's dumps or of committed dumps); docs/SWEEP.md is its reference.  Everything is
+checked here, before anything runs: a missing model file, source folder or text, an
+unknown spec field or value, an unknown task kind or option, an empty prompt set, a text
+too short for one window, an unknown mutant name, a mutants entry naming no golden entry
+or no dump is refused with an ``IntsimError`` naming the plan file and the entry.
 
 Expansion: every task entry x model x spec x window (prompt) gives one :class:`Task`,
 whose identity (:func:`intsim.sweep.identity.task_key`) is the hash of its inputs: the
@@ -28,13 +30,11 @@ KIND_OPTIONS = {
     "overflow": {"stimuli": bool, "stimuli_formats": list},
     "golden": {"layers": str, "stages": bool, "formats": list, "hex_pack": bool},
     "ppl": {},
+    "mutants": {"golden": int, "suites": list, "only": list},
 }
 #: options that steer only the merge (which windows become stimuli), not a task's result:
 #: left out of the task's identity, so changing them reuses every result
 MERGE_OPTIONS = ("stimuli", "stimuli_formats")
-#: kinds known to intsim that a sweep does not run (yet), with the reason given
-NOT_IN_SWEEPS = {"mutants": "scores a committed golden suite, not a corpus: run 'intsim mutants' "
-                            "on the sweep's golden dumps instead"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -232,7 +232,7 @@ def _options(path, where: str, kind: str, o) -> dict:
     return dict(sorted(o.items()))
 
 
-def _tasks(path, d, models, specs, inputs) -> list:
+def _tasks(path, d, models, specs, inputs, base: Path) -> list:
     if not isinstance(d, list) or not d:
         raise _err(path, "tasks", "expected a non-empty list of task entries ([[tasks]])")
     out = []
@@ -241,15 +241,59 @@ def _tasks(path, d, models, specs, inputs) -> list:
         t = _table(path, where, t)
         _check_keys(path, where, t, ("kind", "models", "specs", "inputs", "options"))
         kind = t.get("kind")
-        if kind in NOT_IN_SWEEPS:
-            raise _err(path, f"{where}.kind", f"'{kind}' does not run in a sweep: {NOT_IN_SWEEPS[kind]}")
         if kind not in KIND_OPTIONS:
             raise _err(path, f"{where}.kind", f"unknown task {kind!r}; one of {', '.join(KIND_OPTIONS)}")
+        opts = _options(path, f"{where}.options", kind, t.get("options", {}))
+        if kind == "mutants":
+            opts = _mutants_options(path, where, opts, t, d, base)
         out.append(TaskEntry(j, kind, _names(path, f"{where}.models", t.get("models"), models, "model"),
                              _names(path, f"{where}.specs", t.get("specs"), specs, "spec"),
-                             _names(path, f"{where}.inputs", t.get("inputs"), inputs, "input"),
-                             _options(path, f"{where}.options", kind, t.get("options", {}))))
+                             _names(path, f"{where}.inputs", t.get("inputs"), inputs, "input"), opts))
     return out
+
+
+def _mutants_options(path, where: str, o: dict, t: dict, entries: list, base: Path) -> dict:
+    """A mutants entry: exactly one of ``golden`` (the index of a golden entry of this plan,
+    whose dumps it scores) and ``suites`` (committed golden dumps, paths relative to the
+    plan; a folder of dumps stands for each), and ``only`` (mutant names or patterns, each
+    matching some mutant), resolved here: ``only`` to the matching names in registry order,
+    ``suites`` to the dump folders."""
+    if ("golden" in o) == ("suites" in o):
+        raise _err(path, f"{where}.options", "give exactly one of 'golden' (the index of a golden "
+                                             "task entry of this plan) and 'suites' (committed dumps)")
+    from ..mutants import select
+    try:
+        only = [m.name for m in select(o.get("only"))]
+    except IntsimError as e:
+        raise _err(path, f"{where}.options.only", str(e).replace("--only: ", "")) from None
+    if "golden" in o:
+        g = o["golden"]
+        if isinstance(g, bool) or not 0 <= g < len(entries) or entries[g] is t or \
+                not isinstance(entries[g], dict) or entries[g].get("kind") != "golden":
+            raise _err(path, f"{where}.options.golden", f"{g!r} is not the index of a golden task "
+                                                        f"entry of this plan (tasks[N] with kind = \"golden\")")
+        return {"golden": g, "only": only}
+    for k in ("specs", "inputs"):
+        if k in t:
+            raise _err(path, f"{where}.{k}", "a committed suite records its own spec and inputs; "
+                                             "'suites' takes only 'models'")
+    from ..golden.formats import MANIFEST
+    dirs = []
+    for x in o["suites"]:
+        if not isinstance(x, str):
+            raise _err(path, f"{where}.options.suites", f"a list of folder paths, got {x!r}")
+        p = Path(_resolve(base, x))
+        if p.joinpath(MANIFEST).is_file():
+            dirs.append(str(p))
+            continue
+        subs = sorted(q for q in p.iterdir() if q.joinpath(MANIFEST).is_file()) if p.is_dir() else []
+        if not subs:
+            raise _err(path, f"{where}.options.suites", f"{p} is neither a golden dump (no {MANIFEST}) "
+                                                        f"nor a folder of dumps")
+        dirs += [str(q) for q in subs]
+    if not dirs:
+        raise _err(path, f"{where}.options.suites", "an empty list")
+    return {"suites": dirs, "only": only}
 
 
 def load_plan(path) -> Plan:
@@ -260,4 +304,5 @@ def load_plan(path) -> Plan:
     models = _models(path, base, data.get("models", {}))
     specs = _specs(path, data.get("specs", {}))
     inputs = _inputs(path, base, data.get("inputs", {}))
-    return Plan(str(path), models, specs, inputs, _tasks(path, data.get("tasks"), models, specs, inputs))
+    return Plan(str(path), models, specs, inputs,
+                _tasks(path, data.get("tasks"), models, specs, inputs, base))

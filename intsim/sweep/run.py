@@ -5,13 +5,14 @@ that died, and reports completions; the driver only submits, shows progress and 
 
 Order of work: the plan is read and checked; source models are converted (into
 ``OUT/models``); leftovers of a killed run are removed; the plan is expanded into tasks;
-the tasks not done yet (no folder under their key) go to the cluster; what a worker killed
+the tasks not done yet (no folder under their key) go to the cluster, the mutants tasks in
+a round after the others (they score the golden dumps of the first); what a worker killed
 mid-task left is removed (one sweep at a time per results folder); then, from what is
 on disk and in plan order, the reports are merged: ``overflow/`` (worst headroom per op,
 a PNG per model, and the worst windows exported as golden dumps, a second round of
-tasks), ``golden/index.json``, the float side's ``ppl/`` table, and ``sweep.json`` (every
-task, its key, folder and status).  Each report is written to a temporary name and
-renamed.  Nothing in a result carries a time, a worker, a host or a path of this machine.
+tasks), ``golden/index.json``, ``mutants/table.json`` and ``.md``, the float side's
+``ppl/`` table, and ``sweep.json`` (every task, its key, folder and status).  Each report
+is written to a temporary name and renamed.  Nothing in a result carries a time, a worker, a host or a path of this machine.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from ..errors import IntsimError
 from .execute import is_done, remove_leftovers, run_task, write_atomic
 from .identity import canonical, expand, task_key
 from .kinds import GOLDEN_FORMATS
-from .merge import golden_index, merge_overflow, overflow_png, overflow_text, stimuli
+from .merge import (golden_index, merge_overflow, mutants_markdown, mutants_table, overflow_png,
+                    overflow_text, stimuli)
 from .plan import load_plan
 
 #: seconds to wait for an existing scheduler before giving up
@@ -189,7 +191,11 @@ def run_sweep(plan_path, out, *, workers: int | None = None, scheduler: str | No
         oc.dashboard = dashboard_of(client, local=not scheduler)
         if oc.dashboard:
             echo(f"sweep: Dask dashboard at {oc.dashboard}")
-        status = _round(client, todo, str(out), hooks, progress, "tasks", oc)
+        # mutants score the golden dumps of the first round: a round of their own after it
+        status = _round(client, [t for t in todo if t.kind != "mutants"], str(out), hooks, progress,
+                        "tasks", oc)
+        status.update(_round(client, [t for t in todo if t.kind == "mutants"], str(out), hooks,
+                             progress, "mutants", oc))
         ok = {t.key for t in uniq if is_done(out, t.folder)}
         reports = {}
         ov = [t for t in tasks if t.kind == "overflow" and t.key in ok]
@@ -220,6 +226,11 @@ def run_sweep(plan_path, out, *, workers: int | None = None, scheduler: str | No
     gold = [t for t in tasks if t.kind == "golden" and is_done(out, t.folder)]
     if gold:
         reports["golden/index.json"] = canonical(golden_index(out, gold)).encode() + b"\n"
+    mut = [t for t in tasks if t.kind == "mutants" and is_done(out, t.folder)]
+    if mut:
+        table = mutants_table(out, mut)
+        reports["mutants/table.json"] = canonical(table).encode() + b"\n"
+        reports["mutants/table.md"] = mutants_markdown(table).encode()
     for kind, merge in sorted(hooks.mergers.items()):
         mine = [t for t in tasks if t.kind == kind and is_done(out, t.folder)]
         if mine:
