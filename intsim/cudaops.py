@@ -23,7 +23,9 @@ from numba import config as numba_config
 from numba import cuda, int32, int64, njit
 
 SIMULATED = bool(numba_config.ENABLE_CUDASIM)
-TPB = 64
+# threads per block of the row kernels; under the simulator, which starts a Python thread
+# for each, 8 (a block's idle threads are most of its cost there)
+TPB = 8 if SIMULATED else 64
 
 
 def available() -> bool:

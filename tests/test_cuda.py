@@ -76,7 +76,7 @@ def test_gpu_matmul_core_equals_reference_under_simulator():
 
 def test_gpu_forward_equals_graph_under_simulator():
     r = run(["scripts/cuda_check.py", "--synthetic", "default,w4a4_g32_mha,norm_weights_fixed_floor",
-             "--tokens", "9", "--decode", "3"])
+             "--tokens", "9", "--decode", "3"], timeout=2400)
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("ok   ") == 12, r.stdout
 
@@ -85,7 +85,8 @@ def test_gpu_forward_with_a_wider_head_input_under_simulator():
     """The LM head's input at 8 bits on a W4A4 model (head_a_bits, docs/SPEC.md 13.1): the GPU
     path quantizes the last layer's final norm at that width, as the graph does.  Its own
     subprocess (and timeout): a whole simulated forward costs minutes per model."""
-    r = run(["scripts/cuda_check.py", "--synthetic", "w4a4_head8", "--tokens", "6", "--decode", "2"])
+    r = run(["scripts/cuda_check.py", "--synthetic", "w4a4_head8", "--tokens", "6", "--decode", "2"],
+            timeout=2400)
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
     assert r.stdout.count("ok   ") == 4, r.stdout
 
