@@ -201,9 +201,10 @@ class _Recompute:
     of a known op is covered whatever the graph around it; other ops are listed in
     ``uncovered``."""
 
-    def __init__(self, model, exact: bool = False):
+    def __init__(self, model, exact: bool = False, backend: str = REF):
         self.model = model
         self.exact = exact
+        self.compiled = backend == "numba" and not exact      # DI-MatMul's sums: overflow_arith
         self.entries: list[Entry] = []
         self.uncovered: list[str] = []
         self.handlers = {di_norm: self.di_norm, di_matmul: self.di_matmul,
@@ -293,7 +294,7 @@ class _Recompute:
         G, ng = w.group_size, w.n_groups
         xc = xq_t.centered().reshape(-1, K)                                  # |.| <= 2^A - 1
         T, N = xc.shape[0], w.q.shape[0]
-        acc = group_acc(xc, w.q, G, self.exact)          # int64 where G max|xc| max q < 2^63
+        acc = group_acc(xc, w.q, G, self.compiled)       # int64 where G max|xc| max q < 2^63
         xs = xc.reshape(T, ng, G).sum(axis=2)                                 # [T, ng]
         # the fold in group order; peak over every partial sum.  Every term and partial
         # sum is at most ng (max|acc| max m + max|xs| max|b|) (p_bound's form)
@@ -640,6 +641,8 @@ def overflow_report(model, ids: np.ndarray, policy: str | None = None,
     """Run a fresh prefill of ``ids`` under ``policy`` ("raise" | "saturate"; None = the
     model's ``spec.overflow``) and report every container (module docstring).
     ``exact``: recompute in Python integers throughout (the oracle; same report, slower).
+    The recompute compiles nothing when ``backend`` is "reference" (DI-MatMul's group sums
+    in NumPy int64 instead of a Numba loop; the same integers).
 
     Under "raise" the first saturating scale raises ``IntsimOverflowError`` naming the op,
     the number of saturated rows and the first row's index."""
@@ -651,10 +654,10 @@ def overflow_report(model, ids: np.ndarray, policy: str | None = None,
     except IntsimOverflowError as err:
         if policy != "raise":
             raise
-        rep = _build(sat_model, ids, _collect(sat_model, ids, backend), policy, exact)
+        rep = _build(sat_model, ids, _collect(sat_model, ids, backend), policy, exact, backend)
         _raise_first(rep, err)
         raise
-    rep = _build(sat_model, ids, calls, policy, exact)
+    rep = _build(sat_model, ids, calls, policy, exact, backend)
     if policy == "raise":
         _raise_first(rep, None)
     return rep
@@ -670,8 +673,8 @@ def _raise_first(rep: Report, err) -> None:
                                   f"index {e.first} (policy raise)") from err
 
 
-def _build(model, ids, calls: list, policy: str, exact: bool = False) -> Report:
-    r = _Recompute(model, exact)
+def _build(model, ids, calls: list, policy: str, exact: bool = False, backend: str = REF) -> Report:
+    r = _Recompute(model, exact, backend)
     for name, call in calls:
         r.call(name, call)
     return Report(int(np.size(ids)), policy, model.spec.to_dict(), r.entries, r.uncovered)

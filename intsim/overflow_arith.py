@@ -87,16 +87,16 @@ def _group_acc_nb(xc, q, G, acc):
                 acc[t, n, g] = s
 
 
-def group_acc(xc: np.ndarray, q: np.ndarray, G: int, exact: bool) -> np.ndarray:
+def group_acc(xc: np.ndarray, q: np.ndarray, G: int, compiled: bool) -> np.ndarray:
     """DI-MatMul's group accumulators ``acc[t, n, g]`` of the centred input codes ``xc``
     [T, K] and the weight codes ``q`` [N, K]: int64 when ``G * max|xc| * max q < 2^63``
-    (the form of ``intsim.matmul.acc_bound``), else Python ints.  ``exact``: the int64
-    case with NumPy's matmul (the report's original recompute) instead of the compiled
-    loop."""
+    (the form of ``intsim.matmul.acc_bound``), else Python ints.  ``compiled``: the int64
+    case in the compiled loop, else with NumPy's matmul (the report's original recompute,
+    and a run on the reference backend, which compiles nothing)."""
     T, K = xc.shape
     N, ng = q.shape[0], K // G
     exact64 = G * absmax(xc) * absmax(q) < 2 ** 63
-    if exact64 and not exact:
+    if exact64 and compiled:
         acc = np.empty((T, N, ng), dtype=np.int64)
         _group_acc_nb(np.ascontiguousarray(xc, dtype=np.int64), np.ascontiguousarray(q), G, acc)
         return acc

@@ -365,7 +365,7 @@ def test_int64_and_python_int_recomputes_agree_on_the_stress_suite(monkeypatch):
         call = OpCall(fn, (), args, result)
         got = []
         for exact in (False, True):
-            r = ov._Recompute(fake, exact)
+            r = ov._Recompute(fake, exact, "numba")      # the compiled group sums too
             try:
                 r.call(f"layers.0.{case.name}", call)
                 got.append([e.to_dict() for e in r.entries])
@@ -375,6 +375,16 @@ def test_int64_and_python_int_recomputes_agree_on_the_stress_suite(monkeypatch):
         n += 1
     assert n >= 100
     assert decisions and all(decisions)
+
+
+def test_the_reference_backend_compiles_nothing_in_the_recompute(model, report, monkeypatch):
+    """`--backend reference` promises no Numba compile: DI-MatMul's group sums stay in NumPy."""
+    from intsim import overflow_arith as oa
+
+    def compiled(*a):
+        raise AssertionError("the compiled loop ran under backend='reference'")
+    monkeypatch.setattr(oa, "_group_acc_nb", compiled)
+    _same_reports(report, ov.overflow_report(model, IDS, "saturate", backend="reference"))
 
 
 @pytest.mark.parametrize("cap", [2 ** 20, 2 ** 32, 2 ** 44])
@@ -429,9 +439,9 @@ def test_int64_pieces_equal_python_ints_on_extremes():
                     oa.requant_k_need(huge, m, k, 8, sym, spec, exact=True)
     xc = rng.integers(-255, 256, (5, 64))
     q = rng.integers(0, 256, (7, 64)).astype(np.uint8)
-    fast, slow = oa.group_acc(xc, q, 16, exact=False), oa.group_acc(xc, q, 16, exact=True)
+    fast, slow = oa.group_acc(xc, q, 16, compiled=True), oa.group_acc(xc, q, 16, compiled=False)
     assert fast.dtype == np.int64 and fast.tolist() == slow.tolist()
     assert np.array_equal(fast.sum(axis=2), xc @ q.astype(np.int64).T)
     wide = oa.ints(xc) * 2 ** 60                         # group sums beyond int64
-    got = oa.group_acc(wide, q, 16, exact=False)
+    got = oa.group_acc(wide, q, 16, compiled=True)
     assert got.dtype == object and got.tolist() == (oa.ints(slow) * 2 ** 60).tolist()
