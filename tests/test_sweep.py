@@ -317,7 +317,9 @@ def test_mutants_tasks_score_the_sweeps_dumps_and_committed_suites(tmp_path, cap
     assert got == {"requant.codes_floor": (3, 3, "prompts"), "matmul.acc_31bit": (1, 3, "suite:stress"),
                    "softmax.p_tie": (1, 3, "suite:stress")}
     assert (table["killed"], table["total"]) == (3, 3)
-    assert [d["records"] for d in table["dumps"]][1:] == [153, 261]
+    # the suites' record counts as their manifests state them (stress grows by appending)
+    ops = [len(json.loads((ROOT / "golden" / s / "manifest.json").read_text())["ops"]) for s in ("the", "stress")]
+    assert [d["records"] for d in table["dumps"]][1:] == ops and ops[1] >= 275
     assert "| `matmul.acc_31bit` | §4.4 acc | 1 of 3 | - - suite:stress 1: op 103" in \
         (out2 / "mutants" / "table.md").read_text()
     # no path of this machine in any result or report; 1 worker and a rerun: the same bytes
