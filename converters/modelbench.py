@@ -208,9 +208,8 @@ class Peer:
         self.name, self.ops, self.info, self.error, self.result = name, [], {}, None, {}
         code = (f"from converters.modelbench import _serve; "
                 f"_serve({kind!r}, {str(path)!r}, {arg!r}, {proto or PROTOCOL!r})")
+        self._cmd, self._p = cmd or [sys.executable, "-c", code], None
         self._err = tempfile.TemporaryFile("w+")
-        self._p = subprocess.Popen(cmd or [sys.executable, "-c", code], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, stderr=self._err, text=True)
 
     def _expect(self, tag: str) -> str:
         while True:
@@ -229,7 +228,10 @@ class Peer:
         self.error = tail[-1] if tail else f"the peer's process exited with code {self._p.returncode}"
 
     def start(self) -> bool:
-        """Wait for the peer to load and warm up; False (and ``error``) if it could not."""
+        """Start the peer's process and wait for it to load and warm up; False (and
+        ``error``) if it could not."""
+        self._p = subprocess.Popen(self._cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   stderr=self._err, text=True)
         try:
             ready = json.loads(self._expect("READY"))
             self.ops, self.info = list(ready.pop("ops")), ready
@@ -249,7 +251,7 @@ class Peer:
 
     def finish(self) -> dict:
         """End the process; its last report (peak memory) or {} if it failed."""
-        if self.error is None:
+        if self.error is None and self._p is not None:
             try:
                 self._p.stdin.write("quit\n")
                 self._p.stdin.flush()
@@ -266,9 +268,11 @@ def interleave(peers: list, rounds: int) -> dict:
     operation of :data:`OPS`, one timed run of each peer that has it, the peers' order
     rotating by one each round.  Returns ``{peer name: {op: [seconds, ...]}}``."""
     for p in peers:
+        print(f"model bench: starting {p.name}", file=sys.stderr, flush=True)
         p.start()
     times = {p.name: {op: [] for op in p.ops} for p in peers}
     for r in range(rounds):
+        print(f"model bench: round {r + 1} of {rounds}", file=sys.stderr, flush=True)
         live = [p for p in peers if p.error is None]
         order = live[r % len(live):] + live[:r % len(live)] if live else []
         for op in OPS:
