@@ -352,3 +352,26 @@ def model_bench(model_path, float_dir=None, rounds: int = 5, proto: dict = PROTO
             out[f"{p.name}_error"] = p.error
     out.update(ratios(out))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m converters.modelbench",
+                                 description="The integer model against its installed peers "
+                                             "(intsim bench --model's model rows alone).")
+    ap.add_argument("model", help="an integer model file (.intsim)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    a = ap.parse_args(argv)
+    from intsim.bench import model_table
+    from intsim.errors import IntsimError
+    try:
+        r = model_bench(a.model, rounds=max(1, a.rounds))
+    except (IntsimError, OSError) as e:
+        ap.error(str(e))                                  # one line, exit 2
+    print(json.dumps(r) if a.json else "\n".join(model_table(r)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -196,3 +196,11 @@ def test_the_llama_cpp_pin_is_one_version_everywhere():
     assert extra["llamacpp"] == [llamacpp_peer.LLAMA_CPP_PIN]
     made = re.search(r"^LLAMA_CPP_V := (\S+)$", (root / "Makefile").read_text(), re.M)
     assert made and f"llama-cpp-python=={made.group(1)}" == llamacpp_peer.LLAMA_CPP_PIN
+
+
+def test_main_names_a_missing_model_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        modelbench.main([str(tmp_path / "absent.intsim"), "--rounds", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("python -m converters.modelbench: error: ") and "absent.intsim" in err
