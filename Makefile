@@ -142,8 +142,17 @@ $(HEAD_MODEL): $(STAMP) $(SMALL_SRC)
 ## start of `make run` (its model from an empty Numba cache to the first token), and the
 ## throughput of intsim sweep with 1 and 2 workers, and the overflow report's cost per window
 ## (int64 recompute against Python ints, side by side) on both models
+## The model's peers, installed on the first run (CI never runs bench): PyTorch (the torch
+## extra) and llama.cpp through llama-cpp-python (the llamacpp extra), built from its source
+## distribution for this CPU (CPU backend only, OpenMP; 10-20 min on 2 cores, once)
+LLAMA_CPP_V := 0.3.36
+LLAMA_CMAKE := -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_BLAS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 bench: $(MODEL) $(SMALL)
 	$(PY) -m pip install -q 'torch==2.13.0' || echo "(PyTorch not installed: its columns stay empty)"
+	$(PY) -c "import importlib.metadata as m; assert m.version('llama-cpp-python') == '$(LLAMA_CPP_V)'" 2>/dev/null || \
+	  CMAKE_ARGS="$(LLAMA_CMAKE)" CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q \
+	    --no-binary llama-cpp-python -e '.[llamacpp]' || echo "(llama-cpp-python not built: its columns say so)"
 	$(VENV)/bin/intsim bench --model $(MODEL) --sweep --overflow $(SMALL) $(MODEL)
 
 clean:

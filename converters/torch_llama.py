@@ -26,7 +26,7 @@ import numpy as np
 
 from converters.float_model import LlamaConfig, load_hf_weights, rope_cos_sin
 
-__all__ = ["TorchLlama", "TorchLlamaInt8", "bench_torch", "require_torch", "TORCH_PIN"]
+__all__ = ["TorchLlama", "TorchLlamaInt8", "bench_torch", "torch_ops", "require_torch", "TORCH_PIN"]
 
 TORCH_PIN = "torch==2.13.0"
 DTYPES = ("float32", "bfloat16", "float16")
@@ -216,15 +216,50 @@ class TorchLlamaInt8(TorchLlama):
         return self.qlin[i][name](h)
 
 
+def torch_ops(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_tokens: int = 64,
+              prefill_len: int = 256, seed: int = 0, device: str = "cpu", dtype: str = "float32",
+              int8: bool = False) -> tuple[dict, dict]:
+    """The timed operations of :func:`bench_torch` (each returns seconds) and what they ran:
+
+    - ``prefill``: ``prefill(ids)`` of ``prefill_len`` seeded random tokens, timed whole
+      (the logits of every position included);
+    - ``decode``: after an untimed prefill of ``prompt_len`` tokens, ``decode_tokens`` greedy
+      steps (argmax feeds the next step), timed together.
+
+    The ids are ``default_rng(seed)``'s, drawn as ``modelbench`` draws them for every peer.
+    Torch's thread count is the caller's to set."""
+    if int8 and (device != "cpu" or dtype != "float32"):
+        raise ValueError("int8: PyTorch's dynamic quantization runs on the CPU in float32 only")
+    torch = require_torch()
+    m = TorchLlamaInt8.from_hf(model_dir) if int8 else \
+        TorchLlama.from_hf(model_dir, device=device, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    pre_ids = rng.integers(0, m.cfg.vocab_size, prefill_len)
+    prompt = rng.integers(0, m.cfg.vocab_size, prompt_len)
+
+    def run_prefill():
+        t0 = time.perf_counter()
+        m.prefill(pre_ids)
+        return time.perf_counter() - t0
+
+    def run_decode():
+        nxt = int(m.prefill(prompt)[-1].argmax())
+        t0 = time.perf_counter()
+        for _ in range(decode_tokens):
+            nxt = int(m.decode(nxt).argmax())
+        return time.perf_counter() - t0
+
+    info = {"torch_version": torch.__version__, "device": device,
+            "dtype": "int8 dynamic" if int8 else dtype}
+    return {"prefill": run_prefill, "decode": run_decode}, info
+
+
 def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_tokens: int = 64,
                 prefill_len: int = 256, threads: int = 2, repeats: int = 3, seed: int = 0,
                 device: str = "cpu", dtype: str = "float32", int8: bool = False) -> dict:
-    """Eager PyTorch speed on a HF LLaMA folder, best of ``repeats`` after a warm-up.
-
-    - prefill: ``prefill(ids)`` of ``prefill_len`` random tokens, timed whole (logits of every
-      position included); ``prefill_torch_tok_s = prefill_len / best seconds``;
-    - decode: after an untimed prefill of ``prompt_len`` tokens, ``decode_tokens`` greedy steps
-      (argmax feeds the next step), timed together; ``decode_torch_tok_s = decode_tokens / best``.
+    """Eager PyTorch speed on a HF LLaMA folder, best of ``repeats`` after a warm-up, the
+    operations of :func:`torch_ops`: ``prefill_torch_tok_s = prefill_len / best seconds``,
+    ``decode_torch_tok_s = decode_tokens / best``.
 
     ``threads`` sets torch's intra-op threads for the run (restored afterwards).  ``device``
     ("cpu", "cuda") and ``dtype`` (float32, bfloat16, float16) place the weights; every timed
@@ -237,33 +272,16 @@ def bench_torch(model_dir: os.PathLike[str] | str, prompt_len: int = 64, decode_
     old = torch.get_num_threads()
     torch.set_num_threads(int(threads))
     try:
-        m = TorchLlamaInt8.from_hf(model_dir) if int8 else \
-            TorchLlama.from_hf(model_dir, device=device, dtype=dtype)
-        rng = np.random.default_rng(seed)
-        pre_ids = rng.integers(0, m.cfg.vocab_size, prefill_len)
-        prompt = rng.integers(0, m.cfg.vocab_size, prompt_len)
-
-        def run_prefill():
-            t0 = time.perf_counter()
-            m.prefill(pre_ids)
-            return time.perf_counter() - t0
-
-        def run_decode():
-            nxt = int(m.prefill(prompt)[-1].argmax())
-            t0 = time.perf_counter()
-            for _ in range(decode_tokens):
-                nxt = int(m.decode(nxt).argmax())
-            return time.perf_counter() - t0
-
-        run_prefill()
-        run_decode()                # warm-up: allocator, thread pool, cache buffers
-        best_p = min(run_prefill() for _ in range(repeats))
-        best_d = min(run_decode() for _ in range(repeats))
+        ops, info = torch_ops(model_dir, prompt_len, decode_tokens, prefill_len, seed, device,
+                              dtype, int8)
+        ops["prefill"]()
+        ops["decode"]()             # warm-up: allocator, thread pool, cache buffers
+        best_p = min(ops["prefill"]() for _ in range(repeats))
+        best_d = min(ops["decode"]() for _ in range(repeats))
     finally:
         torch.set_num_threads(old)
     return {"prefill_torch_tok_s": prefill_len / best_p, "decode_torch_tok_s": decode_tokens / best_d,
-            "torch_version": torch.__version__, "threads": int(threads), "device": device,
-            "dtype": "int8 dynamic" if int8 else dtype}
+            "threads": int(threads), **info}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -250,6 +250,39 @@ def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
             "golden_overhead_vs_op_by_op": t_exp / t_ops}
 
 
+#: the operations of the model table's columns (converters.modelbench.OPS) and their heads
+MODEL_OPS = (("decode", "decode"), ("prefill", "prefill, all logits"),
+             ("prefill_last", "prefill, last logits"))
+
+
+def model_table(r: dict) -> list:
+    """The whole-model rows of ``intsim bench --model`` (converters.modelbench): per peer,
+    tok/s of its fastest round / its median one and intsim's ratio to it (fastest), its
+    peak memory; a peer that is not installed or failed says so."""
+    p = r.get("model_protocol", {})
+    lines = [f"  tok/s, fastest / median of {r.get('model_rounds', '?')} interleaved rounds, "
+             f"{p.get('threads', '?')} threads, each peer in its own process; (ratio) = intsim / peer",
+             f"    decode: {p.get('decode_tokens', '?')} greedy steps after a {p.get('prompt_len', '?')}"
+             f"-token prompt; prefill: {p.get('prefill_len', '?')} tokens in one call",
+             f"  {'':<26} " + " ".join(f"{h:>25}" for _, h in MODEL_OPS) + f" {'peak RSS':>9}"]
+    for name, label, ops in r.get("model_peers", []):
+        cells = []
+        for op, _ in MODEL_OPS:
+            t, tm = r.get(f"{op}_{name}_tok_s"), r.get(f"{op}_{name}_tok_s_median")
+            q = r.get(f"{op}_ratio" if name == "torch" else f"{op}_ratio_{name}")
+            cells.append("-" if op not in ops else "n/a" if not t else
+                         f"{t:.1f} / {tm:.1f}" + (f" ({q:.2f}x)" if q else ""))
+        rss = r.get(f"{name}_peak_rss_mib")
+        lines.append(f"  {label:<26} " + " ".join(f"{c:>25}" for c in cells) +
+                     f" {f'{rss:.0f} MiB' if rss else 'n/a':>9}")
+        if r.get(f"{name}_error"):
+            lines.append(f"    {label} failed: {r[f'{name}_error']}")
+    for key, who in (("torch_note", "PyTorch"), ("llamacpp_note", "llama.cpp")):
+        if r.get(key):
+            lines.append(f"  {who}: {r[key]}")
+    return lines
+
+
 def format_table(r: dict) -> str:
     lines = [f"intsim bench ({'quick' if r['quick'] else 'full'}; best of >= {r['repeats']} runs "
              f"and >= {r['min_time_s']:g} s per timing; {r['dtype']})",
@@ -269,14 +302,7 @@ def format_table(r: dict) -> str:
     if "model" in r:
         lines.append(f"  model {r['model']} ({r['int_file_mib']:.0f} MiB; float checkpoint "
                      f"{r.get('float_file_mib', 0):.0f} MiB)")
-        for name in ("decode", "prefill"):
-            i, t, q = r.get(f"{name}_int_tok_s"), r.get(f"{name}_torch_tok_s"), r.get(f"{name}_ratio")
-            t8, q8 = r.get(f"{name}_torch_int8_tok_s"), r.get(f"{name}_ratio_torch_int8")
-            lines.append(f"  {name:<8} int {i or 0:8.1f} tok/s   torch fp32 {t or 0:8.1f} tok/s   "
-                         f"ratio {q or 0:5.2f}x   torch int8 dynamic {t8 or 0:8.1f} tok/s   "
-                         f"ratio {q8 or 0:5.2f}x")
-        lines.append(f"  peak RSS: int {r.get('int_peak_rss_mib', 0):.0f} MiB, torch "
-                     f"{r.get('torch_peak_rss_mib', 0):.0f} MiB  {r.get('torch_note', '')}")
+        lines += model_table(r)
         lines.append("  integer forward: " + ("fused path" if r.get("fused_declined") is None else
                                               f"op by op (fused path declined: {r['fused_declined']})"))
     if "gpu" in r:

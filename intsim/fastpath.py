@@ -461,8 +461,10 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q, W, Wk, PW,
-                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full):
-    """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations).
+                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full, last_only):
+    """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations);
+    ``last_only``: the LM head of the last row alone (logits [1, V], m [1], k [1]; every
+    layer still runs on all T rows, which fill the cache).
 
     ``W``: the row-layout weight lists (codes, qsum, m, b) and group sizes, index
     ``7 * layer + j`` (j = q, k, v, o, gate, up, down; the head last), ``Wk`` their
@@ -496,15 +498,18 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     for li in range(len(cache)):
         sat += _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W,
                       Wk, PW, alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
-    # the LM head accumulators of the final normed stream
+    # the LM head accumulators of the final normed stream (of its last row alone when
+    # last_only: the same row through the same weights, so the same integers)
     wh = 7 * len(cache)
-    logits = np.empty((T, W[0][wh].shape[0]), dtype=np.int64)
+    h0 = T - 1 if last_only else 0
+    xh, zh = (xq[h0:].copy(), zx[h0:].copy()) if last_only else (xq, zx)
+    logits = np.empty((T - h0, W[0][wh].shape[0]), dtype=np.int64)
     nul = np.empty((0, 0), dtype=np.int64)
-    _matmuls(full, cfg, xq, zx, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
-    kout = np.empty(T, dtype=np.int64)
-    for t in range(T):
-        kout[t] = kx[t] + Wk[wh]
-    return logits, mx.copy(), kout, sat
+    _matmuls(full, cfg, xh, zh, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
+    kout = np.empty(T - h0, dtype=np.int64)
+    for t in range(T - h0):
+        kout[t] = kx[h0 + t] + Wk[wh]
+    return logits, mx[h0:].copy(), kout, sat
 
 
 # ------------------------------------------------------------------ Python side
@@ -618,11 +623,12 @@ def choose_path(T: int, gemv_parallel: bool) -> str:
 
 
 def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache,
-                 path: str | None = None):
+                 path: str | None = None, last_only: bool = False):
     """The fused forward (arguments already validated by the runner): returns ``(logits,
     Dyadic)`` and advances the cache, or a string saying why the graph must run instead.
     ``path``: "rows" or "full" (the compiled variant, :func:`choose_path`; the same
-    integers), None to choose by :func:`choose_path`."""
+    integers), None to choose by :func:`choose_path`.  ``last_only``: the LM head of the
+    last row alone (logits [1, V]; the same integers as that row of the full call)."""
     fm = prepare(model)
     if isinstance(fm, str):
         return fm
@@ -644,7 +650,7 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
-        _cache_tuples(cache, d), True if path == "full" else None)
+        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only))
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo
         return "a scale saturated under overflow='raise' (the graph raises, naming the op)"

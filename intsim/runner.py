@@ -41,24 +41,35 @@ def last_decline() -> str | None:
 
 
 def forward(model: IntModel, ids: np.ndarray, cache: KVCache | None = None,
-            backend: str = "numba", tap=None, segments: np.ndarray | None = None
-            ) -> tuple[np.ndarray, Dyadic]:
-    """``intsim.llama.forward``'s integers (arguments and result alike), fused when it can."""
+            backend: str = "numba", tap=None, segments: np.ndarray | None = None,
+            last_only: bool = False) -> tuple[np.ndarray, Dyadic]:
+    """``intsim.llama.forward``'s integers (arguments and result alike), fused when it can.
+
+    ``last_only``: the logits of the last position alone (``[1, V]`` and its Dyadic), the
+    same integers as the last row of the full call; the fused CPU path then runs the LM
+    head on that row only (every other path computes all rows and keeps the last)."""
     if backend in ("cuda", "numba") and tap is None:
         ids, cache, pos, visible = llama.check_call(model, ids, cache, segments)
         if backend == "cuda":
             from . import cudapath                   # imports numba.cuda only when asked for
-            fused = cudapath.forward_cuda
+            fused, kw = cudapath.forward_cuda, {}
         else:
-            fused = fastpath.forward_fast
+            fused, kw = fastpath.forward_fast, {"last_only": last_only}
         with trusted():       # inputs checked above; intermediates' ranges are proved (SPEC)
-            out = fused(model, ids, pos, visible, cache)
+            out = fused(model, ids, pos, visible, cache, **kw)
         _last["decline"] = out if isinstance(out, str) else None
         if not isinstance(out, str):
-            return out
+            return _last_row(out) if last_only else out
         log.debug("fused path (%s) declined, running the graph op by op on the CPU: %s", backend, out)
         backend = "numba"
-    return llama.forward(model, ids, cache, backend, tap, segments)
+    out = llama.forward(model, ids, cache, backend, tap, segments)
+    return _last_row(out) if last_only else out
+
+
+def _last_row(out: tuple[np.ndarray, Dyadic]) -> tuple[np.ndarray, Dyadic]:
+    """The last row of ``(logits, Dyadic)`` (already so when the fused path made it)."""
+    logits, d = out
+    return logits[-1:], Dyadic(d.m[-1:], d.k[-1:])
 
 
 def forward_batch(model: IntModel, prompts: list, backend: str = "numba") -> list:

@@ -211,9 +211,13 @@ def main(argv=None) -> int:
     p.add_argument("--min-time", type=float, default=None,
                    help="seconds of runs per measurement (default 1, quick 0)")
     p.add_argument("--model", default=None, metavar="MODEL",
-                   help="also time this integer model file against PyTorch fp32 on its float "
-                        "checkpoint (decode, prefill, file size, peak memory), and the cold "
-                        "start of 'intsim run' (--cold-start)")
+                   help="also time this integer model file against its peers, those installed: "
+                        "PyTorch fp32 and int8 dynamic on its float checkpoint, llama.cpp on its "
+                        "GGUF (decode, prefill, file size, peak memory), and the cold start of "
+                        "'intsim run' (--cold-start)")
+    p.add_argument("--model-rounds", type=int, default=5, metavar="N",
+                   help="interleaved rounds of the --model peers' timings; min and median are "
+                        "reported (default 5)")
     p.add_argument("--cold-start", action="store_true",
                    help=f"time 'intsim run' on {SMALL.as_posix()} from an empty Numba cache to "
                         "its first token, and again warm (about a minute on 2 cores)")
@@ -232,8 +236,8 @@ def main(argv=None) -> int:
         read_header(m)           # a missing or unreadable file is named now, not after the timing
     r = collect(quick=a.quick, repeats=max(1, a.repeats), min_time=a.min_time)
     if a.model:
-        from converters.modelbench import model_bench   # the float side: PyTorch baseline
-        r.update(model_bench(a.model))
+        from converters.modelbench import model_bench   # the float side: the peers
+        r.update(model_bench(a.model, rounds=max(1, a.model_rounds)))
         r.update(fused_status_row(a.model))
         r.update(golden_bench(a.model))
         r.update(gpu_bench(a.model))      # only where a GPU is present

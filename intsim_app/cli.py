@@ -23,7 +23,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from .bench import main as bench_main
     argv = ((["--json"] if args.json else []) + (["--quick"] if args.quick else [])
-            + (["--model", args.model] if args.model else [])
+            + (["--model", args.model, "--model-rounds", str(args.model_rounds)] if args.model else [])
             + (["--cold-start"] if args.cold_start else [])
             + (["--sweep"] if args.sweep else [])
             + (["--overflow", *args.overflow] if args.overflow is not None else [])
@@ -89,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.add_argument("--quick", action="store_true", help="small shapes (a smoke run)")
     b.add_argument("--model", metavar="MODEL", help="also time this integer model file against "
-                   "PyTorch fp32 on its float checkpoint (decode, prefill, size, peak memory), "
+                   "its peers, those installed: PyTorch fp32 and int8 dynamic on its float "
+                   "checkpoint, llama.cpp on its GGUF (decode, prefill, size, peak memory), "
                    "and the cold start")
+    b.add_argument("--model-rounds", type=int, default=5, metavar="N",
+                   help="interleaved rounds of the --model peers' timings; min and median are "
+                        "reported (default 5)")
     b.add_argument("--cold-start", action="store_true", help="time 'intsim run' on the small "
                    "model from an empty Numba cache to its first token, and again warm (about a "
                    "minute on 2 cores; included with --model)")

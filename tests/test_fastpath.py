@@ -80,6 +80,42 @@ def test_forward_fast_equals_reference(model, threads, path):
     assert cache.length == IDS.size
 
 
+@pytest.mark.parametrize("path", ["rows", "full"])
+def test_last_only_head_is_the_last_row_bit_for_bit(model, path):
+    """``last_only`` runs the LM head on the last row alone: its logits and Dyadic are that
+    row of the all-positions call exactly, the cache is the same, and so is the next step."""
+    ids = np.concatenate([IDS, IDS[::-1], IDS[:3]])          # 27 rows: > ROW_PATH_MAX_T
+    full_cache, last_cache = KVCache.empty(model, ids.size + 1), KVCache.empty(model, ids.size + 1)
+    pos, vis = _positions(0, ids.size, None)
+    with trusted():
+        full = forward_fast(model, ids, pos, vis, full_cache, path=path)
+        last = forward_fast(model, ids, pos, vis, last_cache, path=path, last_only=True)
+    assert not isinstance(last, str), last
+    assert last[0].shape == (1, full[0].shape[1]) and last[1].m.shape == (1,)
+    assert np.array_equal(last[0], full[0][-1:])
+    assert np.array_equal(last[1].m, full[1].m[-1:]) and np.array_equal(last[1].k, full[1].k[-1:])
+    assert last_cache.length == full_cache.length == ids.size
+    for f in CACHE_FIELDS:
+        assert all(np.array_equal(a, b) for a, b in zip(getattr(full_cache, f), getattr(last_cache, f))), f
+    pos, vis = _positions(ids.size, 1, None)
+    with trusted():
+        step_full = forward_fast(model, IDS[:1], pos, vis, full_cache, path=path)
+        step_last = forward_fast(model, IDS[:1], pos, vis, last_cache, path=path, last_only=True)
+    assert same(step_full, step_last)
+
+
+def test_runner_last_only_on_every_path():
+    """runner.forward(last_only=True) is the last row of the full call on the fused path,
+    the op-by-op graph (a tap) and the reference backend alike."""
+    m = make_model(13)
+    full = runner.forward(m, IDS)
+    assert full[0].shape[0] == IDS.size
+    for kw in ({}, {"tap": lambda name, t: None}, {"backend": "reference"}):
+        got = runner.forward(m, IDS, last_only=True, **kw)
+        assert got[0].shape == (1, full[0].shape[1]), kw
+        assert same(got, (full[0][-1:], type(full[1])(full[1].m[-1:], full[1].k[-1:]))), kw
+
+
 def test_choose_path(monkeypatch):
     """Short calls take the row path (the cold start compiles only it), long ones and the
     parallel GEMV the full variant, and once a process has run the full variant it keeps it."""

@@ -364,13 +364,21 @@ def test_bench_table_prints_the_gpu_rows():
         r.update({f"{name}_shape": {"M": 1, "K": 2, "N": 3}, f"{name}_int_gops": 1.0,
                   f"{name}_f32_gops": 1.0, f"{name}_ratio": 1.0, f"{name}_int_dot_gops": 1.0,
                   f"{name}_di_matmul_gops": 1.0, f"{name}_exact": True})
+    from converters.modelbench import PEERS
     r.update({"model": "m.intsim", "int_file_mib": 1.0, "decode_int_tok_s": 150.0,
-              "decode_torch_tok_s": 100.0, "decode_ratio": 1.5, "decode_torch_int8_tok_s": 50.0,
-              "decode_ratio_torch_int8": 3.0, "prefill_int_tok_s": 600.0})
-    text = format_table(r)
-    assert ("decode   int    150.0 tok/s   torch fp32    100.0 tok/s   ratio  1.50x   torch int8 "
-            "dynamic     50.0 tok/s   ratio  3.00x") in text
-    assert "prefill  int    600.0 tok/s   torch fp32      0.0 tok/s" in text
+              "decode_int_tok_s_median": 140.0, "decode_torch_tok_s": 100.0,
+              "decode_torch_tok_s_median": 90.0, "decode_ratio": 1.5, "decode_torch_int8_tok_s": 50.0,
+              "decode_torch_int8_tok_s_median": 40.0, "decode_ratio_torch_int8": 3.0,
+              "prefill_int_tok_s": 600.0, "prefill_int_tok_s_median": 500.0, "torch_peak_rss_mib": 1234,
+              "model_peers": [[n, label, list(ops)] for n, (label, ops) in PEERS.items()]})
+    lines = format_table(r).splitlines()
+    row = next(line for line in lines if line.strip().startswith("PyTorch fp32 eager"))
+    assert row.split()[3:] == ["100.0", "/", "90.0", "(1.50x)", "n/a", "-", "1234", "MiB"]
+    row = next(line for line in lines if line.strip().startswith("PyTorch int8 dynamic"))
+    assert row.split()[3:] == ["50.0", "/", "40.0", "(3.00x)", "n/a", "-", "n/a"]
+    row = next(line for line in lines if line.strip().startswith("intsim (integer"))
+    assert row.split()[3:] == ["150.0", "/", "140.0", "600.0", "/", "500.0", "n/a", "n/a"]
+    text = "\n".join(lines)
     assert ("GPU NVIDIA H100: prefill 1234 tok/s (CPU 99), decode 45.5 tok/s (CPU 7.2), golden "
             "export of 32 tokens 321 MB/s (CPU 12)") in text
     assert "PyTorch bfloat16 on the same GPU: prefill 50000 tok/s, decode 300.5 tok/s" in text
