@@ -203,9 +203,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds of this process, all threads (user + system): a machine shared with
+    other jobs stretches the wall time of a run far more than the CPU time it uses."""
+    t = os.times()
+    return t.user + t.system
+
+
 def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
     """Time ``intsim golden`` on a ``tokens``-token prompt of seeded random ids: seconds,
-    bytes written (npy + hex, stages on), MB/s, and the capture overhead against a plain
+    bytes written (npy + hex, stages on), MB/s of wall time and of the process's CPU time,
+    and the capture overhead against a plain
     forward of the same prompt (the fused fast path) and against the op-by-op path alone
     (a tap that keeps nothing).  Each after a warm-up run (JIT compile); the dump goes to
     a temporary directory that is removed afterwards."""
@@ -236,16 +244,18 @@ def golden_bench(model_path: str, tokens: int = 256, seed: int = 0) -> dict:
         t0 = time.perf_counter()
         forward(model, ids, tap=_Null())
         t_ops = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_seconds(), time.perf_counter()
         man = export_golden(model, ids, tmp.joinpath("dump"), model_sha256=model_hash(model_path))
-        t_exp = time.perf_counter() - t0
+        t_exp, c_exp = time.perf_counter() - t0, _cpu_seconds() - c0
         nbytes = man["_bytes_written"]
         files = sum(1 for _ in tmp.joinpath("dump").iterdir())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"golden_tokens": int(T), "golden_seconds": t_exp, "golden_mb": nbytes / 1e6,
             "golden_files": files, "golden_ops": len(man["ops"]),
-            "golden_mb_per_s": nbytes / 1e6 / t_exp, "golden_plain_forward_s": t_plain,
+            "golden_mb_per_s": nbytes / 1e6 / t_exp, "golden_cpu_s": c_exp,
+            "golden_mb_per_cpu_s": nbytes / 1e6 / c_exp if c_exp > 0 else None,
+            "golden_plain_forward_s": t_plain,
             "golden_op_by_op_forward_s": t_ops, "golden_overhead_ratio": t_exp / t_plain,
             "golden_overhead_vs_op_by_op": t_exp / t_ops}
 
@@ -318,7 +328,8 @@ def format_table(r: dict) -> str:
     if "golden_seconds" in r:
         lines.append(f"  golden export, {r['golden_tokens']}-token prompt: {r['golden_seconds']:.1f} s, "
                      f"{r['golden_mb']:.0f} MB in {r['golden_files']} files ({r['golden_ops']} ops), "
-                     f"{r['golden_mb_per_s']:.0f} MB/s; {r['golden_overhead_ratio']:.1f}x a plain forward "
+                     f"{r['golden_mb_per_s']:.0f} MB/s ({r['golden_cpu_s']:.1f} CPU s, "
+                     f"{r['golden_mb_per_cpu_s']:.0f} MB per CPU s); {r['golden_overhead_ratio']:.1f}x a plain forward "
                      f"({r['golden_plain_forward_s']:.2f} s), {r['golden_overhead_vs_op_by_op']:.1f}x the "
                      f"op-by-op path ({r['golden_op_by_op_forward_s']:.2f} s)")
     if "cold_start_s" in r:

@@ -385,6 +385,22 @@ def test_bench_table_prints_the_gpu_rows():
     assert "PyTorch float32" not in text
 
 
+def test_bench_table_prints_the_golden_row_with_its_cpu_time():
+    from intsim.bench import format_table
+    r = {"quick": True, "repeats": 1, "min_time_s": 0, "dtype": "int8", "machine": {
+        "cpu": "c", "cores": 1, "numba_threads": 1, "blas": "b", "numpy": "n", "numba": "n"},
+        "golden_tokens": 256, "golden_seconds": 20.0, "golden_mb": 5000.0, "golden_files": 10763,
+        "golden_ops": 1204, "golden_mb_per_s": 250.0, "golden_cpu_s": 16.0, "golden_mb_per_cpu_s": 312.5,
+        "golden_plain_forward_s": 0.5, "golden_op_by_op_forward_s": 2.0, "golden_overhead_ratio": 40.0,
+        "golden_overhead_vs_op_by_op": 10.0}
+    for name in ("gemm", "gemv"):
+        r.update({f"{name}_shape": {"M": 1, "K": 2, "N": 3}, f"{name}_int_gops": 1.0,
+                  f"{name}_f32_gops": 1.0, f"{name}_ratio": 1.0, f"{name}_int_dot_gops": 1.0,
+                  f"{name}_di_matmul_gops": 1.0, f"{name}_exact": True})
+    assert ("golden export, 256-token prompt: 20.0 s, 5000 MB in 10763 files (1204 ops), 250 MB/s "
+            "(16.0 CPU s, 312 MB per CPU s); 40.0x a plain forward") in format_table(r)
+
+
 @needs_torch
 def test_torch_int8_peer_follows_fp32_and_reports_rates(tmp_path):
     """PyTorch's int8 dynamic quantization (the bench's int8 peer) quantizes every decoder

@@ -36,12 +36,12 @@ def word_bits(bits: int) -> int:
     raise IntsimError(f"bits: {bits} > 64 has no hex word")
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _hex_nb(u, nd, out):
     """Element i of the unsigned words ``u`` as ``nd`` lowercase hex digits and a newline
     at ``out[i * (nd + 1):]``, most significant digit first.  Serial: the writer threads
     overlap it with hashing and file writes, and a parallel region's start-up costs more
-    than most tensors take."""
+    than most tensors take; ``nogil``: the writer threads run it beside the forward."""
     w = nd + 1
     for i in range(u.size):
         v = np.uint64(u[i])
@@ -62,6 +62,11 @@ def hex_buffer(a: np.ndarray) -> np.ndarray:
     if u.size:
         _hex_nb(u, 2 * n, out)
     return out
+
+
+def hex_size(a: np.ndarray) -> int:
+    """Bytes of :func:`hex_buffer` of ``a``."""
+    return a.size * (2 * a.dtype.itemsize + 1)
 
 
 def hex_lines(a: np.ndarray) -> bytes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import inspect
 import re
+import zlib
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,7 +17,7 @@ from ..matmul import QWeight
 from ..options import Spec
 from ..qtensor import Dyadic, QTensor
 from .formats import (FORMAT, FORMAT_VERSION, FORMATS, GENERATOR, INDEX_DIGITS, MANIFEST, hex_buffer,
-                      manifest_text, npy_header, pack32_lines, sha256_of, txt_lines)
+                      hex_size, manifest_text, npy_header, pack32_lines, sha256_of, txt_lines)
 from .ops import KINDS, model_params, model_tensors_sha256, rounding_of
 from .stages import STAGES, stage_call
 from .values import CALL_DTYPE_DEFAULT, QWEIGHT_ARRAYS, components, jsonable, split_result
@@ -23,7 +25,12 @@ from .values import CALL_DTYPE_DEFAULT, QWEIGHT_ARRAYS, components, jsonable, sp
 
 class _Writer:
     """Writes components and remembers what it wrote, so that an input equal to a tensor
-    already written points to those files (``same_as``) instead of writing them again."""
+    already written points to those files (``same_as``) instead of writing them again.
+
+    The producer (the forward's thread) only frames each file; the writer threads make
+    the hex text, hash and write it.  Content is recognised by a cheap pre-key (dtype,
+    shape, CRC-32 of the .npy bytes) and confirmed by sha256 equality, so a CRC collision
+    writes a new file instead of pointing at another tensor's."""
 
     #: bytes queued for the writer threads before the producer waits for them
     QUEUE_LIMIT = 1 << 29
@@ -33,33 +40,36 @@ class _Writer:
         self.dir = out_dir
         self.formats = formats
         self.hex_pack = hex_pack
-        self.tensors = {}        # content key of a whole tensor -> (name, [component entries])
-        self.comps = {}          # content key of one component -> (tensor name, entry)
+        self.tensors = {}        # pre-key of a whole tensor -> [(name, [component entries], [_Comp])]
+        self.comps = {}          # pre-key of one component -> [(tensor name, entry, _Comp)]
         self.bytes_written = 0
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="golden-write")
-        self.pending = []        # (file entry, future of its sha256 or None, bytes)
+        self.pending = []        # (file entry, future of its sha256)
         self.queued = 0
 
-    def _write(self, name: str, parts, sha: str | None) -> str:
+    def _write(self, name: str, parts) -> str:
+        if callable(parts):
+            parts = parts()
         try:
             with open(self.dir.joinpath(name), "wb") as f:
                 for p in parts:
                     f.write(p)
         except OSError as e:
             raise IntsimError(f"{self.dir.joinpath(name)}: cannot write: {e.strerror or e}") from e
-        return sha if sha is not None else sha256_of(*parts)
+        return sha256_of(*parts)
 
-    def _put(self, name: str, *parts, sha: str | None = None) -> dict:
-        """Queue a file for writing (and hashing, unless ``sha`` is known); returns its
-        manifest entry, whose sha256 is filled in by :meth:`finish`."""
-        n = sum(len(p) for p in parts)
+    def _put(self, name: str, parts, nbytes: int) -> tuple:
+        """Queue a file of ``nbytes`` bytes for writing and hashing (``parts``: buffers,
+        or a function that makes them in the writer thread); returns its manifest entry,
+        whose sha256 is filled in by :meth:`finish`, and the future of that sha256."""
         entry = {"path": name, "sha256": None}
-        self.pending.append((entry, self.pool.submit(self._write, name, parts, sha)))
-        self.bytes_written += n
-        self.queued += n
+        fut = self.pool.submit(self._write, name, parts)
+        self.pending.append((entry, fut))
+        self.bytes_written += nbytes
+        self.queued += nbytes
         if self.queued > self.QUEUE_LIMIT:
             self._drain()
-        return entry
+        return entry, fut
 
     def _drain(self) -> None:
         for entry, fut in self.pending:
@@ -72,43 +82,96 @@ class _Writer:
         finally:
             self.pool.shutdown(wait=True)
 
+    @staticmethod
+    def _find(table: dict, pre, comps: list):
+        """The owner of the content of ``comps`` under pre-key ``pre``: the last output
+        registered with that content, else the input that first wrote it (None if new)."""
+        cands = table.get(pre)
+        if not cands:
+            return None
+        want = [c.sha() for c in comps]
+        first_input = None
+        for cand in reversed(cands):
+            if [_sha_of(x) for x in cand[2]] == want:
+                if cand[3]:
+                    return cand
+                first_input = cand
+        return first_input
+
     def tensor(self, name: str, typ: str, comps: list, is_output: bool) -> list:
         """Manifest entries of the components ``[(comp, arr, bits, signed)]`` of tensor
         ``name``; outputs are always written, inputs only when their content is new."""
-        raw = []
-        for comp, arr, bits, signed in comps:
-            hdr = npy_header(arr)
-            body = memoryview(arr).cast("B") if arr.size else b""
-            raw.append((comp, arr, bits, signed, hdr, body, sha256_of(hdr, body)))
-        tkey = typ + ":" + ",".join(r[-1] for r in raw)
-        if not is_output and tkey in self.tensors:
-            owner, entries = self.tensors[tkey]
-            return [{**e, "same_as": owner} for e in entries]
-        entries = []
-        for comp, arr, bits, signed, hdr, body, key in raw:
-            entry = {"shape": list(arr.shape), "dtype": arr.dtype.name, "bits": bits, "signed": signed,
+        raw = [_Comp(comp, arr, bits, signed) for comp, arr, bits, signed in comps]
+        tpre = (typ,) + tuple(c.pre for c in raw)
+        if not is_output:
+            hit = self._find(self.tensors, tpre, raw)
+            if hit is not None:
+                return [{**e, "same_as": hit[0]} for e in hit[1]]
+        entries, shas = [], []
+        for c in raw:
+            arr = c.arr
+            entry = {"shape": list(arr.shape), "dtype": arr.dtype.name, "bits": c.bits, "signed": c.signed,
                      "word_bits": arr.dtype.itemsize * 8}
-            if not is_output and key in self.comps:
-                owner, prev = self.comps[key]
-                entries.append({**entry, "files": prev["files"], "same_as": owner})
-                continue
-            stem = name + (f".{comp}" if comp else "")
-            files = {"npy": self._put(f"{stem}.npy", hdr, body, sha=key)}      # key = its sha256
+            if not is_output:
+                hit = self._find(self.comps, c.pre, [c])
+                if hit is not None:
+                    entries.append({**entry, "files": hit[1]["files"], "same_as": hit[0]})
+                    shas.append(c.sha())
+                    continue
+            stem = name + (f".{c.comp}" if c.comp else "")
+            files = {}
+            files["npy"], fut = self._put(f"{stem}.npy", (c.hdr, c.body), len(c.hdr) + len(c.body))
+            c.written(fut)
             if "hex" in self.formats:
-                files["hex"] = self._put(f"{stem}.hex", hex_buffer(arr))
+                files["hex"], _ = self._put(f"{stem}.hex", _hex_parts(arr), hex_size(arr))
             if "txt" in self.formats:
-                files["txt"] = self._put(f"{stem}.txt", txt_lines(arr))
-            if self.hex_pack and bits <= 4:
-                text, lane, words = pack32_lines(arr, bits)
-                files["pack32"] = self._put(f"{stem}.pack32.hex", text)
+                text = txt_lines(arr)
+                files["txt"], _ = self._put(f"{stem}.txt", (text,), len(text))
+            if self.hex_pack and c.bits <= 4:
+                text, lane, words = pack32_lines(arr, c.bits)
+                files["pack32"], _ = self._put(f"{stem}.pack32.hex", (text,), len(text))
                 files["pack32"].update(lane_bits=lane, words=words)
             entry["files"] = files
             entries.append(entry)
-            if is_output or key not in self.comps:
-                self.comps[key] = (name, entry)
-        if is_output or tkey not in self.tensors:
-            self.tensors[tkey] = (name, entries)
+            shas.append(c.sha_handle())
+            self.comps.setdefault(c.pre, []).append((name, entry, [c.sha_handle()], is_output))
+        self.tensors.setdefault(tpre, []).append((name, entries, shas, is_output))
         return entries
+
+
+def _sha_of(x) -> str:
+    """A sha256 string, or the future of one."""
+    return x if isinstance(x, str) else x.result()
+
+
+class _Comp:
+    """One component's .npy framing, its pre-key (dtype, shape, CRC-32 of the .npy bytes)
+    and, on demand, its sha256: the written file's, or computed here for a lookup.  The
+    tables keep only the sha (or its future), never the array."""
+    __slots__ = ("comp", "arr", "bits", "signed", "hdr", "body", "pre", "_sha")
+
+    def __init__(self, comp, arr, bits, signed):
+        self.comp, self.arr, self.bits, self.signed = comp, arr, bits, signed
+        self.hdr = npy_header(arr)
+        self.body = memoryview(arr).cast("B") if arr.size else b""
+        self.pre = (arr.dtype.str, arr.shape, zlib.crc32(self.body, zlib.crc32(self.hdr)))
+        self._sha = None
+
+    def written(self, fut) -> None:
+        if self._sha is None:
+            self._sha = fut
+
+    def sha_handle(self):
+        return self._sha if self._sha is not None else self.sha()
+
+    def sha(self) -> str:
+        if self._sha is None:
+            self._sha = sha256_of(self.hdr, self.body)
+        return _sha_of(self._sha)
+
+
+def _hex_parts(arr: np.ndarray):
+    return lambda: (hex_buffer(arr),)
 
 
 @dataclass(frozen=True)
@@ -289,6 +352,21 @@ def _prepare_dir(out: Path, force: bool) -> None:
         p.unlink()
 
 
+@contextmanager
+def _one_core_for_the_writers():
+    """The op-by-op forward of an export runs on one Numba thread fewer than the process
+    has (at least one): the writer threads (hex text, sha256, file writes) take the
+    remaining core.  On the 2-core machine, two Numba threads beside two busy writers
+    spent more CPU waiting than computing (docs/RESULTS.md, golden export)."""
+    import numba
+    n = numba.get_num_threads()
+    numba.set_num_threads(max(1, n - 1))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(n)
+
+
 def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, prompt_text=None,
                   layers=None, formats=("npy", "hex"), hex_pack: bool = False, stages: bool = True,
                   backend: str = "numba", force: bool = False, model_path: str | None = None) -> dict:
@@ -317,7 +395,8 @@ def export_golden(model, ids, out_dir, *, model_sha256: str | None = None, promp
     _prepare_dir(out, force)
     rec = Recorder(model, out, formats, hex_pack, stages, layers)
     try:
-        logits, ls = forward(model, ids.astype(np.int64), None, backend, tap=rec)
+        with _one_core_for_the_writers():
+            logits, ls = forward(model, ids.astype(np.int64), None, backend, tap=rec)
     finally:
         rec.writer.finish()
     manifest = {
