@@ -470,8 +470,8 @@ def requant_groups(v: np.ndarray, scale_in: Dyadic, bits: int, a_group: int,
     ``zg = rnd(-lo m_in 2^(e + e_a) / m_x)``, codes ``clamp(rnd(v' m_in 2^(e + e_a) / m_x)
     + zg, 0, Q)``; tie rule ``spec.rounding``.  Rows whose codes do not follow the fitted
     scale (zero, saturated, refitted past int64) keep requant_rows' codes, zg = its zero
-    point, e = 0.  Returns ``(q uint8 [T, K], zg int64 [T, na], eg int64 [T, na],
-    Dyadic(m_x, k_x), nsat)``.
+    point, e = 0.  Returns ``(q uint8 [T, K], Dyadic(m_x, k_x), zg int64 [T, na],
+    eg int64 [T, na], nsat)``.
     """
     check_int_array(name, v, ndim=2)
     bits = check_int("a_bits", bits, 2, 8)
@@ -502,7 +502,7 @@ def requant_groups(v: np.ndarray, scale_in: Dyadic, bits: int, a_group: int,
                                        spec.m_bits, k_lo, k_hi, rounding_code(spec.rounding),
                                        q, zg, eg)
     check_saturation(name, int(nsat), spec)
-    return q.astype(np.uint8), zg, eg, Dyadic(m, k), int(nsat)
+    return q.astype(np.uint8), Dyadic(m, k), zg, eg, int(nsat)
 
 
 def _fold_qsum(w: QWeight, Gf: int) -> np.ndarray:
@@ -543,7 +543,7 @@ def _di_matmul_acc_groups(x: QTensor, w: QWeight, a_bits: int, K: int, a_group, 
     lead = x.q.shape[:-1]
     v = x.centered().reshape(-1, K)
     m_x, k_x = (np.broadcast_to(a, lead).reshape(-1) for a in (x.scale.m, x.scale.k))
-    xq, zg, eg, sc, nsat = requant_groups(v, Dyadic(m_x, k_x), a_bits, a_group, spec, backend)
+    xq, sc, zg, eg, nsat = requant_groups(v, Dyadic(m_x, k_x), a_bits, a_group, spec, backend)
     Ga = min(a_group, K)
     N = w.q.shape[0]
     if backend == "reference":
