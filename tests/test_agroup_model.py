@@ -117,3 +117,29 @@ def test_header_round_trip(small, tmp_path):
     m = load_model(small["g32"])
     again = load_model(save_model(m, tmp_path / "again.intsim", b'{"x": 1}'))
     assert again.widths == m.widths
+
+
+def test_overflow_report_of_a_grouped_model():
+    """The overflow report recomputes every grouped DI-MatMul (docs/SPEC.md 4.8): every
+    recompute reproduces the run, P's bound is 2^E times step 3's, the int64 and the
+    Python-int recomputes give the same report."""
+    from intsim import overflow as ov
+    from intsim.matmul import A_GROUP_EMAX, p_bound
+    m = make_model(7, w_bits=4, a_bits=4, a_group=16, group_size=32)
+    ids = IDS % m.config.vocab_size
+    fast = ov.overflow_report(m, ids, "saturate", backend="reference")
+    exact = ov.overflow_report(m, ids, "saturate", backend="reference", exact=True)
+    assert fast.all_checked and [e.to_dict() for e in fast.entries] == [e.to_dict() for e in exact.entries]
+    w = m.layers[0].w_up
+    e = next(e for e in fast.entries if e.name == "layers.0.up.P")
+    assert e.bound == p_bound(w.q.shape[1], 4, 4, w.m_max, w.b_absmax) << A_GROUP_EMAX
+    assert 0 < e.peak <= e.bound
+    # a run whose P differs from the grouped recompute is caught (one corrupted stat: p_absmax)
+    from dataclasses import replace
+    calls = ov._collect(m, ids, "reference")
+    i = next(j for j, (n, _) in enumerate(calls) if n == "layers.0.up")
+    name, c = calls[i]
+    y, stats = c.result
+    calls[i] = (name, replace(c, result=(y, {**stats, "p_absmax": stats["p_absmax"] + 1})))
+    bad = ov._build(replace(m, spec=replace(m.spec, overflow="saturate")), ids, calls, "saturate")
+    assert not bad.all_checked and next(e for e in bad.entries if e.name == "layers.0.up.P").check is False
