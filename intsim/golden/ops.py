@@ -39,7 +39,7 @@ KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matm
 EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
 #: output argument names per kind (default: one output, "out")
 OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated"),
-             "requant_groups": ("out", "zg", "e")}
+             "requant_groups": ("out", "zg", "exp")}
 #: op parameters added after records existed, whose default None means "as before": a
 #: record holds them only when set, so every record made without them stays byte-identical
 OPTIONAL_PARAMS = ("a_group",)
