@@ -42,7 +42,7 @@ import numpy as np
 from intsim import __version__
 from intsim.errors import IntsimError
 from intsim.hashing import file_sha256
-from intsim.matmul import QWeight, check_bounds
+from intsim.matmul import QWeight, check_bounds, check_group_bounds
 from intsim.model import IntModel, LayerParams, ModelConfig, Widths
 from intsim.modelfile import linear_shapes, save_model
 from intsim.options import Spec
@@ -299,12 +299,15 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
 # ====================================================================== building
 
 def _quantize(name: str, w: np.ndarray, bits, G: int, a_bits: int,
-              bounds=None, max_bits: int = 8) -> QWeight:
+              bounds=None, max_bits: int = 8, a_group: int | None = None) -> QWeight:
     try:
         qw = quantize_weight(w, bits, G, scale_mant_bits=W_SCALE_BITS, bounds=bounds)
         if qw.row_bits is not None and qw.bits < max_bits:   # the container is --wbits
             qw = QWeight(qw.q, max_bits, G, qw.m, qw.b, qw.k, qw.row_bits)
-        check_bounds(w.shape[1], qw, a_bits)
+        if a_group is None:
+            check_bounds(w.shape[1], qw, a_bits)
+        else:                         # group-wise activations: nesting and the 2^E fold bound
+            check_group_bounds(w.shape[1], qw, a_bits, a_group)
     except (ValueError, IntsimError) as e:
         raise ConvertError(f"{name}: {e}") from e
     return qw
@@ -339,7 +342,7 @@ def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
                 qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
-                head_a_bits: int | None = None,
+                head_a_bits: int | None = None, a_group: int | None = None,
                 _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
@@ -347,9 +350,12 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     """
     try:
         widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
-                        head_w_bits=head_w_bits, head_a_bits=head_a_bits)
+                        head_w_bits=head_w_bits, head_a_bits=head_a_bits, a_group=a_group)
     except IntsimError as e:
         raise ConvertError(f"widths: {e}") from e
+    if a_group is not None and isinstance(spec, Spec) and spec.requant_mode != "fitted":
+        raise ConvertError("widths: a_group: group-wise activations need requant_mode 'fitted', "
+                           f"not {spec.requant_mode!r} (docs/SPEC.md section 4.8)")
     if not isinstance(spec, Spec):
         raise ConvertError(f"spec: expected an intsim.options.Spec, got {type(spec).__name__}")
     if norm_gain not in NORM_GAINS:
@@ -441,7 +447,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                 up, low = lc.lwc[k]
                 bounds = fsbr.lwc_bounds(wf, up, low, G)
             q[k] = _quantize(f"layers.{i}.{k} ({p}{_HF_LINEARS[k]})", wf,
-                             w_bits if mix is None else mix[(i, k)], G, a_bits, bounds, w_bits)
+                             w_bits if mix is None else mix[(i, k)], G, a_bits, bounds, w_bits,
+                             widths.a_group)
         alpha_inv, alpha_k = None, 0
         if alpha is not None:
             alpha_inv, alpha_k = fsbr.alpha_inv_mantissas(
@@ -455,7 +462,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                            f"'lm_head.weight' differs from 'model.embed_tokens.weight'")
     head = head * hf.get("model.norm.weight")[None, :]
     w_head = _quantize("head (lm_head.weight, final norm folded)", head, head_w_bits,
-                       config.dim, widths.head_in_bits)
+                       config.dim, widths.head_in_bits, a_group=widths.a_group)
     try:
         rope = extras["rope"]
         cos_q, sin_q = rope_tables(config.head_dim, config.max_pos, rope.theta,
@@ -506,7 +513,7 @@ def _is_gguf(path: Path) -> bool:
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
             qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
-            head_a_bits: int | None = None) -> Path:
+            head_a_bits: int | None = None, a_group: int | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -524,7 +531,9 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     channel in DI-Norm: the form in which that smoothing acts); ``row_bits``: a MixLLM selection file
     (``python -m converters.mixllm``) giving per-output-channel weight widths <= ``w_bits``;
     ``head_a_bits``: the LM head's input width (2..8; None = ``a_bits``, docs/SPEC.md
-    section 13.1): the final norm's output is quantized to it instead of A.
+    section 13.1): the final norm's output is quantized to it instead of A; ``a_group``:
+    group-wise activations for every linear's and the head's input (docs/SPEC.md
+    section 4.8; None = per token).
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -537,7 +546,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         raise ConvertError(f"{src}: no such file or folder")
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
-              row_bits=row_bits, head_a_bits=head_a_bits)
+              row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -562,9 +571,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             entry.update(locate(entry["path"]))
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
-    head = model.widths.head_a_bits
+    head, ag = model.widths.head_a_bits, model.widths.a_group
     print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{w_bits}A{a_bits}"
           f"{f' G{group_size}' if group_size else ''}{f', head A{head}' if head else ''}"
+          f"{f', activation groups of {ag}' if ag else ''}"
           f"{', FSBR' if calib else ''}) in {dt:.1f} s",
           file=sys.stderr)
     return out
@@ -588,6 +598,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--head-abits", metavar="A", type=int, default=None,
                    help="LM head input bits, 2..8: the final norm's output is quantized to A "
                         "for the head's matmul (default: --abits); docs/SPEC.md section 13.1")
+    p.add_argument("--a-group", metavar="G", type=int, default=None,
+                   help="group-wise activations: one power-of-two refinement and zero point per "
+                        "token and group of G input channels (e.g. 32, 64, 128) at every linear's "
+                        "and the LM head's input (default: per token); docs/SPEC.md section 4.8")
     p.add_argument("--calib", metavar="FILE",
                    help="FSBR calibration: the official fsbr_parameters.pth (read without "
                         "torch, no pickled code run) or the safetensors form")
@@ -646,7 +660,8 @@ def run(args, prog: str = "intsim convert") -> int:
         convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
                 group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
                 head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec),
-                norm_gain=args.norm_gain, row_bits=args.row_bits, head_a_bits=args.head_abits)
+                norm_gain=args.norm_gain, row_bits=args.row_bits, head_a_bits=args.head_abits,
+                a_group=args.a_group)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

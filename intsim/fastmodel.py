@@ -142,6 +142,9 @@ def _unsupported(model) -> str | None:
     or None when it can (then the graph's checks provably pass)."""
     c, w, spec = model.config, model.widths, model.spec
     A = w.a_bits
+    if w.a_group is not None:
+        return (f"a_group = {w.a_group} (group-wise activations, docs/SPEC.md section 4.8) is not "
+                f"fused; the graph runs it")
     try:
         for L in model.layers:
             for x, K in ((L.wq, c.dim), (L.wk, c.dim), (L.wv, c.dim), (L.wo, c.n_heads * c.head_dim),

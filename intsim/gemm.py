@@ -391,6 +391,101 @@ def gemm_acc_multi(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs):
             _gemm_chunk(xq, zx, xs, Wq[w], Wqs[w], Wm[w], Wb[w], G, c0, min(N, c0 + _NC), outs[i])
 
 
+# ------------------------------------------------------------------ DI-MatMul core, group-wise activations
+
+@njit(cache=True)
+def _fold_group_sums(xq, zg, Ga, Gf):
+    """``xs[t, f] = sum_{j in f} (x_q[t, j] - zg[t, a(f)])`` per fold group f (the last
+    may be short); |xs| <= Gf (2^A - 1), int64."""
+    T, K = xq.shape
+    nf = (K + Gf - 1) // Gf
+    xs = np.empty((T, nf), dtype=np.int64)
+    for t in range(T):
+        for f in range(nf):
+            j0 = f * Gf
+            j1 = min(K, j0 + Gf)
+            sx = np.int64(0)
+            for j in range(j0, j1):
+                sx += np.int64(xq[t, j])
+            xs[t, f] = sx - (j1 - j0) * zg[t, j0 // Ga]
+    return xs
+
+
+@njit(cache=True, inline="always")
+def _gemm_tile_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, t0, n0, R, C, s, P, mx):
+    """:func:`_gemm_tile` over fold groups f (SPEC 4.8): tile sums over f's columns, then
+    ``P += fold_group(raw, zg[a], qsf[f], m[wg], b[wg], xs[f]) << (E - eg[a])`` (int64,
+    exact: bound ``matmul.check_group_bounds``).  Returns the running max |acc|."""
+    K = xq.shape[1]
+    for r in range(R):
+        for c in range(C):
+            P[t0 + r, n0 + c] = 0
+    for f in range((K + Gf - 1) // Gf):
+        k0 = f * Gf
+        tile_sums(xq, t0, q, n0, k0, min(Gf, K - k0), s, R, C)
+        fu = np.uint64(f)
+        wg = np.uint64(k0 // Gw)
+        ag = np.uint64(k0 // Ga)
+        for r in range(R):
+            tu = np.uint64(t0 + r)
+            zt = zg[tu, ag]
+            sh = E - eg[tu, ag]
+            xsf = xs[tu, fu]
+            for c in range(C):
+                n = np.uint64(n0 + c)
+                a = abs(np.int64(s[r * C + c]) - zt * qsf[n, fu])          # |acc|, the peak
+                mx = a if a > mx else mx
+                P[tu, n] += fold_group(s[r * C + c], zt, qsf[n, fu], m[n, wg], b[n, wg], xsf) << sh
+    return mx
+
+
+@njit(cache=True)
+def _gemm_chunk_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, n_lo, n_hi, P):
+    """:func:`_gemm_chunk`'s tiling (3 x 3, 1 x 8, 1 x 1) with :func:`_gemm_tile_groups`."""
+    T = xq.shape[0]
+    s = np.empty(_TR * _TC + _TC1, dtype=np.int32)
+    mx = np.int64(0)
+    t0 = 0
+    while t0 + _TR <= T:
+        n0 = n_lo
+        while n0 + _TC <= n_hi:
+            mx = _gemm_tile_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, t0, n0, _TR, _TC, s, P, mx)
+            n0 += _TC
+        while n0 < n_hi:
+            for r in range(_TR):
+                mx = _gemm_tile_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, t0 + r, n0, 1, 1, s,
+                                       P, mx)
+            n0 += 1
+        t0 += _TR
+    while t0 < T:
+        n0 = n_lo
+        while n0 + _TC1 <= n_hi:
+            mx = _gemm_tile_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, t0, n0, 1, _TC1, s, P, mx)
+            n0 += _TC1
+        while n0 < n_hi:
+            mx = _gemm_tile_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, t0, n0, 1, 1, s, P, mx)
+            n0 += 1
+        t0 += 1
+    return mx
+
+
+@njit(cache=True, parallel=True)
+def gemm_acc_groups_par(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
+    """DI-MatMul steps 2-3 with group-wise activations (docs/SPEC.md section 4.8) on the
+    row-layout weight: ``xq`` uint8 [T, K], ``zg``, ``eg`` int64 [T, ceil(K / Ga)] (group
+    zero points and exponents), ``qsf`` int64 [N, nf] (weight code sums per fold group
+    of Gf), ``m``, ``b`` [N, K / Gw]; P int64 [T, N].  The same integers as
+    ``matmul._di_acc_grp_ref``; threads over chunks of 48 weight rows.  Returns max |acc|."""
+    N = q.shape[0]
+    xs = _fold_group_sums(xq, zg, Ga, Gf)
+    nch = (N + _NC - 1) // _NC
+    mx = np.zeros(max(nch, 1), dtype=np.int64)
+    for ci in prange(nch):
+        c0 = ci * _NC
+        mx[ci] = _gemm_chunk_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, c0, min(N, c0 + _NC), P)
+    return mx.max()
+
+
 # ------------------------------------------------------------------ DI-MatMul core (packed, one token row)
 
 class PackedWeight:

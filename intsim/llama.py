@@ -128,12 +128,13 @@ def attention(model: IntModel, li: int, normed: QTensor, pos: np.ndarray, visibl
     past, S = cache.length, cache.length + T
     prefix = f"layers.{li}.attn"                                             # op names
     run_op = partial(_op, tap, ops=ops)
+    ag = w.group_kw()                        # group-wise activations (SPEC 4.8), when set
     q, _ = run_op(f"{prefix}.q_proj", di_matmul, normed, L.wq, A, w.qk_bits, out_symmetric=True, spec=spec,
-                  backend=backend)                                             # [T, H*hd]
+                  backend=backend, **ag)                                       # [T, H*hd]
     k, _ = run_op(f"{prefix}.k_proj", di_matmul, normed, L.wk, A, w.qk_bits, out_symmetric=True, spec=spec,
-                  backend=backend)                                             # [T, Hkv*hd]
+                  backend=backend, **ag)                                       # [T, Hkv*hd]
     v, _ = run_op(f"{prefix}.v_proj", di_matmul, normed, L.wv, A, A, out_symmetric=False, spec=spec,
-                  backend=backend)                                             # per token
+                  backend=backend, **ag)                                       # per token
     qr, qs = run_op(f"{prefix}.q_rope", rope, q, pos, model.cos_q, model.sin_q, H, hd, spec, backend)
     kr, ks = run_op(f"{prefix}.k_rope", rope, k, pos, model.cos_q, model.sin_q, Hkv, hd, spec, backend)
     # Q and K per (token, head) at A bits
@@ -166,7 +167,7 @@ def attention(model: IntModel, li: int, normed: QTensor, pos: np.ndarray, visibl
     heads, heads_scale = run_op(f"{prefix}.heads", fold_scales, att.reshape(T, H * hd), head_m, head_k,
                                 GUARD_O, None, spec, backend, name="heads")
     o, _ = run_op(f"{prefix}.o_proj", di_matmul, QTensor.exact(heads, heads_scale), L.wo, A, spec.residual_bits,
-                  out_symmetric=True, spec=spec, backend=backend)
+                  out_symmetric=True, spec=spec, backend=backend, **ag)
     return o
 
 
@@ -207,19 +208,20 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
     c, w, spec = model.config, model.widths, model.spec
     past, T = cache.length, ids.size
     h = _op(tap, "embed", embed, ids, model.emb_q, model.emb_m, model.emb_k, w.emb_bits, backend)  # [T, D]
+    ag = w.group_kw()                        # group-wise activations (SPEC 4.8), when set
     for li, L in enumerate(model.layers):
         normed = _norm(tap, f"layers.{li}.attn_norm", h, L.attn_norm_w, L.attn_norm_k, spec, backend)
         o = attention(model, li, normed, pos, visible, cache, backend, tap)      # [T, D] int16
         h, _ = _op(tap, f"layers.{li}.attn_residual", residual_add, h, o, spec, backend)  # stream, 16-bit
         normed = _norm(tap, f"layers.{li}.ffn_norm", h, L.ffn_norm_w, L.ffn_norm_k, spec, backend)
         g, _ = _op(tap, f"layers.{li}.gate", di_matmul, normed, L.w_gate, w.a_bits, spec.swiglu_in_bits,
-                   out_symmetric=False, spec=spec, backend=backend)
+                   out_symmetric=False, spec=spec, backend=backend, **ag)
         u, _ = _op(tap, f"layers.{li}.up", di_matmul, normed, L.w_up, w.a_bits, spec.swiglu_in_bits,
-                   out_symmetric=False, spec=spec, backend=backend)
+                   out_symmetric=False, spec=spec, backend=backend, **ag)
         y, ys = _op(tap, f"layers.{li}.swiglu", di_swiglu, g, u, L.alpha_inv, L.alpha_k, spec,
                     backend)                                                     # exact int64
         d, _ = _op(tap, f"layers.{li}.down", di_matmul, QTensor.exact(y, ys), L.w_down, w.a_bits,
-                   spec.residual_bits, out_symmetric=True, spec=spec, backend=backend)
+                   spec.residual_bits, out_symmetric=True, spec=spec, backend=backend, **ag)
         h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)
     cache.length = past + T
     return lm_head(model, h, backend, tap)
@@ -231,7 +233,8 @@ def lm_head(model: IntModel, h: QTensor, backend: str, tap=None) -> tuple[np.nda
     scale (docs/SPEC.md sections 13, 13.1).  Reads ``model.spec``, ``.widths``, ``.w_head``."""
     final, _ = _op(tap, "final_norm", di_norm, h, model.spec, backend)
     logits, logits_scale, _ = _op(tap, "logits", di_matmul_acc, final, model.w_head,
-                                  head_in_bits(model.widths), model.spec, backend)   # [T, V] int64
+                                  head_in_bits(model.widths), model.spec, backend,
+                                  **model.widths.group_kw())                    # [T, V] int64
     return logits, logits_scale
 
 

@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from numba import njit, prange
+
 from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
-from .fixedpoint import _check_backend, kernel
+from .fixedpoint import _check_backend, bit_length_nb, div_round_nb, kernel, rounding_code
 from .gemm import I32_MAX, gemm_acc_rows_par
 from .options import DEFAULT_SPEC, Spec
 from .qtensor import Dyadic, QTensor
-from .requant import V_LIMIT, requant_rows
+from .requant import M_IN_LIMIT, V_LIMIT, _row_range, check_saturation, requant_row, requant_rows
 
 #: weight mantissas m[n, g] lie in [0, M_LIMIT] (24 bits)
 M_LIMIT = 2 ** 24 - 1
@@ -207,7 +209,8 @@ def _check_args(x, w, a_bits):
 
 
 def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC,
-                  backend: str = "numba") -> tuple[np.ndarray, Dyadic, dict]:
+                  backend: str = "numba", a_group: int | None = None
+                  ) -> tuple[np.ndarray, Dyadic, dict]:
     """DI-MatMul steps 1-3: exact int64 accumulators and their per-token scale.
 
     ``x``: QTensor [..., K] (any width, per-row scale); ``w``: QWeight [N, K];
@@ -229,9 +232,16 @@ def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC
 
     stats: ``in_scale_saturated`` (rows), ``acc_absmax``, ``acc_bound``, ``p_absmax``,
     ``p_bound`` (Python ints, for the overflow report).
+
+    ``a_group``: None (per-token activations, the above), or Ga: group-wise activations
+    (docs/SPEC.md section 4.8, :func:`requant_groups`): P then has the scale
+    ``Dyadic(m_x, k_x + w.k + E)`` and the bound 2^E times the above; stats add
+    ``a_group_e_max`` (the largest group exponent seen).
     """
     _check_backend(backend)
     a_bits, K = _check_args(x, w, a_bits)
+    if a_group is not None:
+        return _di_matmul_acc_groups(x, w, a_bits, K, a_group, spec, backend)
     ab, pb = check_bounds(K, w, a_bits)
     xq_t, nsat_in = requant_rows(x.centered(), x.scale, a_bits, False, spec, backend, name="x")
     lead = x.q.shape[:-1]
@@ -251,7 +261,8 @@ def di_matmul_acc(x: QTensor, w: QWeight, a_bits: int, spec: Spec = DEFAULT_SPEC
 
 
 def di_matmul(x: QTensor, w: QWeight, a_bits: int, out_bits: int, out_symmetric: bool,
-              spec: Spec = DEFAULT_SPEC, backend: str = "numba") -> tuple[QTensor, dict]:
+              spec: Spec = DEFAULT_SPEC, backend: str = "numba",
+              a_group: int | None = None) -> tuple[QTensor, dict]:
     """DI-MatMul: ``y = x @ w^T`` re-quantized per token, integer only.
 
     Steps 1-3 are :func:`di_matmul_acc` (exact P and its scale); step 4 is
@@ -266,12 +277,285 @@ def di_matmul(x: QTensor, w: QWeight, a_bits: int, out_bits: int, out_symmetric:
 
     Returns ``(y, stats)``: y a QTensor [..., N] (unsigned codes for asymmetric, signed
     symmetric codes otherwise), stats as :func:`di_matmul_acc` plus
-    ``out_scale_saturated``.
+    ``out_scale_saturated``.  ``a_group``: group-wise activations (:func:`di_matmul_acc`).
     """
     out_bits = check_int("out_bits", out_bits, 2, 16)
     if not isinstance(out_symmetric, (bool, np.bool_)):
         raise IntsimError(f"out_symmetric: expected a bool, got {type(out_symmetric).__name__}")
-    P, scale, stats = di_matmul_acc(x, w, a_bits, spec, backend)
+    P, scale, stats = di_matmul_acc(x, w, a_bits, spec, backend, a_group)
     y, nsat = requant_rows(P, scale, out_bits, bool(out_symmetric), spec, backend, name="P")
     stats["out_scale_saturated"] = int(nsat)
     return y, stats
+
+
+# ------------------------------------------------------------------ group-wise activations (SPEC 4.8)
+#
+# Option ``a_group`` (Widths.a_group, ``intsim convert --a-group``): DI-MatMul's step 1 keeps
+# the per-token dyadic scale (m_x, k_x) of requant_rows and gives each group a of Ga input
+# channels a power-of-two refinement e[t, a] in [0, E] and its own zero point zg[t, a]:
+# codes x_q = clamp(rnd(v' m_in 2^(e_fit + e) / m_x) + zg, 0, Q) stand for
+# (x_q - zg) m_x 2^-(k_x + e).  The fold multiplies each group's exact term by 2^(E - e),
+# so P has the one per-token scale m_x 2^-(k_x + k + E): exact, bound 2^E times step 3's.
+
+#: E, the largest refinement exponent of a group (an 8-step shared-exponent shifter)
+A_GROUP_EMAX = 8
+#: the largest activation group size a call accepts (one group per row above K)
+A_GROUP_LIMIT = 2 ** 16
+
+
+def fold_layout(K: int, w_group: int, a_group: int) -> int:
+    """The fold's group size Gf for weight groups Gw and activation groups Ga over K
+    columns: every fold group lies inside one weight group and one activation group.
+    The two partitions must nest (one's boundaries contain the other's): Ga divides Gw,
+    Gw divides Ga, Gw = K (one weight group) or Ga >= K (one activation group).  Fold groups
+    are [f Gf, min(K, (f + 1) Gf)); only the last may be short (Gf = Ga, Gw = K)."""
+    Ga = min(a_group, K)
+    if w_group == K:
+        return Ga
+    if w_group % Ga == 0:
+        return Ga
+    if Ga % w_group == 0 or Ga == K:
+        return w_group
+    raise IntsimError(f"a_group: activation groups of {a_group} and weight groups of {w_group} "
+                      f"(K = {K}) do not nest; one size must divide the other")
+
+
+def check_group_bounds(K: int, w: QWeight, a_bits: int, a_group: int) -> tuple[int, int, int]:
+    """:func:`check_bounds` for group-wise activations: returns ``(Gf, acc bound, P bound)``.
+    acc has at most Gf <= Gw terms (the int32 bound of step 2 holds a fortiori); every
+    fold term is shifted left by E - e <= E, so every partial sum of P is at most
+    2^E K (2^A - 1)((2^W - 1) max m + max |b|), checked <= 2^61 - 1 naming ``a_group``."""
+    a_group = check_int("a_group", a_group, 1, A_GROUP_LIMIT)
+    Gf = fold_layout(K, w.group_size, a_group)
+    ab, pb = check_bounds(K, w, a_bits)
+    pbg = pb << A_GROUP_EMAX
+    if pbg > P_LIMIT:
+        raise IntsimOverflowError(
+            f"a_group: 2^E * K * (2^a_bits - 1) * ((2^w.bits - 1) * max m + max |b|) = {pbg} "
+            f"(E = {A_GROUP_EMAX}) exceeds the int64 fold limit 2^61 - 1; use fewer weight-scale "
+            f"mantissa bits or per-token activations")
+    return Gf, acc_bound(min(Gf, K), a_bits, w.bits), pbg
+
+
+def _fits_ref(L, d, X):
+    """``L 2^d <= X`` exactly (L >= 0, X >= 1, any d): ``L <= X >> d`` for d >= 0 (L is an
+    integer), ``ceil(L / 2^-d) <= X`` for d < 0; shifts capped at 62 (L, X < 2^61)."""
+    dp = np.minimum(np.maximum(d, 0), 62)
+    s = np.minimum(np.maximum(-d, 0), 62)
+    up = (L >> s) + ((L & ((np.int64(1) << s) - 1)) != 0)
+    return np.where(d >= 0, L <= (X >> dp), up <= X)
+
+
+def _group_codes_ref(v, m_in, k_in, bits, Ga, spec):
+    """SPEC 4.8 step 1 as written (NumPy): ``(q, zg, eg, m, k, nsat)``."""
+    from .fixedpoint import RC_CEIL, _fit_ref, bit_length_ref
+    from .requant import PRE_BITS, _code_div_ref, _requant_ref
+    E = A_GROUP_EMAX
+    code = rounding_code(spec.rounding)
+    k_lo, k_hi = spec.k_range
+    T, K = v.shape
+    Q = np.int64(2 ** bits - 1)
+    q, zp, m, k, nsat = _requant_ref(v, m_in, k_in, bits, False, spec.m_bits, k_lo, k_hi, code, True)
+    R = np.maximum(v.max(axis=-1), 0) - np.minimum(v.min(axis=-1), 0)
+    sh = np.maximum(bit_length_ref(R) - PRE_BITS, 0)
+    vs = v >> sh[:, None]
+    Rs = np.maximum(vs.max(axis=-1), 0) - np.minimum(vs.min(axis=-1), 0)
+    m2, e, sat = _fit_ref(m_in * Rs, Q, spec.m_bits, k_lo - k_in + sh, k_hi - k_in + sh, RC_CEIL)
+    by_scale = ~sat & (m2 > 0) & (bit_length_ref(m2) - np.minimum(e, 0) <= 62)
+    md = np.where(by_scale, m2, 1)
+    ed = np.where(by_scale, e, 0)
+    na = -(-K // Ga)
+    zg = np.repeat(zp.astype(np.int64)[:, None], na, 1)
+    eg = np.zeros((T, na), dtype=np.int64)
+    q = q.astype(np.int64)
+    for a in range(na):
+        sl = slice(a * Ga, min(K, a * Ga + Ga))
+        lo = np.minimum(vs[:, sl].min(axis=1), 0)
+        L = m_in * (np.maximum(vs[:, sl].max(axis=1), 0) - lo)
+        ea = np.zeros(T, dtype=np.int64)
+        for c in range(1, E + 1):                      # the largest e in [0, E] that fits
+            ea = np.where(_fits_ref(L, ed + c, Q * md), c, ea)
+        d = ed + ea
+        z = _code_div_ref(-lo * m_in, md, d, code)
+        qa = np.clip(_code_div_ref(vs[:, sl] * m_in[:, None], md[:, None], d[:, None], code)
+                     + z[:, None], 0, Q)
+        q[:, sl] = np.where(by_scale[:, None], qa, q[:, sl])
+        zg[:, a] = np.where(by_scale, z, zg[:, a])
+        eg[:, a] = np.where(by_scale, ea, 0)
+    return q, zg, eg, m, k, nsat
+
+
+@njit(cache=True, inline="always")
+def _fits_nb(L, d, X):
+    if d >= 0:
+        return L <= (X >> min(d, np.int64(62)))
+    s = min(-d, np.int64(62))
+    return (L >> s) + np.int64((L & ((np.int64(1) << s) - 1)) != 0) <= X
+
+
+@njit(cache=True, inline="always")
+def _gdiv_nb(a, m_o, d, code):
+    """``rnd(a 2^d / m_o)``; a = 0 gives 0 without a shift (d may then be large)."""
+    if a == 0:
+        return np.int64(0)
+    if d >= 0:
+        return div_round_nb(a << d, m_o, code)
+    return div_round_nb(a, m_o << (-d), code)
+
+
+@njit(cache=True)
+def group_requant_row(v, m_in, k_in, bits, Ga, E, m_bits, k_lo, k_hi, code, out, zg, eg):
+    """The Numba kernel of one row of :func:`requant_groups` (SPEC 4.8 step 1): the row's
+    requant_row (fitted mode), then per group of Ga its exponent and codes.  Returns
+    ``(m, k, saturated)``; ``zg``, ``eg`` receive the group zero points and exponents."""
+    z, mi, k, sat = requant_row(v, np.int64(0), m_in, k_in, bits, False, m_bits, k_lo, k_hi,
+                                code, True, out)
+    for a in range(zg.shape[0]):
+        zg[a], eg[a] = z, 0
+    if sat or mi == 0:
+        return mi, k, sat
+    sh, _, _ = _row_range(v, np.int64(0), False)
+    e = k - k_in + sh
+    if bit_length_nb(mi) - min(e, np.int64(0)) > 62:
+        return mi, k, sat
+    K = v.shape[0]
+    X = ((np.int64(1) << bits) - 1) * mi
+    Q = (np.int64(1) << bits) - 1
+    for a in range(zg.shape[0]):
+        j0, j1 = a * Ga, min(K, a * Ga + Ga)
+        gmin = np.int64(v[j0]) >> sh
+        gmax = gmin
+        for j in range(j0 + 1, j1):
+            x = np.int64(v[j]) >> sh
+            gmin = min(gmin, x)
+            gmax = max(gmax, x)
+        lo = min(gmin, np.int64(0))
+        L = m_in * (max(gmax, np.int64(0)) - lo)
+        ea = np.int64(0)
+        for c in range(E, 0, -1):                     # the largest e in [0, E] that fits
+            if _fits_nb(L, e + c, X):
+                ea = np.int64(c)
+                break
+        d = e + ea
+        za = _gdiv_nb(-lo * m_in, mi, d, code)
+        for j in range(j0, j1):
+            t = _gdiv_nb((np.int64(v[j]) >> sh) * m_in, mi, d, code) + za
+            out[j] = min(max(t, np.int64(0)), Q)
+        zg[a], eg[a] = za, ea
+    return mi, k, sat
+
+
+@njit(cache=True, parallel=True)
+def _group_requant_nb(v, m_in, k_in, bits, Ga, E, m_bits, k_lo, k_hi, code, q, zg, eg):
+    rows = v.shape[0]
+    m = np.zeros(rows, dtype=np.int64)
+    k = np.zeros(rows, dtype=np.int64)
+    sat = np.zeros(rows, dtype=np.int64)
+    for i in prange(rows):
+        m[i], k[i], s = group_requant_row(v[i], m_in[i], k_in[i], bits, Ga, E, m_bits, k_lo,
+                                          k_hi, code, q[i], zg[i], eg[i])
+        sat[i] = 1 if s else 0
+    return m, k, sat.sum()
+
+
+def requant_groups(v: np.ndarray, scale_in: Dyadic, bits: int, a_group: int,
+                   spec: Spec = DEFAULT_SPEC, backend: str = "numba", name: str = "x"):
+    """Group-wise activation codes (docs/SPEC.md section 4.8 step 1).
+
+    ``v``: int64 [T, K] exact integers with per-row scale ``scale_in`` (as requant_rows);
+    ``bits``: A; ``a_group``: Ga.  Per row, requant_rows' asymmetric fitted-mode scale
+    ``(m_x, k_x)`` with fit exponent e and pre-shift sh; per group a (columns
+    [a Ga, min(K, (a+1) Ga))): ``lo = min(0, min v')``, ``hi = max(0, max v')``, the
+    exponent ``e_a`` = the largest e' in [0, E] with ``m_in (hi - lo) 2^(e + e') <= Q m_x``,
+    ``zg = rnd(-lo m_in 2^(e + e_a) / m_x)``, codes ``clamp(rnd(v' m_in 2^(e + e_a) / m_x)
+    + zg, 0, Q)``; tie rule ``spec.rounding``.  Rows whose codes do not follow the fitted
+    scale (zero, saturated, refitted past int64) keep requant_rows' codes, zg = its zero
+    point, e = 0.  Returns ``(q uint8 [T, K], Dyadic(m_x, k_x), zg int64 [T, na],
+    eg int64 [T, na], nsat)``.
+    """
+    check_int_array(name, v, ndim=2)
+    bits = check_int("a_bits", bits, 2, 8)
+    Ga = check_int("a_group", a_group, 1, A_GROUP_LIMIT)
+    if spec.requant_mode != "fitted":
+        raise IntsimError("a_group: group-wise activations refine the fitted scale; they need "
+                          f"requant_mode 'fitted', not {spec.requant_mode!r}")
+    if v.shape[1] == 0:
+        raise IntsimError(f"{name}: needs a non-empty last axis, got shape {v.shape}")
+    v64 = v.astype(np.int64, copy=False)
+    check_range(name, v64, -V_LIMIT, V_LIMIT)
+    T, K = v.shape
+    m_in = np.broadcast_to(scale_in.m, (T,)).astype(np.int64)
+    k_in = np.broadcast_to(scale_in.k, (T,)).astype(np.int64)
+    check_range(f"{name} scale m", m_in, 0, M_IN_LIMIT)
+    check_range(f"{name} scale k", k_in, -(2 ** 20), 2 ** 20)
+    Ga = min(Ga, K)
+    if backend == "reference":
+        q, zg, eg, m, k, nsat = _group_codes_ref(v64, m_in, k_in, bits, Ga, spec)
+    else:
+        na = -(-K // Ga)
+        q = np.empty((T, K), dtype=np.int64)
+        zg = np.empty((T, na), dtype=np.int64)
+        eg = np.empty((T, na), dtype=np.int64)
+        k_lo, k_hi = spec.k_range
+        m, k, nsat = _group_requant_nb(np.ascontiguousarray(v64), np.ascontiguousarray(m_in),
+                                       np.ascontiguousarray(k_in), bits, Ga, A_GROUP_EMAX,
+                                       spec.m_bits, k_lo, k_hi, rounding_code(spec.rounding),
+                                       q, zg, eg)
+    check_saturation(name, int(nsat), spec)
+    return q.astype(np.uint8), Dyadic(m, k), zg, eg, int(nsat)
+
+
+def _fold_qsum(w: QWeight, Gf: int) -> np.ndarray:
+    """``sum_{j in f} q[n, j]`` per fold group f (int64 [N, nf]); cached on the weight."""
+    cache = w.__dict__.setdefault("_fold_qsum", {})
+    if Gf not in cache:
+        K = w.q.shape[1]
+        cache[Gf] = np.add.reduceat(w.q.astype(np.int64), np.arange(0, K, Gf), axis=1)
+    return cache[Gf]
+
+
+def _di_acc_grp_ref(xq, zg, eg, w: QWeight, Ga: int, Gf: int) -> tuple[np.ndarray, int]:
+    """SPEC 4.8 steps 2-3 as written: per fold group f (inside weight group wg and
+    activation group a), ``acc = sum (x_q - zg[a]) q`` and ``xs = sum (x_q - zg[a])``,
+    ``P += (m acc + b xs) << (E - e[a])`` (int64; bound :func:`check_group_bounds`)."""
+    T, K = xq.shape
+    N = w.q.shape[0]
+    P = np.zeros((T, N), dtype=np.int64)
+    amax = 0
+    for f0 in range(0, K, Gf):
+        sl = slice(f0, min(K, f0 + Gf))
+        a, wg = f0 // Ga, f0 // w.group_size
+        xc = xq[:, sl].astype(np.int64) - zg[:, a][:, None]
+        acc = xc @ w.q[:, sl].astype(np.int64).T                       # |.| <= acc bound
+        amax = max(amax, int(np.abs(acc).max()) if acc.size else 0)
+        term = acc * w.m[None, :, wg] + xc.sum(axis=1)[:, None] * w.b[None, :, wg]
+        P += term << (A_GROUP_EMAX - eg[:, a])[:, None]
+    return P, amax
+
+
+def _di_matmul_acc_groups(x: QTensor, w: QWeight, a_bits: int, K: int, a_group, spec: Spec,
+                          backend: str) -> tuple[np.ndarray, Dyadic, dict]:
+    """:func:`di_matmul_acc` with group-wise activations (SPEC 4.8)."""
+    if backend == "cuda":
+        raise IntsimError("a_group: group-wise activations have no GPU twin (intsim.cudaops); "
+                          "run them with backend 'numba' or 'reference'")
+    Gf, ab, pb = check_group_bounds(K, w, a_bits, a_group)
+    lead = x.q.shape[:-1]
+    v = x.centered().reshape(-1, K)
+    m_x, k_x = (np.broadcast_to(a, lead).reshape(-1) for a in (x.scale.m, x.scale.k))
+    xq, sc, zg, eg, nsat = requant_groups(v, Dyadic(m_x, k_x), a_bits, a_group, spec, backend)
+    Ga = min(a_group, K)
+    N = w.q.shape[0]
+    if backend == "reference":
+        P, amax = _di_acc_grp_ref(xq, zg, eg, w, Ga, Gf)
+    else:
+        from .gemm import gemm_acc_groups_par
+        P = np.zeros((xq.shape[0], N), dtype=np.int64)
+        amax = int(gemm_acc_groups_par(np.ascontiguousarray(xq), zg, eg, w.q, _fold_qsum(w, Gf),
+                                       w.m, w.b, w.group_size, Ga, Gf, A_GROUP_EMAX, P)) if P.size else 0
+    P = P.reshape(lead + (N,))
+    scale = Dyadic(sc.m.reshape(lead), sc.k.reshape(lead) + w.k + A_GROUP_EMAX)
+    stats = {"in_scale_saturated": nsat, "acc_absmax": amax, "acc_bound": ab,
+             "p_absmax": int(np.abs(P).max()) if P.size else 0, "p_bound": pb,
+             "a_group_e_max": int(eg.max()) if eg.size else 0}
+    return P, scale, stats

@@ -57,6 +57,10 @@ class Widths:
     #: DI-MatMul (docs/SPEC.md section 13.1); None = a_bits.  A value equal to a_bits is
     #: stored as None, so a model has one form and its file is the same either way.
     head_a_bits: int | None = None
+    #: group-wise activations: every linear's and the LM head's input gets one power-of-two
+    #: refinement and zero point per (token, group of a_group channels) (docs/SPEC.md
+    #: section 4.8); None = per token.  Stored only when set.
+    a_group: int | None = None
 
     def __post_init__(self):
         check_int("w_bits", self.w_bits, 2, 8)
@@ -68,6 +72,9 @@ class Widths:
         if self.head_a_bits is not None:
             h = check_int("head_a_bits", self.head_a_bits, 2, 8)
             object.__setattr__(self, "head_a_bits", None if h == self.a_bits else h)
+        if self.a_group is not None:
+            from .matmul import A_GROUP_LIMIT
+            check_int("a_group", self.a_group, 1, A_GROUP_LIMIT)
 
     @property
     def head_in_bits(self) -> int:
@@ -76,11 +83,18 @@ class Widths:
 
     def to_dict(self) -> dict:
         """The fields as a model file's ``widths`` header and a golden manifest record them:
-        ``head_a_bits`` only when it is set (files of models without it are unchanged)."""
+        ``head_a_bits`` and ``a_group`` only when set (files of models without them are
+        unchanged)."""
         d = asdict(self)
-        if d["head_a_bits"] is None:
-            del d["head_a_bits"]
+        for key in ("head_a_bits", "a_group"):
+            if d[key] is None:
+                del d[key]
         return d
+
+    def group_kw(self) -> dict:
+        """The DI-MatMul keyword of the linears and the head: ``{"a_group": G}`` when the
+        model sets one, else nothing (so the calls, and golden dumps, are as before)."""
+        return {} if self.a_group is None else {"a_group": self.a_group}
 
 
 @dataclass(frozen=True)

@@ -298,3 +298,65 @@ def head_in_bits_variant(widths, *, use_a=False):
     """``llama.head_in_bits``: the LM head's input width.  ``use_a``: the layers' A,
     whatever ``head_a_bits`` says (a head wired to the activation width of the layers)."""
     return widths.a_bits if use_a else widths.head_in_bits
+
+
+# ------------------------------------------------------------ group-wise activations (matmul, SPEC 4.8)
+
+def group_codes_variant(v, m_in, k_in, bits, Ga, spec, *, shared_zero_point=False, emax=None):
+    """``matmul._group_codes_ref``.  ``shared_zero_point``: every group keeps the row's
+    zero point (one zero point per token, as the per-token quantizer has), its codes
+    clamped into [0, Q]; ``emax``: the group exponent's cap instead of E."""
+    from .fixedpoint import _fit_ref as fit, rounding_code
+    from .matmul import A_GROUP_EMAX, _fits_ref
+    from .requant import _code_div_ref, _requant_ref
+    E = A_GROUP_EMAX if emax is None else emax
+    code = rounding_code(spec.rounding)
+    k_lo, k_hi = spec.k_range
+    T, K = v.shape
+    Q = np.int64(2 ** bits - 1)
+    q, zp, m, k, nsat = _requant_ref(v, m_in, k_in, bits, False, spec.m_bits, k_lo, k_hi, code, True)
+    R = np.maximum(v.max(axis=-1), 0) - np.minimum(v.min(axis=-1), 0)
+    sh = np.maximum(bit_length_ref(R) - PRE_BITS, 0)
+    vs = v >> sh[:, None]
+    Rs = np.maximum(vs.max(axis=-1), 0) - np.minimum(vs.min(axis=-1), 0)
+    m2, e, sat = fit(m_in * Rs, Q, spec.m_bits, k_lo - k_in + sh, k_hi - k_in + sh, RC_CEIL)
+    by_scale = ~sat & (m2 > 0) & (bit_length_ref(m2) - np.minimum(e, 0) <= 62)
+    md, ed = np.where(by_scale, m2, 1), np.where(by_scale, e, 0)
+    na = -(-K // Ga)
+    zg = np.repeat(zp.astype(np.int64)[:, None], na, 1)
+    eg = np.zeros((T, na), dtype=np.int64)
+    q = q.astype(np.int64)
+    for a in range(na):
+        sl = slice(a * Ga, min(K, a * Ga + Ga))
+        lo = np.minimum(vs[:, sl].min(axis=1), 0)
+        L = m_in * (np.maximum(vs[:, sl].max(axis=1), 0) - lo)
+        ea = np.zeros(T, dtype=np.int64)
+        for c in range(1, E + 1):
+            ea = np.where(_fits_ref(L, ed + c, Q * md), c, ea)
+        d = ed + ea
+        z = zp.astype(np.int64) if shared_zero_point else _code_div_ref(-lo * m_in, md, d, code)
+        qa = np.clip(_code_div_ref(vs[:, sl] * m_in[:, None], md[:, None], d[:, None], code)
+                     + z[:, None], 0, Q)
+        q[:, sl] = np.where(by_scale[:, None], qa, q[:, sl])
+        zg[:, a] = np.where(by_scale, z, zg[:, a])
+        eg[:, a] = np.where(by_scale, ea, 0)
+    return q, zg, eg, m, k, nsat
+
+
+def group_fold_variant(xq, zg, eg, w, Ga, Gf, *, shift_by_e=False):
+    """``matmul._di_acc_grp_ref``.  ``shift_by_e``: each group's term is shifted left by its
+    own exponent e instead of E - e (the alignment inverted)."""
+    from .matmul import A_GROUP_EMAX
+    T, K = xq.shape
+    P = np.zeros((T, w.q.shape[0]), dtype=np.int64)
+    amax = 0
+    for f0 in range(0, K, Gf):
+        sl = slice(f0, min(K, f0 + Gf))
+        a, wg = f0 // Ga, f0 // w.group_size
+        xc = xq[:, sl].astype(np.int64) - zg[:, a][:, None]
+        acc = xc @ w.q[:, sl].astype(np.int64).T
+        amax = max(amax, int(np.abs(acc).max()) if acc.size else 0)
+        term = acc * w.m[None, :, wg] + xc.sum(axis=1)[:, None] * w.b[None, :, wg]
+        sh = eg[:, a] if shift_by_e else A_GROUP_EMAX - eg[:, a]
+        P += term << sh[:, None]
+    return P, amax

@@ -265,6 +265,17 @@ def _w_head():
     return run
 
 
+def _w_agroup(row, a_group=4, m=1, k=0):
+    """DI-MatMul with group-wise activations (SPEC 4.8) at A = 4, identity weights: P holds
+    each centred group code shifted by E - e."""
+    def run():
+        from .matmul import di_matmul_acc
+        n = len(row)
+        w = QWeight(np.eye(n, dtype=np.uint8), 8, n, _a([[1]] * n), _a([[0]] * n), 0)
+        return di_matmul_acc(_qt([row], 0, m, k, 16, True), w, 4, Spec(), REF, a_group=a_group)
+    return run
+
+
 def outputs_of(result) -> list:
     """An op result as a flat list of integer arrays (codes, zero points, scales, values);
     counters (ints, dicts) are left out: a kill must show in a tensor."""
@@ -399,6 +410,18 @@ def _registry() -> tuple:
         M("matmul.acc_31bit", "§4.4 acc", "the group accumulator is 31 bits wide, one bit "
           "narrower than int32 (wraps at 2^30)", _variant(
               "intsim.matmul", "_di_acc_ref", mv.acc_variant, acc_bits=31), _w_acc_bound()),
+        M("agroup.shared_zero_point", "§4.8 step 1", "group-wise activations keep the row's one "
+          "zero point in every group (codes clamped) instead of a zero point per (token, group)",
+          _variant("intsim.matmul", "_group_codes_ref", mv.group_codes_variant, shared_zero_point=True),
+          _w_agroup([-30720, 30720, 0, 0, 100, 150, 200, 240])),
+        M("agroup.emax_7", "§4.8 step 1", "the group exponent capped at 7 (a 3-bit exponent "
+          "field) instead of E = 8", _variant("intsim.matmul", "_group_codes_ref",
+                                             mv.group_codes_variant, emax=7),
+          _w_agroup([-30720, 30720, 0, 0, 8, 24, -40, 56])),
+        M("agroup.shift_by_e", "§4.8 step 3", "the fold shifts each group's term by its "
+          "exponent e instead of E - e (the alignment inverted)", _variant(
+              "intsim.matmul", "_di_acc_grp_ref", mv.group_fold_variant, shift_by_e=True),
+          _w_agroup([-240, 0, 225, 232, 3, -2, 1, 0])),
         M("exp.t_floor", "§5.2 step 1", "T = 2^k' / m_f floors instead of the run's rule",
           _wrap(ex, "_div_round_ref", floor_rule), _w_exp([[0, -222, -108, -69, -211]], 160, 28)),
         M("exp.t_ceil", "§5.2 step 1", "T = 2^k' / m_f rounds up (T's tie rule itself cannot "

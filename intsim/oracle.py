@@ -214,3 +214,36 @@ def requant_row(v, m_in: int, k_in: int, bits: int, symmetric: bool,
     sc = requant_scale(min(v), max(v), int(m_in), int(k_in), bits, symmetric, spec)
     zp, codes, ties = requant_codes(v, int(m_in), sc, spec.rounding)
     return sc, zp, codes, ties
+
+
+# ------------------------------------------------------------------ group-wise activations
+
+def requant_groups_row(v, m_in: int, k_in: int, bits: int, a_group: int, emax: int,
+                       spec) -> tuple[RequantScale, list, list, list]:
+    """One row of ``intsim.matmul.requant_groups`` (docs/SPEC.md section 4.8 step 1) in
+    Python ints: ``(scale, codes, zg, e)``.  The row's requant_rows scale; per group of
+    ``a_group`` columns the largest ``e`` in [0, emax] with ``m_in (hi - lo) 2^(e_fit + e)
+    <= Q m`` (exact rationals), its zero point and codes at ``2^(e_fit + e) / m``; a row
+    whose codes do not follow the fitted scale keeps the row's codes, zero point, e = 0."""
+    v = [int(x) for x in v]
+    sc = requant_scale(min(v), max(v), int(m_in), int(k_in), bits, False, spec)
+    zp, codes, _ = requant_codes(v, int(m_in), sc, spec.rounding)
+    K, Ga = len(v), min(a_group, len(v))
+    na = -(-K // Ga)
+    if not sc.by_scale:
+        return sc, codes, [zp] * na, [0] * na
+    Q, m_in = (1 << bits) - 1, int(m_in)
+    zg, eg = [], []
+    for a in range(na):
+        g = [x >> sc.sh for x in v[a * Ga:(a + 1) * Ga]]
+        lo = min(min(g), 0)
+        L = m_in * (max(max(g), 0) - lo)
+        ea = max(c for c in range(emax + 1)
+                 if (L << max(sc.e + c, 0)) <= (Q * sc.m) << max(-(sc.e + c), 0))
+        d = sc.e + ea
+        z = quot(-lo * m_in, sc.m, d, spec.rounding)
+        for j, x in enumerate(g):
+            codes[a * Ga + j] = min(max(quot(x * m_in, sc.m, d, spec.rounding) + z, 0), Q)
+        zg.append(z)
+        eg.append(ea)
+    return sc, codes, zg, eg

@@ -58,7 +58,8 @@ from .errors import IntsimError, IntsimOverflowError, check_choice
 from .exp import T_BITS, _exp_apply_ref, _exp_unit_ref, row_scale
 from .fixedpoint import div_round, rounding_code
 from .llama import forward
-from .matmul import QWeight, acc_bound, di_matmul, di_matmul_acc, p_bound
+from .matmul import (A_GROUP_EMAX, QWeight, acc_bound, check_group_bounds, di_matmul, di_matmul_acc, p_bound,
+                     requant_groups)
 from .norm import di_norm, fixed_preshift, norm_weight, sqrt_c_const
 from .options import OVERFLOW_POLICIES
 from .oracle import fit_exponent, isqrt, rnd
@@ -282,8 +283,10 @@ class _Recompute:
         self.add(_value_entry(f"{name}.y", _layer(name), y, "int64", (2 ** 16 - 1) * (2 ** 15 - 1), check))
 
     # -- DI-MatMul ------------------------------------------------------------
-    def _matmul(self, name, x: QTensor, w: QWeight, a_bits: int, spec, stats: dict):
+    def _matmul(self, name, x: QTensor, w: QWeight, a_bits: int, spec, stats: dict, a_group=None):
         """Input scale, acc and P entries; returns (P int64 or None, P's scale, entries)."""
+        if a_group is not None:
+            return self._matmul_groups(name, x, w, a_bits, a_group, spec, stats)
         layer = _layer(name)
         v = x.centered()
         xq_t, _ = requant_rows(v, x.scale, a_bits, False, spec, REF, name="x")
@@ -318,9 +321,44 @@ class _Recompute:
         P64 = P.astype(np.int64).reshape(x.q.shape[:-1] + (N,)) if ppeak < 2 ** 63 else None
         return P64, Dyadic(xq_t.scale.m, xq_t.scale.k + w.k), (e_acc, e_p)
 
+    def _matmul_groups(self, name, x: QTensor, w: QWeight, a_bits: int, a_group: int, spec, stats: dict):
+        """:meth:`_matmul` with group-wise activations (docs/SPEC.md section 4.8): the group
+        codes, acc per fold group (int32 bound of step 2 at the fold group's size) and P, each
+        fold term shifted by E - e; P's bound is 2^E times step 3's (``check_group_bounds``)."""
+        layer = _layer(name)
+        K = w.q.shape[1]
+        lead = x.q.shape[:-1]
+        v = x.centered().reshape(-1, K)
+        m_in, k_in = (np.broadcast_to(s, lead).reshape(-1) for s in (x.scale.m, x.scale.k))
+        xq, sc, zg, eg, _ = requant_groups(v, Dyadic(m_in, k_in), a_bits, a_group, spec, REF)
+        self.add(_scale_entry(f"{name}.x.scale", layer, self.k_need(v, m_in, k_in, a_bits, False, spec),
+                              v.shape[:-1], spec, sc))
+        Gf, ab, pb = check_group_bounds(K, w, a_bits, a_group)
+        Ga, (T, N) = min(a_group, K), (v.shape[0], w.q.shape[0])
+        P, amax, ppeak, p_at = self.lift(pb, np.zeros((T, N), dtype=np.int64))[0], -1, 0, None
+        for f0 in range(0, K, Gf):
+            sl, ga, wg = slice(f0, min(K, f0 + Gf)), f0 // Ga, f0 // w.group_size
+            xc = xq[:, sl].astype(np.int64) - zg[:, ga][:, None]          # |.| <= 2^A - 1
+            acc = xc @ w.q[:, sl].astype(np.int64).T                       # |.| <= ab < 2^31
+            if _absmax(acc) > amax:                 # the fold group holding the peak acc
+                amax, acc_peak = _absmax(acc), acc
+            acc_f, xs, m, b, sh = self.lift(pb, acc, xc.sum(axis=1), w.m[:, wg], w.b[:, wg],
+                                            A_GROUP_EMAX - eg[:, ga])
+            P = P + (acc_f * m[None, :] + xs[:, None] * b[None, :]) * (2 ** sh)[:, None]
+            if _absmax(P) > ppeak:
+                ppeak, p_at = _absmax(P), _argmax_at(np.abs(P))
+        ok = stats.get("acc_absmax") in (None, amax) and stats.get("p_absmax") in (None, _absmax(P))
+        e_acc = self.add(_value_entry(f"{name}.acc", layer, acc_peak, "int32", ab, ok))
+        e_p = self.add(_value_entry(f"{name}.P", layer, P, "int64", pb, ok))
+        e_p.peak, e_p.headroom = ppeak, 63 - ppeak.bit_length()
+        _locate(e_p, p_at if p_at is not None else e_p.peak_at)
+        P64 = P.astype(np.int64).reshape(lead + (N,)) if ppeak < 2 ** 63 else None
+        scale = Dyadic(sc.m.reshape(lead), sc.k.reshape(lead) + w.k + A_GROUP_EMAX)
+        return P64, scale, (e_acc, e_p)
+
     def di_matmul(self, name: str, a: dict, res) -> None:
         spec = a["spec"]
-        P, scale, ents = self._matmul(name, a["x"], a["w"], a["a_bits"], spec, res[1])
+        P, scale, ents = self._matmul(name, a["x"], a["w"], a["a_bits"], spec, res[1], a.get("a_group"))
         if P is None:
             return
         bits, sym = a["out_bits"], bool(a["out_symmetric"])
@@ -333,7 +371,7 @@ class _Recompute:
                               spec, res[0].scale, check))
 
     def di_matmul_acc(self, name: str, a: dict, res) -> None:
-        P, scale, ents = self._matmul(name, a["x"], a["w"], a["a_bits"], a["spec"], res[2])
+        P, scale, ents = self._matmul(name, a["x"], a["w"], a["a_bits"], a["spec"], res[2], a.get("a_group"))
         check = P is not None and bool(np.array_equal(P, res[0]) and np.array_equal(scale.m, res[1].m)
                                        and np.array_equal(scale.k, res[1].k))
         for e in ents:

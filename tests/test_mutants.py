@@ -33,6 +33,7 @@ from intsim.golden.mutating import Suite
 from intsim.llama import forward
 from intsim.matmul import QWeight, _di_acc_ref
 from intsim.modelfile import load_model, model_hash
+from intsim.options import Spec
 from intsim.norm import _di_norm_ref, fixed_preshift, sqrt_c_const
 from intsim.requant import _requant_ref
 from intsim.residual import _align_ref
@@ -197,6 +198,28 @@ def test_norm_rope_residual_fold_and_acc_variants_are_their_references():
     assert np.array_equal(want[0], got[0]) and want[1] == got[1]
 
 
+def test_group_activation_variants_are_their_references():
+    """SPEC 4.8: the group codes and the group fold, variants at their defaults."""
+    from intsim.matmul import _di_acc_grp_ref, _group_codes_ref, fold_layout
+    for rule in ("floor", "half_up", "half_even", "half_away"):
+        spec = Spec(rounding=rule, overflow="saturate")
+        for Ga in (1, 3, 4, 16):
+            v = RNG.integers(-(2 ** 40), 2 ** 40, size=(4, 16)) >> RNG.integers(0, 40, size=(4, 1))
+            v[1, 3] = 2 ** 61 - 1
+            v[2] = 0
+            m_in, k_in = RNG.integers(0, 2 ** 28, size=4), RNG.integers(-60, 60, size=4)
+            want = _group_codes_ref(v, m_in, k_in, 4, Ga, spec)
+            got = mv.group_codes_variant(v, m_in, k_in, 4, Ga, spec)
+            assert all(np.array_equal(a, b) for a, b in zip(want, got))
+            w = QWeight(RNG.integers(0, 16, size=(5, 16)).astype(np.uint8), 4, 4 if Ga in (1, 4, 16) else 16,
+                        RNG.integers(0, 2 ** 16, size=(5, 4 if Ga in (1, 4, 16) else 1)),
+                        RNG.integers(-(2 ** 20), 2 ** 20, size=(5, 4 if Ga in (1, 4, 16) else 1)), 3)
+            Gf = fold_layout(16, w.group_size, Ga)
+            q, zg, eg = want[0].astype(np.uint8), want[1], want[2]
+            a, b = _di_acc_grp_ref(q, zg, eg, w, Ga, Gf), mv.group_fold_variant(q, zg, eg, w, Ga, Gf)
+            assert np.array_equal(a[0], b[0]) and a[1] == b[1]
+
+
 def test_head_width_variant_is_the_graphs_choice():
     from intsim.llama import head_in_bits
     from intsim.model import Widths
@@ -254,7 +277,9 @@ def test_variants_at_their_defaults_replay_the_committed_suites(small_model, hea
              ("intsim.softmax", "_center_clip_ref", mv.center_clip_variant, False),
              ("intsim.softmax", "_exp_norm_ref", mv.exp_norm_variant, False), ("intsim.norm", "_di_norm_ref", mv.norm_variant, False),
              ("intsim.rope", "_rope_ref", mv.rope_variant, False), ("intsim.residual", "_align_ref", mv.align_variant, False),
-             ("intsim.attention", "_fold_ref", mv.fold_variant, False), ("intsim.matmul", "_di_acc_ref", mv.acc_variant, False)]
+             ("intsim.attention", "_fold_ref", mv.fold_variant, False), ("intsim.matmul", "_di_acc_ref", mv.acc_variant, False),
+             ("intsim.matmul", "_group_codes_ref", mv.group_codes_variant, False),
+             ("intsim.matmul", "_di_acc_grp_ref", mv.group_fold_variant, False)]
     for module, attr, fn, everywhere in nulls:
         null = mu.Mutant("null", "§1", "no change", mu._variant(module, attr, fn, everywhere), None)
         with null.apply():

@@ -13,7 +13,7 @@ from ..head import argmax, inv_sqrt_dyadic
 from ..errors import IntsimError
 from ..exp import di_exp
 from ..fixedpoint import FLOOR, HALF_UP, div_round, dyadic_fit, isqrt, rshift_round
-from ..matmul import QWeight, di_matmul, di_matmul_acc
+from ..matmul import QWeight, di_matmul, di_matmul_acc, requant_groups
 from ..norm import di_norm, norm_weight
 from ..options import Spec
 from ..requant import requant_rows
@@ -34,11 +34,20 @@ KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matm
                                  requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
                                  residual_add, di_swiglu, di_exp, softmax_clip,
                                  isqrt, dyadic_fit, div_round, rshift_round, argmax, inv_sqrt_dyadic,
-                                 mul_scales)}
+                                 mul_scales, requant_groups)}
 #: kinds without any rounding in their output (``rounding: exact``)
 EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
 #: output argument names per kind (default: one output, "out")
-OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated")}
+OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated"),
+             "requant_groups": ("out", "zg", "exp")}
+#: op parameters added after records existed, whose default None means "as before": a
+#: record holds them only when set, so every record made without them stays byte-identical
+OPTIONAL_PARAMS = ("a_group",)
+
+
+def recorded_params(arguments: dict) -> dict:
+    """An op's bound arguments as a record holds them: :data:`OPTIONAL_PARAMS` at None left out."""
+    return {a: v for a, v in arguments.items() if not (a in OPTIONAL_PARAMS and v is None)}
 
 
 def rounding_of(kind: str, spec: Spec | None, params: dict | None = None) -> str:

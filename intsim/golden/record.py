@@ -18,7 +18,7 @@ from ..options import Spec
 from ..qtensor import Dyadic, QTensor
 from .formats import (FORMAT, FORMAT_VERSION, FORMATS, GENERATOR, INDEX_DIGITS, MANIFEST, hex_buffer,
                       hex_size, manifest_text, npy_header, pack32_lines, sha256_of, txt_lines)
-from .ops import KINDS, model_params, model_tensors_sha256, rounding_of
+from .ops import KINDS, model_params, model_tensors_sha256, recorded_params, rounding_of
 from .stages import STAGES, stage_call
 from .values import CALL_DTYPE_DEFAULT, QWEIGHT_ARRAYS, components, jsonable, split_result
 
@@ -225,10 +225,11 @@ class Recorder:
             return
         args = inspect.signature(call.fn).bind(*call.args, **call.kwargs)
         args.apply_defaults()
+        arguments = recorded_params(args.arguments)
         for st in stage_names:
-            fn, a, result = stage_call(kind, st, args.arguments, call.result)
+            fn, a, result = stage_call(kind, st, arguments, call.result)
             self._record(f"{name}.{st}", fn, a, result, stage_of=name)
-        self._record(name, call.fn, dict(args.arguments), call.result, stage_of=None)
+        self._record(name, call.fn, arguments, call.result, stage_of=None)
 
     def record_call(self, name: str, fn, arguments: dict, result, stage_of=None,
                     extra: dict | None = None) -> None:

@@ -47,6 +47,13 @@ SITES = {
     "matmul.p.bound": ("4.4", "bound", "P at its proven bound K (2^A - 1)((2^W - 1) max m + max |b|) for the "
                                        "record's K (all-max operands): attained exactly"),
     # 5 DI-Exp
+    "agroup.exp": ("4.8", "branch", "group exponent e at 0 (the massive-channel group), between, and at its cap E "
+                                    "(a zero group: zero point 0)"),
+    "agroup.ties": ("4.8", "rounding", "group codes and zero point on exact ties at the refined step, every tie rule"),
+    "agroup.p.bound": ("4.8", "bound", "the fold at 2^E K (2^A - 1)((2^W - 1) max m + max |b|): attained exactly"),
+    "agroup.nest": ("4.8", "branch", "activation groups inside weight groups, weight groups inside activation "
+                                     "groups, a short last group over per-channel weights"),
+    "agroup.fallback": ("4.8", "branch", "rows that keep per-token codes (e = 0): a zero row, a saturated scale"),
     "exp.mf": ("5.2", "clamp", "step 0a: m_f = m + (m >> 1) - (m >> 4), the shifts' floors"),
     "exp.tcap": ("5.3", "cap", "the T cap: normalization j = max(0, k - 29 - bitlen(m_f)) on both sides of 0"),
     "exp.xshift": ("5.2", "rounding", "step 0c: x' = rnd(x / 2^j) on a tie that reaches the output"),

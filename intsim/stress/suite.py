@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import IntsimError
 from ..golden.formats import FORMAT, FORMAT_VERSION, FORMATS, GENERATOR, MANIFEST, manifest_text
-from ..golden.ops import KINDS
+from ..golden.ops import KINDS, recorded_params
 from ..golden.record import Recorder, _prepare_dir
 from ..golden.stages import STAGES, stage_call
 from .core import Case, StressError
@@ -26,9 +26,12 @@ STAGE_TARGETS = {
 
 def all_cases() -> list:
     """Every generator's cases, in suite order (module order, then each generator's)."""
-    from . import gen_attn, gen_exp, gen_head, gen_matmul, gen_misc, gen_norm, gen_prim, gen_requant, gen_softmax
+    from . import (gen_agroup, gen_attn, gen_exp, gen_head, gen_matmul, gen_misc, gen_norm, gen_prim,
+                   gen_requant, gen_softmax)
     out = []
-    for g in (gen_prim, gen_requant, gen_matmul, gen_exp, gen_softmax, gen_norm, gen_misc, gen_attn, gen_head):
+    # new generators go last: the suite's earlier records keep their numbers and files
+    for g in (gen_prim, gen_requant, gen_matmul, gen_exp, gen_softmax, gen_norm, gen_misc, gen_attn, gen_head,
+              gen_agroup):
         out += g.cases()
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})
@@ -63,7 +66,7 @@ def bound_args(case: Case, backend: str = "reference") -> dict:
     except TypeError as e:
         raise StressError(f"{case.name}: arguments do not fit {case.kind}: {e}") from e
     b.apply_defaults()
-    return dict(b.arguments)
+    return recorded_params(b.arguments)
 
 
 def run_case(case: Case, backend: str = "reference"):
