@@ -154,7 +154,8 @@ def test_forced_fallback_is_active():
 
 
 @pytest.mark.skipif(not HOST_VNNI or FORCED,
-                    reason="the CPU lacks AVX-512 VNNI: the default path already is the fallback")
+                    reason="the CPU lacks AVX-512 VNNI, or INTSIM_ISA=avx2 is set: the default "
+                           "path already is the fallback")
 def test_forced_fallback_subprocess():
     """This file's tile tests again with INTSIM_ISA=avx2 (the portable vpmaddwd tile)."""
     env = dict(os.environ, INTSIM_ISA="avx2")
