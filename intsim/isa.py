@@ -14,16 +14,18 @@ sets ``NUMBA_CPU_FEATURES`` to the host's features without any AVX-512 or AVX-VN
 extension, so every kernel is compiled as on an AVX2-only machine of the same family
 (unless ``NUMBA_CPU_FEATURES`` is already set, or Numba already compiled something in
 this process: :func:`isa` then reports what is really in use).  ``INTSIM_ISA=auto`` (the
-default, or unset) uses what the CPU has.
+default, or unset) uses what the CPU has; any other value stops the process with
+``intsim: error: INTSIM_ISA: ...`` (exit status 2).  ``intsim/__init__.py`` imports this
+module first, so the setting reaches Numba before any kernel compiles.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import llvmlite.binding as llvm
 import numba.core.config as nb_config
 
-from .errors import IntsimError
 
 #: values of the INTSIM_ISA environment variable
 ISA_CHOICES = ("auto", "avx2")
@@ -41,7 +43,10 @@ def _forced_features() -> str:
 def _apply_env() -> None:
     want = os.environ.get("INTSIM_ISA", "auto") or "auto"
     if want not in ISA_CHOICES:
-        raise IntsimError(f"INTSIM_ISA: {want!r} is not one of {', '.join(ISA_CHOICES)}")
+        # a process-wide setting read at import: no caller to hand an exception to
+        print(f"intsim: error: INTSIM_ISA: {want!r} is not one of {', '.join(ISA_CHOICES)}",
+              file=sys.stderr)
+        raise SystemExit(2)
     if want == "avx2" and not os.environ.get("NUMBA_CPU_FEATURES"):
         os.environ["NUMBA_CPU_FEATURES"] = _forced_features()
         nb_config.reload_config()

@@ -166,3 +166,24 @@ def test_forced_fallback_subprocess():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     # 1 + 4 + 1 + 1 tile and matmul tests and the fallback check, none skipped
     assert "8 passed" in r.stdout and "skipped" not in r.stdout, r.stdout[-3000:]
+
+
+def _isa_subprocess(value, code):
+    env = dict(os.environ, INTSIM_ISA=value)
+    env.pop("NUMBA_CPU_FEATURES", None)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_forced_fallback_reaches_the_cli():
+    """The CLI imports many modules before a kernel runs; INTSIM_ISA=avx2 still holds."""
+    r = _isa_subprocess("avx2", "from intsim_app.cli import build_parser; build_parser(); "
+                                "from intsim.isa import isa; print(isa())")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["avx2"]
+
+
+def test_bad_isa_value_is_one_clear_error():
+    r = _isa_subprocess("avx9", "import intsim")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "intsim: error: INTSIM_ISA: 'avx9' is not one of auto, avx2"
