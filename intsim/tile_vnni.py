@@ -33,8 +33,9 @@ int32 bound: a lane of a product accumulator sums products ``|u v| <= 255 * 128`
 most ``16 nsteps`` of them over all lanes of one (r, c), so every partial sum is at most
 ``16 nsteps * 255 * 128`` in magnitude; the tile takes this path only when that is
 ``<= 2^31 - 1`` (``nsteps <= NSTEPS_MAX`` = 4112, i.e. K <= 65792; checked at run time,
-the portable loop otherwise).  A correction lane sums at most ``16 nsteps / 16`` codes
-``<= 255`` (times 128 after the shift: below the same bound).  After the correction a
+the portable loop otherwise).  A correction lane sums four codes ``|o| <= 255`` per
+instruction, at most ``4 nsteps`` of them (column groups: four per step; K-major: four
+per four steps), so ``128 |corr| <= 4 nsteps * 255 * 128``, below the same bound.  After the correction a
 lane is a sum of a subset of the exact products ``x w``, bounded like the final sum (the
 callers' checked ``K max|x| max|w| <= 2^31 - 1``).  Exact: no rounding, so no tie rule.
 """
