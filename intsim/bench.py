@@ -350,16 +350,19 @@ def format_table(r: dict) -> str:
         lines.append(f"  {shape:<34} {r[f'{name}_int_gops']:>10.1f} {r[f'{name}_f32_gops']:>10.1f} "
                      f"{r[f'{name}_ratio']:>6.2f}x {r[f'{name}_int_dot_gops']:>10.1f} "
                      f"{r[f'{name}_di_matmul_gops']:>10.1f} {str(r[f'{name}_exact']):>6}")
-    lines.append(f"  median GOP/s: GEMM int {r['gemm_int_gops_median']:.1f}, f32 "
-                 f"{r['gemm_f32_gops_median']:.1f}; GEMV int {r['gemv_int_gops_median']:.1f}, f32 "
-                 f"{r['gemv_f32_gops_median']:.1f}")
-    lines.append(f"  tile ISA {r['isa']}; memory read {r['read_gbs_1t']:.1f} GB/s (1 thread), "
-                 f"{r['read_gbs_nt']:.1f} GB/s ({r['read_threads']} threads), "
-                 f"{r['read_bytes'] >> 20} MiB")
-    lines.append(f"  GEMV weight stream: int_matmul {r['gemv_int_gbs']:.1f} GB/s; packed decode "
-                 f"kernel {r['gemv_packed_1t_gbs']:.1f} GB/s (1 thread, median "
-                 f"{r['gemv_packed_1t_gbs_median']:.1f}), {r['gemv_packed_par_gbs']:.1f} GB/s "
-                 f"(threads, median {r['gemv_packed_par_gbs_median']:.1f})")
+    if "gemm_int_gops_median" in r:          # (a result of an older bench has none of these)
+        lines.append(f"  median GOP/s: GEMM int {r['gemm_int_gops_median']:.1f}, f32 "
+                     f"{r['gemm_f32_gops_median']:.1f}; GEMV int {r['gemv_int_gops_median']:.1f}, "
+                     f"f32 {r['gemv_f32_gops_median']:.1f}")
+    if "read_gbs_1t" in r:
+        lines.append(f"  tile ISA {r['isa']}; memory read {r['read_gbs_1t']:.1f} GB/s (1 thread), "
+                     f"{r['read_gbs_nt']:.1f} GB/s ({r['read_threads']} threads), "
+                     f"{r['read_bytes'] >> 20} MiB")
+    if "gemv_packed_1t_gbs" in r:
+        lines.append(f"  GEMV weight stream: int_matmul {r['gemv_int_gbs']:.1f} GB/s; packed decode "
+                     f"kernel {r['gemv_packed_1t_gbs']:.1f} GB/s (1 thread, median "
+                     f"{r['gemv_packed_1t_gbs_median']:.1f}), {r['gemv_packed_par_gbs']:.1f} GB/s "
+                     f"(threads, median {r['gemv_packed_par_gbs_median']:.1f})")
     m = r["machine"]
     lines.append(f"  cpu: {m['cpu']}, {m['cores']} cores, numba threads {m['numba_threads']}, "
                  f"BLAS {m['blas']}, numpy {m['numpy']}, numba {m['numba']}")
