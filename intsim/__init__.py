@@ -4,7 +4,8 @@ Numba's on-disk cache is keyed by each function's own source file, so a kernel t
 inlines a primitive from ``fixedpoint.py`` keeps its stale machine code after that
 primitive changes — kernel and reference would then silently disagree.  The cache
 directory is therefore keyed by a hash of every source file of the package: any edit
-gives a fresh cache.  Set NUMBA_CACHE_DIR yourself to override.
+gives a fresh cache.  Set NUMBA_CACHE_DIR yourself to override.  ``INTSIM_ISA=avx2``
+(intsim.isa) is applied here too, before any kernel compiles.
 """
 import hashlib
 import os
@@ -40,3 +41,5 @@ def _set_numba_cache_dir() -> None:
 
 
 _set_numba_cache_dir()
+# INTSIM_ISA=avx2 (intsim.isa) must reach Numba before anything in this process compiles
+from . import isa as _isa  # noqa: E402,F401

@@ -14,6 +14,13 @@ each timing is the best of many runs after a warm-up run (JIT compile, caches), 
 integer and float timings interleaved so that both see the same machine load.
 The integer result is checked against float64 BLAS on a slice of output columns (exact:
 every sum is below 2^53) and against an int64 NumPy recompute of a few outputs.
+Each GOP/s figure also has a median (``*_median``: the load the runs saw).  Memory side:
+``isa`` (the vector tile's instruction set, :func:`intsim.isa.isa`), a measured read
+bandwidth (``read_gbs_1t``, ``read_gbs_nt``: every 8-byte word of a 512 MiB array, one
+thread and all Numba threads), and the GB/s the GEMV streams its int8 weights at: the
+plain core (``gemv_int_gbs``) and the decode kernel (DI-MatMul steps 2-3 on a packed
+weight, ``gemv_acc_packed``) on one thread and split over threads (``gemv_packed_1t_gbs``,
+``gemv_packed_par_gbs``; their outputs compared, ``gemv_packed_equal``).
 With ``--model`` it also times a golden export (``intsim golden``) of a 256-token prompt:
 seconds, MB/s written, and its overhead against a plain forward (:func:`golden_bench`).
 The command itself, and the PyTorch fp32 baseline of ``--model``, live in the application
@@ -28,8 +35,10 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from numba import njit, prange
 
-from .gemm import int_matmul
+from .gemm import PACK_N, PackedWeight, gemv_acc_packed, gemv_acc_packed_par, int_matmul
+from .isa import isa
 
 GEMM_SHAPE = (128, 4096, 4096)     # M, K, N
 GEMV_SHAPE = (1, 4096, 11008)
@@ -55,6 +64,7 @@ def machine_info() -> dict:
     except Exception:                                  # noqa: BLE001 - informational only
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+            "isa": isa(),
             "blas": blas, "numpy": np.__version__, "numba": numba.__version__,
             "python": platform.python_version(),
             "env_threads": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -62,23 +72,93 @@ def machine_info() -> dict:
                             if k in os.environ}}
 
 
-def _best_time(fn, repeats: int, min_time: float = 0.0, max_runs: int = 500) -> float:
-    """Best wall time of at least ``repeats`` runs, continuing until ``min_time`` seconds
+def _times(fn, repeats: int, min_time: float = 0.0, max_runs: int = 500) -> list:
+    """Wall times of at least ``repeats`` runs, continuing until ``min_time`` seconds
     have been spent (at most ``max_runs`` runs), after one warm-up run.
 
     On a 2-core machine shared with other work, a run in which one of the two worker
     threads waits for a core takes several times longer; the best of many runs is the
-    machine's undisturbed speed."""
+    machine's undisturbed speed (the median shows the load)."""
     fn()                                               # warm-up: JIT compile, page in
-    best = float("inf")
+    out = []
     start = time.perf_counter()
-    runs = 0
-    while runs < repeats or (time.perf_counter() - start < min_time and runs < max_runs):
+    while len(out) < repeats or (time.perf_counter() - start < min_time and len(out) < max_runs):
         t0 = time.perf_counter()
         fn()
-        best = min(best, time.perf_counter() - t0)
-        runs += 1
-    return best
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _best_time(fn, repeats: int, min_time: float = 0.0, max_runs: int = 500) -> float:
+    """Best of :func:`_times`."""
+    return min(_times(fn, repeats, min_time, max_runs))
+
+
+@njit(cache=True)
+def _read_1t(a):
+    """XOR of every 8-byte word of ``a`` (a read of every byte; the result only keeps
+    the loop alive)."""
+    acc = np.uint64(0)
+    for i in range(a.shape[0]):
+        acc ^= a[i]
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _read_nt(a):
+    """:func:`_read_1t` over 64 chunks split over Numba's threads."""
+    nch = 64
+    step = (a.shape[0] + nch - 1) // nch
+    part = np.zeros(nch, dtype=np.uint64)
+    for c in prange(nch):
+        acc = np.uint64(0)
+        for i in range(c * step, min(a.shape[0], c * step + step)):
+            acc ^= a[i]
+        part[c] = acc
+    out = np.uint64(0)
+    for c in range(nch):
+        out ^= part[c]
+    return out
+
+
+def read_bandwidth(nbytes: int, repeats: int, min_time: float) -> dict:
+    """Measured read bandwidth (GB/s, best and median) of one thread and of all Numba
+    threads over a ``nbytes`` array (filled, so every page is real memory)."""
+    a = np.full(nbytes // 8, 0x0101010101010101, dtype=np.uint64)
+    r = {"read_bytes": int(a.nbytes), "read_threads": numba.get_num_threads()}
+    for key, fn in (("1t", _read_1t), ("nt", _read_nt)):
+        ts = _times(lambda: fn(a), repeats, min_time)
+        r[f"read_gbs_{key}"] = a.nbytes / min(ts) / 1e9
+        r[f"read_gbs_{key}_median"] = a.nbytes / float(np.median(ts)) / 1e9
+    return r
+
+
+def _packed_gemv(w8: np.ndarray, repeats: int, min_time: float) -> dict:
+    """The decode kernel (DI-MatMul steps 2-3 on a packed weight, one token row): single
+    thread and split over threads; GB/s = weight bytes / time (best and median)."""
+    from .matmul import QWeight
+    N, K = w8.shape
+    q = (w8.astype(np.int16) + 128).astype(np.uint8)
+    pw = PackedWeight([QWeight(q, 8, K, np.full((N, 1), 3, np.int64),
+                               np.full((N, 1), -5, np.int64), 0)])
+    rng = np.random.default_rng(1)
+    xq = rng.integers(0, 256, (1, K)).astype(np.uint8)
+    zx = np.array([128], dtype=np.int64)
+    P1 = np.empty((1, pw.qsum.shape[0]), dtype=np.int64)
+    P2 = np.empty_like(P1)
+    r = {}
+    t1, t2 = [], []
+    for _ in range(2):                                 # interleaved
+        t1 += _times(lambda: gemv_acc_packed(xq, zx, pw.wp, pw.qsum, pw.m, pw.b, K, P1),
+                     repeats, min_time / 2)
+        t2 += _times(lambda: gemv_acc_packed_par(xq, zx, pw.wp, pw.qsum, pw.m, pw.b, K, P2),
+                     repeats, min_time / 2)
+    nb = pw.qsum.shape[0] // PACK_N * PACK_N * K
+    for key, ts in (("1t", t1), ("par", t2)):
+        r[f"gemv_packed_{key}_gbs"] = nb / min(ts) / 1e9
+        r[f"gemv_packed_{key}_gbs_median"] = nb / float(np.median(ts)) / 1e9
+    r["gemv_packed_equal"] = bool(np.array_equal(P1, P2))
+    return r
 
 
 def _exact(x: np.ndarray, w: np.ndarray, out: np.ndarray, rng, ncols: int = 256) -> bool:
@@ -115,7 +195,7 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
     rng = np.random.default_rng(seed)
     res: dict = {"quick": bool(quick), "repeats": int(repeats), "min_time_s": min_time,
                  "dtype": "int8 x int8 -> int32",
-                 "kernel": "intsim.gemm.int_matmul (tiled)"}
+                 "kernel": "intsim.gemm.int_matmul (tiled)", "isa": isa()}
     exact = True
     for name, (M, K, N) in (("gemm", QUICK_GEMM if quick else GEMM_SHAPE),
                             ("gemv", QUICK_GEMV if quick else GEMV_SHAPE)):
@@ -123,10 +203,11 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
         w = rng.integers(-127, 128, size=(N, K), dtype=np.int8)
         xf, wf = x.astype(np.float32), w.astype(np.float32)
         ops = 2 * M * N * K
-        t_int, t_f32 = float("inf"), float("inf")
+        ti, tf = [], []
         for _ in range(2):                             # interleaved: both see the same load
-            t_int = min(t_int, _best_time(lambda: int_matmul(x, w), repeats, min_time / 2))
-            t_f32 = min(t_f32, _best_time(lambda: np.matmul(xf, wf.T), repeats, min_time / 2))
+            ti += _times(lambda: int_matmul(x, w), repeats, min_time / 2)
+            tf += _times(lambda: np.matmul(xf, wf.T), repeats, min_time / 2)
+        t_int, t_f32 = min(ti), min(tf)
         t_dot = _best_time(lambda: int_matmul(x, w, kernel="dot"), max(1, repeats // 2),
                            min_time / 2)
         t_di = _di_matmul_time(x, w, max(1, repeats // 2), min_time / 2)
@@ -136,9 +217,17 @@ def collect(quick: bool = False, repeats: int = 5, seed: int = 0,
         res[f"{name}_int_gops"] = ops / t_int / 1e9
         res[f"{name}_f32_gops"] = ops / t_f32 / 1e9
         res[f"{name}_ratio"] = t_f32 / t_int
+        res[f"{name}_int_gops_median"] = ops / float(np.median(ti)) / 1e9
+        res[f"{name}_f32_gops_median"] = ops / float(np.median(tf)) / 1e9
+        res[f"{name}_int_gbs"] = N * K / t_int / 1e9            # int8 weight bytes / time
         res[f"{name}_int_dot_gops"] = ops / t_dot / 1e9
         res[f"{name}_di_matmul_gops"] = ops / t_di / 1e9
         res[f"{name}_exact"] = ok
+        if name == "gemv":
+            res.update(_packed_gemv(w, repeats, min_time))
+            exact &= res["gemv_packed_equal"]
+    res.update(read_bandwidth((32 if quick else 512) << 20, repeats, min_time / 2))
+    res["isa"] = isa()
     res["exact"] = bool(exact)
     res["machine"] = machine_info()
     return res
@@ -304,6 +393,19 @@ def format_table(r: dict) -> str:
         lines.append(f"  {shape:<34} {r[f'{name}_int_gops']:>10.1f} {r[f'{name}_f32_gops']:>10.1f} "
                      f"{r[f'{name}_ratio']:>6.2f}x {r[f'{name}_int_dot_gops']:>10.1f} "
                      f"{r[f'{name}_di_matmul_gops']:>10.1f} {str(r[f'{name}_exact']):>6}")
+    if "gemm_int_gops_median" in r:          # (a result of an older bench has none of these)
+        lines.append(f"  median GOP/s: GEMM int {r['gemm_int_gops_median']:.1f}, f32 "
+                     f"{r['gemm_f32_gops_median']:.1f}; GEMV int {r['gemv_int_gops_median']:.1f}, "
+                     f"f32 {r['gemv_f32_gops_median']:.1f}")
+    if "read_gbs_1t" in r:
+        lines.append(f"  tile ISA {r['isa']}; memory read {r['read_gbs_1t']:.1f} GB/s (1 thread), "
+                     f"{r['read_gbs_nt']:.1f} GB/s ({r['read_threads']} threads), "
+                     f"{r['read_bytes'] >> 20} MiB")
+    if "gemv_packed_1t_gbs" in r:
+        lines.append(f"  GEMV weight stream: int_matmul {r['gemv_int_gbs']:.1f} GB/s; packed decode "
+                     f"kernel {r['gemv_packed_1t_gbs']:.1f} GB/s (1 thread, median "
+                     f"{r['gemv_packed_1t_gbs_median']:.1f}), {r['gemv_packed_par_gbs']:.1f} GB/s "
+                     f"(threads, median {r['gemv_packed_par_gbs_median']:.1f})")
     m = r["machine"]
     lines.append(f"  cpu: {m['cpu']}, {m['cores']} cores, numba threads {m['numba_threads']}, "
                  f"BLAS {m['blas']}, numpy {m['numpy']}, numba {m['numba']}")

@@ -5,10 +5,14 @@ The vector tile :func:`dot_tile_flat` emits, for an R x C tile of outputs, one l
 in steps of 16 that keeps R*C vector accumulators of 8 int32 lanes in registers.  Each
 step loads 16 codes of each of the R x rows and C w rows, widens them to 32 bits (zero-
 or sign-extension by dtype), multiplies lane-wise and adds the even and odd products of
-each pair into the 8 lanes.  The LLVM IR it emits is plain integer vector arithmetic (no
-target intrinsic, no float): ``acc += even(x*w) + odd(x*w)``.  On x86 the backend
-recognises the pattern as ``vpmaddwd`` (16 x 16-bit multiplies, pairwise added into 8 x
-32 bits); elsewhere it compiles to ordinary vector code with the same result.
+each pair into the 8 lanes.  This portable loop is plain integer vector IR (no target
+intrinsic, no float): ``acc += even(x*w) + odd(x*w)``.  On x86 the backend recognises
+the pattern as ``vpmaddwd`` (16 x 16-bit multiplies, pairwise added into 8 x 32 bits;
+``vpdpwssd``, the same sums fused with the add, where AVX-512 VNNI is targeted); elsewhere
+it compiles to ordinary vector code with the same result.  Where Numba's JIT targets
+AVX-512 VNNI and both operands are 8-bit, the tile is built instead on ``vpdpbusd`` (64
+byte products per instruction, :mod:`intsim.tile_vnni`; :mod:`intsim.isa` chooses, and
+``INTSIM_ISA=avx2`` forces the portable loop): same sums, same int32 result.
 
 Why it is exact: every operand is an 8-bit code widened to 32 bits (|x|, |w| <= 255), so
 each product and each pair sum is formed exactly in 32 bits, and every partial sum is a
@@ -41,7 +45,9 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from . import tile_vnni
 from .errors import IntsimError, IntsimOverflowError, check_choice, check_int_array
+from .isa import has_vnni
 
 #: input features per vector step (16 codes widened to 32-bit lanes)
 VEC = 16
@@ -71,9 +77,11 @@ def dot_tile_flat(typingctx, x, xoff, xrs, w, woff, wstep, wcs, nsteps, s, R, C)
 
     ``x``, ``w``: C-contiguous uint8/int8/int16 arrays of any rank, addressed by flat
     element offsets; ``s``: int32 array with >= R*C elements.  The row layout is
-    ``wstep = 16, wcs = K``; the packed layout ``wstep = 16*C, wcs = 16``.  No bounds checks: the callers guarantee the offsets.  Each step widens
-    16 codes per operand to 32 bits, multiplies lane-wise and adds even and odd products
-    into 8 lanes (x86 backends select ``vpmaddwd``); exact (module docstring).
+    ``wstep = 16, wcs = K``; the packed layout ``wstep = 16*C, wcs = 16``.  No bounds
+    checks: the callers guarantee the offsets.  Each step widens 16 codes per operand to
+    32 bits, multiplies lane-wise and adds even and odd products into 8 lanes (x86
+    backends select ``vpmaddwd``); 8-bit operands on AVX-512 VNNI use ``vpdpbusd``
+    (:mod:`intsim.tile_vnni`); exact either way (module docstring).
     """
     # why one function: Numba's @intrinsic contract is one typing function returning its
     # codegen closure; the closure emits the tile's whole loop as one block of LLVM IR
@@ -87,7 +95,6 @@ def dot_tile_flat(typingctx, x, xoff, xrs, w, woff, wstep, wcs, nsteps, s, R, C)
     sig = types.void(x, xoff, xrs, w, woff, wstep, wcs, nsteps, s, R, C)
 
     def codegen(context, builder, sig, args):
-        # why one function: one loop's IR (entry, phi nodes, body, reduction) built in order
         xoff_v, xrs_v, woff_v, wstep_v, wcs_v, ns_v = [
             context.cast(builder, args[i], sig.args[i], types.int64) for i in (1, 2, 4, 5, 6, 7)]
         xarr = context.make_array(sig.args[0])(context, builder, args[0])
@@ -99,84 +106,107 @@ def dot_tile_flat(typingctx, x, xoff, xrs, w, woff, wstep, wcs, nsteps, s, R, C)
         wb = builder.gep(builder.bitcast(warr.data, wel.as_pointer()), [woff_v])
         xrow = [builder.gep(xb, [builder.mul(xrs_v, _I64(r))]) for r in range(nr)]
         wcol = [builder.gep(wb, [builder.mul(wcs_v, _I64(c))]) for c in range(nc)]
-        v16 = ir.VectorType(_I32, VEC)
-        v8 = ir.VectorType(_I32, VEC // 2)
-        zero8 = ir.Constant(v8, [0] * (VEC // 2))
-        even = ir.Constant(v8, list(range(0, VEC, 2)))
-        odd = ir.Constant(v8, list(range(1, VEC, 2)))
-        x_signed = sig.args[0].dtype.signed
-        w_signed = sig.args[3].dtype.signed
+        xs, ws = sig.args[0].dtype.signed, sig.args[3].dtype.signed
 
-        entry = builder.basic_block
-        loop = builder.append_basic_block("ftile_loop")
-        done = builder.append_basic_block("ftile_done")
-        builder.cbranch(builder.icmp_signed(">", ns_v, _I64(0)), loop, done)
+        def portable(i0, inits):
+            finals = _portable_loop(builder, xrow, wcol, (xel, xs), (wel, ws), wstep_v, ns_v, i0,
+                                    inits, nr, nc)
+            _store_sums(builder, finals, sarr.data, nr, nc)
 
-        builder.position_at_end(loop)
-        i = builder.phi(_I64)
-        accs = [builder.phi(v8) for _ in range(nr * nc)]
-        i.add_incoming(_I64(0), entry)
-        for a in accs:
-            a.add_incoming(zero8, entry)
-        kx = builder.mul(i, _I64(VEC))
-        kw = builder.mul(i, wstep_v)
-
-        def load(base, k, el, signed):
-            p = builder.bitcast(builder.gep(base, [k]), ir.VectorType(el, VEC).as_pointer())
-            v = builder.load(p, align=1)
-            return builder.sext(v, v16) if signed else builder.zext(v, v16)
-
-        xv = [load(xrow[r], kx, xel, x_signed) for r in range(nr)]
-        wv = [load(wcol[c], kw, wel, w_signed) for c in range(nc)]
-        new = []
-        for r in range(nr):
-            for c in range(nc):
-                # 8-bit codes: |p| <= 255^2; int16 operands: every pair and lane sum is a
-                # partial sum, bounded by the caller's checked K max|x| max|w| <= 2^31 - 1
-                p = builder.mul(xv[r], wv[c])
-                pair = builder.add(builder.shuffle_vector(p, p, even),
-                                   builder.shuffle_vector(p, p, odd))
-                new.append(builder.add(accs[r * nc + c], pair))
-        i_next = builder.add(i, _I64(1))
-        i.add_incoming(i_next, loop)
-        for a, v in zip(accs, new):
-            a.add_incoming(v, loop)
-        builder.cbranch(builder.icmp_signed("<", i_next, ns_v), loop, done)
-
-        builder.position_at_end(done)
-        finals = []
-        for j in range(nr * nc):                          # all phis first (LLVM rule)
-            ph = builder.phi(v8)
-            ph.add_incoming(zero8, entry)
-            ph.add_incoming(new[j], loop)
-            finals.append(ph)
-        if nc == 8:
-            # eight accumulators -> one vector of their eight lane sums, by a pairwise
-            # tree (sums of the same terms, int32, each bounded like the final sum):
-            # ~10 vector ops instead of eight separate horizontal reductions
-            def hadd(x, y):                   # per 128-bit half: x0+x1, x2+x3, y0+y1, y2+y3
-                lo = ir.Constant(v8, [0, 2, 8, 10, 4, 6, 12, 14])
-                hi = ir.Constant(v8, [1, 3, 9, 11, 5, 7, 13, 15])
-                return builder.add(builder.shuffle_vector(x, y, lo),
-                                   builder.shuffle_vector(x, y, hi))
-            lo4 = ir.Constant(v8, [0, 1, 2, 3, 8, 9, 10, 11])
-            hi4 = ir.Constant(v8, [4, 5, 6, 7, 12, 13, 14, 15])
-            for r in range(nr):
-                a = finals[r * 8:(r + 1) * 8]
-                h = [hadd(a[0], a[1]), hadd(a[2], a[3]), hadd(a[4], a[5]), hadd(a[6], a[7])]
-                q0, q1 = hadd(h[0], h[1]), hadd(h[2], h[3])
-                tot = builder.add(builder.shuffle_vector(q0, q1, lo4),
-                                  builder.shuffle_vector(q0, q1, hi4))
-                dst = builder.bitcast(builder.gep(sarr.data, [_I64(r * 8)]), v8.as_pointer())
-                builder.store(tot, dst, align=4)
-            return context.get_dummy_value()
-        reduce_add = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(_I32, [v8]), "llvm.vector.reduce.add.v8i32")
-        for j, ph in enumerate(finals):
-            builder.store(builder.call(reduce_add, [ph]), builder.gep(sarr.data, [_I64(j)]))
+        if xel.width == 8 and wel.width == 8 and has_vnni():
+            tile_vnni.emit(builder, xrow, wcol, wstep_v, ns_v, xs, ws, nr, nc, sarr.data, portable)
+        else:
+            portable(_I64(0), None)
         return context.get_dummy_value()
 
     return sig, codegen
+
+
+def _portable_loop(builder, xrow, wcol, xty, wty, wstep_v, ns_v, i0, inits, nr, nc):
+    """The portable tile loop over steps ``[i0, nsteps)`` from the <8 x i32> accumulators
+    ``inits`` (None: zeros); returns the R*C final accumulators.  Each step widens 16 codes
+    per operand to 32 bits and adds ``even(x*w) + odd(x*w)`` into 8 lanes (x86:
+    ``vpmaddwd``)."""
+    v16 = ir.VectorType(_I32, VEC)
+    v8 = ir.VectorType(_I32, VEC // 2)
+    zero8 = ir.Constant(v8, [0] * (VEC // 2))
+    inits = inits if inits is not None else [zero8] * (nr * nc)
+    even = ir.Constant(v8, list(range(0, VEC, 2)))
+    odd = ir.Constant(v8, list(range(1, VEC, 2)))
+    pre = builder.basic_block
+    loop = builder.append_basic_block("ftile_loop")
+    done = builder.append_basic_block("ftile_done")
+    builder.cbranch(builder.icmp_signed("<", i0, ns_v), loop, done)
+
+    builder.position_at_end(loop)
+    i = builder.phi(_I64)
+    accs = [builder.phi(v8) for _ in range(nr * nc)]
+    i.add_incoming(i0, pre)
+    for a, v in zip(accs, inits):
+        a.add_incoming(v, pre)
+    kx = builder.mul(i, _I64(VEC))
+    kw = builder.mul(i, wstep_v)
+
+    def load(base, k, ty):
+        el, signed = ty
+        p = builder.bitcast(builder.gep(base, [k]), ir.VectorType(el, VEC).as_pointer())
+        v = builder.load(p, align=1)
+        return builder.sext(v, v16) if signed else builder.zext(v, v16)
+
+    xv = [load(xrow[r], kx, xty) for r in range(nr)]
+    wv = [load(wcol[c], kw, wty) for c in range(nc)]
+    new = []
+    for r in range(nr):
+        for c in range(nc):
+            # 8-bit codes: |p| <= 255^2; int16 operands: every pair and lane sum is a
+            # partial sum, bounded by the caller's checked K max|x| max|w| <= 2^31 - 1
+            p = builder.mul(xv[r], wv[c])
+            pair = builder.add(builder.shuffle_vector(p, p, even),
+                               builder.shuffle_vector(p, p, odd))
+            new.append(builder.add(accs[r * nc + c], pair))
+    i_next = builder.add(i, _I64(1))
+    i.add_incoming(i_next, loop)
+    for a, v in zip(accs, new):
+        a.add_incoming(v, loop)
+    builder.cbranch(builder.icmp_signed("<", i_next, ns_v), loop, done)
+
+    builder.position_at_end(done)
+    finals = []
+    for j in range(nr * nc):                          # all phis first (LLVM rule)
+        ph = builder.phi(v8)
+        ph.add_incoming(inits[j], pre)
+        ph.add_incoming(new[j], loop)
+        finals.append(ph)
+    return finals
+
+
+def _store_sums(builder, finals, sdata, nr, nc):
+    """``s[r*C + c]`` = the lane sum of accumulator (r, c)."""
+    v8 = ir.VectorType(_I32, VEC // 2)
+    if nc == 8:
+        # eight accumulators -> one vector of their eight lane sums, by a pairwise
+        # tree (sums of the same terms, int32, each bounded like the final sum):
+        # ~10 vector ops instead of eight separate horizontal reductions
+        def hadd(x, y):                   # per 128-bit half: x0+x1, x2+x3, y0+y1, y2+y3
+            lo = ir.Constant(v8, [0, 2, 8, 10, 4, 6, 12, 14])
+            hi = ir.Constant(v8, [1, 3, 9, 11, 5, 7, 13, 15])
+            return builder.add(builder.shuffle_vector(x, y, lo),
+                               builder.shuffle_vector(x, y, hi))
+        lo4 = ir.Constant(v8, [0, 1, 2, 3, 8, 9, 10, 11])
+        hi4 = ir.Constant(v8, [4, 5, 6, 7, 12, 13, 14, 15])
+        for r in range(nr):
+            a = finals[r * 8:(r + 1) * 8]
+            h = [hadd(a[0], a[1]), hadd(a[2], a[3]), hadd(a[4], a[5]), hadd(a[6], a[7])]
+            q0, q1 = hadd(h[0], h[1]), hadd(h[2], h[3])
+            tot = builder.add(builder.shuffle_vector(q0, q1, lo4),
+                              builder.shuffle_vector(q0, q1, hi4))
+            dst = builder.bitcast(builder.gep(sdata, [_I64(r * 8)]), v8.as_pointer())
+            builder.store(tot, dst, align=4)
+        return
+    reduce_add = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_I32, [v8]), "llvm.vector.reduce.add.v8i32")
+    for j, ph in enumerate(finals):
+        builder.store(builder.call(reduce_add, [ph]), builder.gep(sdata, [_I64(j)]))
 
 
 @njit(cache=True, inline="always")

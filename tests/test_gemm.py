@@ -160,12 +160,19 @@ def test_bench_quick_collect_and_json(capsys):
         assert key in r, key
     assert r["exact"] is True
     assert r["gemm_int_gops"] > 0 and r["gemv_f32_gops"] > 0
-    assert {"cpu", "cores", "numpy", "numba", "numba_threads"} <= set(r["machine"])
+    assert {"cpu", "cores", "numpy", "numba", "numba_threads", "isa"} <= set(r["machine"])
+    from intsim.isa import isa
+    assert r["isa"] == isa() and r["isa"] in ("avx512_vnni", "avx2", "generic")
+    for key in ("read_gbs_1t", "read_gbs_nt", "gemv_int_gbs", "gemv_packed_1t_gbs",
+                "gemv_packed_par_gbs", "gemm_int_gops_median"):
+        assert r[key] > 0, key
+    assert r["gemv_packed_equal"] is True
     assert bench_main(["--json", "--quick", "--repeats", "1"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["gemm_shape"] == {"M": 16, "K": 256, "N": 256} and d["exact"] is True
     assert bench_main(["--quick", "--repeats", "1"]) == 0
-    assert "GEMV" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "GEMV" in out and f"tile ISA {r['isa']}; memory read" in out
 
 
 def test_bench_cold_start_reads_the_first_token_off_the_stream(tmp_path, monkeypatch):
