@@ -348,9 +348,15 @@ def _fits_ref(L, d, X):
 
 def _group_codes_ref(v, m_in, k_in, bits, Ga, spec):
     """SPEC 4.8 step 1 as written (NumPy): ``(q, zg, eg, m, k, nsat)``."""
+    return group_codes_with(v, m_in, k_in, bits, Ga, spec, A_GROUP_EMAX, False)
+
+
+def group_codes_with(v, m_in, k_in, bits, Ga, spec, E, shared_zero_point):
+    """:func:`_group_codes_ref` with the group exponent's cap ``E`` and, where
+    ``shared_zero_point``, every group keeping the row's zero point (its codes clamped
+    into [0, Q]) instead of its own: the deviations ``intsim.mutants`` scores."""
     from .fixedpoint import RC_CEIL, _fit_ref, bit_length_ref
     from .requant import PRE_BITS, _code_div_ref, _requant_ref
-    E = A_GROUP_EMAX
     code = rounding_code(spec.rounding)
     k_lo, k_hi = spec.k_range
     T, K = v.shape
@@ -376,7 +382,7 @@ def _group_codes_ref(v, m_in, k_in, bits, Ga, spec):
         for c in range(1, E + 1):                      # the largest e in [0, E] that fits
             ea = np.where(_fits_ref(L, ed + c, Q * md), c, ea)
         d = ed + ea
-        z = _code_div_ref(-lo * m_in, md, d, code)
+        z = zp.astype(np.int64) if shared_zero_point else _code_div_ref(-lo * m_in, md, d, code)
         qa = np.clip(_code_div_ref(vs[:, sl] * m_in[:, None], md[:, None], d[:, None], code)
                      + z[:, None], 0, Q)
         q[:, sl] = np.where(by_scale[:, None], qa, q[:, sl])

@@ -306,41 +306,9 @@ def group_codes_variant(v, m_in, k_in, bits, Ga, spec, *, shared_zero_point=Fals
     """``matmul._group_codes_ref``.  ``shared_zero_point``: every group keeps the row's
     zero point (one zero point per token, as the per-token quantizer has), its codes
     clamped into [0, Q]; ``emax``: the group exponent's cap instead of E."""
-    from .fixedpoint import _fit_ref as fit, rounding_code
-    from .matmul import A_GROUP_EMAX, _fits_ref
-    from .requant import _code_div_ref, _requant_ref
-    E = A_GROUP_EMAX if emax is None else emax
-    code = rounding_code(spec.rounding)
-    k_lo, k_hi = spec.k_range
-    T, K = v.shape
-    Q = np.int64(2 ** bits - 1)
-    q, zp, m, k, nsat = _requant_ref(v, m_in, k_in, bits, False, spec.m_bits, k_lo, k_hi, code, True)
-    R = np.maximum(v.max(axis=-1), 0) - np.minimum(v.min(axis=-1), 0)
-    sh = np.maximum(bit_length_ref(R) - PRE_BITS, 0)
-    vs = v >> sh[:, None]
-    Rs = np.maximum(vs.max(axis=-1), 0) - np.minimum(vs.min(axis=-1), 0)
-    m2, e, sat = fit(m_in * Rs, Q, spec.m_bits, k_lo - k_in + sh, k_hi - k_in + sh, RC_CEIL)
-    by_scale = ~sat & (m2 > 0) & (bit_length_ref(m2) - np.minimum(e, 0) <= 62)
-    md, ed = np.where(by_scale, m2, 1), np.where(by_scale, e, 0)
-    na = -(-K // Ga)
-    zg = np.repeat(zp.astype(np.int64)[:, None], na, 1)
-    eg = np.zeros((T, na), dtype=np.int64)
-    q = q.astype(np.int64)
-    for a in range(na):
-        sl = slice(a * Ga, min(K, a * Ga + Ga))
-        lo = np.minimum(vs[:, sl].min(axis=1), 0)
-        L = m_in * (np.maximum(vs[:, sl].max(axis=1), 0) - lo)
-        ea = np.zeros(T, dtype=np.int64)
-        for c in range(1, E + 1):
-            ea = np.where(_fits_ref(L, ed + c, Q * md), c, ea)
-        d = ed + ea
-        z = zp.astype(np.int64) if shared_zero_point else _code_div_ref(-lo * m_in, md, d, code)
-        qa = np.clip(_code_div_ref(vs[:, sl] * m_in[:, None], md[:, None], d[:, None], code)
-                     + z[:, None], 0, Q)
-        q[:, sl] = np.where(by_scale[:, None], qa, q[:, sl])
-        zg[:, a] = np.where(by_scale, z, zg[:, a])
-        eg[:, a] = np.where(by_scale, ea, 0)
-    return q, zg, eg, m, k, nsat
+    from .matmul import A_GROUP_EMAX, group_codes_with
+    return group_codes_with(v, m_in, k_in, bits, Ga, spec, A_GROUP_EMAX if emax is None else emax,
+                            shared_zero_point)
 
 
 def group_fold_variant(xq, zg, eg, w, Ga, Gf, *, shift_by_e=False):
