@@ -91,7 +91,7 @@ def generate(model: IntModel, ids: np.ndarray, max_new_tokens: int, backend: str
     """
     ids = check_token_ids(ids, model.config.vocab_size)
     cache = KVCache.empty(model, min(model.config.max_pos, ids.size + max_new_tokens))
-    logits, _ = forward(model, ids, cache, backend)
+    logits, _ = forward(model, ids, cache, backend, last_only=True)   # the prompt's last row
     out_ids, out_logits = [], [logits[-1:]]
     for step in range(max_new_tokens):
         nxt = int(argmax(out_logits[-1], "numba" if backend == "cuda" else backend)[0])
