@@ -505,7 +505,11 @@ def gemm_acc_groups_par(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
     row-layout weight: ``xq`` uint8 [T, K], ``zg``, ``eg`` int64 [T, ceil(K / Ga)] (group
     zero points and exponents), ``qsf`` int64 [N, nf] (weight code sums per fold group
     of Gf), ``m``, ``b`` [N, K / Gw]; P int64 [T, N].  The same integers as
-    ``matmul._di_acc_grp_ref``; threads over chunks of 48 weight rows.  Returns max |acc|."""
+    ``matmul._di_acc_grp_ref``; threads over chunks of 48 weight rows.  Returns max |acc|.
+    Exact (no rounding, so no tie rule).  Bounds: each fold group's acc is int32, |acc| <=
+    Gf (2^A - 1)(2^W - 1) as in step 2; P is int64, every partial sum bounded by 2^E times
+    step 3's bound ``matmul.p_bound``, both checked by the caller
+    (``matmul.check_group_bounds``, refused by name past 2^31 - 1 and 2^61 - 1)."""
     N = q.shape[0]
     xs = _fold_group_sums(xq, zg, Ga, Gf)
     nch = (N + _NC - 1) // _NC
