@@ -55,6 +55,7 @@ class FastConfig(NamedTuple):
     n_heads: int
     n_kv_heads: int
     head_dim: int
+    down_rot: int          # Widths.down_rot's block (hadamard.fwht_row), 0 = no rotation
     parallel: bool         # threads over token rows and weight chunks (set per call)
     gemv_parallel: bool
 
@@ -129,7 +130,8 @@ def _config(model) -> FastConfig:
         n_c=n_c, p2=p2, preshift_emb=fixed_preshift(c.dim, w.emb_bits) if fixed else -1,
         preshift_res=fixed_preshift(c.dim, spec.residual_bits) if fixed else -1,
         inv_sqrt_m=int(inv.m), inv_sqrt_k=int(inv.k), n_heads=c.n_heads,
-        n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, parallel=False, gemv_parallel=False)
+        n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, down_rot=w.down_rot or 0, parallel=False,
+        gemv_parallel=False)
 
 
 def _max_context(a_bits: int) -> int:

@@ -66,6 +66,7 @@ from .attention import GUARD_K, GUARD_O, GUARD_V, VT_PAD, fold_row, pv_row, qk_r
 from .embedding import _embed_nb
 # FastModel and _max_context re-exported: callers and tests read them here
 from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
+from .hadamard import fwht_row
 from .gemm import VEC, gemm_acc_multi, gemm_acc_multi_par, gemv_acc_packed, gemv_acc_packed_par
 from .norm import norm_row, norm_weight_row
 from .qtensor import Dyadic
@@ -248,7 +249,8 @@ def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, 
 
 @njit(cache=True, inline="always")
 def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
-    """gate/up outputs to swiglu_in_bits, DI-SwiGLU, and down_proj's input quantization.
+    """gate/up outputs to swiglu_in_bits, DI-SwiGLU, its online Hadamard rotation when the
+    model has one (``cfg.down_rot``), and down_proj's input quantization.
     Scratch: ``gb``, ``ub`` int32 and ``y`` int64 of F, ``tab`` the sigmoid table (int64,
     2^swiglu_in_bits entries, or fewer to compute every element)."""
     B = cfg.swiglu_in_bits
@@ -258,6 +260,8 @@ def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mx
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, ub)
     my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, unit, cfg.sigmoid_guard,
                         cfg.sigmoid_bits, cfg.rowmax, B, cfg.code, tab, y)
+    if cfg.down_rot > 0:                   # online Hadamard rotation (SPEC 7.6)
+        ky -= fwht_row(y, cfg.down_rot, cfg.code)
     z, m, k, s3 = requant_row(y, np.int64(0), my, ky, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
                               cfg.k_hi, cfg.code, cfg.fitted, xq[t])
     zx[t], mxo[t], kxo[t] = z, m, k

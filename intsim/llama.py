@@ -28,6 +28,7 @@ from .attention import GUARD_K, GUARD_O, GUARD_V, fold_scales, pv, qk_scores
 from .embedding import check_token_ids, embed
 from .errors import IntsimError, trusted
 from .fixedpoint import dyadic_fit
+from .hadamard import hadamard_rows
 from .head import inv_sqrt_dyadic
 from .matmul import di_matmul, di_matmul_acc
 from .model import IntModel
@@ -220,6 +221,8 @@ def _layers(model, ids, pos, visible, cache, backend, tap):
                    out_symmetric=False, spec=spec, backend=backend, **ag)
         y, ys = _op(tap, f"layers.{li}.swiglu", di_swiglu, g, u, L.alpha_inv, L.alpha_k, spec,
                     backend)                                                     # exact int64
+        if w.down_rot is not None:           # online Hadamard rotation (SPEC 7.6), H_b/b in w_down
+            y, ys, _ = _op(tap, f"layers.{li}.down_rot", hadamard_rows, y, ys, w.down_rot, spec, backend)
         d, _ = _op(tap, f"layers.{li}.down", di_matmul, QTensor.exact(y, ys), L.w_down, w.a_bits,
                    spec.residual_bits, out_symmetric=True, spec=spec, backend=backend, **ag)
         h, _ = _op(tap, f"layers.{li}.residual", residual_add, h, d, spec, backend)

@@ -61,6 +61,10 @@ class Widths:
     #: refinement and zero point per (token, group of a_group channels) (docs/SPEC.md
     #: section 4.8); None = per token.  Stored only when set.
     a_group: int | None = None
+    #: online Hadamard rotation of down_proj's input: the block b of the exact integer
+    #: Walsh–Hadamard transform applied to DI-SwiGLU's output (docs/SPEC.md section 7.6;
+    #: the converter folds H_b / b into w_down); None = no rotation.  Stored only when set.
+    down_rot: int | None = None
 
     def __post_init__(self):
         check_int("w_bits", self.w_bits, 2, 8)
@@ -75,6 +79,11 @@ class Widths:
         if self.a_group is not None:
             from .matmul import A_GROUP_LIMIT
             check_int("a_group", self.a_group, 1, A_GROUP_LIMIT)
+        if self.down_rot is not None:
+            from .hadamard import ROT_BLOCK_LIMIT
+            b = check_int("down_rot", self.down_rot, 2, ROT_BLOCK_LIMIT)
+            if b & (b - 1):
+                raise IntsimError(f"down_rot: {b} is not a power of two")
 
     @property
     def head_in_bits(self) -> int:
@@ -83,10 +92,10 @@ class Widths:
 
     def to_dict(self) -> dict:
         """The fields as a model file's ``widths`` header and a golden manifest record them:
-        ``head_a_bits`` and ``a_group`` only when set (files of models without them are
-        unchanged)."""
+        ``head_a_bits``, ``a_group`` and ``down_rot`` only when set (files of models without
+        them are unchanged)."""
         d = asdict(self)
-        for key in ("head_a_bits", "a_group"):
+        for key in ("head_a_bits", "a_group", "down_rot"):
             if d[key] is None:
                 del d[key]
         return d
@@ -151,6 +160,9 @@ class IntModel:
                 if g is not None:
                     check_norm_weight(f"layers.{i}.{name}", g,
                                       getattr(L, name.replace("_w", "_k")), c.dim)
+        if self.widths.down_rot is not None:
+            from .hadamard import check_block
+            check_block("widths.down_rot", c.ffn_dim, self.widths.down_rot)
         if self.w_head.q.shape != (c.vocab_size, c.dim):
             raise IntsimError(f"w_head: shape {self.w_head.q.shape} != {(c.vocab_size, c.dim)}")
         want_rope = (c.max_pos, c.head_dim // 2)
