@@ -51,6 +51,7 @@ from . import calib as fsbr
 from .embedding import quantize_embedding
 from .hfconfig import ConfigError, read_llama_config
 from .provenance import locate
+from .rotate import RotateError, down_block, fold_down, parse_rotate, residual_rotation, rotate_layer
 from .rope_tables import rope_tables
 from .weights import quantize_weight
 
@@ -341,13 +342,30 @@ def quantize_norm_gain(g: np.ndarray, name: str) -> tuple[np.ndarray, int]:
 
 def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
                 spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-                qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
-                head_a_bits: int | None = None, a_group: int | None = None,
+                qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
+                head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
+                down_block_size: int | None = None, rotate_seed: int = 0,
                 _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
     Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
     """
+    try:
+        rotate = parse_rotate(",".join(rotate) if isinstance(rotate, (tuple, list)) else rotate)
+    except RotateError as e:
+        raise ConvertError(str(e)) from None
+    if "residual" in rotate:        # γ must sit in the weights: a rotated stream has no channels
+        if norm_gain == "channel":
+            raise ConvertError("norm_gain: 'channel' keeps RMSNorm's γ per channel, which a rotated "
+                               "residual stream cannot (--rotate residual folds it: --norm-gain fold)")
+        norm_gain = "fold"
+    norm_gain = "channel" if norm_gain is None else norm_gain
+    if row_bits is not None and "residual" in rotate:
+        raise ConvertError("--row-bits: a MixLLM selection is made per output channel of the "
+                           "unrotated model; --rotate residual mixes o_proj's and down_proj's "
+                           "output channels (use one or the other)")
+    if down_block_size is not None and "down" not in rotate:
+        raise ConvertError("--down-block: given without --rotate down")
     try:
         widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
                         head_w_bits=head_w_bits, head_a_bits=head_a_bits, a_group=a_group)
@@ -362,6 +380,23 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         raise ConvertError(f"norm_gain: {norm_gain!r} is not one of {', '.join(NORM_GAINS)}")
     hf = src if isinstance(src, HFSource) else read_hf_dir(src)
     config, tied, extras = check_config(hf, max_pos)
+    R, rot_info = None, None
+    try:
+        if "down" in rotate:
+            widths = Widths(**{**widths.to_dict(), "down_rot": down_block(config.ffn_dim,
+                                                                          down_block_size)})
+        if "residual" in rotate:
+            R = residual_rotation(config.dim, rotate_seed)
+    except IntsimError as e:
+        raise ConvertError(f"{e} ({hf.path / 'config.json'}: 'hidden_size' {config.dim}, "
+                           f"'intermediate_size' {config.ffn_dim})") from None
+    if rotate:
+        rot_info = {}
+        if R is not None:
+            rot_info["residual"] = {"order": config.dim, "seed": rotate_seed,
+                                    "matrix": "diag(s) H / sqrt(n), converters.rotate"}
+        if widths.down_rot is not None:
+            rot_info["down"] = {"block": widths.down_rot, "fold": "W_down blockdiag(H_b) / b"}
     if extras["unknown_keys"]:
         print(f"intsim convert: note: {hf.path / 'config.json'}: keys intsim does not know, "
               f"read as not changing the math: {', '.join(extras['unknown_keys'])}",
@@ -410,7 +445,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     # embedding: per row, 8 bits, dyadic scales of spec.m_bits
     emb = hf.get("model.embed_tokens.weight")
     try:
-        emb_q, emb_m, emb_k = quantize_embedding(emb, bits=widths.emb_bits,
+        emb_q, emb_m, emb_k = quantize_embedding(emb if R is None else emb @ R, bits=widths.emb_bits,
                                                  scale_mant_bits=spec.m_bits,
                                                  k_range=spec.k_range)
     except ValueError as e:
@@ -439,6 +474,10 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                               ("ffn_norm", g_ffn, "post_attention_layernorm")):
                 norms[f"{n}_w"], norms[f"{n}_k"] = quantize_norm_gain(
                     g, f"layers.{i}.{n}_w ({p}{hfn}.weight{' / s' if lc is not None else ''})")
+        if widths.down_rot is not None:          # the runtime's H_b on its input (SPEC 7.6)
+            w["w_down"] = fold_down(w["w_down"], widths.down_rot)
+        if R is not None:                        # the residual stream's rotation (γ folded)
+            w = rotate_layer(R, w)
         q = {}
         for k, wf in w.items():
             G = group_size or wf.shape[1]
@@ -461,6 +500,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         raise ConvertError(f"{hf.path}: 'tie_word_embeddings' is true but tensor "
                            f"'lm_head.weight' differs from 'model.embed_tokens.weight'")
     head = head * hf.get("model.norm.weight")[None, :]
+    if R is not None:
+        head = head @ R
     w_head = _quantize("head (lm_head.weight, final norm folded)", head, head_w_bits,
                        config.dim, widths.head_in_bits, a_group=widths.a_group)
     try:
@@ -491,6 +532,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                           "weight_scale_mant_bits": W_SCALE_BITS,
                           "embedding": "converters.embedding.quantize_embedding",
                           "embedding_scale_mant_bits": spec.m_bits}}
+    if rot_info:
+        meta["quantizer"]["rotation"] = rot_info
     try:
         model = IntModel(config=config, widths=widths, spec=spec, emb_q=emb_q, emb_m=emb_m,
                          emb_k=emb_k, layers=tuple(layers), w_head=w_head, cos_q=cos_q,
@@ -512,8 +555,9 @@ def _is_gguf(path: Path) -> bool:
 
 def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, calib=None,
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
-            qkt_tie: str = "geomean", norm_gain: str = "channel", row_bits=None,
-            head_a_bits: int | None = None, a_group: int | None = None) -> Path:
+            qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
+            head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
+            down_block_size: int | None = None, rotate_seed: int = 0) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -533,7 +577,12 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     ``head_a_bits``: the LM head's input width (2..8; None = ``a_bits``, docs/SPEC.md
     section 13.1): the final norm's output is quantized to it instead of A; ``a_group``:
     group-wise activations for every linear's and the head's input (docs/SPEC.md
-    section 4.8; None = per token).
+    section 4.8; None = per token); ``rotate``: Hadamard rotations (``converters.rotate``),
+    any of ``"residual"`` (the residual stream, offline; folds γ, so ``norm_gain`` defaults
+    to ``"fold"`` and ``"channel"`` is refused) and ``"down"`` (down_proj's input, online:
+    ``Widths.down_rot``, docs/SPEC.md section 7.6), as a tuple or a comma-separated string;
+    ``down_block_size``: the online transform's block (default: the largest power of two
+    dividing ffn_dim); ``rotate_seed``: the residual rotation's random signs.
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -546,7 +595,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         raise ConvertError(f"{src}: no such file or folder")
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
-              row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group)
+              row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group, rotate=rotate,
+              down_block_size=down_block_size, rotate_seed=rotate_seed)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -572,9 +622,11 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
     head, ag = model.widths.head_a_bits, model.widths.a_group
+    rot = ", ".join(f"{k} rotation" + (f" (blocks of {v['block']})" if k == "down" else "")
+                    for k, v in (model.meta["quantizer"].get("rotation") or {}).items())
     print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{w_bits}A{a_bits}"
           f"{f' G{group_size}' if group_size else ''}{f', head A{head}' if head else ''}"
-          f"{f', activation groups of {ag}' if ag else ''}"
+          f"{f', activation groups of {ag}' if ag else ''}{f', {rot}' if rot else ''}"
           f"{', FSBR' if calib else ''}) in {dt:.1f} s",
           file=sys.stderr)
     return out
@@ -609,9 +661,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="a qkt_smooth_scale whose RoPE-paired channels differ (the official "
                         "I-LLM calibration's do): use each pair's geometric mean, with a note "
                         "(default), or refuse (strict); docs/SPEC.md section 9.3")
-    p.add_argument("--norm-gain", choices=NORM_GAINS, default="channel",
+    p.add_argument("--norm-gain", choices=NORM_GAINS, default=None,
                    help="RMSNorm gain: keep per channel in DI-Norm, where FSBR's qkv/fc1 "
-                        "smoothing acts (default), or fold into the next linears")
+                        "smoothing acts (default), or fold into the next linears (the default "
+                        "with --rotate residual)")
+    p.add_argument("--rotate", metavar="PARTS", default=None,
+                   help="Hadamard rotations, comma-separated: 'residual' (the residual stream, "
+                        "folded into the weights offline) and/or 'down' (down_proj's input: an "
+                        "exact integer Walsh-Hadamard transform at run time); docs/SPEC.md "
+                        "section 7.6")
+    p.add_argument("--down-block", metavar="B", type=int, default=None,
+                   help="with --rotate down: the transform's block, a power of two dividing the "
+                        "ffn width (default: the largest such)")
+    p.add_argument("--rotate-seed", metavar="N", type=int, default=0,
+                   help="seed of the residual rotation's random signs (default 0)")
     p.add_argument("--row-bits", metavar="FILE", default=None,
                    help="mixed precision between output channels: a selection written by "
                         "'python -m converters.mixllm' (per-channel widths <= --wbits)")
@@ -661,7 +724,8 @@ def run(args, prog: str = "intsim convert") -> int:
                 group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
                 head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec),
                 norm_gain=args.norm_gain, row_bits=args.row_bits, head_a_bits=args.head_abits,
-                a_group=args.a_group)
+                a_group=args.a_group, rotate=args.rotate or (), down_block_size=args.down_block,
+                rotate_seed=args.rotate_seed)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
