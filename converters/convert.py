@@ -557,7 +557,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             spec: Spec = Spec(), max_pos: int | None = None, head_w_bits: int = 8,
             qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
             head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
-            down_block_size: int | None = None, rotate_seed: int = 0) -> Path:
+            down_block_size: int | None = None, rotate_seed: int = 0,
+            recipe: str | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -582,7 +583,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     to ``"fold"`` and ``"channel"`` is refused) and ``"down"`` (down_proj's input, online:
     ``Widths.down_rot``, docs/SPEC.md section 7.6), as a tuple or a comma-separated string;
     ``down_block_size``: the online transform's block (default: the largest power of two
-    dividing ffn_dim); ``rotate_seed``: the residual rotation's random signs.
+    dividing ffn_dim); ``rotate_seed``: the residual rotation's random signs; ``recipe``:
+    ``"w8a8"``, ``"w6a6"`` or ``"w4a4"`` (``converters.recipes``) sets the widths and options
+    of that recipe (an argument given with another value than its default and the recipe's
+    is refused) and records it in the model file.
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -597,6 +601,14 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
               row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group, rotate=rotate,
               down_block_size=down_block_size, rotate_seed=rotate_seed)
+    if recipe is not None:
+        import inspect
+
+        from .recipes import apply_recipe
+        defaults = {k: p.default for k, p in inspect.signature(convert).parameters.items()
+                    if p.default is not p.empty}
+        kw = apply_recipe(recipe, {**kw, "rotate": parse_rotate(kw["rotate"]) if isinstance(
+            kw["rotate"], str) else tuple(kw["rotate"])}, defaults)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -615,6 +627,9 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         model, tok = build_model(src, **kw)
     else:
         raise ConvertError(f"{src}: neither a Hugging Face folder nor a GGUF file")
+    if recipe is not None:
+        from .recipes import describe
+        model.meta["recipe"] = describe(recipe)
     for key in ("source", "calib", "row_bits"):     # no checkout's or venv's location in the bytes
         entry = model.meta.get(key)
         if entry:
@@ -624,10 +639,12 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     head, ag = model.widths.head_a_bits, model.widths.a_group
     rot = ", ".join(f"{k} rotation" + (f" (blocks of {v['block']})" if k == "down" else "")
                     for k, v in (model.meta["quantizer"].get("rotation") or {}).items())
-    print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{w_bits}A{a_bits}"
-          f"{f' G{group_size}' if group_size else ''}{f', head A{head}' if head else ''}"
+    wd = model.widths
+    print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{wd.w_bits}A{wd.a_bits}"
+          f"{f' G{wd.group_size}' if wd.group_size else ''}{f', head A{head}' if head else ''}"
           f"{f', activation groups of {ag}' if ag else ''}{f', {rot}' if rot else ''}"
-          f"{', FSBR' if calib else ''}) in {dt:.1f} s",
+          f"{', FSBR' if model.meta.get('calib') else ''}"
+          f"{f', recipe {recipe}' if recipe else ''}) in {dt:.1f} s",
           file=sys.stderr)
     return out
 
@@ -639,11 +656,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("src", metavar="SRC", help="Hugging Face LLaMA folder or .gguf file")
     p.add_argument("--out", metavar="MODEL", required=True,
                    help="model file to write (replaced atomically)")
-    p.add_argument("--wbits", metavar="W", type=int, default=8,
+    p.add_argument("--wbits", metavar="W", type=int, default=None,
                    help="weight bits of the seven linears per block, 2..8 (default 8)")
-    p.add_argument("--abits", metavar="A", type=int, default=8,
+    p.add_argument("--abits", metavar="A", type=int, default=None,
                    help="activation bits of every matmul input, 2..8 (default 8)")
-    p.add_argument("--group-size", metavar="G", type=int, default=0,
+    p.add_argument("--group-size", metavar="G", type=int, default=None,
                    help="weight group size; 0 = one scale per output channel (default)")
     p.add_argument("--head-wbits", metavar="W", type=int, default=8,
                    help="LM head weight bits, per output channel (default 8)")
@@ -673,6 +690,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--down-block", metavar="B", type=int, default=None,
                    help="with --rotate down: the transform's block, a power of two dividing the "
                         "ffn width (default: the largest such)")
+    p.add_argument("--recipe", choices=("w8a8", "w6a6", "w4a4"), default=None,
+                   help="the options that came closest to the perplexity targets at that width "
+                        "on SmolLM2 (docs/RESULTS.md 'Recipes'); recorded in the model file")
     p.add_argument("--rotate-seed", metavar="N", type=int, default=0,
                    help="seed of the residual rotation's random signs (default 0)")
     p.add_argument("--row-bits", metavar="FILE", default=None,
@@ -719,13 +739,19 @@ DESCRIPTION = ("Convert a float LLaMA checkpoint (a Hugging Face folder with con
 
 def run(args, prog: str = "intsim convert") -> int:
     """Run a conversion from parsed arguments (``add_arguments``); 0 on success, 2 on error."""
+    given = {"w_bits": args.wbits, "a_bits": args.abits, "group_size": args.group_size,
+             "head_a_bits": args.head_abits, "a_group": args.a_group, "calib": args.calib,
+             "rotate": args.rotate}
+    given = {k: v for k, v in given.items() if v is not None}      # the flags on the line
     try:
-        convert(args.src, args.out, w_bits=args.wbits, a_bits=args.abits,
-                group_size=args.group_size, calib=args.calib, max_pos=args.max_pos,
-                head_w_bits=args.head_wbits, qkt_tie=args.qkt_tie, spec=parse_spec(args.spec),
-                norm_gain=args.norm_gain, row_bits=args.row_bits, head_a_bits=args.head_abits,
-                a_group=args.a_group, rotate=args.rotate or (), down_block_size=args.down_block,
-                rotate_seed=args.rotate_seed)
+        if args.recipe is not None:           # a flag contradicting the recipe, even at its default
+            from .recipes import check_given
+            check_given(args.recipe, {**given, **({"rotate": parse_rotate(args.rotate)}
+                                                  if args.rotate else {})})
+        convert(args.src, args.out, max_pos=args.max_pos, head_w_bits=args.head_wbits,
+                qkt_tie=args.qkt_tie, spec=parse_spec(args.spec), norm_gain=args.norm_gain,
+                row_bits=args.row_bits, down_block_size=args.down_block,
+                rotate_seed=args.rotate_seed, recipe=args.recipe, **given)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

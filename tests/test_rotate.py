@@ -154,3 +154,28 @@ def test_refusals(tmp_path, args, msg):
     r = _convert(out, *args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
+
+
+def test_recipe_sets_and_records_its_options(tmp_path):
+    from converters.recipes import RECIPES
+    out = tmp_path.joinpath("r.intsim")
+    r = _convert(out, "--recipe", "w4a4", "--wbits", "4")          # agreeing with it is fine
+    assert r.returncode == 0, r.stderr
+    m = load_model(out)
+    assert m.meta["recipe"]["name"] == "w4a4"
+    want = RECIPES["w4a4"]
+    assert (m.widths.w_bits, m.widths.a_bits) == (want["w_bits"], want["a_bits"])
+    assert m.widths.head_in_bits == want.get("head_a_bits", want["a_bits"])
+    assert (m.widths.down_rot is not None) == ("down" in want.get("rotate", ()))
+    assert ("rotation" in m.meta["quantizer"]) == bool(want.get("rotate"))
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--recipe", "w4a4", "--wbits", "6"], "--wbits: 6 given with --recipe w4a4, which sets it to 4"),
+    (["--recipe", "w6a6", "--abits", "8"], "--abits: 8 given with --recipe w6a6, which sets it to 6"),
+])
+def test_recipe_contradicted_is_refused(tmp_path, args, msg):
+    out = tmp_path.joinpath("x.intsim")
+    r = _convert(out, *args)
+    assert r.returncode == 2 and msg in r.stderr, r.stderr
+    assert not out.exists()
