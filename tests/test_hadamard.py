@@ -200,6 +200,7 @@ def test_default_block():
     (dict(scale=_dy([1, 1], [0, ROT_K_LIMIT + 1])), IntsimOverflowError, r"^scale k: value 1048513 at index \(1,\)"),
     (dict(scale=_dy([1, 1], [-ROT_K_LIMIT - 1, 0])), IntsimOverflowError, r"^scale k: value -1048513"),
     (dict(scale=(1, 0)), IntsimError, r"^scale: expected a Dyadic, got tuple"),
+    (dict(scale=_dy([1, 1, 1], [0, 0, 0])), IntsimError, r"^scale: shape \(3,\) does not fit the rows \(2,\)"),
     (dict(backend="gpu"), IntsimError, r"^backend: 'gpu' is not one of"),
     (dict(spec=Spec(), block=3), IntsimError, r"^block: 3 is not a power of two"),
 ])
