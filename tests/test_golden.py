@@ -605,3 +605,26 @@ def test_down_rot_models_dump_and_replay_the_rotation(tmp_path):
     assert np.array_equal(man["_logits"][0], forward(model, ids)[0])
     for backend in ("reference", "numba"):
         assert golden.replay(tmp_path / "rot", model, backend=backend)["identical"]
+
+
+def test_tie_status_of_the_rotation_records():
+    """``intsim compare``'s tie analysis on the committed hadamard_rows records (docs/SPEC.md
+    7.6): an output sat on a tie when an input of its block did, at a non-zero pre-shift,
+    recomputed here from the inputs with Python ints."""
+    d = ROOT / "golden" / "stress"
+    man = golden.load_manifest(d)
+    seen = set()
+    for name in ("hadamard_rows.exact.b8", "hadamard_rows.ties.half_even", "hadamard_rows.extremes.b4"):
+        op = next(o for o in man["ops"] if o["name"] == name)
+        t = next(t for t in man["tensors"] if t["op"] == name and t["role"] == "out")
+        y = golden.read_value(d, next(t for t in man["tensors"] if t["op"] == name and t["arg"] == "y"))
+        b = op["params"]["block"]
+        for i in range(int(np.prod(t["shape"]))):
+            r, c = np.unravel_index(i, t["shape"])
+            row = [int(v) for v in y[r]]
+            sh = max(0, max(map(abs, row)).bit_length() + b.bit_length() - 1 - 60)
+            tie = any(v % (1 << sh) == 1 << (sh - 1) for v in row[c - c % b:c - c % b + b]) if sh else False
+            got = golden.tie_status(d, man, op, t, i)
+            assert got.startswith("yes") == tie and (sh > 0 or got.startswith("no (no pre-shift"))
+            seen.add((name, got.split(" ")[0]))
+    assert ("hadamard_rows.ties.half_even", "yes") in seen and ("hadamard_rows.extremes.b4", "no") in seen

@@ -107,6 +107,15 @@ def tie_status(d, man: dict, op: dict, t: dict, flat: int) -> str:
             guard = int(p["guard"])
             kref = int(out.scale.k[row]) - guard
             return _shift_tie((int(vals[idx]) * int(m[idx])) << guard, int(k[idx]) - kref)
+        if kind == "hadamard_rows":     # docs/SPEC.md 7.6: out sums its block's pre-shifted inputs
+            y = np.asarray(_input(d, man, op, "y"), dtype=np.int64)[row].tolist()
+            b = int(p["block"])
+            sh = max(0, max(abs(x) for x in y).bit_length() + b.bit_length() - 1 - oracle.ROT_OUT_BITS)
+            if sh == 0:
+                return "no (no pre-shift: the rotation is exact)"
+            blk = y[col - col % b:col - col % b + b]
+            return "yes (an input of its block sat on a tie of the pre-shift)" if any(
+                oracle.shift_tie(x, sh) for x in blk) else "no"
         if kind == "di_clipped_softmax":
             exp_op = next((o for o in man["ops"] if o["name"] == op["name"] + ".exp"), None)
             if exp_op is None:
