@@ -159,7 +159,10 @@ def hadamard_rows(y: np.ndarray, scale: Dyadic, block: int, spec: Spec = DEFAULT
     lead = y.shape[:-1]
     if not isinstance(scale, Dyadic):
         raise IntsimError(f"scale: expected a Dyadic, got {type(scale).__name__}")
-    m, k = (np.broadcast_to(np.asarray(a, dtype=np.int64), lead) for a in (scale.m, scale.k))
+    try:
+        m, k = (np.broadcast_to(np.asarray(a, dtype=np.int64), lead) for a in (scale.m, scale.k))
+    except ValueError:
+        raise IntsimError(f"scale: shape {scale.shape} does not fit the rows {lead}") from None
     check_range("scale k", k, -ROT_K_LIMIT, ROT_K_LIMIT)
     code = rounding_code(spec.rounding)
     v = np.ascontiguousarray(y, dtype=np.int64).reshape(-1, C)

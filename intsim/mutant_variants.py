@@ -328,3 +328,26 @@ def group_fold_variant(xq, zg, eg, w, Ga, Gf, *, shift_by_e=False):
         sh = eg[:, a] if shift_by_e else A_GROUP_EMAX - eg[:, a]
         P += term << sh[:, None]
     return P, amax
+
+
+# ------------------------------------------------------------ online Hadamard rotation (SPEC 7.6)
+
+def fwht_variant(y, b, code, *, growth_bits=True, diff_reversed=False, block_div=1):
+    """``hadamard._fwht_ref``.  ``growth_bits``: False leaves log2 b out of the pre-shift,
+    ``sh = max(0, bitlen(max|y|) - 60)`` (the transform's growth not budgeted: outputs up to
+    2^(60 + log2 b), wrapping in int64 beyond 2^63); ``diff_reversed``: each butterfly's
+    difference is taken ``c - a`` instead of ``a - c``; ``block_div``: the butterflies stop
+    at blocks of ``b / block_div`` (stages missing)."""
+    from .hadamard import ROT_OUT_BITS
+    T, C = y.shape
+    lb = b.bit_length() - 1
+    L = bit_length_ref(np.abs(y).max(axis=1)) if C else np.zeros(T, dtype=np.int64)
+    sh = np.maximum(L + (lb if growth_bits else 0) - ROT_OUT_BITS, 0).astype(np.int64)
+    z = _rshift_round_ref(y, sh[:, None], code)
+    h = 1
+    while h < b // block_div:
+        z = z.reshape(T, C // (2 * h), 2, h)
+        a, c = z[:, :, 0, :], z[:, :, 1, :]
+        z = np.stack([a + c, c - a if diff_reversed else a - c], axis=2)
+        h *= 2
+    return z.reshape(T, C), sh

@@ -276,6 +276,15 @@ def _w_agroup(row, a_group=4, m=1, k=0):
     return run
 
 
+def _w_rot(rows, b, spec=Spec()):
+    """The online Hadamard rotation (SPEC 7.6) of ``rows`` in blocks of ``b``, unit scales."""
+    def run():
+        from .hadamard import hadamard_rows
+        n = len(rows)
+        return hadamard_rows(_a(rows), _dy([1] * n, [0] * n), b, spec, REF)
+    return run
+
+
 def outputs_of(result) -> list:
     """An op result as a flat list of integer arrays (codes, zero points, scales, values);
     counters (ints, dicts) are left out: a kill must show in a tensor."""
@@ -359,6 +368,7 @@ def _registry() -> tuple:
     fold_w = _w_fold([[742684, 611606, 757203, 758369]], [[231, 171, 162, 189]], [[15, 8, 20, 17]])
     rope_w = _w_rope([[5, -9, 30, 7]])
     exp_w = _w_exp([[0, -1, -7, -100, -1001, -4097]], 211, 14)   # 2^14 / m_f = 54.07
+    hd, rot_w = "intsim.hadamard", _w_rot([[2 ** 58 + 1, -(2 ** 58 + 1), 2 ** 58 + 3, 5]], 4)   # sh = 1, ties
 
     def rqv(**knob):
         return _variant(rq, "_requant_ref", mv.requant_variant, **knob)
@@ -485,6 +495,15 @@ def _registry() -> tuple:
         M("swiglu.scale_fit_floor", "§7.2 step 5", "the output mantissa's refit to 28 bits (when "
           "m1 * m2 > 2^28) floors instead of the run's rule", _wrap(sw, "_fit_ref", floor_rule),
           _w_swiglu([[0, 37, 100]], [[3, 80, 120]], 40001, 30, up_m=40005)),   # m1 m2 = 8 (200 030 000) + 5
+        M("rot.preshift_floor", "§7.6 step 1", "the Hadamard rotation's pre-shift y / 2^sh floors "
+          "instead of the run's rule", _wrap(hd, "_rshift_round_ref", floor_rule), rot_w),
+        M("rot.preshift_no_growth", "§7.6 step 1", "the pre-shift leaves out the log2 b growth bits "
+          "(sh = max(0, bitlen(max|y|) - 60)): outputs up to 2^(60 + log2 b)", _variant(
+              hd, "_fwht_ref", mv.fwht_variant, growth_bits=False), rot_w),
+        M("rot.butterfly_reversed", "§7.6 step 2", "each butterfly's difference is taken c - a "
+          "instead of a - c", _variant(hd, "_fwht_ref", mv.fwht_variant, diff_reversed=True), rot_w),
+        M("rot.block_half", "§7.6 step 2", "the transform runs in blocks of b / 2 (its last "
+          "butterfly stage missing)", _variant(hd, "_fwht_ref", mv.fwht_variant, block_div=2), rot_w),
         M("norm.isqrt_ceil", "§8.2 step 3", "the integer square roots round up (r and n_C)",
           _replace(no, "_isqrt_ref", _isqrt_up), _w_norm([[-19, 158]], nm16)),
         M("norm.preshift_minus1", "§8.2 step 2", "the per-row pre-shift P one less (29 or 30 "

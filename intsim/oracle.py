@@ -247,3 +247,29 @@ def requant_groups_row(v, m_in: int, k_in: int, bits: int, a_group: int, emax: i
         zg.append(z)
         eg.append(ea)
     return sc, codes, zg, eg
+
+
+# ------------------------------------------------------------------ Hadamard rotation
+
+#: every value of the rotation is at most 2^ROT_OUT_BITS in magnitude (docs/SPEC.md 7.6)
+ROT_OUT_BITS = 60
+
+
+def hadamard_row(y, b: int, rule: str, out_bits: int = ROT_OUT_BITS) -> tuple[list, int]:
+    """One row of ``intsim.hadamard.hadamard_rows`` (docs/SPEC.md section 7.6) in Python
+    ints, as the matrix product the butterflies compute: ``L = bitlen(max |y|)``,
+    ``sh = max(0, L + log2 b - out_bits)``, ``y' = rshift(y, sh, rule)`` (:func:`rshift`,
+    tie rule ``rule``), then per block of ``b`` columns ``out[i] = sum_j (-1)^popcount(i & j)
+    y'[j]`` (Sylvester's H_b in natural order, exact).  Returns ``(out, sh)``."""
+    y = [int(x) for x in y]
+    lb = b.bit_length() - 1
+    if b < 1 or b != 1 << lb or len(y) % b:
+        raise IntsimError(f"b: {b} is not a power of two dividing {len(y)}")
+    L = max((abs(x) for x in y), default=0).bit_length()
+    sh = max(0, L + lb - out_bits)
+    ys = [rshift(x, sh, rule) for x in y]
+    out = []
+    for s in range(0, len(ys), b):
+        blk = ys[s:s + b]
+        out += [sum(-x if (i & j).bit_count() & 1 else x for j, x in enumerate(blk)) for i in range(b)]
+    return out, sh

@@ -21,7 +21,8 @@ the graph:
   guard``), DI-ClippedSoftmax's input scale, exp sum ``S``, reciprocal product
   ``e * f`` and its output clamp, the RoPE products;
 * DI-Norm's sum of squares and scale, the residual add's aligned int64 sum and stream
-  scale, DI-SwiGLU's sigmoid input ``z`` and product ``y``.
+  scale, DI-SwiGLU's sigmoid input ``z`` and product ``y``, the online Hadamard rotation's
+  butterfly stages (against 2^60) and the rows its pre-shift rounded (``Entry.shifted``).
 
 Each recompute is checked against the run: the op's output recomputed from the
 recomputed intermediate (with intsim's reference functions) must equal the call's result
@@ -57,13 +58,15 @@ from .embedding import embed
 from .errors import IntsimError, IntsimOverflowError, check_choice
 from .exp import T_BITS, _exp_apply_ref, _exp_unit_ref, row_scale
 from .fixedpoint import div_round, rounding_code
+from .hadamard import ROT_OUT_BITS, hadamard_rows
 from .llama import forward
 from .matmul import (A_GROUP_EMAX, QWeight, acc_bound, check_group_bounds, di_matmul, di_matmul_acc, p_bound,
                      requant_groups)
 from .norm import di_norm, fixed_preshift, norm_weight, sqrt_c_const
 from .options import OVERFLOW_POLICIES
 from .oracle import fit_exponent, isqrt, rnd
-from .overflow_arith import I64_MAX, REF, ROUND_MAX, align_add64, align_add_exact, exact_einsum, group_acc
+from .overflow_arith import I64_MAX, REF, ROUND_MAX, align_add64, align_add_exact, exact_einsum, fwht_stages, \
+    group_acc
 from .overflow_arith import absmax as _absmax
 from .overflow_arith import ints as _ints
 from .overflow_arith import requant_k_need, round_shift
@@ -116,9 +119,12 @@ class Entry:
     check: bool | None         # the recompute reproduced the run's output (None: n/a)
     peak_at: tuple | None = None   # index (C order) of the first element (row) reaching peak
     peak_token: int | None = None  # the token position of that element (_token_axis)
+    shifted: int | None = None     # rows a pre-shift rounded before the op (hadamard_rows only)
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if d["shifted"] is None:       # only the rotation's entries carry it
+            del d["shifted"]
         d["first"] = list(self.first) if self.first is not None else None
         d["peak_at"] = list(self.peak_at) if self.peak_at is not None else None
         return d
@@ -213,7 +219,7 @@ class _Recompute:
                          requant_rows: self.requant, qk_scores: self.qk, pv: self.pv,
                          fold_scales: self.fold, di_clipped_softmax: self.softmax,
                          residual_add: self.residual, di_swiglu: self.swiglu,
-                         norm_weight: self.norm_weight, embed: None}
+                         norm_weight: self.norm_weight, hadamard_rows: self.rotation, embed: None}
 
     def call(self, name: str, call) -> None:
         if call.fn not in self.handlers:
@@ -557,6 +563,23 @@ class _Recompute:
         self.add(_value_entry(f"{name}.y", layer, y.reshape(gate.q.shape), "int64",
                               (2 ** 16 - 1) ** 2 * 2 ** B, check))
 
+    # -- the online Hadamard rotation (docs/SPEC.md section 7.6) --------------
+    def rotation(self, name: str, a: dict, res) -> None:
+        """Every butterfly stage's values (the pre-shifted rows, each stage, the output)
+        against int64 and the proven bound 2^60; ``shifted``: the rows the pre-shift rounded."""
+        y, b = np.asarray(a["y"]), a["block"]
+        C = y.shape[-1]
+        # |y| for the pre-shift's rounding; each stage <= b max|y'| <= 2^60, or b max|y| unshifted
+        v, = self.lift(max(_absmax(y), min(b * _absmax(y), 2 ** ROT_OUT_BITS)), y.reshape(-1, C),
+                       limit=ROUND_MAX)
+        out, sh, peak = fwht_stages(v, b, a["spec"].rounding)
+        k = np.broadcast_to(a["scale"].k, y.shape[:-1]).reshape(-1) - sh
+        check = bool(np.array_equal(out.astype(np.int64).reshape(y.shape), res[0])
+                     and np.array_equal(k.reshape(y.shape[:-1]), res[1].k))
+        e = self.add(_value_entry(f"{name}.stages", _layer(name), peak.reshape(y.shape), "int64",
+                                  2 ** ROT_OUT_BITS, check))
+        e.shifted = int(np.count_nonzero(sh))
+
 
 # ------------------------------------------------------------------ the report
 
@@ -624,6 +647,11 @@ class Report:
             lines.append(f"designed clamps (softmax.p = 2^p_out - 1, a probability above "
                          f"1 - 2^-(F+1)): {sum(e.saturated for e in clamps)} elements in "
                          f"{len(clamps)} layer(s), first {clamps[0].name} at {clamps[0].first}")
+        rot = [e for e in self.entries if e.shifted is not None]
+        if rot:
+            lines.append("rows pre-shifted (rounded) before the Hadamard rotation: " + (
+                "none" if not any(e.shifted for e in rot) else "; ".join(
+                    f"{e.name}: {e.shifted}" for e in rot if e.shifted)))
         if self.uncovered:
             lines.append("ops without a recompute: " + ", ".join(self.uncovered))
         lines.append("recomputes: " + ("all match the run bit for bit" if self.all_checked else

@@ -181,3 +181,27 @@ def align_add64(va, vb, ka, kb, rounding: str):
     sc = np.where(L == 0, 0, np.minimum(kf - kc, ALIGN_BITS - L))
     K = np.where(L == 0, kf, kc + sc)
     return np.left_shift(vc, sc[:, None]) + round_shift(vf, (kf - K)[:, None], rounding), K
+
+
+# ------------------------------------------------------------------ the Hadamard rotation
+
+def fwht_stages(y: np.ndarray, b: int, rounding: str) -> tuple:
+    """The online Hadamard rotation (docs/SPEC.md section 7.6) of the rows of ``y`` [T, C]
+    with every butterfly stage kept: ``(out, sh, peak)``, ``peak`` the elementwise largest
+    |value| over the pre-shifted rows and every stage (the last is ``out``), the container's
+    peak per position.  Per row ``sh = max(0, bitlen(max|y|) + log2 b - 60)``, the pre-shift
+    rounded by ``rounding`` (:func:`round_shift`).  ``y``: int64 (the caller's bound: |y| <=
+    ROUND_MAX and every stage, at most ``b max|y'|``, inside int64) or an object array of
+    Python ints (exact for any magnitude)."""
+    T, C = y.shape
+    L = np.array([absmax(r).bit_length() for r in y], dtype=np.int64)
+    sh = np.maximum(L + b.bit_length() - 1 - 60, 0)
+    z = round_shift(y, sh[:, None], rounding)
+    peak = np.abs(z)
+    h = 1
+    while h < b:                                  # stage h: pairs (j, j + h) in runs of 2h
+        z = z.reshape(T, C // (2 * h), 2, h)
+        z = np.stack([z[:, :, 0] + z[:, :, 1], z[:, :, 0] - z[:, :, 1]], axis=2).reshape(T, C)
+        peak = np.maximum(peak, np.abs(z))
+        h *= 2
+    return z, sh, peak

@@ -91,6 +91,17 @@ def test_gpu_forward_with_a_wider_head_input_under_simulator():
     assert r.stdout.count("ok   ") == 4, r.stdout
 
 
+def test_gpu_forward_with_a_hadamard_rotation_under_simulator():
+    """The online Hadamard rotation of down_proj's input (down_rot, docs/SPEC.md 7.6): the GPU
+    path's SwiGLU stage calls the same row kernel (hadamard.fwht_row) as the CPU's; prefill,
+    decode, a cache continued on the CPU and a packed batch equal the graph.  Its own
+    subprocess (and timeout), as above."""
+    r = run(["scripts/cuda_check.py", "--synthetic", "down_rot32", "--tokens", "6", "--decode", "2"],
+            timeout=2400)
+    assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("ok   ") == 4, r.stdout
+
+
 def test_gpu_golden_export_equals_cpu_under_simulator():
     """The graph op by op with backend="cuda" (intsim.cudaops): every golden tensor file
     byte-identical to the CPU's, the manifests equal but for the backend they name."""

@@ -581,3 +581,50 @@ def test_norm_weight_models_dump_and_replay_the_weight_step(tmp_path):
     assert op["kind"] == "norm_weight" and op["params"]["g"] == {"model": "layers.0.attn_norm_w"}
     assert np.array_equal(man["_logits"][0], forward(model, IDS[:6] % 128)[0])
     assert golden.replay(tmp_path / "nw", model)["identical"]
+
+
+def test_down_rot_models_dump_and_replay_the_rotation(tmp_path):
+    """docs/SPEC.md 7.6: the online Hadamard rotation is its own op record (kind
+    ``hadamard_rows``, the block a parameter, the run's tie rule, ``rows_shifted`` in its
+    stats) between the SwiGLU and down_proj; its output is blockdiag(H_32) times the
+    SwiGLU's (recomputed here from the dumped files), and the dump replays on both backends."""
+    from intsim.hadamard import sylvester
+    model = make_model(7, n_layers=1, down_rot=32)
+    ids = IDS[:6] % 128
+    man = golden.export_golden(model, ids, tmp_path / "rot", stages=False)
+    names = [o["name"] for o in man["ops"]]
+    i = names.index("layers.0.down_rot")
+    assert names[i - 1:i + 2] == ["layers.0.swiglu", "layers.0.down_rot", "layers.0.down"]
+    op = man["ops"][i]
+    assert (op["kind"], op["params"]["block"], op["rounding"], op["stats"]) == \
+        ("hadamard_rows", 32, "half_up", {"rows_shifted": 0})
+    y = np.load(tmp_path / "rot" / entry(man, "layers.0.swiglu")["files"]["npy"]["path"]).astype(np.int64)
+    out = np.load(tmp_path / "rot" / entry(man, "layers.0.down_rot")["files"]["npy"]["path"])
+    H = sylvester(32).astype(np.int64)
+    assert np.array_equal(out, (y.reshape(6, 3, 32) @ H).reshape(6, 96)) and out.any()
+    assert np.array_equal(man["_logits"][0], forward(model, ids)[0])
+    for backend in ("reference", "numba"):
+        assert golden.replay(tmp_path / "rot", model, backend=backend)["identical"]
+
+
+def test_tie_status_of_the_rotation_records():
+    """``intsim compare``'s tie analysis on the committed hadamard_rows records (docs/SPEC.md
+    7.6): an output sat on a tie when an input of its block did, at a non-zero pre-shift,
+    recomputed here from the inputs with Python ints."""
+    d = ROOT / "golden" / "stress"
+    man = golden.load_manifest(d)
+    seen = set()
+    for name in ("hadamard_rows.exact.b8", "hadamard_rows.ties.half_even", "hadamard_rows.extremes.b4"):
+        op = next(o for o in man["ops"] if o["name"] == name)
+        t = next(t for t in man["tensors"] if t["op"] == name and t["role"] == "out")
+        y = golden.read_value(d, next(t for t in man["tensors"] if t["op"] == name and t["arg"] == "y"))
+        b = op["params"]["block"]
+        for i in range(int(np.prod(t["shape"]))):
+            r, c = np.unravel_index(i, t["shape"])
+            row = [int(v) for v in y[r]]
+            sh = max(0, max(map(abs, row)).bit_length() + b.bit_length() - 1 - 60)
+            tie = any(v % (1 << sh) == 1 << (sh - 1) for v in row[c - c % b:c - c % b + b]) if sh else False
+            got = golden.tie_status(d, man, op, t, i)
+            assert got.startswith("yes") == tie and (sh > 0 or got.startswith("no (no pre-shift"))
+            seen.add((name, got.split(" ")[0]))
+    assert ("hadamard_rows.ties.half_even", "yes") in seen and ("hadamard_rows.extremes.b4", "no") in seen

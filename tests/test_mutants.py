@@ -220,6 +220,18 @@ def test_group_activation_variants_are_their_references():
             assert np.array_equal(a[0], b[0]) and a[1] == b[1]
 
 
+def test_hadamard_variant_is_its_reference():
+    """SPEC 7.6: the rotation's butterflies and pre-shift, the variant at its defaults."""
+    from intsim.hadamard import _fwht_ref
+    for code in CODES:
+        for b, C in ((2, 6), (4, 12), (16, 48), (64, 64)):
+            for mag in (3, 40, 58, 61):
+                y = RNG.integers(-(2 ** mag) + 1, 2 ** mag, size=(5, C), dtype=np.int64)
+                y[1] = 0
+                want, got = _fwht_ref(y, b, code), mv.fwht_variant(y, b, code)
+                assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+
+
 def test_head_width_variant_is_the_graphs_choice():
     from intsim.llama import head_in_bits
     from intsim.model import Widths
@@ -279,7 +291,8 @@ def test_variants_at_their_defaults_replay_the_committed_suites(small_model, hea
              ("intsim.rope", "_rope_ref", mv.rope_variant, False), ("intsim.residual", "_align_ref", mv.align_variant, False),
              ("intsim.attention", "_fold_ref", mv.fold_variant, False), ("intsim.matmul", "_di_acc_ref", mv.acc_variant, False),
              ("intsim.matmul", "_group_codes_ref", mv.group_codes_variant, False),
-             ("intsim.matmul", "_di_acc_grp_ref", mv.group_fold_variant, False)]
+             ("intsim.matmul", "_di_acc_grp_ref", mv.group_fold_variant, False),
+             ("intsim.hadamard", "_fwht_ref", mv.fwht_variant, False)]
     for module, attr, fn, everywhere in nulls:
         null = mu.Mutant("null", "§1", "no change", mu._variant(module, attr, fn, everywhere), None)
         with null.apply():

@@ -182,6 +182,73 @@ def test_report_covers_every_op_and_every_recompute_matches(report):
     assert p.saturated >= 4 and p.first == (0, 0, 0) and p.headroom == -1
 
 
+def _loop_rotation(rows, b):
+    """The butterflies in plain Python loops (no pre-shift: the caller's rows need none):
+    (largest |value| over every stage, the output rows)."""
+    peak, outs = 0, []
+    for row in rows:
+        z = [int(v) for v in row]
+        assert max(map(abs, z)).bit_length() + b.bit_length() - 1 <= 60
+        h = 1
+        while h < b:
+            for i in range(0, len(z), 2 * h):
+                for j in range(i, i + h):
+                    z[j], z[j + h] = z[j] + z[j + h], z[j] - z[j + h]
+                    peak = max(peak, abs(z[j]), abs(z[j + h]))
+            h *= 2
+        outs.append(z)
+    return peak, outs
+
+
+def test_report_rotation_entry_equals_python_int_loops():
+    """docs/SPEC.md 7.6: a down_rot model's report has one entry per layer,
+    ``down_rot.stages``: the largest |value| over the butterfly stages (the output's among
+    them) against int64 and the proven bound 2^60, recomputed here by plain loops, and
+    ``shifted``, the rows the pre-shift rounded (none at these widths); int64 and Python-int
+    recomputes agree; a model without the rotation has no such entry or key."""
+    m = make_model(seed=1, n_layers=2, vocab=64, dim=32, n_heads=4, n_kv_heads=2, ffn=48, down_rot=16)
+    tap = _Calls()
+    forward(m, IDS, None, "reference", tap=tap)
+    calls = dict(tap.calls)
+    rep = ov.overflow_report(m, IDS, "saturate", backend="reference")
+    assert rep.uncovered == [] and rep.all_checked
+    for li in range(2):
+        c = calls[f"layers.{li}.down_rot"]
+        peak, outs = _loop_rotation(c.args[0].tolist(), 16)
+        assert outs == c.result[0].tolist()
+        e = _entry(rep, f"layers.{li}.down_rot.stages")
+        assert (e.peak, e.bound, e.container, e.shifted, e.check) == (peak, 2 ** 60, "int64", 0, True)
+        assert e.headroom == 63 - peak.bit_length() and e.bound_headroom == 2
+        assert peak >= max(abs(v) for r in outs for v in r)
+        assert e.total == c.args[0].size and e.to_dict()["shifted"] == 0
+    assert "rows pre-shifted (rounded) before the Hadamard rotation: none" in rep.text()
+    _same_reports(rep, ov.overflow_report(m, IDS, "saturate", backend="reference", exact=True))
+    plain = ov.overflow_report(replace(m, widths=replace(m.widths, down_rot=None)), IDS, "saturate",
+                               backend="reference")
+    assert not [e for e in plain.entries if "down_rot" in e.name]
+    assert all("shifted" not in e.to_dict() for e in plain.entries) and "Hadamard" not in plain.text()
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_report_rotation_counts_the_shifted_rows(exact):
+    """Rows at |y| = 2^61 - 1 (b = 4: sh = 3) reach the bound 2^60 exactly, and are
+    counted; a small row between them is not shifted."""
+    from types import SimpleNamespace
+    from intsim.hadamard import hadamard_rows
+    from intsim.llama import OpCall
+    from intsim.options import Spec
+    from intsim.qtensor import Dyadic
+    top = 2 ** 61 - 1
+    args = dict(y=np.array([[top] * 4, [5, -3, 0, 1], [-top, top, top, top]]),
+                scale=Dyadic(np.array([1, 2, 3]), np.array([0, 4, -9])), block=4, spec=Spec(), backend="reference")
+    r = ov._Recompute(SimpleNamespace(widths=SimpleNamespace(a_bits=8)), exact)
+    r.call("layers.3.down_rot", OpCall(hadamard_rows, (), args, hadamard_rows(**args)))
+    e, = r.entries
+    assert (e.name, e.layer, e.shifted, e.peak, e.headroom, e.check) == \
+        ("layers.3.down_rot.stages", 3, 2, 2 ** 60, 2, True)
+    assert e.peak_at == (0, 0) and e.saturated == 0
+
+
 def test_recompute_check_can_fail(model):
     calls = ov._collect(model, IDS, "reference")
     i = next(j for j, (n, _) in enumerate(calls) if n == "layers.0.up")

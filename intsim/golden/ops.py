@@ -13,6 +13,7 @@ from ..head import argmax, inv_sqrt_dyadic
 from ..errors import IntsimError
 from ..exp import di_exp
 from ..fixedpoint import FLOOR, HALF_UP, div_round, dyadic_fit, isqrt, rshift_round
+from ..hadamard import hadamard_rows
 from ..matmul import QWeight, di_matmul, di_matmul_acc, requant_groups
 from ..norm import di_norm, norm_weight
 from ..options import Spec
@@ -34,7 +35,7 @@ KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matm
                                  requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
                                  residual_add, di_swiglu, di_exp, softmax_clip,
                                  isqrt, dyadic_fit, div_round, rshift_round, argmax, inv_sqrt_dyadic,
-                                 mul_scales, requant_groups)}
+                                 mul_scales, requant_groups, hadamard_rows)}
 #: kinds without any rounding in their output (``rounding: exact``)
 EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
 #: output argument names per kind (default: one output, "out")

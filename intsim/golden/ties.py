@@ -35,6 +35,17 @@ def _shift_tie(x: int, sh: int) -> str:
     return "yes" if oracle.shift_tie(x, sh) else "no"
 
 
+def _rotation_tie(y: list, b: int, col: int) -> str:
+    """Whether element ``col`` of a hadamard_rows row (docs/SPEC.md 7.6) depends on a tie: it
+    sums its block's pre-shifted inputs, so it did when one of them sat on a tie of y / 2^sh."""
+    sh = max(0, max(abs(x) for x in y).bit_length() + b.bit_length() - 1 - oracle.ROT_OUT_BITS)
+    if sh == 0:
+        return "no (no pre-shift: the rotation is exact)"
+    blk = y[col - col % b:col - col % b + b]
+    return "yes (an input of its block sat on a tie of the pre-shift)" if any(
+        oracle.shift_tie(x, sh) for x in blk) else "no"
+
+
 def _dumped(d, man, op, role: str, arg):
     """The dumped value of argument ``arg`` among the op's ``role`` ("inputs" / "outputs")."""
     tensors = {t["name"]: t for t in man["tensors"]}
@@ -107,6 +118,9 @@ def tie_status(d, man: dict, op: dict, t: dict, flat: int) -> str:
             guard = int(p["guard"])
             kref = int(out.scale.k[row]) - guard
             return _shift_tie((int(vals[idx]) * int(m[idx])) << guard, int(k[idx]) - kref)
+        if kind == "hadamard_rows":
+            return _rotation_tie(np.asarray(_input(d, man, op, "y"), dtype=np.int64)[row].tolist(),
+                                 int(p["block"]), col)
         if kind == "di_clipped_softmax":
             exp_op = next((o for o in man["ops"] if o["name"] == op["name"] + ".exp"), None)
             if exp_op is None:

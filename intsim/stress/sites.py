@@ -86,6 +86,16 @@ SITES = {
     "swiglu.rowmax.zero": ("7.3", "clamp", "rowmax frame collapse: e1 + e2 = 0 gives 0"),
     "swiglu.guard": ("7.3", "branch", "guard bits 0 and 8, both frames, all 256 gate codes"),
     "swiglu.bound": ("7.4", "bound", "|a1|, |a2| = 2^16 - 1, m_c = 2^24, alpha_k 48, g = 16, B = 24"),
+    # 7.6 online Hadamard rotation
+    "rot.exact": ("7.6", "branch", "sh = 0: the exact transform at b = 2, 4, 8, 64, several blocks a row, a zero "
+                                   "row, a row at bitlen + log2 b = 60"),
+    "rot.blocks": ("7.6", "branch", "C not a power of two: blocks of the largest power of two dividing it "
+                                    "(C = 6, b = 2; C = 12, b = 4; C = 24, b = 8)"),
+    "rot.growth": ("7.6", "bound", "|out| = b max|y| attained: the rows of H_b times 2^(60 - log2 b) - 1"),
+    "rot.preshift": ("7.6", "branch", "step 1: the pre-shift on both sides of bitlen(max|y|) + log2 b = 60, "
+                                      "rows shifted and not in one record"),
+    "rot.preshift.ties": ("7.6", "rounding", "step 1: y / 2^sh on exact ties of both signs and parities (sh = 1, 3)"),
+    "rot.bound": ("7.6", "bound", "|y| = 2^61 - 1 (b = 4, 1024): |out| = 2^60 reached, scale k at +-(2^20 - 64)"),
     # 8 DI-Norm
     "norm.fit.round": ("8.2", "rounding", "step 5: the scale fit n_C / r on an exact tie (both pre-shifts)"),
     "norm.isqrt": ("8.2", "branch", "step 3: r = isqrt(sumsq << 2P) where r and r + 1 fit differently"),
