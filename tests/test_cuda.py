@@ -91,6 +91,16 @@ def test_gpu_forward_with_a_wider_head_input_under_simulator():
     assert r.stdout.count("ok   ") == 4, r.stdout
 
 
+def test_gpu_forward_with_wider_probabilities_into_pv_under_simulator():
+    """The probabilities into PV at 12 bits on a W4A4 model (pv_bits, docs/SPEC.md 14.2): the
+    GPU path requantizes them at that width into its int16 probability rows, as the graph
+    does.  Its own subprocess (and timeout), as the head width's check."""
+    r = run(["scripts/cuda_check.py", "--synthetic", "w4a4_pv12", "--tokens", "6", "--decode", "2"],
+            timeout=2400)
+    assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("ok   ") == 4, r.stdout
+
+
 def test_gpu_golden_export_equals_cpu_under_simulator():
     """The graph op by op with backend="cuda" (intsim.cudaops): every golden tensor file
     byte-identical to the CPU's, the manifests equal but for the backend they name."""
