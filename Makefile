@@ -93,13 +93,15 @@ rtl-test-wrong: rtl-tools
 ## golden vectors, committed under golden/ (docs/GOLDEN_FORMAT.md sections 6-7; tests/test_golden.py
 ## and tests/test_stress.py check that the current code reproduces them byte for byte): the small
 ## model on two short prompts, on a 262-token prompt (last layer), under Spec.paper(), under
-## each non-default tie rule and at A = 4 with an 8-bit LM head input (golden/head8); and the
-## model-free stress suite with its coverage table
+## each non-default tie rule, at A = 4 with an 8-bit LM head input (golden/head8) and at A = 4 with
+## 8-bit probabilities into PV (golden/pv8); and the model-free stress suite with its coverage table
 TIE_RULES  := floor half_even half_away
 SPEC_MODELS := out/small-paper.intsim $(TIE_RULES:%=out/small-%.intsim)
 # the small model at A = 4 with the LM head's input at 8 bits (--head-abits, docs/SPEC.md 13.1)
 HEAD_MODEL := out/small-a4-head8.intsim
-golden: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL)
+# the small model at A = 4 with the probabilities into PV at 8 bits (--pv-bits, docs/SPEC.md 14.2)
+PV_MODEL := out/small-a4-pv8.intsim
+golden: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL) $(PV_MODEL)
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "Mr. Darcy" --out golden/darcy --force
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "The" --no-stages --out golden/the --force
 	$(VENV)/bin/intsim golden $(SMALL) --prompt "$$(cat golden/long-prompt.txt)" --layers 5 --no-stages \
@@ -108,23 +110,24 @@ golden: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL)
 	for r in $(TIE_RULES); do $(VENV)/bin/intsim golden out/small-$$r.intsim --prompt "Mr. Darcy" --no-stages \
 	  --format npy --out golden/$$r --force || exit 1; done
 	$(VENV)/bin/intsim golden $(HEAD_MODEL) --prompt "Mr. Darcy" --no-stages --format npy --out golden/head8 --force
+	$(VENV)/bin/intsim golden $(PV_MODEL) --prompt "Mr. Darcy" --layers 0 --no-stages --format npy --out golden/pv8 --force
 	$(VENV)/bin/intsim stress --out golden/stress --force --coverage docs/COVERAGE.md
 
 # the small model converted under other specs (the spec is stored in the model file)
 ## the mutant score of everything under golden/: every deviation in intsim.mutants must be killed
-mutants: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL)
-	$(VENV)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS) $(HEAD_MODEL),--model $(m))
+mutants: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL) $(PV_MODEL)
+	$(VENV)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS) $(HEAD_MODEL) $(PV_MODEL),--model $(m))
 
 ## the same under the oldest NumPy the package supports (CI runs both): the dumps must replay
 ## bit-identically and every mutant must still be caught
 NUMPY_OLD_V := 1.26.4
 NUMPY_OLD := numpy==$(NUMPY_OLD_V)
 VENV_OLD  := .venv-numpy126
-mutants-numpy126: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL)
+mutants-numpy126: $(SMALL) $(SPEC_MODELS) $(HEAD_MODEL) $(PV_MODEL)
 	test -x $(VENV_OLD)/bin/python || $(PYTHON) -m venv $(VENV_OLD)
 	$(VENV_OLD)/bin/python -m pip install -q -e . '$(NUMPY_OLD)'
 	$(VENV_OLD)/bin/python -c "import numpy; v = numpy.__version__; print('numpy', v); assert v == '$(NUMPY_OLD_V)'"
-	$(VENV_OLD)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS) $(HEAD_MODEL),--model $(m))
+	$(VENV_OLD)/bin/intsim mutants golden/ $(foreach m,$(SMALL) $(SPEC_MODELS) $(HEAD_MODEL) $(PV_MODEL),--model $(m))
 
 out/small-paper.intsim: $(STAMP) $(SMALL_SRC)
 	mkdir -p out
@@ -137,6 +140,10 @@ $(TIE_RULES:%=out/small-%.intsim): out/small-%.intsim: $(STAMP) $(SMALL_SRC)
 $(HEAD_MODEL): $(STAMP) $(SMALL_SRC)
 	mkdir -p out
 	$(VENV)/bin/intsim convert models/small --out $@ --abits 4 --head-abits 8
+
+$(PV_MODEL): $(STAMP) $(SMALL_SRC)
+	mkdir -p out
+	$(VENV)/bin/intsim convert models/small --out $@ --abits 4 --pv-bits 8
 
 ## speed: integer matmul core vs float32 BLAS, the model vs PyTorch fp32 eager, and the cold
 ## start of `make run` (its model from an empty Numba cache to the first token), and the

@@ -332,7 +332,8 @@ class Hybrid:
 
     def _attn_float(self, q, k, v):
         """converters.float_model._causal_attention, step for step, with the hooks: an
-        integer softmax in place of the float one, A-bit fake quantization of P."""
+        integer softmax in place of the float one, fake quantization of P at pv_bits (A by
+        default, docs/SPEC.md section 14.2)."""
         H, T, hd = q.shape
         KV = k.shape[0]
         qg = q.reshape(KV, H // KV, T, hd)
@@ -350,7 +351,7 @@ class Hybrid:
                 s -= s.max(axis=-1, keepdims=True)
                 np.exp(s, out=s)
                 s /= s.sum(axis=-1, keepdims=True)
-            out[:, :, a:b] = self._fq(s) @ v[:, None, :b]
+            out[:, :, a:b] = self._fq(s, self.model.widths.pv_in_bits) @ v[:, None, :b]
         return out.reshape(H, T, hd)
 
     def _mlp(self, li, hn):

@@ -345,7 +345,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                 qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
                 head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
                 down_block_size: int | None = None, rotate_seed: int = 0,
-                _source_info: dict | None = None) -> tuple[IntModel, bytes]:
+                pv_bits: int | None = None, _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
     Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
@@ -368,7 +368,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
         raise ConvertError("--down-block: given without --rotate down")
     try:
         widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
-                        head_w_bits=head_w_bits, head_a_bits=head_a_bits, a_group=a_group)
+                        head_w_bits=head_w_bits, head_a_bits=head_a_bits, a_group=a_group,
+                        pv_bits=pv_bits)
     except IntsimError as e:
         raise ConvertError(f"widths: {e}") from e
     if a_group is not None and isinstance(spec, Spec) and spec.requant_mode != "fitted":
@@ -558,7 +559,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
             head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
             down_block_size: int | None = None, rotate_seed: int = 0,
-            recipe: str | None = None) -> Path:
+            recipe: str | None = None, pv_bits: int | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -586,7 +587,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     dividing ffn_dim); ``rotate_seed``: the residual rotation's random signs; ``recipe``:
     ``"w8a8"``, ``"w6a6"`` or ``"w4a4"`` (``converters.recipes``) sets the widths and options
     of that recipe (an argument given with another value than its default and the recipe's
-    is refused) and records it in the model file.
+    is refused) and records it in the model file; ``pv_bits``: the width of the probabilities
+    into PV (``a_bits``..15; None = ``a_bits``, docs/SPEC.md section 14.2).
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -600,7 +602,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
               row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group, rotate=rotate,
-              down_block_size=down_block_size, rotate_seed=rotate_seed)
+              down_block_size=down_block_size, rotate_seed=rotate_seed, pv_bits=pv_bits)
     if recipe is not None:
         import inspect
 
@@ -636,12 +638,13 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             entry.update(locate(entry["path"]))
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
-    head, ag = model.widths.head_a_bits, model.widths.a_group
+    head, ag, pvb = model.widths.head_a_bits, model.widths.a_group, model.widths.pv_bits
     rot = ", ".join(f"{k} rotation" + (f" (blocks of {v['block']})" if k == "down" else "")
                     for k, v in (model.meta["quantizer"].get("rotation") or {}).items())
     wd = model.widths
     print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{wd.w_bits}A{wd.a_bits}"
           f"{f' G{wd.group_size}' if wd.group_size else ''}{f', head A{head}' if head else ''}"
+          f"{f', P{pvb} into PV' if pvb else ''}"
           f"{f', activation groups of {ag}' if ag else ''}{f', {rot}' if rot else ''}"
           f"{', FSBR' if model.meta.get('calib') else ''}"
           f"{f', recipe {recipe}' if recipe else ''}) in {dt:.1f} s",
@@ -667,6 +670,11 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--head-abits", metavar="A", type=int, default=None,
                    help="LM head input bits, 2..8: the final norm's output is quantized to A "
                         "for the head's matmul (default: --abits); docs/SPEC.md section 13.1")
+    p.add_argument("--pv-bits", metavar="P", type=int, default=None,
+                   help="width of the attention probabilities into PV, A..15: DI-ClippedSoftmax's "
+                        "output, folded with the value scales, is requantized to P bits instead of "
+                        "A (longest context 2^31-1 // ((2^A-1)(2^P-1)); default: --abits); "
+                        "docs/SPEC.md section 14.2")
     p.add_argument("--a-group", metavar="G", type=int, default=None,
                    help="group-wise activations: one power-of-two refinement and zero point per "
                         "token and group of G input channels (e.g. 32, 64, 128) at every linear's "
@@ -741,7 +749,7 @@ def run(args, prog: str = "intsim convert") -> int:
     """Run a conversion from parsed arguments (``add_arguments``); 0 on success, 2 on error."""
     given = {"w_bits": args.wbits, "a_bits": args.abits, "group_size": args.group_size,
              "head_a_bits": args.head_abits, "a_group": args.a_group, "calib": args.calib,
-             "rotate": args.rotate}
+             "rotate": args.rotate, "pv_bits": args.pv_bits}
     given = {k: v for k, v in given.items() if v is not None}      # the flags on the line
     try:
         if args.recipe is not None:           # a flag contradicting the recipe, even at its default

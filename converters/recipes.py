@@ -22,7 +22,7 @@ RECIPES = {
 #: converter keyword -> the command-line flag that sets it (for the refusal's wording)
 FLAGS = {"w_bits": "--wbits", "a_bits": "--abits", "head_a_bits": "--head-abits",
          "rotate": "--rotate", "a_group": "--a-group", "group_size": "--group-size",
-         "calib": "--calib"}
+         "calib": "--calib", "pv_bits": "--pv-bits"}
 
 
 class RecipeError(IntsimError):

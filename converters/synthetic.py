@@ -79,14 +79,15 @@ def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4
                ffn: int = 96, vocab: int = 128, max_pos: int = 64, w_bits: int = 8, a_bits: int = 8,
                group_size: int = 0, spec=None, alpha: bool = False, norm_weights: bool = False,
                head_a_bits: int | None = None, a_group: int | None = None,
-               down_rot: int | None = None):
+               down_rot: int | None = None, pv_bits: int | None = None):
     """A seeded random LLaMA as an ``IntModel`` (no checkpoint, no tokenizer): for tests
     of the interpreter.  Weights ~ N(0, 1/fan_in); γ's are folded in as the converter does,
     and with ``norm_weights`` each layer also keeps per-channel DI-Norm weights (16-bit
     mantissas around 2^12, a few negative, exponent 12) as ``--norm-gain channel`` does;
     ``head_a_bits``: the LM head's input width (None: ``a_bits``); ``a_group``: group-wise
     activations (docs/SPEC.md section 4.8; None: per token); ``down_rot``: the block of the
-    online Hadamard rotation of down_proj's input (docs/SPEC.md section 7.6; None: none)."""
+    online Hadamard rotation of down_proj's input (docs/SPEC.md section 7.6; None: none);
+    ``pv_bits``: the probabilities' width into PV (docs/SPEC.md section 14.2; None: ``a_bits``)."""
     spec = Spec() if spec is None else spec
     rng = np.random.default_rng(seed)
     hd = dim // n_heads
@@ -114,5 +115,6 @@ def make_model(seed: int = 0, n_layers: int = 2, dim: int = 64, n_heads: int = 4
     cos_q, sin_q = rope_tables(hd, max_pos, 10000.0, spec.rope_frac_bits)
     cfg = ModelConfig(n_layers, dim, n_heads, n_kv_heads, hd, ffn, vocab, max_pos, "10000.0", 1, 2)
     return IntModel(cfg, Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
-                                head_a_bits=head_a_bits, a_group=a_group, down_rot=down_rot), spec,
+                                head_a_bits=head_a_bits, a_group=a_group, down_rot=down_rot,
+                                pv_bits=pv_bits), spec,
                     emb_q, emb_m, emb_k, tuple(layers), lin(vocab, dim, 8, dim), cos_q, sin_q)

@@ -21,6 +21,8 @@ Bound: ``|vals * m| << guard <= 2^62 - 1``, checked.
 grouped-query attention), int32: ``|acc| <= hd * max|qc| * max|kc|``, checked <= 2^31 - 1.
 ``pv``: ``out[i, h, d] = sum_j pc[h, i, j] * vc[j, g(h), d]``, int32:
 ``|out| <= S * max|pc| * max|vc|``, checked <= 2^31 - 1.  Both exact (no rounding).
+With P-bit probability codes and A-bit values that is ``S (2^P - 1)(2^A - 1) <= 2^31 - 1``
+for every input: :func:`pv_max_context` (``Widths.pv_bits``, docs/SPEC.md section 14.2).
 """
 from __future__ import annotations
 
@@ -41,6 +43,10 @@ I16_MAX = 2 ** 15 - 1
 #: |vals * m| << guard < 2^62 for the widths the model allows: keys |acc| <= 256 * 255^2
 #: < 2^24, m < 2^16; probabilities p < 2^16, m < 2^16; head outputs |acc| < 2^31, m < 2^16.
 GUARD_K, GUARD_V, GUARD_O = 16, 16, 12
+#: the widest probability codes into PV (``Widths.pv_bits``): the PV kernels read centered
+#: codes as int16 (:func:`pv`, and the fused path's probability row), so 2^15 - 1 is the
+#: largest code; 16 bits would need another container (docs/SPEC.md section 14.2)
+PV_BITS_LIMIT = 15
 #: padding columns of a transposed value block (pv_row's tiles read up to 15 positions
 #: past the last one, against zero probabilities)
 VT_PAD = VEC
@@ -193,6 +199,20 @@ def _bound(name, n, a, b):
                                   f"(2^31 - 1)")
 
 
+def pv_max_context(a_bits: int, p_bits: int) -> int:
+    """The longest context S whose PV int32 sums are bounded for every input: probability
+    codes of ``p_bits`` (``Widths.pv_in_bits``) against A-bit value codes,
+    ``S (2^P - 1)(2^A - 1) <= 2^31 - 1`` (docs/SPEC.md section 14.2; the fused paths decline a
+    longer context, ``intsim.fastmodel``)."""
+    return I32_MAX // ((2 ** a_bits - 1) * (2 ** p_bits - 1))
+
+
+def _pv_bound(S: int, pc, vc) -> None:
+    """PV's int32 bound over the operands' own maxima, ``S max|pc| max|vc| <= 2^31 - 1``
+    (one named site, so that intsim.mutants can swap the bound PV is checked against)."""
+    _bound("p @ v", S, pc, vc)
+
+
 @njit(cache=True)
 def qk_row(Q, t, h, zq, K, g, lo, n, kz, ksum, tiled, s8, raw, out):
     """The Numba kernel of one query row of the scores: ``out[jj] = sum_d (Q[t, h, d] - zq)
@@ -320,7 +340,8 @@ def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
 
     ``pc``: centered probability codes [H, T, S]; ``vc``: centered value codes
     [S, Hkv, hd], each within [-(2^15 - 1), 2^15 - 1] (checked); returned as int64 [T, H, hd].
-    Bound: ``S * max|pc| * max|vc| <= 2^31 - 1`` (checked; S <= 33025 at A = 8).
+    Bound: ``S * max|pc| * max|vc| <= 2^31 - 1`` (checked; for every input at P-bit
+    probabilities and A-bit values S <= :func:`pv_max_context`: 33025 at A = P = 8).
     """
     _check_operands(backend, "pc", pc, "vc", vc)
     H, T, S = pc.shape
@@ -328,7 +349,7 @@ def pv(pc: np.ndarray, vc: np.ndarray, backend: str = "numba") -> np.ndarray:
     if S2 != S:
         raise IntsimError(f"vc: {S2} positions != probabilities' {S}")
     rep = _groups(H, Hkv)
-    _bound("p @ v", S, pc, vc)
+    _pv_bound(S, pc, vc)
     if backend == "reference":
         vx = _kv_per_query_head_ref(vc, rep)                          # [S, H, hd]
         return np.einsum("hij,jhd->ihd", pc.astype(np.int64), vx)

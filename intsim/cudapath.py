@@ -189,7 +189,7 @@ class _Buffers:
     """Per-call device arrays: the stream, the quantized inputs, attention's per-head
     values and every kernel's scratch rows (one row per thread)."""
 
-    def __init__(self, c, cfg, T, S):
+    def __init__(self, c, cfg, T, S, p_dtype):
         z = cuda.device_array
         H, hd, D, F = c.n_heads, c.head_dim, c.dim, c.ffn_dim
         self.h = z((T, D), np.int16)
@@ -211,7 +211,7 @@ class _Buffers:
         self.y = z((T, hd), np.int64)
         self.raw = z((T * H, S), np.int32)
         self.sc, self.cq = z((T * H, S), np.int64), z((T * H, S), np.int64)
-        self.pb = z((T * H, S + fp.VEC), np.uint8)
+        self.pb = z((T * H, S + fp.VEC), p_dtype)       # probability rows (FastModel.p_proto)
         self.s8 = z((T * H, 8), np.int32)
         self.hm3, self.hk3, self.ao = (z((T, H * hd), np.int64) for _ in range(3))
         self.gb, self.ub, self.yf = z((T, F), np.int32), z((T, F), np.int32), z((T, F), np.int64)
@@ -274,7 +274,7 @@ def _buffers(cm, c, cfg, T, S):
     if b is None:
         if len(cm.pools) >= 8:
             cm.pools.clear()
-        b = cm.pools[(T, cap)] = _Buffers(c, cfg, T, cap)
+        b = cm.pools[(T, cap)] = _Buffers(c, cfg, T, cap, cm.fm.p_proto.dtype)
         b.zeros = np.zeros(b.sats.shape[0], np.int64)
     b.sats.copy_to_device(b.zeros)
     return b

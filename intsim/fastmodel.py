@@ -13,7 +13,7 @@ from numba import typed
 
 # absolute import: the float scan (tests/test_no_float.py) flags a module named "exp"
 from intsim.exp import T_BITS
-from .attention import GUARD_K, GUARD_O, GUARD_V, I32_MAX
+from .attention import GUARD_K, GUARD_O, GUARD_V, I32_MAX, PV_BITS_LIMIT, pv_max_context
 from .errors import IntsimError
 from .fixedpoint import ABS_LIMIT, rounding_code
 from .gemm import PackedWeight
@@ -33,6 +33,7 @@ class FastConfig(NamedTuple):
     fitted: bool           # spec.requant_mode == "fitted"
     a_bits: int
     head_a_bits: int       # the LM head's input width (Widths.head_in_bits: a_bits by default)
+    pv_bits: int           # the probabilities' width into PV (Widths.pv_in_bits: a_bits by default)
     qk_bits: int
     residual_bits: int
     swiglu_in_bits: int
@@ -107,7 +108,11 @@ class FastModel:
         self.sin_q = C(model.sin_q, dtype=np.int32)
         self.cfg = _config(model)
         self.spec = spec
-        self.max_context = _max_context(w.a_bits)
+        self.max_context = _max_context(w.a_bits, w.pv_in_bits)
+        # the probability row of PV (fastpath._attn_token): uint8 codes up to 8 bits (the
+        # vector tile's 8-bit form), int16 above (codes <= 2^15 - 1); this empty array only
+        # carries the dtype into the compiled call
+        self.p_proto = np.empty(0, np.uint8 if w.pv_in_bits <= 8 else np.int16)
 
 
 def _config(model) -> FastConfig:
@@ -119,7 +124,7 @@ def _config(model) -> FastConfig:
     return FastConfig(
         code=rounding_code(spec.rounding), m_bits=spec.m_bits, k_lo=k_lo, k_hi=k_hi,
         fitted=spec.requant_mode == "fitted", a_bits=w.a_bits, head_a_bits=w.head_in_bits,
-        qk_bits=w.qk_bits,
+        pv_bits=w.pv_in_bits, qk_bits=w.qk_bits,
         residual_bits=spec.residual_bits, swiglu_in_bits=spec.swiglu_in_bits,
         softmax_in_bits=spec.softmax_in_bits, softmax_clip=spec.softmax_clip,
         p_frac=spec.softmax_p_out if spec.softmax_p_frac is None else spec.softmax_p_frac,
@@ -134,9 +139,10 @@ def _config(model) -> FastConfig:
         gemv_parallel=False)
 
 
-def _max_context(a_bits: int) -> int:
-    """Longest context whose PV int32 sums are bounded: S (2^A - 1)^2 <= 2^31 - 1."""
-    return I32_MAX // (2 ** a_bits - 1) ** 2
+def _max_context(a_bits: int, p_bits: int) -> int:
+    """Longest context whose PV int32 sums are bounded, P-bit probabilities against A-bit
+    values: S (2^P - 1)(2^A - 1) <= 2^31 - 1 (attention.pv_max_context)."""
+    return pv_max_context(a_bits, p_bits)
 
 
 def _unsupported(model) -> str | None:
@@ -163,8 +169,9 @@ def _unsupported(model) -> str | None:
     m_max = 2 ** spec.m_bits - 1
     p_max = 2 ** spec.softmax_p_out - 1
     checks = (
-        (2 <= A <= 8 and 2 <= w.head_in_bits <= 8 and 2 <= w.qk_bits <= 16,
-         "a_bits, head_a_bits or qk_bits outside the fused buffers"),
+        (2 <= A <= 8 and 2 <= w.head_in_bits <= 8 and 2 <= w.qk_bits <= 16
+         and A <= w.pv_in_bits <= PV_BITS_LIMIT,
+         "a_bits, head_a_bits, pv_bits or qk_bits outside the fused buffers"),
         (c.dim <= NORM_C_LIMIT, "dim exceeds DI-Norm's channel limit"),
         (model.emb_q.dtype == dtype_for(w.emb_bits, True), "embedding codes of another dtype"),
         (model.cos_q.dtype in (np.int16, np.int32) and model.sin_q.dtype in (np.int16, np.int32),

@@ -162,10 +162,11 @@ def _derive_range(Kq, Kzp, Km, Kk, Vq, lo, hi, kpar, VT):
 def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tiled, att, pm, pk,
               raw, sc, cq, pb, s8):
     """Attention of query (token t, head h) over cached positions [lo, hi): scores, the
-    key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to A bits, PV
-    (SPEC section 14).  The per-position parameters are read through views starting at
-    lo.  ``raw``, ``sc``, ``cq`` (>= n entries), ``pb`` (>= n + 16) and ``s8`` (8) are
-    scratch rows; ``tiled``: the QK^T and PV sums in vector tiles (CPU, hd % 16 == 0)."""
+    key-scale fold, DI-ClippedSoftmax, the value-scale fold, requant to ``cfg.pv_bits`` (A
+    unless the model sets pv_bits, SPEC section 14.2), PV (SPEC section 14).  The
+    per-position parameters are read through views starting at lo.  ``raw``, ``sc``, ``cq``
+    (>= n entries), ``pb`` (>= n + 16; uint8 for codes up to 8 bits, else int16) and ``s8``
+    (8) are scratch rows; ``tiled``: the QK^T and PV sums in vector tiles (CPU, hd % 16 == 0)."""
     n = hi - lo
     g = h // (cfg.n_heads // cfg.n_kv_heads)
     scores = sc[:n]
@@ -176,10 +177,10 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tile
                       cfg.softmax_in_bits, cfg.p_frac, cfg.p_max, cfg.reciprocal, cfg.m_bits,
                       cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, cq[:n], scores)
     vr = fold_row(scores, Vm[lo:hi], Vk[lo:hi], GUARD_V, cfg.code, scores)
-    # probabilities times value scales, requantized to A bits: scale (1, F + vr + G_V)
+    # probabilities times value scales, requantized to pv_bits: scale (1, F + vr + G_V)
     pb[n:n + VEC] = 0                      # the tail that PV tiles read against padding
     zp, mp, kp, s = requant_row(scores, np.int64(0), np.int64(1), cfg.p_frac + vr + GUARD_V,
-                                cfg.a_bits, False, cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code,
+                                cfg.pv_bits, False, cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code,
                                 cfg.fitted, pb)
     pm[t, h], pk[t, h] = mp, kp
     hd = cfg.head_dim
@@ -205,14 +206,15 @@ def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
 
 @njit(cache=True, inline="always")
 def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
-                att, pm, pk, xo, zx, mx, kx):
-    """Every head of token t, then the heads' fold and o_proj's input quantization."""
+                att, pm, pk, xo, zx, mx, kx, p_proto):
+    """Every head of token t, then the heads' fold and o_proj's input quantization.
+    ``p_proto``: an empty array of the probability row's dtype (FastModel.p_proto)."""
     sat = 0
     n = vhi[t] - vlo[t]
     raw = np.empty(n, dtype=np.int32)
     sc = np.empty(n, dtype=np.int64)
     cq = np.empty(n, dtype=np.int64)
-    pb = np.empty(n + VEC, dtype=np.uint8)
+    pb = np.empty(n + VEC, dtype=p_proto.dtype)
     s8 = np.empty(8, dtype=np.int32)
     tiled = cfg.head_dim % VEC == 0
     for h in range(Qh.shape[1]):
@@ -304,20 +306,20 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 @njit(cache=True, inline="always")
 def _st_attn(full, parallel, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
-             att, pm, pk, xo, zx, mx, kx):
+             att, pm, pk, xo, zx, mx, kx, p_proto):
     if full is not None and parallel:
         return _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi,
-                            cfg, att, pm, pk, xo, zx, mx, kx)
+                            cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
     sat = 0
     for t in range(Qh.shape[0]):
         sat += _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi,
-                           cfg, att, pm, pk, xo, zx, mx, kx)
+                           cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
     return sat
 
 
 @njit(cache=True, parallel=True)
 def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
-                 pm, pk, xo, zx, mx, kx):
+                 pm, pk, xo, zx, mx, kx, p_proto):
     T = Qh.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     # tokens in the order 0, T-1, 1, T-2, ...: causal rows grow with t, and the threads
@@ -325,7 +327,7 @@ def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
     for ii in prange(T):
         t = ii // 2 if ii % 2 == 0 else T - 1 - ii // 2
         sats[t] = _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo,
-                              vhi, cfg, att, pm, pk, xo, zx, mx, kx)
+                              vhi, cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
     return sats.sum()
 
 
@@ -429,8 +431,9 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
     """One decoder layer on the stream h (in place); xq/zx/mx/kx hold its attention norm's
     quantized input on entry and the next norm's on exit.  ``C``: this layer's cache
     arrays (k_q, k_zp, k_m, k_k, v_q, v_zp, v_m, v_k, k_par, v_t); ``bufs``: per-forward
-    scratch (Qh, zq, qm, qk, sm, sk, att, pm, pk, xo)."""
-    Qh, zq, qm, qk, sm, sk, att, pm, pk, xo = bufs
+    scratch (Qh, zq, qm, qk, sm, sk, att, pm, pk, xo) and the probability row's dtype
+    carrier (FastModel.p_proto)."""
+    Qh, zq, qm, qk, sm, sk, att, pm, pk, xo, p_proto = bufs
     Wq = W[0]
     w0 = 7 * li
     nul = np.empty((0, 0), dtype=np.int64)      # unused slots of _matmuls' 3-tuples
@@ -442,7 +445,7 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
                   Qh, zq, qm, qk, C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8], C[9])
     score_scales(qm, qk, cfg.inv_sqrt_m, cfg.inv_sqrt_k, cfg.code, sm, sk)
     sat += _st_attn(full, par, Qh, zq, sm, sk, C[0], C[8], C[9], C[6], C[7], C[5], vlo, vhi,
-                    cfg, att, pm, pk, xo, zx, mx, kx)
+                    cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
     Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
     _matmuls(full, cfg, xo, zx, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
     i = 2 * li + 1
@@ -465,7 +468,7 @@ def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q, W, Wk, PW,
-                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full, last_only):
+                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full, last_only, p_proto):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations);
     ``last_only``: the LM head of the last row alone (logits [1, V], m [1], k [1]; every
     layer still runs on all T rows, which fill the cache).
@@ -473,7 +476,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     ``W``: the row-layout weight lists (codes, qsum, m, b) and group sizes, index
     ``7 * layer + j`` (j = q, k, v, o, gate, up, down; the head last), ``Wk`` their
     exponents; ``PW``: the packed stacks (index ``4 * layer + j``, j = qkv, o, gate+up,
-    down; the head last); ``cache``: per layer the tuple of :func:`_layer`'s ``C``.
+    down; the head last); ``cache``: per layer the tuple of :func:`_layer`'s ``C``;
+    ``p_proto``: an empty array of the probability row's dtype (FastModel.p_proto: uint8, or
+    int16 for pv_bits > 8; a model of each compiles its own variant).
     """
     T = ids.shape[0]
     H, hd = cfg.n_heads, cfg.head_dim
@@ -491,7 +496,7 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
             np.empty((T, H), dtype=np.int64), np.empty((T, H), dtype=np.int64),
             np.empty((H, T), dtype=np.int64), np.empty((H, T), dtype=np.int64),
             np.empty((T, H * hd), dtype=np.int64), np.empty((T, H), dtype=np.int64),
-            np.empty((T, H), dtype=np.int64), np.empty((T, H * hd), dtype=np.uint8))
+            np.empty((T, H), dtype=np.int64), np.empty((T, H * hd), dtype=np.uint8), p_proto)
     # DI-Norm weights of stage i (2l: layer l's attention norm, 2l + 1: its ffn norm,
     # 2 nL: the final norm, always folded into the head): NW[i], NK[i], none when NU[i]
     sat = 0
@@ -654,7 +659,7 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
-        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only))
+        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only), fm.p_proto)
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo
         return "a scale saturated under overflow='raise' (the graph raises, naming the op)"

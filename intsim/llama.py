@@ -156,11 +156,12 @@ def attention(model: IntModel, li: int, normed: QTensor, pos: np.ndarray, visibl
     s_row = mul_scales(Dyadic(qh.scale.m.T, qh.scale.k.T), inv_sqrt_dyadic(hd, spec.m_bits), spec)
     p = run_op(f"{prefix}.softmax", di_clipped_softmax, scores, mul_scales(s_row, key_ref, spec),
                mask=visible[None], spec=spec, backend=backend)                 # [H, T, S]
-    # value scales folded into the probabilities, requantized per row to A bits
+    # value scales folded into the probabilities, requantized per row to pv_bits (A by
+    # default; SPEC 14.2): PV's int32 sums stay bounded up to pv_max_context positions
     p_scaled, p_ref = run_op(f"{prefix}.p_v", fold_scales, p.q.astype(np.int64), vm, vk, GUARD_V,
                              visible[None], spec, backend, name="p*v_scale")
-    p_codes, _ = run_op(f"{prefix}.p", requant_rows, p_scaled, mul_scales(p.scale, p_ref, spec), A,
-                        symmetric=False, spec=spec, backend=backend, name="p")
+    p_codes, _ = run_op(f"{prefix}.p", requant_rows, p_scaled, mul_scales(p.scale, p_ref, spec),
+                        pv_in_bits(w), symmetric=False, spec=spec, backend=backend, name="p")
     att = run_op(f"{prefix}.pv", pv, p_codes.centered(), (vq.astype(np.int64) - vz[:, None]).reshape(S, Hkv, hd),
                  backend)                                                      # [T, H, hd]
     # heads to one per-token scale, then o_proj
@@ -244,9 +245,18 @@ def lm_head(model: IntModel, h: QTensor, backend: str, tap=None) -> tuple[np.nda
 def head_in_bits(widths) -> int:
     """The width the LM head's DI-MatMul quantizes its input (the final DI-Norm's output)
     to: ``widths.head_a_bits``, or A when the model sets none (docs/SPEC.md section 13.1).
-    The graph's one choice of a width per op that is not A everywhere; a name of its own so
-    that a mutant can swap it (intsim.mutants: ``head.input_at_a``)."""
+    One of the graph's two choices of a width that is not A everywhere (the other:
+    :func:`pv_in_bits`); a name of its own so that a mutant can swap it (intsim.mutants:
+    ``head.input_at_a``)."""
     return widths.head_in_bits
+
+
+def pv_in_bits(widths) -> int:
+    """The width the graph requantizes the probabilities (folded with the value scales) to
+    before PV: ``widths.pv_bits``, or A when the model sets none (docs/SPEC.md section
+    14.2); a name of its own so that a mutant can swap it (intsim.mutants:
+    ``attention.p_at_a``)."""
+    return widths.pv_in_bits
 
 
 def _norm(tap, name: str, h: QTensor, g, gk: int, spec, backend: str) -> QTensor:

@@ -48,7 +48,7 @@ class ModelConfig:
 class Widths:
     """Bit widths of the integer graph (per model; the paper's WxAy setting)."""
     w_bits: int = 8          # linear weights (all seven projections)
-    a_bits: int = 8          # every DI-MatMul input, and Q, K, V, P in attention
+    a_bits: int = 8          # every DI-MatMul input, and Q, K, V, P in attention (P: pv_bits)
     group_size: int = 0      # 0 = per output channel, else the weight group size
     head_w_bits: int = 8     # LM head weights (per output channel)
     emb_bits: int = 8        # embedding table (per row, symmetric)
@@ -65,6 +65,11 @@ class Widths:
     #: Walsh–Hadamard transform applied to DI-SwiGLU's output (docs/SPEC.md section 7.6;
     #: the converter folds H_b / b into w_down); None = no rotation.  Stored only when set.
     down_rot: int | None = None
+    #: probabilities into PV: the bits DI-ClippedSoftmax's probabilities, folded with the
+    #: value scales, are requantized to per row before the PV matmul (docs/SPEC.md section
+    #: 14.2); None = a_bits, range a_bits..15 (15: the int16 container of centered P codes
+    #: in the PV kernels).  A value equal to a_bits is stored as None.  Stored only when set.
+    pv_bits: int | None = None
 
     def __post_init__(self):
         check_int("w_bits", self.w_bits, 2, 8)
@@ -84,18 +89,31 @@ class Widths:
             b = check_int("down_rot", self.down_rot, 2, ROT_BLOCK_LIMIT)
             if b & (b - 1):
                 raise IntsimError(f"down_rot: {b} is not a power of two")
+        if self.pv_bits is not None:
+            from .attention import PV_BITS_LIMIT
+            p = check_int("pv_bits", self.pv_bits)
+            if not self.a_bits <= p <= PV_BITS_LIMIT:
+                raise IntsimError(f"pv_bits: {p} is outside [a_bits = {self.a_bits}, "
+                                  f"{PV_BITS_LIMIT}] (the probabilities into PV are at least "
+                                  f"as wide as A; 15 bits fill the PV kernels' int16 operand)")
+            object.__setattr__(self, "pv_bits", None if p == self.a_bits else p)
 
     @property
     def head_in_bits(self) -> int:
         """The LM head's input width: ``head_a_bits``, or ``a_bits`` when it is None."""
         return self.a_bits if self.head_a_bits is None else self.head_a_bits
 
+    @property
+    def pv_in_bits(self) -> int:
+        """The width of the probability codes into PV: ``pv_bits``, or ``a_bits`` when None."""
+        return self.a_bits if self.pv_bits is None else self.pv_bits
+
     def to_dict(self) -> dict:
         """The fields as a model file's ``widths`` header and a golden manifest record them:
-        ``head_a_bits``, ``a_group`` and ``down_rot`` only when set (files of models without
-        them are unchanged)."""
+        ``head_a_bits``, ``a_group``, ``down_rot`` and ``pv_bits`` only when set (files of
+        models without them are unchanged)."""
         d = asdict(self)
-        for key in ("head_a_bits", "a_group", "down_rot"):
+        for key in ("head_a_bits", "a_group", "down_rot", "pv_bits"):
             if d[key] is None:
                 del d[key]
         return d

@@ -292,12 +292,18 @@ def acc_variant(xq, zx, w, *, offset=True, acc_bits=0):
     return P, int(np.abs(acc).max()) if acc.size else 0
 
 
-# ------------------------------------------------------------ the graph (llama.head_in_bits)
+# ------------------------------------------------------------ the graph (llama.head_in_bits, pv_in_bits)
 
 def head_in_bits_variant(widths, *, use_a=False):
     """``llama.head_in_bits``: the LM head's input width.  ``use_a``: the layers' A,
     whatever ``head_a_bits`` says (a head wired to the activation width of the layers)."""
     return widths.a_bits if use_a else widths.head_in_bits
+
+
+def pv_in_bits_variant(widths, *, use_a=False):
+    """``llama.pv_in_bits``: the probabilities' width into PV.  ``use_a``: A, whatever
+    ``pv_bits`` says (a PV datapath whose probability port was sized for A-bit codes)."""
+    return widths.a_bits if use_a else widths.pv_in_bits
 
 
 # ------------------------------------------------------------ group-wise activations (matmul, SPEC 4.8)

@@ -31,8 +31,9 @@ output differs from the reference's (tested), so no mutant is an equivalent no-o
 (``norm.sqrt_c_const``, ``head.inv_sqrt_dyadic``) on entry and on exit.
 
 Kept out: steps no op record replays (the graph's scale products and 1/sqrt(d), argmax)
-and the embedding gather (no arithmetic); of the graph's own choices, only the LM head's
-input width (``head.input_at_a``), the one width that is not A for every matmul.
+and the embedding gather (no arithmetic); of the graph's own choices, only the two widths
+that are not A everywhere: the LM head's input (``head.input_at_a``) and the probabilities
+into PV (``attention.p_at_a``).
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ from functools import partial
 import numpy as np
 
 from . import mutant_variants as mv
-from .attention import fold_scales, qk_scores
-from .errors import IntsimError
+from .attention import fold_scales, pv, qk_scores
+from .errors import IntsimError, IntsimOverflowError
 from .exp import di_exp
 from .fixedpoint import RC_CEIL, RC_FLOOR, RC_HALF_EVEN, RC_HALF_UP, dyadic_fit
 from .head import inv_sqrt_dyadic
@@ -265,6 +266,45 @@ def _w_head():
     return run
 
 
+def _w_attention_pv8():
+    """The graph's attention block (``llama.attention``) of a one-head model at A = 4 whose
+    probabilities enter PV at 8 bits: three tokens, so the last query's row spreads its
+    weight over three keys that 4-bit codes cannot keep apart as 8-bit codes do."""
+    def run():
+        from types import SimpleNamespace
+
+        from . import llama
+        from .model import ModelConfig
+        eye = np.eye(4, dtype=np.uint8) * 200 + 20
+        lin = QWeight(eye, 8, 4, _a([[1]] * 4), _a([[-20]] * 4), 8)
+        cfg = ModelConfig(1, 4, 1, 1, 4, 8, 8, 4, "10000.0", 1, 2)
+        cos_q = np.full((4, 2), 2 ** 14, np.int16)
+        m = SimpleNamespace(config=cfg, widths=Widths(a_bits=4, pv_bits=8), spec=Spec(),
+                            layers=[SimpleNamespace(wq=lin, wk=lin, wv=lin, wo=lin)],
+                            cos_q=cos_q, sin_q=np.zeros((4, 2), np.int16))
+        x = _qt([[90, -20, 35, 7], [-60, 80, 10, 100], [30, 40, -90, 20]], 0, 1, 0, 16, True)
+        pos = np.arange(3, dtype=np.int64)
+        return llama.attention(m, 0, x, pos, pos[None, :] <= pos[:, None],
+                               llama.KVCache.empty(m, 3), REF, None)
+    return run
+
+
+def _w_pv_past_bound():
+    """PV one position past its int32 bound at A = 8, P = 15 (S = 258, every probability code
+    2^15 - 1, every value +-255): the reference refuses, an empty output; an op that does
+    not refuse returns its sums."""
+    def run():
+        S = 258
+        pc = np.full((1, 1, S), 2 ** 15 - 1, np.int64)
+        vc = np.full((S, 1, 2), 255, np.int64)
+        vc[:, 0, 1] = -255
+        try:
+            return pv(pc, vc, REF)
+        except IntsimOverflowError:
+            return np.zeros(0, np.int64)
+    return run
+
+
 def _w_agroup(row, a_group=4, m=1, k=0):
     """DI-MatMul with group-wise activations (SPEC 4.8) at A = 4, identity weights: P holds
     each centred group code shifted by E - e."""
@@ -338,6 +378,12 @@ def _kv_modulo(orig):
     def kv_per_query_head_modulo(x, rep):
         return np.tile(x.astype(np.int64), (1, rep, 1))      # query head h reads kv head h % Hkv
     return kv_per_query_head_modulo
+
+
+def _pv_bound_at_a(orig):
+    def pv_bound_of_a_bit_probabilities(S, pc, vc):
+        return orig(S, vc, vc)                  # S max|v|^2: P taken as wide as the values
+    return pv_bound_of_a_bit_probabilities
 
 
 def _fit_nearest(code: int) -> int:
@@ -557,6 +603,14 @@ def _registry() -> tuple:
               at, "_fold_ref", mv.fold_variant, kref_all=True),
           _w_fold([[12345, -777, 3, -5]], [[201, 133, 255, 170]], [[3, 9, 11, 1]],
                   [[True, True, True, False]])),
+        M("attention.p_at_a", "§14.2", "the probabilities into PV are requantized to A, "
+          "ignoring pv_bits (a PV datapath whose probability port was sized for A-bit codes)",
+          _variant("intsim.llama", "pv_in_bits", mv.pv_in_bits_variant, use_a=True),
+          _w_attention_pv8(), graph=True),
+        M("attention.pv_bound_at_a", "§14.2", "PV's int32 bound checked as S max|v|^2, the "
+          "context limit of A-bit probabilities (2^31 - 1) // (2^A - 1)^2: with wider P a longer "
+          "context than the accumulator holds is let through", _replace(at, "_pv_bound", _pv_bound_at_a),
+          _w_pv_past_bound()),
     )
 
 

@@ -416,20 +416,26 @@ class _Recompute:
                               res[0].scale, _same(ref, res[0])))
 
     # -- attention matmuls ----------------------------------------------------
-    def _attn_acc(self, name: str, contraction: str, x, kv, n: int, rep: int, res) -> None:
-        """The int32 accumulator of an attention product over ``n`` terms; each of the
-        ``kv`` heads serves ``rep`` query heads (GQA)."""
+    def _attn_acc(self, name: str, contraction: str, x, kv, n: int, rep: int, x_bits: int,
+                  res) -> None:
+        """The int32 accumulator of an attention product over ``n`` terms of ``x_bits``-wide
+        codes against A-bit ones (bound ``n (2^x_bits - 1)(2^A - 1)``); each of the ``kv``
+        heads serves ``rep`` query heads (GQA)."""
         acc = exact_einsum(contraction, x, np.repeat(kv, rep, axis=1), n)
         self.add(_value_entry(f"{name}.acc", _layer(name), acc, "int32",
-                              n * (2 ** self.a_bits - 1) ** 2, bool(np.array_equal(acc, res))))
+                              n * (2 ** x_bits - 1) * (2 ** self.a_bits - 1),
+                              bool(np.array_equal(acc, res))))
 
     def qk(self, name: str, a: dict, res) -> None:
         qc, kc = np.asarray(a["qc"]), np.asarray(a["kc"])
-        self._attn_acc(name, "ihd,jhd->hij", qc, kc, qc.shape[2], qc.shape[1] // kc.shape[1], res)
+        self._attn_acc(name, "ihd,jhd->hij", qc, kc, qc.shape[2], qc.shape[1] // kc.shape[1],
+                       self.a_bits, res)
 
     def pv(self, name: str, a: dict, res) -> None:
+        """PV's bound at the model's probability width (``Widths.pv_in_bits``, SPEC 14.2)."""
         pc, vc = np.asarray(a["pc"]), np.asarray(a["vc"])
-        self._attn_acc(name, "hij,jhd->ihd", pc, vc, pc.shape[2], pc.shape[0] // vc.shape[1], res)
+        self._attn_acc(name, "hij,jhd->ihd", pc, vc, pc.shape[2], pc.shape[0] // vc.shape[1],
+                       self.model.widths.pv_in_bits, res)
 
     def fold(self, name: str, a: dict, res) -> None:
         """``|vals * m| << guard`` over the visible columns (int64; checked <= 2^62 - 1)."""

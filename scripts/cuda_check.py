@@ -28,6 +28,7 @@ SYNTHETIC = {
     "w4a4_g32_mha": dict(n_kv_heads=4, w_bits=4, a_bits=4, group_size=32),
     "w4a4_head8": dict(w_bits=4, a_bits=4, head_a_bits=8),
     "down_rot32": dict(down_rot=32),          # ffn 96: three Hadamard blocks of 32 (SPEC 7.6)
+    "w4a4_pv12": dict(w_bits=4, a_bits=4, pv_bits=12),
     "alpha_rowmax_divide": dict(alpha=True, spec=Spec(sigmoid_frame="rowmax", softmax_div="divide")),
     "half_away_m16": dict(spec=Spec(m_bits=16, k_bits=12, rounding="half_away")),
     "paper_range": dict(spec=Spec.paper()),

@@ -91,15 +91,16 @@ def test_gpu_forward_with_a_wider_head_input_under_simulator():
     assert r.stdout.count("ok   ") == 4, r.stdout
 
 
-def test_gpu_forward_with_a_hadamard_rotation_under_simulator():
-    """The online Hadamard rotation of down_proj's input (down_rot, docs/SPEC.md 7.6): the GPU
-    path's SwiGLU stage calls the same row kernel (hadamard.fwht_row) as the CPU's; prefill,
-    decode, a cache continued on the CPU and a packed batch equal the graph.  Its own
-    subprocess (and timeout), as above."""
-    r = run(["scripts/cuda_check.py", "--synthetic", "down_rot32", "--tokens", "6", "--decode", "2"],
-            timeout=2400)
+def test_gpu_forward_with_a_rotation_and_wider_probabilities_under_simulator():
+    """The online Hadamard rotation of down_proj's input (down_rot, docs/SPEC.md 7.6: the GPU
+    path's SwiGLU stage calls the same row kernel, hadamard.fwht_row, as the CPU's) and the
+    probabilities into PV at 12 bits on a W4A4 model (pv_bits, docs/SPEC.md 14.2: requantized
+    at that width into the GPU's int16 probability rows): prefill, decode, a cache continued
+    on the CPU and a packed batch equal the graph.  One subprocess for both models."""
+    r = run(["scripts/cuda_check.py", "--synthetic", "down_rot32,w4a4_pv12", "--tokens", "6", "--decode", "2"],
+            timeout=3600)
     assert r.returncode == 0 and r.stdout.strip().endswith("PASS"), r.stdout[-3000:] + r.stderr[-3000:]
-    assert r.stdout.count("ok   ") == 4, r.stdout
+    assert r.stdout.count("ok   ") == 8, r.stdout
 
 
 def test_gpu_golden_export_equals_cpu_under_simulator():

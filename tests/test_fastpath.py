@@ -219,7 +219,7 @@ def test_forward_fast_declines_what_it_cannot_prove():
     assert fastpath.visible_ranges(np.array([[False, False]])) is None
     lo, hi = fastpath.visible_ranges(np.array([[False, True, True], [True, False, False]]))
     assert lo.tolist() == [1, 0] and hi.tolist() == [3, 1]
-    assert fastpath._max_context(8) == (2 ** 31 - 1) // 255 ** 2
+    assert fastpath._max_context(8, 8) == (2 ** 31 - 1) // 255 ** 2
     odd = KVCache.empty(m, 4)
     odd.k_m = [a.astype(np.int32) for a in odd.k_m]                 # not what empty() makes
     pos, vis = _positions(0, 2, None)

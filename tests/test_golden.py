@@ -506,7 +506,7 @@ def _spec_arg(spec: dict) -> list:
 
 def _widths_args(widths: dict) -> list:
     """The `intsim convert` width arguments that give ``widths`` (as `make golden` does)."""
-    flags = {"w_bits": "--wbits", "a_bits": "--abits", "head_a_bits": "--head-abits"}
+    flags = {"w_bits": "--wbits", "a_bits": "--abits", "head_a_bits": "--head-abits", "pv_bits": "--pv-bits"}
     default = Widths().to_dict()
     unknown = {k for k, v in widths.items() if default.get(k) != v} - set(flags)
     assert not unknown, f"widths {sorted(unknown)}: no converter argument for them here"

@@ -29,7 +29,9 @@ from intsim.attention import _fold_ref
 from intsim.exp import _exp_apply_ref, _exp_unit_ref
 from intsim.fixedpoint import ROUND_CODE, _fit_ref
 from intsim.golden import replay
+from intsim.golden.dump import read_component, tensor_components
 from intsim.golden.mutating import Suite
+from intsim.golden.values import split_result, value_comps
 from intsim.llama import forward
 from intsim.matmul import QWeight, _di_acc_ref
 from intsim.modelfile import load_model, model_hash
@@ -42,7 +44,8 @@ from intsim.softmax import _center_clip_ref, _exp_norm_ref
 from intsim_app.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
-SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the", ROOT / "golden" / "head8", ROOT / "golden" / "stress"]
+SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the", ROOT / "golden" / "head8", ROOT / "golden" / "pv8",
+          ROOT / "golden" / "stress"]
 CODES = sorted(ROUND_CODE.values())
 NAMES = [m.name for m in mu.REGISTRY]
 
@@ -242,6 +245,16 @@ def test_head_width_variant_is_the_graphs_choice():
             assert mv.head_in_bits_variant(w, use_a=True) == a
 
 
+def test_pv_width_variant_is_the_graphs_choice():
+    from intsim.llama import pv_in_bits
+    from intsim.model import Widths
+    for a in (2, 4, 6, 8):
+        for p in (None, a, 8, 15):
+            w = Widths(a_bits=a, pv_bits=p)
+            assert mv.pv_in_bits_variant(w) == pv_in_bits(w) == (a if p is None else p)
+            assert mv.pv_in_bits_variant(w, use_a=True) == a
+
+
 # ------------------------------------------------------------------ the committed suites
 
 @pytest.fixture(scope="module")
@@ -265,25 +278,36 @@ def head_model(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def pv_model(tmp_path_factory):
+    """The small model at A = 4 with 8-bit probabilities into PV, as `make golden` converts
+    it for golden/pv8."""
+    out = tmp_path_factory.mktemp("small") / "small-a4-pv8.intsim"
+    r = subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
+                        "--abits", "4", "--pv-bits", "8"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
 def _models(*paths) -> list:
     return [(load_model(p), model_hash(p)) for p in paths]
 
 
 @pytest.fixture(scope="module")
-def report(small_model, head_model):
-    """``intsim mutants golden/darcy golden/the golden/head8 golden/stress --model ... --json``
-    on the committed suites."""
+def report(small_model, head_model, pv_model):
+    """``intsim mutants golden/darcy golden/the golden/head8 golden/pv8 golden/stress --model ...
+    --json`` on the committed suites."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         rc = cli_main(["mutants", *map(str, SUITES), "--model", str(small_model), "--model", str(head_model),
-                       "--json"])
+                       "--model", str(pv_model), "--json"])
     r = json.loads(out.getvalue())
     assert rc == (0 if r["killed"] == r["total"] else 1)
     return r
 
 
-def test_variants_at_their_defaults_replay_the_committed_suites(small_model, head_model):
-    suites = [Suite(d, _models(small_model, head_model)) for d in SUITES]
+def test_variants_at_their_defaults_replay_the_committed_suites(small_model, head_model, pv_model):
+    suites = [Suite(d, _models(small_model, head_model, pv_model)) for d in SUITES]
     nulls = [("intsim.fixedpoint", "_fit_ref", mv.fit_variant, True), ("intsim.requant", "_requant_ref", mv.requant_variant, False),
              ("intsim.exp", "_exp_unit_ref", mv.exp_unit_variant, True), ("intsim.exp", "_exp_apply_ref", mv.exp_apply_variant, True),
              ("intsim.softmax", "_center_clip_ref", mv.center_clip_variant, False),
@@ -297,17 +321,36 @@ def test_variants_at_their_defaults_replay_the_committed_suites(small_model, hea
         null = mu.Mutant("null", "§1", "no change", mu._variant(module, attr, fn, everywhere), None)
         with null.apply():
             assert [s.first_kill() for s in suites] == [None] * len(suites), f"{fn.__name__} at its defaults"
-    null = mu.Mutant("null", "§13.1", "no change", mu._variant("intsim.llama", "head_in_bits",
-                                                               mv.head_in_bits_variant), None, graph=True)
-    assert sum(s.graph is not None for s in suites) == 3          # darcy, the, head8: whole graphs
-    with null.apply():
-        assert [s.first_kill(graph=True) for s in suites] == [None] * len(suites)
+    assert sum(s.graph is not None for s in suites) == 4          # darcy, the, head8, pv8: whole graphs
+    for attr, fn in (("head_in_bits", mv.head_in_bits_variant), ("pv_in_bits", mv.pv_in_bits_variant)):
+        null = mu.Mutant("null", "§13.1", "no change", mu._variant("intsim.llama", attr, fn), None, graph=True)
+        with null.apply():
+            assert [s.first_kill(graph=True) for s in suites] == [None] * len(suites), attr
 
 
-def test_the_command_reports_every_mutant_with_real_kills(report, small_model, head_model):
+def _graph_output(model, ids, op: dict, arg: str, comp: str) -> np.ndarray:
+    """One component of one op's output in a whole run of the graph (reference backend)."""
+    res = Calls()
+    forward(model, ids, backend="reference", tap=res)
+    outs, _ = split_result(op["kind"], res.out[op["name"]])
+    return value_comps(dict(outs)[arg])[0][comp]
+
+
+class Calls:
+    """An op-aware tap keeping each op's whole result by name."""
+    takes_op_calls = True
+
+    def __init__(self):
+        self.out = {}
+
+    def __call__(self, name, value, call):
+        self.out[name] = call.result
+
+
+def test_the_command_reports_every_mutant_with_real_kills(report, small_model, head_model, pv_model):
     assert [r["name"] for r in report["mutants"]] == NAMES
     assert report["killed"] == sum(r["killed"] for r in report["mutants"]) and report["total"] == len(NAMES)
-    models = {sha: (m, sha) for m, sha in _models(small_model, head_model)}
+    models = {sha: (m, sha) for m, sha in _models(small_model, head_model, pv_model)}
     for row in report["mutants"]:
         k = row["kill"]
         assert row["killed"] == (k is not None)
@@ -325,14 +368,15 @@ def test_the_command_reports_every_mutant_with_real_kills(report, small_model, h
             r = replay(gdir, mdl[0], model_sha256=mdl[1], ops=op, backend="reference")
         if k["kind"] == "graph":
             # a graph mutant: the record replays unchanged with its dumped arguments, and the
-            # whole graph from the dumped token ids gives other logits under the mutant
+            # whole graph from the dumped token ids gives that op another output under the mutant
             assert m.graph and r["identical"], f"{row['name']}: a graph kill whose record mismatches"
-            logits = next(t for t in man["tensors"] if t["name"] == k["tensor"])
-            want = np.load(gdir / logits["files"]["npy"]["path"])
+            t = next(t for t in man["tensors"] if t["name"] == k["tensor"])
+            comp = "" if k["component"] == "values" else k["component"]
+            want = read_component(gdir, dict(tensor_components(t))[comp], k["tensor"])
             ids = np.array(man["prompt"]["tokens"])
-            assert np.array_equal(forward(mdl[0], ids, backend="reference")[0], want)
+            assert np.array_equal(_graph_output(mdl[0], ids, op[0], t["arg"], comp), want)
             with m.apply():
-                got = forward(mdl[0], ids, backend="reference")[0]
+                got = _graph_output(mdl[0], ids, op[0], t["arg"], comp)
             assert got[tuple(k["index"])] == k["got"] != want[tuple(k["index"])] == k["golden"]
             continue
         assert not r["identical"], f"{row['name']}: {k['op']} does not mismatch under the mutant"

@@ -421,7 +421,7 @@ def test_int64_and_python_int_recomputes_agree_on_the_stress_suite(monkeypatch):
             decisions.append(int(bound) <= limit)
         return lift(self, bound, *arrays, limit=limit)
     monkeypatch.setattr(ov._Recompute, "lift", spy)
-    fake = SimpleNamespace(widths=SimpleNamespace(a_bits=8))
+    fake = SimpleNamespace(widths=SimpleNamespace(a_bits=8, pv_in_bits=8))
     n = 0
     for case in all_cases():
         fn = KINDS[case.kind]

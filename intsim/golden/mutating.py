@@ -12,10 +12,11 @@ replay bit-identically without any mutant first, else no kill would mean anythin
 
 A mutant of the graph (``Mutant.graph``: a width the graph hands an op, not an op's
 arithmetic) cannot show in a record replayed with its dumped arguments.  For those, a model
-dump of a prefill from position 0 that ends with the LM head's record (``logits``) is also
-run as a whole: ``intsim.llama.forward`` from the dumped token ids on the reference backend,
-its logits against that record's dump (a kill of kind ``graph``).  For an op mutant this run
-could add nothing: every op sees the same inputs as its record until a record differs.
+dump of a prefill from position 0 is also run as a whole: ``intsim.llama.forward`` from the
+dumped token ids on the reference backend, each op record of the dump (a dump of some
+layers holds only theirs; stage records are not ops of the graph) against that op's output
+in the run, in record order (a kill of kind ``graph``).  For an op mutant this run could add
+nothing: every op sees the same inputs as its record until a record differs.
 """
 from __future__ import annotations
 
@@ -99,14 +100,12 @@ class Suite:
             check_model(man, model, sha, self.dir)
         tensors = {t["name"]: t for t in man["tensors"]}
         self.records = [self._load(man, op, tensors, model) for op in man["ops"]]
-        self.graph = None          # (model, token ids, the logits record) for a graph run
-        last = self.records[-1] if self.records else None
-        if (model is not None and last is not None and last.name == "logits"
-                and last.kind == "di_matmul_acc"
+        self.graph = None          # (model, token ids) for a graph run
+        if (model is not None and self.records
                 and str((man.get("run") or {}).get("positions", "")).startswith("prefill 0..")):
             ids = np.asarray((man.get("prompt") or {}).get("tokens", []), dtype=np.int64)
             if ids.size:
-                self.graph = (model, ids, last)
+                self.graph = (model, ids)
 
     def _load(self, man, op, tensors, model) -> _Record:
         if op["kind"] not in KINDS:
@@ -144,15 +143,25 @@ class Suite:
 
     def _graph_kill(self):
         from ..llama import forward
-        model, ids, rec = self.graph
+        model, ids = self.graph
+        results = _OpResults()
         try:
-            outs, _ = split_result(rec.kind, (*forward(model, ids, backend=BACKEND), {}))
-            kill = self._compare(rec, dict(outs))
+            forward(model, ids, backend=BACKEND, tap=results)
         except IntsimError as e:
-            kill = {"error": f"the graph refused the dumped token ids: {e}"}
-        if kill is None:
-            return None
-        return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": "graph", **kill}
+            rec = self.records[0]
+            return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": "graph",
+                    "error": f"the graph refused the dumped token ids: {e}"}
+        for rec in self.records:
+            if rec.expect_error is not None or rec.name not in results.out:
+                continue                          # stage records: not ops of the graph
+            try:
+                outs, _ = split_result(rec.kind, results.out[rec.name])
+                kill = self._compare(rec, dict(outs))
+            except IntsimError as e:
+                kill = {"error": f"the graph's op gave no comparable output: {e}"}
+            if kill is not None:
+                return {"suite": self.label, "op_index": rec.index, "op": rec.name, "kind": "graph", **kill}
+        return None
 
     @staticmethod
     def _compare(rec: _Record, got: dict):
@@ -172,6 +181,17 @@ class Suite:
                 return {"tensor": o.tensor, "error": f"width/signedness {attrs.get('bits')}/"
                         f"{attrs.get('signed')}, the dump {o.bits}/{o.signed}"}
         return None
+
+
+class _OpResults:
+    """An op-aware tap (``intsim.llama``) keeping each op's whole result by name."""
+    takes_op_calls = True
+
+    def __init__(self):
+        self.out = {}
+
+    def __call__(self, name, value, call):
+        self.out[name] = call.result
 
 
 def score(suites: list, mutants=None) -> dict:

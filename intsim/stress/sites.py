@@ -134,6 +134,12 @@ SITES = {
     "pv.bound": ("14", "bound", "PV int32 accumulator at S max|p| max|v| <= 2^31 - 1"),
     "attn.gqa": ("14.1", "branch", "grouped-query heads: query head h reads kv head h // (H / Hkv)"),
     "attn.mul_scales": ("14.1", "rounding", "mul_scales: a mantissa product above 2^28 refitted to 28 bits (ties)"),
+    "pv.width": ("14.2", "rounding", "the probabilities requantized to pv_bits 8 and 15 (zero point 0): exact "
+                                     "ties under every tie rule, and a row past the pre-shift"),
+    "pv.wide_bound": ("14.2", "bound", "PV with P-bit probabilities at its int32 bound S (2^P - 1)(2^A - 1), the "
+                                       "longest context attained exactly (A = 8, P = 15: S = 257; A = 6: S = 1040)"),
+    "pv.wide_refused": ("14.2", "bound", "one position past the longest context (A = 8, P = 15, S = 258): "
+                                         "refused naming the op"),
     # 15 overflow policy
     "overflow.raise": ("15", "saturation", "overflow raise: a saturating scale stops the op (a refusal record: "
                                      "expect_error, its type and exact message, no outputs)"),
