@@ -15,8 +15,10 @@ from intsim.errors import IntsimError
 #: cheapest: docs/RESULTS.md, "Recipes".
 RECIPES = {
     "w8a8": {"w_bits": 8, "a_bits": 8, "rotate": ("residual", "down")},
-    "w6a6": {"w_bits": 6, "a_bits": 6, "head_a_bits": 8, "rotate": ("residual", "down")},
-    "w4a4": {"w_bits": 4, "a_bits": 4, "head_a_bits": 8, "rotate": ("residual", "down")},
+    "w6a6": {"w_bits": 6, "a_bits": 6, "head_a_bits": 8, "rotate": ("residual", "down"),
+             "group_size": 32},
+    "w4a4": {"w_bits": 4, "a_bits": 4, "head_a_bits": 8, "rotate": ("residual", "down"),
+             "group_size": 32, "a_group": 32, "pv_bits": 8},
 }
 
 #: converter keyword -> the command-line flag that sets it (for the refusal's wording)
