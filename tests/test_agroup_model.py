@@ -6,9 +6,6 @@ reference's integers, bad values and layouts are refused naming the option, and 
 carries the key only when set."""
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,14 +16,10 @@ from intsim.errors import IntsimError
 from intsim.matmul import di_matmul, di_matmul_acc
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
+from model_helpers import Calls, convert_small, same
 
-ROOT = Path(__file__).resolve().parents[1]
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
 
-
-def _convert(out: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
-                           *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -36,25 +29,11 @@ def small(tmp_path_factory):
     out = {}
     for name, args in (("g32", ["--wbits", "4", "--abits", "4", "--a-group", "32"]),
                        ("plain", ["--wbits", "4", "--abits", "4"])):
-        r = _convert(d / f"{name}.intsim", *args)
+        r = convert_small(d / f"{name}.intsim", *args)
         assert r.returncode == 0, r.stderr
         out[name] = d / f"{name}.intsim"
     return out
 
-
-class Calls:
-    takes_op_calls = True
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, name, value, call):
-        self.calls.append((name, call))
-
-
-def same(a, b) -> bool:
-    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)
-            and np.array_equal(a[1].k, b[1].k))
 
 
 def test_graph_wiring_and_backends(small):
@@ -101,12 +80,12 @@ def test_widths_refuse_bad_values(bad, match):
 
 def test_cli_refusals_write_nothing(tmp_path):
     out = tmp_path / "m.intsim"
-    r = _convert(out, "--a-group", "0")
+    r = convert_small(out, "--a-group", "0")
     assert r.returncode == 2 and r.stderr.strip() == "intsim: error: widths: a_group: 0 is outside [1, 65536]"
-    r = _convert(out, "--group-size", "64", "--a-group", "48")
+    r = convert_small(out, "--group-size", "64", "--a-group", "48")
     assert r.returncode == 2
     assert "intsim: error: layers.0." in r.stderr and "a_group: activation groups of 48 and weight groups of 64" in r.stderr
-    r = _convert(out, "--a-group", "32", "--spec", '{"requant_mode": "range"}')
+    r = convert_small(out, "--a-group", "32", "--spec", '{"requant_mode": "range"}')
     assert r.returncode == 2 and "a_group: group-wise activations need requant_mode 'fitted'" in r.stderr
     assert list(tmp_path.iterdir()) == []
 

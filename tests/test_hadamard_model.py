@@ -17,23 +17,10 @@ from intsim.llama import KVCache
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.swiglu import di_swiglu
+from model_helpers import Calls, same
 
 IDS = np.array([11, 5, 99, 33, 40, 9, 27, 77, 3])
 
-
-class Calls:
-    takes_op_calls = True
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, name, value, call):
-        self.calls.append((name, call))
-
-
-def same(a, b) -> bool:
-    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)
-            and np.array_equal(a[1].k, b[1].k))
 
 
 @pytest.mark.parametrize("kw", [dict(down_rot=32),                         # ffn 96 = 3 blocks of 32

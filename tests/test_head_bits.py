@@ -17,8 +17,6 @@ the head's DI-MatMul while every other matmul input stays at A.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,14 +32,10 @@ from intsim.matmul import B_LIMIT, M_LIMIT, P_LIMIT, QWeight, check_bounds, di_m
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.qtensor import Dyadic, QTensor
+from model_helpers import Calls, ROOT, convert_small, same
 
-ROOT = Path(__file__).resolve().parents[1]
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
 
-
-def _convert(out: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
-                           *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +44,11 @@ def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("headbits")
     out = {}
     for name, args in (("a4h8", ["--abits", "4", "--head-abits", "8"]), ("a4", ["--abits", "4"])):
-        r = _convert(d / f"{name}.intsim", *args)
+        r = convert_small(d / f"{name}.intsim", *args)
         assert r.returncode == 0, r.stderr
         out[name] = d / f"{name}.intsim"
     return out
 
-
-def same(a, b) -> bool:
-    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)
-            and np.array_equal(a[1].k, b[1].k))
-
-
-class Calls:
-    """A tap that keeps every op call (name, function, arguments)."""
-    takes_op_calls = True
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, name, value, call):
-        self.calls.append((name, call))
 
 
 def test_the_graph_gives_the_head_its_own_width(small):
@@ -150,11 +129,11 @@ def test_widths_refuse_bad_head_a_bits(bad, match):
 def test_cli_refuses_a_bad_head_width_and_writes_nothing(tmp_path):
     out = tmp_path / "m.intsim"
     for v in ("9", "0"):
-        r = _convert(out, "--abits", "4", "--head-abits", v)
+        r = convert_small(out, "--abits", "4", "--head-abits", v)
         assert r.returncode == 2
         assert r.stderr.strip() == f"intsim: error: widths: head_a_bits: {v} is outside [2, 8]"
         assert list(tmp_path.iterdir()) == []
-    r = _convert(out, "--head-abits", "eight")
+    r = convert_small(out, "--head-abits", "eight")
     assert r.returncode == 2 and "--head-abits: invalid int value: 'eight'" in r.stderr
 
 
@@ -196,8 +175,8 @@ def test_header_round_trip(small, tmp_path):
 
 def test_head_width_equal_to_a_writes_the_default_file(tmp_path):
     a, b = tmp_path / "a.intsim", tmp_path / "b.intsim"
-    assert _convert(a, "--abits", "6").returncode == 0
-    assert _convert(b, "--abits", "6", "--head-abits", "6").returncode == 0
+    assert convert_small(a, "--abits", "6").returncode == 0
+    assert convert_small(b, "--abits", "6", "--head-abits", "6").returncode == 0
     assert a.read_bytes() == b.read_bytes()
 
 

@@ -19,8 +19,6 @@ requantized per row to P bits instead of A before the PV matmul.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,14 +35,10 @@ from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.overflow import overflow_report
 from intsim.requant import requant_rows
+from model_helpers import Calls, ROOT, convert_small, same
 
-ROOT = Path(__file__).resolve().parents[1]
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
 
-
-def _convert(out: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
-                           *args], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -53,26 +47,11 @@ def small(tmp_path_factory):
     d = tmp_path_factory.mktemp("pvbits")
     out = {}
     for name, args in (("a4p8", ["--abits", "4", "--pv-bits", "8"]), ("a4", ["--abits", "4"])):
-        r = _convert(d / f"{name}.intsim", *args)
+        r = convert_small(d / f"{name}.intsim", *args)
         assert r.returncode == 0, r.stderr
         out[name] = d / f"{name}.intsim"
     return out
 
-
-def same(a, b) -> bool:
-    return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)
-            and np.array_equal(a[1].k, b[1].k))
-
-
-class Calls:
-    """A tap that keeps every op call (name, function, arguments, result)."""
-    takes_op_calls = True
-
-    def __init__(self):
-        self.calls = {}
-
-    def __call__(self, name, value, call):
-        self.calls[name] = call
 
 
 # ------------------------------------------------------------------ the graph's wiring
@@ -85,7 +64,7 @@ def test_the_graph_requantizes_the_probabilities_to_pv_bits(small):
     logits, _ = llama.forward(m, IDS, backend="reference", tap=tap)
     lb, _ = llama.forward(base, IDS, backend="reference", tap=tap_b)
     for li in range(m.config.n_layers):
-        p = tap.calls[f"layers.{li}.attn.p"]
+        p = tap.by_name[f"layers.{li}.attn.p"]
         assert p.args[2] == 8 and p.fn is requant_rows
         codes = p.result[0]
         assert codes.bits == 8 and codes.q.dtype == np.uint8 and not codes.zp.any()
@@ -93,13 +72,13 @@ def test_the_graph_requantizes_the_probabilities_to_pv_bits(small):
         # so the row maximum lies within a mantissa step below 2^P - 1): P is 8 bits wide
         assert int(codes.q.max()) == 255 and (codes.q.max(axis=-1) >= 2 ** 7).all()
         # PV reads exactly those codes (zero point 0)
-        assert np.array_equal(tap.calls[f"layers.{li}.attn.pv"].args[0], codes.q.astype(np.int64))
+        assert np.array_equal(tap.by_name[f"layers.{li}.attn.pv"].args[0], codes.q.astype(np.int64))
         # the other requantizations of attention stay at A
-        assert tap.calls[f"layers.{li}.attn.q"].args[2] == tap.calls[f"layers.{li}.attn.k"].args[2] == 4
-        assert tap.calls[f"layers.{li}.attn.v_proj"].args[2:4] == (4, 4)
-        assert tap_b.calls[f"layers.{li}.attn.p"].args[2] == 4
+        assert tap.by_name[f"layers.{li}.attn.q"].args[2] == tap.by_name[f"layers.{li}.attn.k"].args[2] == 4
+        assert tap.by_name[f"layers.{li}.attn.v_proj"].args[2:4] == (4, 4)
+        assert tap_b.by_name[f"layers.{li}.attn.p"].args[2] == 4
     # identical up to layer 0's probabilities, whose codes are the same op at 8 bits
-    p0, p0b = tap.calls["layers.0.attn.p"], tap_b.calls["layers.0.attn.p"]
+    p0, p0b = tap.by_name["layers.0.attn.p"], tap_b.by_name["layers.0.attn.p"]
     assert np.array_equal(p0.args[0], p0b.args[0])
     q8, _ = requant_rows(p0b.args[0], p0b.args[1], 8, False, m.spec, "reference", name="p")
     assert np.array_equal(q8.q, p0.result[0].q) and np.array_equal(q8.scale.k, p0.result[0].scale.k)
@@ -163,15 +142,15 @@ def test_widths_refuse_bad_pv_bits(a, bad, match):
 def test_cli_refuses_a_bad_pv_width_and_writes_nothing(tmp_path):
     out = tmp_path / "m.intsim"
     for a, v in (("4", "3"), ("8", "16")):
-        r = _convert(out, "--abits", a, "--pv-bits", v)
+        r = convert_small(out, "--abits", a, "--pv-bits", v)
         assert r.returncode == 2
         assert r.stderr.strip().startswith(f"intsim: error: widths: pv_bits: {v} is outside "
                                            f"[a_bits = {a}, 15]"), r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
         assert list(tmp_path.iterdir()) == []
-    r = _convert(out, "--pv-bits", "eight")
+    r = convert_small(out, "--pv-bits", "eight")
     assert r.returncode == 2 and "--pv-bits: invalid int value: 'eight'" in r.stderr
-    help_text = _convert(out, "--help").stdout
+    help_text = convert_small(out, "--help").stdout
     assert "--pv-bits P" in help_text and "section 14.2" in help_text
 
 
@@ -214,8 +193,8 @@ def test_header_round_trip(small, tmp_path):
 
 def test_pv_width_equal_to_a_writes_the_default_file(tmp_path):
     a, b = tmp_path / "a.intsim", tmp_path / "b.intsim"
-    assert _convert(a, "--abits", "6").returncode == 0
-    assert _convert(b, "--abits", "6", "--pv-bits", "6").returncode == 0
+    assert convert_small(a, "--abits", "6").returncode == 0
+    assert convert_small(b, "--abits", "6", "--pv-bits", "6").returncode == 0
     assert a.read_bytes() == b.read_bytes()
 
 

@@ -5,9 +5,6 @@ every bad combination is refused naming the option."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +14,8 @@ from converters.rotate import (RotateError, down_block, fold_down, hadamard_matr
                                residual_rotation, rotate_layer)
 from intsim import llama, runner
 from intsim.modelfile import load_model, read_header
+from model_helpers import ROOT, convert_small
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = ROOT.joinpath("models", "small")
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77, 5, 1200])
 KEYS = {"wq": "self_attn.q_proj.weight", "wk": "self_attn.k_proj.weight",
@@ -106,15 +103,11 @@ def test_down_fold_undoes_the_runtime_transform(b):
     assert not np.allclose(Hy @ W.T, y @ W.T)
 
 
-def _convert(out: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "intsim_app", "convert", "models/small", "--out", str(out),
-                           *args], cwd=ROOT, capture_output=True, text=True)
-
 
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory):
     d = tmp_path_factory.mktemp("rotate")
-    r = _convert(d.joinpath("rot.intsim"), "--wbits", "4", "--abits", "4", "--rotate", "residual,down",
+    r = convert_small(d.joinpath("rot.intsim"), "--wbits", "4", "--abits", "4", "--rotate", "residual,down",
                  "--down-block", "128")
     assert r.returncode == 0, r.stderr
     assert "residual rotation, down rotation (blocks of 128)" in r.stderr
@@ -136,7 +129,7 @@ def test_converted_model_header_and_paths(rotated):
 
 def test_plain_conversion_unchanged_by_the_option(tmp_path):
     """A model converted without --rotate has no rotation key and no down_rot."""
-    r = _convert(tmp_path.joinpath("p.intsim"))
+    r = convert_small(tmp_path.joinpath("p.intsim"))
     assert r.returncode == 0, r.stderr
     h = read_header(tmp_path.joinpath("p.intsim"))
     assert "down_rot" not in h["widths"]
@@ -151,7 +144,7 @@ def test_plain_conversion_unchanged_by_the_option(tmp_path):
 ])
 def test_refusals(tmp_path, args, msg):
     out = tmp_path.joinpath("x.intsim")
-    r = _convert(out, *args)
+    r = convert_small(out, *args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not out.exists()
 
@@ -159,7 +152,7 @@ def test_refusals(tmp_path, args, msg):
 def test_recipe_sets_and_records_its_options(tmp_path):
     from converters.recipes import RECIPES
     out = tmp_path.joinpath("r.intsim")
-    r = _convert(out, "--recipe", "w4a4", "--wbits", "4")          # agreeing with it is fine
+    r = convert_small(out, "--recipe", "w4a4", "--wbits", "4")          # agreeing with it is fine
     assert r.returncode == 0, r.stderr
     m = load_model(out)
     assert m.meta["recipe"]["name"] == "w4a4"
@@ -176,6 +169,6 @@ def test_recipe_sets_and_records_its_options(tmp_path):
 ])
 def test_recipe_contradicted_is_refused(tmp_path, args, msg):
     out = tmp_path.joinpath("x.intsim")
-    r = _convert(out, *args)
+    r = convert_small(out, *args)
     assert r.returncode == 2 and msg in r.stderr, r.stderr
     assert not out.exists()
