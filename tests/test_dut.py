@@ -92,7 +92,7 @@ def test_a_requantizer_only_design_passes_then_fails_on_the_first_wrong_element(
     dut = tmp_path / "dut"
     written = write_design(dut, man)
     n_req = sum(1 for o in man["ops"] if o["kind"] == "requant_rows" and o["outputs"])
-    assert n_req == 48 and len(written) == 4 * n_req
+    assert n_req == 56 and len(written) == 4 * n_req
     code, out, _ = run(["compare", STRESS, dut], capsys)
     assert code == 0, out
     assert "PASS" in out and f"{n_req} of {len(man['ops'])} golden op(s) checked" in out
@@ -116,7 +116,7 @@ def test_a_requantizer_only_design_passes_then_fails_on_the_first_wrong_element(
     assert [o["mismatches"] for o in r["mismatching_ops"]] == [1, 1]
     assert r["summary"]["mismatching_elements"] == 2
     code, out, _ = run(["compare", STRESS, dut], capsys)
-    assert code == 1 and "FAIL: 2 element(s) differ, in 2 of 48 checked op(s)" in out
+    assert code == 1 and f"FAIL: 2 element(s) differ, in 2 of {n_req} checked op(s)" in out
     assert f"DUT file {early} line 2" in out and f"golden {want}, DUT {want ^ 1}" in out
 
 
@@ -358,7 +358,7 @@ def test_dut_template_lists_what_a_design_writes(tmp_path, capsys):
     man = manifest(STRESS)
     out = tmp_path / "tpl"
     code, printed, _ = run(["dut-template", STRESS, "--ops", "requant_rows", "--out", out, "--values"], capsys)
-    assert code == 0 and "48 record(s), 192 file(s)" in printed
+    assert code == 0 and "56 record(s), 224 file(s)" in printed
     tpl = json.loads((out / "dut_template.json").read_text())
     want = {f"{s}.hex": (e["shape"], e["bits"], e["signed"], np.dtype(e["dtype"]).itemsize * 8)
             for s, e, op in requant_outputs(man) if "expect_error" not in op}
