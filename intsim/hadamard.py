@@ -45,13 +45,21 @@ ROT_IN_LIMIT = 2 ** 61 - 1
 ROT_K_LIMIT = 2 ** 20 - 64
 
 
+def check_block_size(name: str, block, C: int | None = None) -> int:
+    """``block`` as an int when it is a power of two in [2, ROT_BLOCK_LIMIT], else an
+    IntsimError naming ``name`` (with the block that would do for ``C`` channels, if given)."""
+    b = check_int(name, block, 2, ROT_BLOCK_LIMIT)
+    if b & (b - 1):
+        hint = "" if C is None else f"; {default_block(C)} divides {C}"
+        raise IntsimError(f"{name}: {b} is not a power of two (the integer Walsh–Hadamard "
+                          f"transform needs one{hint})")
+    return b
+
+
 def check_block(name: str, C: int, block) -> int:
     """``block`` as an int when it is a power of two in [2, ROT_BLOCK_LIMIT] dividing ``C``;
     else an IntsimError naming ``name`` and what would do."""
-    b = check_int(name, block, 2, ROT_BLOCK_LIMIT)
-    if b & (b - 1):
-        raise IntsimError(f"{name}: {b} is not a power of two (the integer Walsh–Hadamard "
-                          f"transform needs one; {default_block(C)} divides {C})")
+    b = check_block_size(name, block, C)
     if C % b:
         raise IntsimError(f"{name}: block {b} does not divide the {C} channels it rotates "
                           f"(the largest power of two that does: {default_block(C)})")

@@ -85,10 +85,8 @@ class Widths:
             from .matmul import A_GROUP_LIMIT
             check_int("a_group", self.a_group, 1, A_GROUP_LIMIT)
         if self.down_rot is not None:
-            from .hadamard import ROT_BLOCK_LIMIT
-            b = check_int("down_rot", self.down_rot, 2, ROT_BLOCK_LIMIT)
-            if b & (b - 1):
-                raise IntsimError(f"down_rot: {b} is not a power of two")
+            from .hadamard import check_block_size
+            check_block_size("down_rot", self.down_rot)
         if self.pv_bits is not None:
             from .attention import PV_BITS_LIMIT
             p = check_int("pv_bits", self.pv_bits)
