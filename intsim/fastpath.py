@@ -66,8 +66,8 @@ from .attention import GUARD_K, GUARD_O, GUARD_V, VT_PAD, fold_row, pv_row, qk_r
 from .embedding import _embed_nb
 # FastModel and _max_context re-exported: callers and tests read them here
 from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
-from .hadamard import fwht_row
 from .gemm import VEC, gemm_acc_multi, gemm_acc_multi_par, gemv_acc_packed, gemv_acc_packed_par
+from .hadamard import fwht_row
 from .norm import norm_row, norm_weight_row
 from .qtensor import Dyadic
 from .requant import requant_row

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from .errors import IntsimError
 from .fixedpoint import CEIL, FLOOR, HALF_AWAY, HALF_EVEN, HALF_UP
+from .hadamard import ROT_OUT_BITS
 from .requant import PRE_BITS
 
 #: every rule :func:`rnd` knows: the run's tie rules and the directed ceil
@@ -250,10 +251,6 @@ def requant_groups_row(v, m_in: int, k_in: int, bits: int, a_group: int, emax: i
 
 
 # ------------------------------------------------------------------ Hadamard rotation
-
-#: every value of the rotation is at most 2^ROT_OUT_BITS in magnitude (docs/SPEC.md 7.6)
-ROT_OUT_BITS = 60
-
 
 def hadamard_row(y, b: int, rule: str, out_bits: int = ROT_OUT_BITS) -> tuple[list, int]:
     """One row of ``intsim.hadamard.hadamard_rows`` (docs/SPEC.md section 7.6) in Python

@@ -22,6 +22,7 @@ from numba import njit
 
 from .fixedpoint import ABS_LIMIT, CEIL, FIT_NUM_LIMIT, dyadic_fit, fit_den_limit, rshift_round
 from .fixedpoint import bit_length_ref
+from .hadamard import ROT_OUT_BITS
 from .oracle import requant_scale, rshift
 from .requant import PRE_BITS
 from .residual import ALIGN_BITS
@@ -189,13 +190,13 @@ def fwht_stages(y: np.ndarray, b: int, rounding: str) -> tuple:
     """The online Hadamard rotation (docs/SPEC.md section 7.6) of the rows of ``y`` [T, C]
     with every butterfly stage kept: ``(out, sh, peak)``, ``peak`` the elementwise largest
     |value| over the pre-shifted rows and every stage (the last is ``out``), the container's
-    peak per position.  Per row ``sh = max(0, bitlen(max|y|) + log2 b - 60)``, the pre-shift
-    rounded by ``rounding`` (:func:`round_shift`).  ``y``: int64 (the caller's bound: |y| <=
+    peak per position.  Per row ``sh = max(0, bitlen(max|y|) + log2 b - ROT_OUT_BITS)``, the
+    pre-shift rounded by ``rounding`` (:func:`round_shift`).  ``y``: int64 (the caller's bound: |y| <=
     ROUND_MAX and every stage, at most ``b max|y'|``, inside int64) or an object array of
     Python ints (exact for any magnitude)."""
     T, C = y.shape
     L = np.array([absmax(r).bit_length() for r in y], dtype=np.int64)
-    sh = np.maximum(L + b.bit_length() - 1 - 60, 0)
+    sh = np.maximum(L + b.bit_length() - 1 - ROT_OUT_BITS, 0)
     z = round_shift(y, sh[:, None], rounding)
     peak = np.abs(z)
     h = 1
