@@ -351,7 +351,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
     """
     try:
-        rotate = parse_rotate(",".join(rotate) if isinstance(rotate, (tuple, list)) else rotate)
+        rotate = parse_rotate(rotate)
     except RotateError as e:
         raise ConvertError(str(e)) from None
     if "residual" in rotate:        # γ must sit in the weights: a rotated stream has no channels
@@ -609,8 +609,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
         from .recipes import apply_recipe
         defaults = {k: p.default for k, p in inspect.signature(convert).parameters.items()
                     if p.default is not p.empty}
-        kw = apply_recipe(recipe, {**kw, "rotate": parse_rotate(kw["rotate"]) if isinstance(
-            kw["rotate"], str) else tuple(kw["rotate"])}, defaults)
+        kw = apply_recipe(recipe, {**kw, "rotate": parse_rotate(rotate)}, defaults)
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -638,10 +637,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             entry.update(locate(entry["path"]))
     save_model(model, out, tok)
     dt = time.perf_counter() - t0
-    head, ag, pvb = model.widths.head_a_bits, model.widths.a_group, model.widths.pv_bits
+    wd = model.widths
+    head, ag, pvb = wd.head_a_bits, wd.a_group, wd.pv_bits
     rot = ", ".join(f"{k} rotation" + (f" (blocks of {v['block']})" if k == "down" else "")
                     for k, v in (model.meta["quantizer"].get("rotation") or {}).items())
-    wd = model.widths
     print(f"converted {src} -> {out} ({out.stat().st_size / 2 ** 20:.1f} MiB, W{wd.w_bits}A{wd.a_bits}"
           f"{f' G{wd.group_size}' if wd.group_size else ''}{f', head A{head}' if head else ''}"
           f"{f', P{pvb} into PV' if pvb else ''}"
@@ -752,10 +751,11 @@ def run(args, prog: str = "intsim convert") -> int:
              "rotate": args.rotate, "pv_bits": args.pv_bits}
     given = {k: v for k, v in given.items() if v is not None}      # the flags on the line
     try:
+        if args.rotate:
+            given["rotate"] = parse_rotate(args.rotate)
         if args.recipe is not None:           # a flag contradicting the recipe, even at its default
             from .recipes import check_given
-            check_given(args.recipe, {**given, **({"rotate": parse_rotate(args.rotate)}
-                                                  if args.rotate else {})})
+            check_given(args.recipe, given)
         convert(args.src, args.out, max_pos=args.max_pos, head_w_bits=args.head_wbits,
                 qkt_tie=args.qkt_tie, spec=parse_spec(args.spec), norm_gain=args.norm_gain,
                 row_bits=args.row_bits, down_block_size=args.down_block,

@@ -36,9 +36,12 @@ class RotateError(IntsimError):
 
 
 def parse_rotate(text) -> tuple[str, ...]:
-    """``"residual,down"`` -> ("residual", "down"); None or "" -> (); unknown parts refused."""
+    """``"residual,down"`` (or a sequence of the parts) -> ("residual", "down"), in that
+    order; None, "" or () -> (); unknown parts refused."""
     if not text:
         return ()
+    if isinstance(text, (tuple, list)):
+        text = ",".join(text)
     parts = tuple(p.strip() for p in str(text).split(",") if p.strip())
     bad = [p for p in parts if p not in ROTATIONS]
     if bad or not parts:
