@@ -18,6 +18,18 @@ def convert_small(out: Path, *args) -> subprocess.CompletedProcess:
                            *args], cwd=ROOT, capture_output=True, text=True)
 
 
+def convert_variants(folder: Path, variants: dict) -> dict:
+    """Each ``name: [args]`` of ``variants`` converted from the small model into
+    ``folder/name.intsim`` (the conversion must succeed); returns ``{name: path}``."""
+    out = {}
+    for name, args in variants.items():
+        path = folder.joinpath(f"{name}.intsim")
+        r = convert_small(path, *args)
+        assert r.returncode == 0, r.stderr
+        out[name] = path
+    return out
+
+
 def same(a, b) -> bool:
     """Two forwards' ``(logits, Dyadic)`` equal: every integer and both scale arrays."""
     return (np.array_equal(a[0], b[0]) and np.array_equal(a[1].m, b[1].m)

@@ -16,24 +16,17 @@ from intsim.errors import IntsimError
 from intsim.matmul import di_matmul, di_matmul_acc
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
-from model_helpers import Calls, convert_small, same
+from model_helpers import Calls, convert_small, convert_variants, same
 
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
-
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """The small model (D = 256, ffn 768) at W4A4, with activation groups of 32 and without."""
-    d = tmp_path_factory.mktemp("agroup")
-    out = {}
-    for name, args in (("g32", ["--wbits", "4", "--abits", "4", "--a-group", "32"]),
-                       ("plain", ["--wbits", "4", "--abits", "4"])):
-        r = convert_small(d / f"{name}.intsim", *args)
-        assert r.returncode == 0, r.stderr
-        out[name] = d / f"{name}.intsim"
-    return out
-
+    return convert_variants(tmp_path_factory.mktemp("agroup"), {
+        "g32": ["--wbits", "4", "--abits", "4", "--a-group", "32"],
+        "plain": ["--wbits", "4", "--abits", "4"]})
 
 
 def test_graph_wiring_and_backends(small):

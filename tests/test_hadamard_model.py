@@ -22,7 +22,6 @@ from model_helpers import Calls, same
 IDS = np.array([11, 5, 99, 33, 40, 9, 27, 77, 3])
 
 
-
 @pytest.mark.parametrize("kw", [dict(down_rot=32),                         # ffn 96 = 3 blocks of 32
                                 dict(down_rot=4, w_bits=4, a_bits=4, group_size=16),
                                 dict(down_rot=16, ffn=48, alpha=True, norm_weights=True)],

@@ -32,23 +32,17 @@ from intsim.matmul import B_LIMIT, M_LIMIT, P_LIMIT, QWeight, check_bounds, di_m
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.qtensor import Dyadic, QTensor
-from model_helpers import Calls, ROOT, convert_small, same
+from model_helpers import Calls, convert_small, convert_variants, ROOT, same
 
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
-
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """The small model at A = 4, converted with and without --head-abits 8."""
-    d = tmp_path_factory.mktemp("headbits")
-    out = {}
-    for name, args in (("a4h8", ["--abits", "4", "--head-abits", "8"]), ("a4", ["--abits", "4"])):
-        r = convert_small(d / f"{name}.intsim", *args)
-        assert r.returncode == 0, r.stderr
-        out[name] = d / f"{name}.intsim"
-    return out
-
+    return convert_variants(tmp_path_factory.mktemp("headbits"), {
+        "a4h8": ["--abits", "4", "--head-abits", "8"],
+        "a4": ["--abits", "4"]})
 
 
 def test_the_graph_gives_the_head_its_own_width(small):

@@ -42,6 +42,7 @@ from intsim.residual import _align_ref
 from intsim.rope import _rope_ref
 from intsim.softmax import _center_clip_ref, _exp_norm_ref
 from intsim_app.cli import main as cli_main
+from model_helpers import Calls
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITES = [ROOT / "golden" / "darcy", ROOT / "golden" / "the", ROOT / "golden" / "head8", ROOT / "golden" / "pv8",
@@ -332,19 +333,8 @@ def _graph_output(model, ids, op: dict, arg: str, comp: str) -> np.ndarray:
     """One component of one op's output in a whole run of the graph (reference backend)."""
     res = Calls()
     forward(model, ids, backend="reference", tap=res)
-    outs, _ = split_result(op["kind"], res.out[op["name"]])
+    outs, _ = split_result(op["kind"], res.by_name[op["name"]].result)
     return value_comps(dict(outs)[arg])[0][comp]
-
-
-class Calls:
-    """An op-aware tap keeping each op's whole result by name."""
-    takes_op_calls = True
-
-    def __init__(self):
-        self.out = {}
-
-    def __call__(self, name, value, call):
-        self.out[name] = call.result
 
 
 def test_the_command_reports_every_mutant_with_real_kills(report, small_model, head_model, pv_model):

@@ -35,23 +35,17 @@ from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.overflow import overflow_report
 from intsim.requant import requant_rows
-from model_helpers import Calls, ROOT, convert_small, same
+from model_helpers import Calls, convert_small, convert_variants, ROOT, same
 
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
-
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """The small model at A = 4, converted with and without --pv-bits 8."""
-    d = tmp_path_factory.mktemp("pvbits")
-    out = {}
-    for name, args in (("a4p8", ["--abits", "4", "--pv-bits", "8"]), ("a4", ["--abits", "4"])):
-        r = convert_small(d / f"{name}.intsim", *args)
-        assert r.returncode == 0, r.stderr
-        out[name] = d / f"{name}.intsim"
-    return out
-
+    return convert_variants(tmp_path_factory.mktemp("pvbits"), {
+        "a4p8": ["--abits", "4", "--pv-bits", "8"],
+        "a4": ["--abits", "4"]})
 
 
 # ------------------------------------------------------------------ the graph's wiring

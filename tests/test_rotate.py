@@ -103,7 +103,6 @@ def test_down_fold_undoes_the_runtime_transform(b):
     assert not np.allclose(Hy @ W.T, y @ W.T)
 
 
-
 @pytest.fixture(scope="module")
 def rotated(tmp_path_factory):
     d = tmp_path_factory.mktemp("rotate")
