@@ -1,13 +1,17 @@
 """What the model-option tests share (head_a_bits, a_group, down_rot, pv_bits, --rotate):
-converting the embedded small model on the command line, comparing two forwards' logits
-bit for bit, and an op-aware tap that keeps every op call."""
+converting the embedded small model on the command line, rewriting a model file's widths
+header, comparing two forwards' logits bit for bit, and an op-aware tap that keeps every
+op call."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +32,17 @@ def convert_variants(folder: Path, variants: dict) -> dict:
         assert r.returncode == 0, r.stderr
         out[name] = path
     return out
+
+
+def rewrite_widths(src: Path, dst: Path, **widths) -> Path:
+    """A copy of model file ``src`` at ``dst`` whose header's ``widths`` has ``widths``
+    written over it (tensors unchanged): for the loader's refusals."""
+    with safe_open(str(src), framework="np") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        h = json.loads(f.metadata()["intsim"])
+    h["widths"].update(widths)
+    save_file(t, str(dst), metadata={"intsim": json.dumps(h)})
+    return dst
 
 
 def same(a, b) -> bool:

@@ -16,13 +16,9 @@ the head's DI-MatMul while every other matmul input stays at A.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from converters.synthetic import make_model
 from intsim import llama, runner
@@ -32,7 +28,7 @@ from intsim.matmul import B_LIMIT, M_LIMIT, P_LIMIT, QWeight, check_bounds, di_m
 from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.qtensor import Dyadic, QTensor
-from model_helpers import Calls, convert_small, convert_variants, ROOT, same
+from model_helpers import Calls, convert_small, convert_variants, rewrite_widths, ROOT, same
 
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
 
@@ -131,20 +127,11 @@ def test_cli_refuses_a_bad_head_width_and_writes_nothing(tmp_path):
     assert r.returncode == 2 and "--head-abits: invalid int value: 'eight'" in r.stderr
 
 
-def _rewrite_widths(src: Path, dst: Path, **widths) -> Path:
-    with safe_open(str(src), framework="np") as f:
-        t = {k: f.get_tensor(k) for k in f.keys()}
-        h = json.loads(f.metadata()["intsim"])
-    h["widths"].update(widths)
-    save_file(t, str(dst), metadata={"intsim": json.dumps(h)})
-    return dst
-
-
 @pytest.mark.parametrize("bad,match", [(16, r"metadata 'widths': head_a_bits: 16 is outside \[2, 8\]"),
                                        ("8", r"metadata 'widths': head_a_bits: expected an integer"),
                                        (8.0, r"metadata 'widths': head_a_bits: expected an integer")])
 def test_loader_refuses_a_bad_header_value_naming_the_file(small, tmp_path, bad, match):
-    p = _rewrite_widths(small["a4h8"], tmp_path / "bad.intsim", head_a_bits=bad)
+    p = rewrite_widths(small["a4h8"], tmp_path / "bad.intsim", head_a_bits=bad)
     with pytest.raises(IntsimError, match=match) as ei:
         load_model(p)
     assert str(p) in str(ei.value)
@@ -161,7 +148,7 @@ def test_header_round_trip(small, tmp_path):
     assert again.widths == m.widths and again.widths.head_a_bits == 8
     # an explicit null, and a value equal to A, both read as the default
     for v in (None, 4):
-        p = _rewrite_widths(small["a4"], tmp_path / f"h{v}.intsim", head_a_bits=v)
+        p = rewrite_widths(small["a4"], tmp_path / f"h{v}.intsim", head_a_bits=v)
         assert load_model(p).widths == load_model(small["a4"]).widths
     assert Widths(a_bits=6, head_a_bits=6) == Widths(a_bits=6) and Widths(a_bits=6).to_dict() == \
         {"w_bits": 8, "a_bits": 6, "group_size": 0, "head_w_bits": 8, "emb_bits": 8, "qk_bits": 16}

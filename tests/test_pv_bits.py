@@ -18,13 +18,9 @@ requantized per row to P bits instead of A before the PV matmul.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from converters.synthetic import make_model
 from intsim import fastpath, llama, runner
@@ -35,7 +31,7 @@ from intsim.model import Widths
 from intsim.modelfile import load_model, read_header, save_model
 from intsim.overflow import overflow_report
 from intsim.requant import requant_rows
-from model_helpers import Calls, convert_small, convert_variants, ROOT, same
+from model_helpers import Calls, convert_small, convert_variants, rewrite_widths, ROOT, same
 
 IDS = np.array([1107, 15, 1671, 33, 400, 9, 2718, 77])
 
@@ -148,21 +144,12 @@ def test_cli_refuses_a_bad_pv_width_and_writes_nothing(tmp_path):
     assert "--pv-bits P" in help_text and "section 14.2" in help_text
 
 
-def _rewrite_widths(src: Path, dst: Path, **widths) -> Path:
-    with safe_open(str(src), framework="np") as f:
-        t = {k: f.get_tensor(k) for k in f.keys()}
-        h = json.loads(f.metadata()["intsim"])
-    h["widths"].update(widths)
-    save_file(t, str(dst), metadata={"intsim": json.dumps(h)})
-    return dst
-
-
 @pytest.mark.parametrize("bad,match", [(16, r"metadata 'widths': pv_bits: 16 is outside \[a_bits = 4, 15\]"),
                                        (2, r"metadata 'widths': pv_bits: 2 is outside \[a_bits = 4, 15\]"),
                                        ("8", r"metadata 'widths': pv_bits: expected an integer"),
                                        (8.0, r"metadata 'widths': pv_bits: expected an integer")])
 def test_loader_refuses_a_bad_header_value_naming_the_file(small, tmp_path, bad, match):
-    p = _rewrite_widths(small["a4p8"], tmp_path / "bad.intsim", pv_bits=bad)
+    p = rewrite_widths(small["a4p8"], tmp_path / "bad.intsim", pv_bits=bad)
     with pytest.raises(IntsimError, match=match) as ei:
         load_model(p)
     assert str(p) in str(ei.value)
@@ -179,7 +166,7 @@ def test_header_round_trip(small, tmp_path):
     assert again.widths == m.widths and again.widths.pv_bits == 8
     # an explicit null, and a value equal to A, both read as the default
     for v in (None, 4):
-        p = _rewrite_widths(small["a4"], tmp_path / f"p{v}.intsim", pv_bits=v)
+        p = rewrite_widths(small["a4"], tmp_path / f"p{v}.intsim", pv_bits=v)
         assert load_model(p).widths == load_model(small["a4"]).widths
     assert Widths(a_bits=6, pv_bits=6) == Widths(a_bits=6) and "pv_bits" not in Widths(a_bits=6).to_dict()
     assert Widths(a_bits=6, pv_bits=15).to_dict()["pv_bits"] == 15
