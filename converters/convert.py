@@ -300,9 +300,11 @@ def check_config(src: HFSource, max_pos: int | None = None) -> tuple[ModelConfig
 # ====================================================================== building
 
 def _quantize(name: str, w: np.ndarray, bits, G: int, a_bits: int,
-              bounds=None, max_bits: int = 8, a_group: int | None = None) -> QWeight:
+              bounds=None, max_bits: int = 8, a_group: int | None = None,
+              group_scale_bits: int | None = None) -> QWeight:
     try:
-        qw = quantize_weight(w, bits, G, scale_mant_bits=W_SCALE_BITS, bounds=bounds)
+        qw = quantize_weight(w, bits, G, scale_mant_bits=W_SCALE_BITS, bounds=bounds,
+                             group_scale_bits=group_scale_bits)
         if qw.row_bits is not None and qw.bits < max_bits:   # the container is --wbits
             qw = QWeight(qw.q, max_bits, G, qw.m, qw.b, qw.k, qw.row_bits)
         if a_group is None:
@@ -345,7 +347,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                 qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
                 head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
                 down_block_size: int | None = None, rotate_seed: int = 0,
-                pv_bits: int | None = None, _source_info: dict | None = None) -> tuple[IntModel, bytes]:
+                pv_bits: int | None = None, group_scale_bits: int | None = None,
+                _source_info: dict | None = None) -> tuple[IntModel, bytes]:
     """Build the ``IntModel`` and the tokenizer bytes from a Hugging Face folder (no writing).
 
     Arguments as ``convert``.  Raises ``ConvertError`` / ``CalibError`` / ``IntsimError``.
@@ -366,6 +369,13 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                            "output channels (use one or the other)")
     if down_block_size is not None and "down" not in rotate:
         raise ConvertError("--down-block: given without --rotate down")
+    if group_scale_bits is not None and not group_size:
+        raise ConvertError("--group-scale-bits: the two-step form factors group scales over a "
+                           "per-channel scale; it needs weight groups (--group-size G)")
+    if group_scale_bits is not None and not 2 <= group_scale_bits <= 24 - W_SCALE_BITS:
+        raise ConvertError(f"--group-scale-bits: {group_scale_bits} is outside [2, "
+                           f"{24 - W_SCALE_BITS}]: with {W_SCALE_BITS}-bit channel scales the "
+                           f"group mantissa c * u must fit 24 bits")
     try:
         widths = Widths(w_bits=w_bits, a_bits=a_bits, group_size=group_size,
                         head_w_bits=head_w_bits, head_a_bits=head_a_bits, a_group=a_group,
@@ -488,7 +498,7 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                 bounds = fsbr.lwc_bounds(wf, up, low, G)
             q[k] = _quantize(f"layers.{i}.{k} ({p}{_HF_LINEARS[k]})", wf,
                              w_bits if mix is None else mix[(i, k)], G, a_bits, bounds, w_bits,
-                             widths.a_group)
+                             widths.a_group, group_scale_bits)
         alpha_inv, alpha_k = None, 0
         if alpha is not None:
             alpha_inv, alpha_k = fsbr.alpha_inv_mantissas(
@@ -535,6 +545,8 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
                           "embedding_scale_mant_bits": spec.m_bits}}
     if rot_info:
         meta["quantizer"]["rotation"] = rot_info
+    if group_scale_bits is not None:       # MixLLM's two-step form (docs/SPEC.md section 4.9)
+        meta["quantizer"]["group_scale_bits"] = group_scale_bits
     try:
         model = IntModel(config=config, widths=widths, spec=spec, emb_q=emb_q, emb_m=emb_m,
                          emb_k=emb_k, layers=tuple(layers), w_head=w_head, cos_q=cos_q,
@@ -559,7 +571,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             qkt_tie: str = "geomean", norm_gain: str | None = None, row_bits=None,
             head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
             down_block_size: int | None = None, rotate_seed: int = 0,
-            recipe: str | None = None, pv_bits: int | None = None) -> Path:
+            recipe: str | None = None, pv_bits: int | None = None,
+            group_scale_bits: int | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -588,7 +601,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     ``"w8a8"``, ``"w6a6"`` or ``"w4a4"`` (``converters.recipes``) sets the widths and options
     of that recipe (an argument given with another value than its default and the recipe's
     is refused) and records it in the model file; ``pv_bits``: the width of the probabilities
-    into PV (``a_bits``..15; None = ``a_bits``, docs/SPEC.md section 14.2).
+    into PV (``a_bits``..15; None = ``a_bits``, docs/SPEC.md section 14.2);
+    ``group_scale_bits``: MixLLM's two-step form of the seven linears' group scales, each an
+    U-bit integer times a per-output-channel scale (needs ``group_size``; docs/SPEC.md
+    section 4.9; None = free 16-bit group mantissas over the matrix's exponent).
 
     Nothing is written unless everything succeeded: the file is written under a temporary
     name next to ``out`` and renamed into place.
@@ -602,7 +618,8 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     kw = dict(w_bits=w_bits, a_bits=a_bits, group_size=group_size, calib=calib, spec=spec,
               max_pos=max_pos, head_w_bits=head_w_bits, qkt_tie=qkt_tie, norm_gain=norm_gain,
               row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group, rotate=rotate,
-              down_block_size=down_block_size, rotate_seed=rotate_seed, pv_bits=pv_bits)
+              down_block_size=down_block_size, rotate_seed=rotate_seed, pv_bits=pv_bits,
+              group_scale_bits=group_scale_bits)
     if recipe is not None:
         import inspect
 
@@ -700,6 +717,10 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=("w8a8", "w6a6", "w4a4"), default=None,
                    help="the options that came closest to the perplexity targets at that width "
                         "on SmolLM2 (docs/RESULTS.md 'Recipes'); recorded in the model file")
+    p.add_argument("--group-scale-bits", metavar="U", type=int, default=None,
+                   help="MixLLM's two-step dequantization: each weight group's scale is an "
+                        "U-bit integer times a per-output-channel scale (e.g. 8; needs "
+                        "--group-size); docs/SPEC.md section 4.9")
     p.add_argument("--rotate-seed", metavar="N", type=int, default=0,
                    help="seed of the residual rotation's random signs (default 0)")
     p.add_argument("--row-bits", metavar="FILE", default=None,
@@ -759,7 +780,8 @@ def run(args, prog: str = "intsim convert") -> int:
         convert(args.src, args.out, max_pos=args.max_pos, head_w_bits=args.head_wbits,
                 qkt_tie=args.qkt_tie, spec=parse_spec(args.spec), norm_gain=args.norm_gain,
                 row_bits=args.row_bits, down_block_size=args.down_block,
-                rotate_seed=args.rotate_seed, recipe=args.recipe, **given)
+                rotate_seed=args.rotate_seed, recipe=args.recipe,
+                group_scale_bits=args.group_scale_bits, **given)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -25,7 +25,8 @@ from intsim.matmul import K_LIMIT, M_LIMIT, QWeight
 
 
 def quantize_weight(w_float: np.ndarray, bits, group_size: int, scale_mant_bits: int = 16,
-                    bounds: tuple[np.ndarray, np.ndarray] | None = None) -> QWeight:
+                    bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                    group_scale_bits: int | None = None) -> QWeight:
     """Quantize ``w_float`` [N, K] to ``bits``-bit codes with group-wise integer scales.
 
     ``bits``: one width for the matrix, or an integer array [N] of per-output-channel
@@ -41,6 +42,15 @@ def quantize_weight(w_float: np.ndarray, bits, group_size: int, scale_mant_bits:
     ``s' = m 2^-k``; ``zp = rint(-lo / s')``; ``q = clip(rint(w / s') + zp, 0, Q)``;
     ``b = -m * zp``.  A group with m = 0 (all zero, or a scale below 2^-(k+1)) gets
     q = 0, b = 0: its weights are 0.
+
+    ``group_scale_bits`` U (MixLLM's two-step dequantization, docs/SPEC.md section 4.9):
+    every group scale is an U-bit integer ``u`` times a per-output-channel scale ``c 2^-k``,
+    so ``m = c * u`` and ``b = -c * u * zp``.  Per row, float64: ``c = ceil(max_g s /
+    (2^U - 1) * 2^k)`` with k chosen so the largest c has ``scale_mant_bits`` bits
+    (``scale_mant_bits + U <= 24``), then ``u = min(ceil(s / (c 2^-k)), 2^U - 1)``.  Both
+    round up (ceil) so that the represented group range covers the float one: no code is
+    clamped by a scale rounded down, at the cost of up to one step of u (a relative
+    ``1/u``) in the scale.  Then zp and the codes as above, against ``c u 2^-k``.
     """
     w = np.asarray(w_float, dtype=np.float64)
     if w.ndim != 2 or w.shape[0] == 0 or w.shape[1] == 0:
@@ -82,16 +92,19 @@ def quantize_weight(w_float: np.ndarray, bits, group_size: int, scale_mant_bits:
     if smax == 0.0:
         z = np.zeros((N, ng), dtype=np.int64)
         return QWeight(np.zeros((N, K), dtype=np.uint8), bits, G, z, z.copy(), 0, row_bits)
-    _, e = np.frexp(smax)                      # smax = f * 2^e, f in [0.5, 1)
-    k = M - int(e)                             # smax * 2^k in [2^(M-1), 2^M)
-    m = np.rint(np.ldexp(s, k))
-    if m.max() >= 2 ** M:                      # rounding carried up to 2^M
-        k -= 1
+    if group_scale_bits is not None:
+        m, k = _two_step_mantissas(s, M, group_scale_bits)
+    else:
+        _, e = np.frexp(smax)                      # smax = f * 2^e, f in [0.5, 1)
+        k = M - int(e)                             # smax * 2^k in [2^(M-1), 2^M)
         m = np.rint(np.ldexp(s, k))
+        if m.max() >= 2 ** M:                      # rounding carried up to 2^M
+            k -= 1
+            m = np.rint(np.ldexp(s, k))
     if not -K_LIMIT <= k <= K_LIMIT:
         raise ValueError(f"w_float: shared exponent k = {k} is outside +-{K_LIMIT}")
     m = m.astype(np.int64)
-    assert 0 <= m.min() and m.max() <= min(M_LIMIT, 2 ** M - 1)
+    assert 0 <= m.min() and m.max() <= (M_LIMIT if group_scale_bits else min(M_LIMIT, 2 ** M - 1))
     s_eff = np.ldexp(m.astype(np.float64), -k)  # the represented scale, exact in float64
     live = m > 0
     s_div = np.where(live, s_eff, 1.0)
@@ -99,6 +112,24 @@ def quantize_weight(w_float: np.ndarray, bits, group_size: int, scale_mant_bits:
     q = np.clip(np.rint(wg / s_div[:, :, None]) + zp[:, :, None], 0, np.asarray(Q)[..., None])
     q = np.where(live[:, :, None], q, 0).astype(np.uint8).reshape(N, K)
     return QWeight(q, bits, G, m, -m * zp, k, row_bits)
+
+
+def _two_step_mantissas(s: np.ndarray, M: int, U) -> tuple[np.ndarray, int]:
+    """Group mantissas ``m = c[n] * u[n, g]`` (float64, integral) and the shared exponent k
+    for ``quantize_weight``'s ``group_scale_bits`` U: c with M bits at the largest row,
+    u in [0, 2^U - 1], both rounded up (ceil)."""
+    if not (isinstance(U, (int, np.integer)) and 2 <= U <= 16 and M + U <= 24):
+        raise ValueError(f"group_scale_bits: {U!r} is outside [2, 16] or, with the "
+                         f"{M}-bit channel scales, above the 24-bit group mantissa "
+                         f"(scale_mant_bits + group_scale_bits <= 24)")
+    top = 2 ** int(U) - 1
+    cf = s.max(axis=1) / top                       # [N] channel scales, float
+    _, e = np.frexp(float(cf.max()))
+    k = M - int(e)                                 # max cf * 2^k in [2^(M-1), 2^M)
+    c = np.ceil(np.ldexp(cf, k))                   # <= 2^M: c * top < 2^24 (M + U <= 24)
+    c_eff = np.where(c > 0, np.ldexp(c, -k), 1.0)[:, None]
+    u = np.where(c[:, None] > 0, np.minimum(np.ceil(s / c_eff), top), 0.0)
+    return c[:, None] * u, k
 
 
 def dequantize_weight(w: QWeight) -> np.ndarray:

@@ -26,7 +26,8 @@ import numpy as np
 
 from numba import njit, prange
 
-from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
+from .errors import (IntsimError, IntsimOverflowError, check_choice, check_int, check_int_array,
+                     check_range)
 from .fixedpoint import _check_backend, bit_length_nb, div_round_nb, kernel, rounding_code
 from .gemm import I32_MAX, gemm_acc_rows_par
 from .options import DEFAULT_SPEC, Spec
@@ -192,6 +193,72 @@ def _di_acc_ref(xq: np.ndarray, zx: np.ndarray, w: QWeight) -> tuple[np.ndarray,
     P = (acc * w.m[None, :, :]).sum(axis=2) + (xs[:, None, :] * w.b[None, :, :]).sum(axis=2)
     amax = int(np.abs(acc).max()) if acc.size else 0
     return P, amax
+
+
+# ------------------------------------------------------------------ two-step fold (SPEC 4.9)
+
+def two_step_factors(w: QWeight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MixLLM's two-step form of ``w`` (docs/SPEC.md section 4.9): ``(c, u, beta)`` with
+    ``m = c[:, None] * u`` and ``b = c[:, None] * beta`` exactly.  ``c[n]`` is the greatest
+    common divisor of row n's mantissas and offsets (0 for an all-zero row, whose u and
+    beta are 0), so u is the narrowest factorization there is: any other ``c'`` that
+    divides the row divides ``c``.  Integer only."""
+    c = np.gcd.reduce(np.concatenate([w.m, np.abs(w.b)], axis=1), axis=1)      # [N] int64
+    cd = np.where(c > 0, c, 1)[:, None]
+    return c, w.m // cd, w.b // cd
+
+
+def two_step_bits(w: QWeight) -> int:
+    """U, the width of the two-step group multipliers ``u`` (bit length of their max)."""
+    return int(two_step_factors(w)[1].max()).bit_length()
+
+
+def _fold_two_step_ref(acc: np.ndarray, xs: np.ndarray, c: np.ndarray, u: np.ndarray,
+                       beta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Step 3 in two steps (SPEC 4.9): ``inner[t, n] = sum_g u[n, g] acc[t, n, g] +
+    beta[n, g] xs[t, g]`` (int64), then ``P[t, n] = c[n] inner[t, n]`` (int64).  Exact (no
+    rounding); bounds: ``inner`` by ``p_bound(K, A, W, max u, max |beta|)``, P as step 3.
+    acc int64 [T, N, ng], xs int64 [T, ng]; returns (inner, P)."""
+    inner = (acc * u[None, :, :]).sum(axis=2) + (xs[:, None, :] * beta[None, :, :]).sum(axis=2)
+    return inner, inner * c[None, :]
+
+
+@njit(cache=True, nogil=True)
+def _fold_two_step_nb(acc, xs, c, u, beta, inner, P):
+    """Numba kernel of :func:`_fold_two_step_ref` (same integers, group order ascending)."""
+    T, N, ng = acc.shape
+    for t in range(T):
+        for n in range(N):
+            s = np.int64(0)
+            for g in range(ng):
+                s += u[n, g] * acc[t, n, g] + beta[n, g] * xs[t, g]
+            inner[t, n] = s
+            P[t, n] = c[n] * s
+
+
+def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
+                  backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:
+    """DI-MatMul step 3 in MixLLM's two steps for the group accumulators ``acc`` int64
+    [T, N, ng] and group sums ``xs`` int64 [T, ng] of ``w`` at input width ``a_bits``:
+    returns ``(inner, P)``, P equal to the one-step fold's.  Refuses, naming ``w.m / w.b``,
+    a weight whose inner sum's bound exceeds 2^61 - 1."""
+    check_choice("backend", backend, ("numpy", "numba"))
+    a_bits = check_int("a_bits", a_bits, 2, 8)
+    T, N, ng = acc.shape
+    if (N, ng) != w.m.shape or xs.shape != (T, ng):
+        raise IntsimError(f"acc / xs: shapes {acc.shape} / {xs.shape} do not match the "
+                          f"weight's (N, K / G) = {w.m.shape}")
+    c, u, beta = two_step_factors(w)
+    ib = p_bound(w.q.shape[1], a_bits, w.bits, int(u.max()), int(np.abs(beta).max()))
+    if ib > P_LIMIT:
+        raise IntsimOverflowError(f"w.m / w.b: the two-step inner sum's bound {ib} exceeds "
+                                  f"2^61 - 1")
+    acc, xs = acc.astype(np.int64), xs.astype(np.int64)
+    if backend == "numpy":
+        return _fold_two_step_ref(acc, xs, c, u, beta)
+    inner, P = np.empty((T, N), dtype=np.int64), np.empty((T, N), dtype=np.int64)
+    _fold_two_step_nb(acc, xs, c, u, beta, inner, P)
+    return inner, P
 
 
 # ------------------------------------------------------------------ public ops

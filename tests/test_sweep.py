@@ -329,3 +329,28 @@ def test_mutants_tasks_score_the_sweeps_dumps_and_committed_suites(tmp_path, cap
     assert not sweep(plan, out1, workers=1).failed
     assert tree(out1) == tree(out2)
     assert sweep(plan, out1, workers=2).ran == 0 and tree(out1) == tree(out2)
+
+
+def test_worker_keeps_the_two_models_it_used_last(monkeypatch):
+    """A breadth-first plan alternates its models task by task: a worker must not reload a
+    model it used one task ago (each reload of SmolLM2 cost about half an overflow task),
+    and keeps no more than MODEL_CACHE of them, dropping the least recently used."""
+    from intsim import modelfile
+    from intsim.sweep import execute
+    loads = []
+    monkeypatch.setattr(modelfile, "model_hash", lambda f: "h" + f)
+    monkeypatch.setattr(modelfile, "load_model", lambda f: loads.append(f) or f)
+    monkeypatch.setattr(execute, "_MODELS", {})
+    assert execute.MODEL_CACHE == 2
+
+    def get(f):
+        return execute.load_prepared({"model_file": f, "model_sha256": "h" + f, "spec": {}},
+                                     lambda m, spec: ("prepared", m))
+    for f in ["a", "b", "a", "b", "a"]:
+        assert get(f) == ("prepared", f)
+    assert loads == ["a", "b"]
+    get("c")                    # drops b, used less recently than a
+    get("a")
+    get("b")
+    assert loads == ["a", "b", "c", "b"]
+    assert len(execute._MODELS) == 2

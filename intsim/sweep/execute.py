@@ -29,6 +29,11 @@ TMP_PREFIX = ".tmp-"
 CRASH_ONCE_ENV = "INTSIM_SWEEP_CRASH_ONCE"
 
 _MODELS: dict = {}      # per worker process: (file, sha256, spec) -> the prepared model
+#: how many prepared models a worker keeps (least recently used dropped first).  A plan's
+#: tasks run breadth first, window by window across its models, so a worker keeping one
+#: model reloaded it for almost every task: with two SmolLM2 models that was about half of
+#: each overflow task's time.  Two SmolLM2-135M models add about 0.5 GB per worker.
+MODEL_CACHE = 2
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -87,8 +92,10 @@ def load_prepared(payload: dict, prepare):
         if sha != payload["model_sha256"]:
             raise IntsimError(f"{payload['model_file']}: the model file changed since the plan was "
                               f"read (sha256 {sha[:12]}..., expected {payload['model_sha256'][:12]}...)")
-        _MODELS.clear()                      # one model at a time: SmolLM2 is 160 MiB
+        while len(_MODELS) >= MODEL_CACHE:   # SmolLM2 is 160 MiB: a few at a time
+            del _MODELS[next(iter(_MODELS))]
         _MODELS[key] = prepare(load_model(payload["model_file"]), payload["spec"])
+    _MODELS[key] = _MODELS.pop(key)          # most recently used last
     return _MODELS[key]
 
 
