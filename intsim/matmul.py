@@ -26,8 +26,7 @@ import numpy as np
 
 from numba import njit, prange
 
-from .errors import (IntsimError, IntsimOverflowError, check_choice, check_int, check_int_array,
-                     check_range)
+from .errors import IntsimError, IntsimOverflowError, check_int, check_int_array, check_range
 from .fixedpoint import _check_backend, bit_length_nb, div_round_nb, kernel, rounding_code
 from .gemm import I32_MAX, gemm_acc_rows_par
 from .options import DEFAULT_SPEC, Spec
@@ -241,8 +240,9 @@ def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
     """DI-MatMul step 3 in MixLLM's two steps for the group accumulators ``acc`` int64
     [T, N, ng] and group sums ``xs`` int64 [T, ng] of ``w`` at input width ``a_bits``:
     returns ``(inner, P)``, P equal to the one-step fold's.  Refuses, naming ``w.m / w.b``,
-    a weight whose inner sum's bound exceeds 2^61 - 1."""
-    check_choice("backend", backend, ("numpy", "numba"))
+    a weight whose inner sum's bound exceeds 2^61 - 1.  ``backend="cuda"`` runs the Numba
+    kernel on the CPU (an op only stress records and DUTs call; the graph folds in one step)."""
+    _check_backend(backend)
     a_bits = check_int("a_bits", a_bits, 2, 8)
     T, N, ng = acc.shape
     if (N, ng) != w.m.shape or xs.shape != (T, ng):
@@ -254,7 +254,7 @@ def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
         raise IntsimOverflowError(f"w.m / w.b: the two-step inner sum's bound {ib} exceeds "
                                   f"2^61 - 1")
     acc, xs = acc.astype(np.int64), xs.astype(np.int64)
-    if backend == "numpy":
+    if backend == "reference":
         return _fold_two_step_ref(acc, xs, c, u, beta)
     inner, P = np.empty((T, N), dtype=np.int64), np.empty((T, N), dtype=np.int64)
     _fold_two_step_nb(acc, xs, c, u, beta, inner, P)

@@ -357,3 +357,17 @@ def fwht_variant(y, b, code, *, growth_bits=True, diff_reversed=False, block_div
         z = np.stack([a + c, c - a if diff_reversed else a - c], axis=2)
         h *= 2
     return z.reshape(T, C), sh
+
+
+# ------------------------------------------------------------ two-step group scales (matmul, SPEC 4.9)
+
+def two_step_variant(acc, xs, c, u, beta, *, inner_bits=0, offset_unfactored=False):
+    """``matmul._fold_two_step_ref``.  ``inner_bits``: the inner sum held in a register that
+    wide (wraps; 0: int64); ``offset_unfactored``: the offset term multiplies the weight's
+    own ``b = c beta`` instead of ``beta`` (a datapath that factors the mantissas but not
+    the offsets)."""
+    b = c[:, None] * beta if offset_unfactored else beta
+    inner = (acc * u[None, :, :]).sum(axis=2) + (xs[:, None, :] * b[None, :, :]).sum(axis=2)
+    if inner_bits:
+        inner = wrap_signed(inner, inner_bits)
+    return inner, inner * c[None, :]

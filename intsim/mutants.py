@@ -325,6 +325,19 @@ def _w_rot(rows, b, spec=Spec()):
     return run
 
 
+def _w_twostep(u, zp, K=None):
+    """The two-step fold (SPEC 4.9) of one token whose x_q - zx are all 255 against a row of
+    one column per group: codes 255, group multipliers ``u`` times c = 7, zero points ``zp``."""
+    def run():
+        from .matmul import fold_two_step
+        n = len(u)
+        w = QWeight(np.full((1, n), 255, np.uint8), 8, 1, _a([[7 * x for x in u]]),
+                    _a([[-7 * x * z for x, z in zip(u, zp)]]), 0)
+        acc = _a([[[255 * 255] * n]])
+        return fold_two_step(acc, _a([[255] * n]), w, 8, REF)
+    return run
+
+
 def outputs_of(result) -> list:
     """An op result as a flat list of integer arrays (codes, zero points, scales, values);
     counters (ints, dicts) are left out: a kill must show in a tensor."""
@@ -466,6 +479,14 @@ def _registry() -> tuple:
         M("matmul.acc_31bit", "§4.4 acc", "the group accumulator is 31 bits wide, one bit "
           "narrower than int32 (wraps at 2^30)", _variant(
               "intsim.matmul", "_di_acc_ref", mv.acc_variant, acc_bits=31), _w_acc_bound()),
+        M("twostep.inner_int32", "§4.9 bound", "the two-step inner sum is held in an int32 register "
+          "(wraps past 2^31 - 1) at a K beyond the SPEC's int32 table", _variant(
+              "intsim.matmul", "_fold_two_step_ref", mv.two_step_variant, inner_bits=32),
+          _w_twostep([255 if g % 2 == 0 else 254 for g in range(130)], [0] * 130)),
+        M("twostep.offset_unfactored", "§4.9 step 1", "the inner sum's offset term multiplies the "
+          "weight's b = c beta instead of beta (mantissas factored, offsets not)", _variant(
+              "intsim.matmul", "_fold_two_step_ref", mv.two_step_variant, offset_unfactored=True),
+          _w_twostep([255, 3], [4, 1])),
         M("agroup.shared_zero_point", "§4.8 step 1", "group-wise activations keep the row's one "
           "zero point in every group (codes clamped) instead of a zero point per (token, group)",
           _variant("intsim.matmul", "_group_codes_ref", mv.group_codes_variant, shared_zero_point=True),

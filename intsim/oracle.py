@@ -270,3 +270,21 @@ def hadamard_row(y, b: int, rule: str, out_bits: int = ROT_OUT_BITS) -> tuple[li
         blk = ys[s:s + b]
         out += [sum(-x if (i & j).bit_count() & 1 else x for j, x in enumerate(blk)) for i in range(b)]
     return out, sh
+
+
+def two_step_fold(acc, xs, m, b) -> tuple[list, list]:
+    """SPEC 4.9 in Python integers for one token: ``acc[n][g]``, ``xs[g]``, the weight's
+    ``m[n][g]`` and ``b[n][g]``.  c[n] = gcd of row n's m and |b| (0: u = beta = 0);
+    inner[n] = sum_g u acc + beta xs; P[n] = c inner.  Returns (inner, P)."""
+    from math import gcd
+    inner, P = [], []
+    for n, (mr, br) in enumerate(zip(m, b)):
+        c = 0
+        for v in list(mr) + [abs(x) for x in br]:
+            c = gcd(c, int(v))
+        d = c or 1
+        s = sum(int(mv) // d * int(a) + int(bv) // d * int(x)
+                for mv, bv, a, x in zip(mr, br, acc[n], xs))
+        inner.append(s)
+        P.append(c * s)
+    return inner, P

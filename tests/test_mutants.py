@@ -236,6 +236,20 @@ def test_hadamard_variant_is_its_reference():
                 assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
 
 
+def test_two_step_variant_is_its_reference():
+    """SPEC 4.9: the two-step fold, the variant at its defaults, on inner sums of int64 size."""
+    from intsim.matmul import _fold_two_step_ref
+    for T, N, ng in ((1, 1, 1), (3, 5, 4), (2, 7, 9)):
+        for mag in (8, 30, 40):
+            acc = RNG.integers(-(2 ** mag), 2 ** mag, size=(T, N, ng), dtype=np.int64)
+            xs = RNG.integers(-(2 ** 12), 2 ** 12, size=(T, ng), dtype=np.int64)
+            c = RNG.integers(0, 2 ** 16, size=N, dtype=np.int64)
+            u = RNG.integers(0, 256, size=(N, ng), dtype=np.int64)
+            beta = -u * RNG.integers(0, 16, size=(N, ng), dtype=np.int64)
+            want, got = _fold_two_step_ref(acc, xs, c, u, beta), mv.two_step_variant(acc, xs, c, u, beta)
+            assert np.array_equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+
+
 def test_head_width_variant_is_the_graphs_choice():
     from intsim.llama import head_in_bits
     from intsim.model import Widths

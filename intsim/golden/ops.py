@@ -14,7 +14,7 @@ from ..errors import IntsimError
 from ..exp import di_exp
 from ..fixedpoint import FLOOR, HALF_UP, div_round, dyadic_fit, isqrt, rshift_round
 from ..hadamard import hadamard_rows
-from ..matmul import QWeight, di_matmul, di_matmul_acc, requant_groups
+from ..matmul import QWeight, di_matmul, di_matmul_acc, fold_two_step, requant_groups
 from ..norm import di_norm, norm_weight
 from ..options import Spec
 from ..requant import requant_rows
@@ -35,12 +35,13 @@ KINDS = {f.__name__: f for f in (embed, di_norm, norm_weight, di_matmul, di_matm
                                  requant_rows, qk_scores, fold_scales, di_clipped_softmax, pv,
                                  residual_add, di_swiglu, di_exp, softmax_clip,
                                  isqrt, dyadic_fit, div_round, rshift_round, argmax, inv_sqrt_dyadic,
-                                 mul_scales, requant_groups, hadamard_rows)}
+                                 mul_scales, requant_groups, hadamard_rows, fold_two_step)}
 #: kinds without any rounding in their output (``rounding: exact``)
-EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax"}
+EXACT_KINDS = {"embed", "qk_scores", "pv", "norm_weight", "di_matmul_acc", "softmax_clip", "argmax",
+               "fold_two_step"}
 #: output argument names per kind (default: one output, "out")
 OUT_NAMES = {"di_exp": ("out", "T"), "dyadic_fit": ("m", "k", "saturated"),
-             "requant_groups": ("out", "zg", "exp")}
+             "requant_groups": ("out", "zg", "exp"), "fold_two_step": ("inner", "P")}
 #: op parameters added after records existed, whose default None means "as before": a
 #: record holds them only when set, so every record made without them stays byte-identical
 OPTIONAL_PARAMS = ("a_group",)

@@ -42,6 +42,10 @@ SITES = {
     "matmul.out": ("4.2", "rounding", "step 4: the output requantization of P (ties, both modes)"),
     "matmul.fold": ("4.2", "branch", "step 3: group fold with offsets b, m up to 2^24 - 1, |b| up to 2^32 - 1"),
     "matmul.zero": ("4.4", "branch", "all-zero input row: zx = 0, P = 0, output scale m = 0"),
+    "twostep.fold": ("4.9", "branch", "the two-step fold: canonical c (row gcd) up to 2^16, u up to 255, inner then "
+                     "P = c inner, equal to the one-step fold"),
+    "twostep.bound": ("4.9", "bound", "the inner sum at K (2^A - 1)((2^W - 1) max u + max |beta|), attained"),
+    "twostep.int32": ("4.9", "bound", "a zero-point inner on both sides of 2^31 - 1 at A = W = U = 8 (K = 129, 130)"),
     "matmul.row_bits": ("4.1", "branch", "mixed row widths (row_bits) with group-wise zero-point weights"),
     "matmul.acc.bound": ("4.4", "bound", "int32 group accumulator at G (2^A - 1)(2^W - 1) = 2147450625"),
     "matmul.p.bound": ("4.4", "bound", "P at its proven bound K (2^A - 1)((2^W - 1) max m + max |b|) for the "

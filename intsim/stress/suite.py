@@ -27,11 +27,11 @@ STAGE_TARGETS = {
 def all_cases() -> list:
     """Every generator's cases, in suite order (module order, then each generator's)."""
     from . import (gen_agroup, gen_attn, gen_exp, gen_hadamard, gen_head, gen_matmul, gen_misc, gen_norm,
-                   gen_prim, gen_pv, gen_requant, gen_softmax)
+                   gen_prim, gen_pv, gen_requant, gen_softmax, gen_twostep)
     out = []
     # new generators go last: the suite's earlier records keep their numbers and files
     for g in (gen_prim, gen_requant, gen_matmul, gen_exp, gen_softmax, gen_norm, gen_misc, gen_attn, gen_head,
-              gen_agroup, gen_hadamard, gen_pv):
+              gen_agroup, gen_hadamard, gen_pv, gen_twostep):
         out += g.cases()
     names = [c.name for c in out]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -103,6 +103,16 @@ def _folder_bytes(p: Path) -> int:
     return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
+def one_numba_thread() -> None:
+    """Run this task's Numba kernels on one thread.  A sweep's parallelism is its tasks: each
+    worker thread runs one task and a machine gets as many as it has cores, so a task's
+    parallel kernels (2 threads each by default on 2 cores) oversubscribed the cores: in the
+    Persuasion sweep of docs/RESULTS.md an overflow task took about 3x its single-process time.
+    Numba's setting is per calling thread, so it is made in the task's own thread."""
+    import numba
+    numba.set_num_threads(1)
+
+
 def run_task(payload: dict, out: str, runners: dict, prepare) -> dict:
     """Run one task (module docstring).  ``runners``: kind -> ``fn(model, payload, folder)``
     returning the task's JSON-able result; ``prepare(model, spec_overrides)``: the model
@@ -116,6 +126,7 @@ def run_task(payload: dict, out: str, runners: dict, prepare) -> dict:
     tmp.mkdir()
     try:
         _crash_hook(tmp)
+        one_numba_thread()
         model = load_prepared(payload, prepare)
         result = runners[payload["kind"]](model, {**payload, "out": str(out)}, tmp)
         inputs = {k: payload[k] for k in ("kind", "model_sha256", "spec", "options")}
