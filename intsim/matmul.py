@@ -240,7 +240,7 @@ def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
     """DI-MatMul step 3 in MixLLM's two steps for the group accumulators ``acc`` int64
     [T, N, ng] and group sums ``xs`` int64 [T, ng] of ``w`` at input width ``a_bits``:
     returns ``(inner, P)``, P equal to the one-step fold's.  Refuses, naming ``w.m / w.b``,
-    a weight whose inner sum's bound exceeds 2^61 - 1.  ``backend="cuda"`` runs the Numba
+    a weight whose inner sum's bound, or P's (section 4.4), exceeds 2^61 - 1.  ``backend="cuda"`` runs the Numba
     kernel on the CPU (an op only stress records and DUTs call; the graph folds in one step)."""
     _check_backend(backend)
     a_bits = check_int("a_bits", a_bits, 2, 8)
@@ -249,10 +249,14 @@ def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
         raise IntsimError(f"acc / xs: shapes {acc.shape} / {xs.shape} do not match the "
                           f"weight's (N, K / G) = {w.m.shape}")
     c, u, beta = two_step_factors(w)
-    ib = p_bound(w.q.shape[1], a_bits, w.bits, int(u.max()), int(np.abs(beta).max()))
+    K = w.q.shape[1]
+    ib = p_bound(K, a_bits, w.bits, int(u.max()), int(np.abs(beta).max()))
     if ib > P_LIMIT:
         raise IntsimOverflowError(f"w.m / w.b: the two-step inner sum's bound {ib} exceeds "
                                   f"2^61 - 1")
+    pb = p_bound(K, a_bits, w.bits, w.m_max, w.b_absmax)       # P = c inner: step 3's bound
+    if pb > P_LIMIT:
+        raise IntsimOverflowError(f"w.m / w.b: P = c * inner has the bound {pb}, past 2^61 - 1")
     acc, xs = acc.astype(np.int64), xs.astype(np.int64)
     if backend == "reference":
         return _fold_two_step_ref(acc, xs, c, u, beta)

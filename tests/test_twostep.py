@@ -175,6 +175,11 @@ def test_a_weight_past_the_inner_bound_is_refused_by_name():
                 np.array([[-(2 ** 32 - 2)]]), 0)   # gcd 1: u = 2^24 - 1, beta = -(2^32 - 2)
     with pytest.raises(IntsimOverflowError, match=r"w\.m / w\.b"):
         fold_two_step(np.zeros((1, 1, 1), np.int64), np.zeros((1, 1), np.int64), w, 8)
+    # u = 1 (one group, b = 0): inner is small, but P = c inner is not
+    wc = QWeight(np.zeros((1, K), dtype=np.uint8), 8, K, np.array([[2 ** 24 - 1]]),
+                 np.array([[0]]), 0)
+    with pytest.raises(IntsimOverflowError, match=r"P = c \* inner"):
+        fold_two_step(np.zeros((1, 1, 1), np.int64), np.zeros((1, 1), np.int64), wc, 8)
     with pytest.raises(IntsimError, match="acc / xs"):
         fold_two_step(np.zeros((1, 2, 1), np.int64), np.zeros((1, 1), np.int64), w, 8)
     with pytest.raises(IntsimError, match="backend"):
