@@ -23,7 +23,7 @@ import numpy as np
 from . import __version__
 from .errors import IntsimError
 from .hashing import file_sha256
-from .matmul import QWeight
+from .matmul import QWeight, two_step_bits
 from .model import IntModel, LayerParams, ModelConfig, Widths
 from .options import Spec
 
@@ -350,11 +350,30 @@ def load_model(path, *, verify: bool = True) -> IntModel:
         layers.append(_build(path, f"layer {i}", LayerParams,
                              **{n: qweight(f"layers.{i}.{n}") for n in LINEARS},
                              alpha_inv=alpha, alpha_k=0 if ak is None else ak, **norms))
+    u_bits = (h.get("quantizer") or {}).get("group_scale_bits")
+    if u_bits is not None:
+        _check_two_step(path, layers, u_bits)
     meta = dict(h)
     meta["file"] = str(path)
     return _build(path, "model", IntModel, config=config, widths=widths, spec=spec,
                   emb_q=t["emb.q"], emb_m=t["emb.m"], emb_k=t["emb.k"], layers=tuple(layers),
                   w_head=qweight("head"), cos_q=t["rope.cos"], sin_q=t["rope.sin"], meta=meta)
+
+
+def _check_two_step(path: Path, layers: list, U) -> None:
+    """A file whose quantizer records MixLLM's two-step form (``group_scale_bits`` U,
+    docs/SPEC.md section 4.9): every linear's group scales must factor with multipliers u
+    below 2^U, since a datapath sizes its group multipliers by U."""
+    if isinstance(U, bool) or not isinstance(U, int) or not 2 <= U <= 16:
+        raise _err(path, f"metadata 'quantizer.group_scale_bits': {U!r} is not an integer in "
+                         f"[2, 16]; {REGENERATE}")
+    for i, layer in enumerate(layers):
+        for n in LINEARS:
+            b = two_step_bits(getattr(layer, n))
+            if b > U:
+                raise _err(path, f"tensor 'layers.{i}.{n}.m': in the two-step form its group "
+                                 f"scales need {b}-bit multipliers, more than the "
+                                 f"{U} of 'quantizer.group_scale_bits'; {REGENERATE}")
 
 
 def _dict(path: Path, h: dict, key: str) -> dict:

@@ -220,3 +220,25 @@ def test_cli_refuses_bad_group_scale_bits_and_writes_nothing(tmp_path, args, msg
     assert r.returncode == 2 and "--group-scale-bits" in r.stderr
     assert __import__("re").search(msg, r.stderr), r.stderr
     assert not out.exists() and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("U, msg", [
+    (4, r"tensor 'layers\.0\.wq\.m': in the two-step form its group scales need [5-8]-bit multipliers, "
+        r"more than the 4 of 'quantizer\.group_scale_bits'"),
+    ("8", r"'quantizer\.group_scale_bits': '8' is not an integer")])
+def test_loader_refuses_a_file_whose_weights_do_not_factor_as_recorded(small, tmp_path, U, msg):
+    """The header says U, the weights need more (or U is not a width): refused naming the
+    tensor or key; the file as converted loads."""
+    import json
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+    from intsim.errors import IntsimError
+    with safe_open(str(small["two"]), framework="np") as f:
+        t = {k: f.get_tensor(k) for k in f.keys()}
+        h = json.loads(f.metadata()["intsim"])
+    h["quantizer"]["group_scale_bits"] = U
+    bad = tmp_path / "bad.intsim"
+    save_file(t, str(bad), metadata={"intsim": json.dumps(h)})
+    with pytest.raises(IntsimError, match=msg):
+        load_model(bad)
+    assert load_model(small["two"]).meta["quantizer"]["group_scale_bits"] == 8
