@@ -239,15 +239,24 @@ def fold_two_step(acc: np.ndarray, xs: np.ndarray, w: QWeight, a_bits: int,
                   backend: str = "numba") -> tuple[np.ndarray, np.ndarray]:
     """DI-MatMul step 3 in MixLLM's two steps for the group accumulators ``acc`` int64
     [T, N, ng] and group sums ``xs`` int64 [T, ng] of ``w`` at input width ``a_bits``:
-    returns ``(inner, P)``, P equal to the one-step fold's.  Refuses, naming ``w.m / w.b``,
-    a weight whose inner sum's bound, or P's (section 4.4), exceeds 2^61 - 1.  ``backend="cuda"`` runs the Numba
-    kernel on the CPU (an op only stress records and DUTs call; the graph folds in one step)."""
+    returns ``(inner, P)``, P equal to the one-step fold's.  Refuses, naming the argument,
+    acc or xs outside their section 4.4 bounds (``acc_bound``, ``G (2^A - 1)``) and, naming
+    ``w.m / w.b``, a weight whose inner sum's bound or P's exceeds 2^61 - 1: no int64 wraps.
+    ``backend="cuda"`` runs the Numba kernel on the CPU (an op only stress records and DUTs
+    call; the graph folds in one step)."""
     _check_backend(backend)
     a_bits = check_int("a_bits", a_bits, 2, 8)
+    check_int_array("acc", acc, ndim=3)
+    check_int_array("xs", xs, ndim=2)
     T, N, ng = acc.shape
     if (N, ng) != w.m.shape or xs.shape != (T, ng):
         raise IntsimError(f"acc / xs: shapes {acc.shape} / {xs.shape} do not match the "
                           f"weight's (N, K / G) = {w.m.shape}")
+    for name, v, top in (("acc", acc, acc_bound(w.group_size, a_bits, w.bits)),
+                         ("xs", xs, w.group_size * (2 ** a_bits - 1))):
+        if v.dtype == np.uint64:
+            check_range(name, v, 0, top)
+        check_range(name, v.astype(np.int64), -top, top)
     c, u, beta = two_step_factors(w)
     K = w.q.shape[1]
     ib = p_bound(K, a_bits, w.bits, int(u.max()), int(np.abs(beta).max()))

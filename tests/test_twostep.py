@@ -180,6 +180,16 @@ def test_a_weight_past_the_inner_bound_is_refused_by_name():
                  np.array([[0]]), 0)
     with pytest.raises(IntsimOverflowError, match=r"P = c \* inner"):
         fold_two_step(np.zeros((1, 1, 1), np.int64), np.zeros((1, 1), np.int64), wc, 8)
+    w8 = QWeight(np.zeros((1, 4), dtype=np.uint8), 8, 4, np.array([[1]]), np.array([[0]]), 0)
+    top = 4 * 255 * 255                                 # acc_bound(G = 4, A = 8, W = 8)
+    assert fold_two_step(np.full((1, 1, 1), top), np.full((1, 1), 4 * 255), w8, 8)[1][0, 0] \
+        == top + 0
+    with pytest.raises(IntsimError, match="acc"):
+        fold_two_step(np.full((1, 1, 1), top + 1), np.zeros((1, 1), np.int64), w8, 8)
+    with pytest.raises(IntsimError, match="xs"):
+        fold_two_step(np.zeros((1, 1, 1), np.int64), np.full((1, 1), -4 * 255 - 1), w8, 8)
+    with pytest.raises(IntsimError, match="acc: expected an integer dtype"):
+        fold_two_step(np.zeros((1, 1, 1)), np.zeros((1, 1), np.int64), w8, 8)
     with pytest.raises(IntsimError, match="acc / xs"):
         fold_two_step(np.zeros((1, 2, 1), np.int64), np.zeros((1, 1), np.int64), w, 8)
     with pytest.raises(IntsimError, match="backend"):
