@@ -103,9 +103,9 @@ def _round_qr_ref(q, r, d, neg, code):
     two_r = 2 * r
     up = (two_r > d).astype(np.int64)
     tie = two_r == d
-    if code == RC_HALF_UP:
-        bump = np.ones_like(q)
-    elif code == RC_HALF_EVEN:
+    if code == RC_HALF_UP:                             # every tie up: q + up + tie
+        return q + up + tie
+    if code == RC_HALF_EVEN:
         bump = q & 1
     else:                                              # RC_HALF_AWAY
         bump = (~neg).astype(np.int64)
@@ -221,7 +221,7 @@ def _div_round_ref(a, b, code):
     b = np.asarray(b, dtype=np.int64)
     q = a // b  # numpy integer // is floor division
     r = a - q * b
-    return _round_qr_ref(q, r, b, a < 0, code).astype(np.int64)
+    return np.asarray(_round_qr_ref(q, r, b, a < 0, code), dtype=np.int64)
 
 
 @njit(cache=True, inline="always")

@@ -90,9 +90,17 @@ def _requant_ref(v, m_in, k_in, bits, symmetric, m_bits, k_lo, k_hi, code, fitte
     zp_r = _div_round_ref(-lo * Q, Rd, code)
     zp_f = _code_div_ref(-lo * a_in, md, ed, code)
     zp = np.where(zero, 0, np.where(by_scale, zp_f, zp_r))
-    q_r = _div_round_ref(vs * Q, Rd[..., None], code)
-    q_f = _code_div_ref(vs * a_in[..., None], md[..., None], ed[..., None], code)
-    q = np.where(by_scale[..., None], q_f, q_r)
+    # codes against the fitted scale on by_scale rows, from the exact range on the others;
+    # a form no row uses is not computed (the same integers, half the divisions: in fitted
+    # mode nearly every row is by_scale, in range mode none is)
+    if by_scale.all():
+        q = _code_div_ref(vs * a_in[..., None], md[..., None], ed[..., None], code)
+    elif not by_scale.any():
+        q = _div_round_ref(vs * Q, Rd[..., None], code)
+    else:
+        q_r = _div_round_ref(vs * Q, Rd[..., None], code)
+        q_f = _code_div_ref(vs * a_in[..., None], md[..., None], ed[..., None], code)
+        q = np.where(by_scale[..., None], q_f, q_r)
     lo_q = -Q if symmetric else 0
     q = np.clip(q + zp[..., None], lo_q, Q)
     q = np.where(zero[..., None], 0, q)
