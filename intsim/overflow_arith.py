@@ -88,15 +88,38 @@ def _group_acc_nb(xc, q, G, acc):
                 acc[t, n, g] = s
 
 
+@njit(cache=True)
+def _group_acc32_nb(xc, q, G, acc):
+    """:func:`_group_acc_nb` in int32 lanes, for the caller's tighter bound G max|xc| max q
+    <= 2^31 - 1 (every DI-MatMul that ``matmul.acc_bound`` admits): twice the lanes per
+    vector, and no partial sum wraps.  The sums are stored as int64."""
+    T, K = xc.shape
+    N = q.shape[0]
+    for n in range(N):
+        for t in range(T):
+            for g in range(K // G):
+                xs, qs = xc[t, g * G:(g + 1) * G], q[n, g * G:(g + 1) * G]
+                s = np.int32(0)
+                for k in range(G):              # int32 throughout (Numba would widen to int64)
+                    s = np.int32(s + np.int32(xs[k]) * np.int32(qs[k]))
+                acc[t, n, g] = s
+
+
 def group_acc(xc: np.ndarray, q: np.ndarray, G: int, compiled: bool) -> np.ndarray:
     """DI-MatMul's group accumulators ``acc[t, n, g]`` of the centred input codes ``xc``
     [T, K] and the weight codes ``q`` [N, K]: int64 when ``G * max|xc| * max q < 2^63``
-    (the form of ``intsim.matmul.acc_bound``), else Python ints.  ``compiled``: the int64
+    (the form of ``intsim.matmul.acc_bound``; summed in int32 lanes when it is at most
+    2^31 - 1), else Python ints.  ``compiled``: the int64
     case in the compiled loop, else with NumPy's matmul (the report's original recompute,
     and a run on the reference backend, which compiles nothing)."""
     T, K = xc.shape
     N, ng = q.shape[0], K // G
-    exact64 = G * absmax(xc) * absmax(q) < 2 ** 63
+    bound = G * absmax(xc) * absmax(q)
+    exact64 = bound < 2 ** 63
+    if bound <= 2 ** 31 - 1 and compiled:
+        acc = np.empty((T, N, ng), dtype=np.int64)
+        _group_acc32_nb(np.ascontiguousarray(xc, dtype=np.int32), np.ascontiguousarray(q), G, acc)
+        return acc
     if exact64 and compiled:
         acc = np.empty((T, N, ng), dtype=np.int64)
         _group_acc_nb(np.ascontiguousarray(xc, dtype=np.int64), np.ascontiguousarray(q), G, acc)

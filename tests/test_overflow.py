@@ -451,6 +451,7 @@ def test_the_reference_backend_compiles_nothing_in_the_recompute(model, report, 
     def compiled(*a):
         raise AssertionError("the compiled loop ran under backend='reference'")
     monkeypatch.setattr(oa, "_group_acc_nb", compiled)
+    monkeypatch.setattr(oa, "_group_acc32_nb", compiled)
     _same_reports(report, ov.overflow_report(model, IDS, "saturate", backend="reference"))
 
 
@@ -512,3 +513,22 @@ def test_int64_pieces_equal_python_ints_on_extremes():
     wide = oa.ints(xc) * 2 ** 60                         # group sums beyond int64
     got = oa.group_acc(wide, q, 16, compiled=True)
     assert got.dtype == object and got.tolist() == (oa.ints(slow) * 2 ** 60).tolist()
+
+
+@pytest.mark.parametrize("G, path", [(33025, "_group_acc32_nb"), (33026, "_group_acc_nb")])
+def test_group_sums_take_int32_lanes_up_to_their_bound(monkeypatch, G, path):
+    """G max|xc| max q <= 2^31 - 1 sums in int32 lanes: at G = 33025 with |xc| = q = 255 every
+    group sum is +-2 147 450 625, the largest the int32 lanes hold; one column more takes
+    the int64 loop.  Both equal NumPy's int64 product."""
+    from intsim import overflow_arith as oa
+    called = []
+    for name in ("_group_acc32_nb", "_group_acc_nb"):
+        fn = getattr(oa, name)
+        monkeypatch.setattr(oa, name, lambda *a, fn=fn, name=name: called.append(name) or fn(*a))
+    xc = np.array([[255] * G, [-255] * G, [3, -7] * (G // 2) + [1] * (G % 2)])
+    q = np.full((2, G), 255, dtype=np.uint8)
+    q[1, ::3] = 0
+    got = oa.group_acc(xc, q, G, compiled=True)
+    assert called == [path] and got.dtype == np.int64
+    assert np.array_equal(got[:, :, 0], xc @ q.astype(np.int64).T)
+    assert got[0, 0, 0] == G * 255 * 255 and got[1, 0, 0] == -G * 255 * 255
