@@ -272,16 +272,22 @@ def hadamard_row(y, b: int, rule: str, out_bits: int = ROT_OUT_BITS) -> tuple[li
     return out, sh
 
 
+def _gcd(a: int, b: int) -> int:
+    """Euclid's greatest common divisor of two non-negative Python ints (gcd(0, 0) = 0)."""
+    while b:
+        a, b = b, a % b
+    return a
+
+
 def two_step_fold(acc, xs, m, b) -> tuple[list, list]:
     """SPEC 4.9 in Python integers for one token: ``acc[n][g]``, ``xs[g]``, the weight's
     ``m[n][g]`` and ``b[n][g]``.  c[n] = gcd of row n's m and |b| (0: u = beta = 0);
     inner[n] = sum_g u acc + beta xs; P[n] = c inner.  Returns (inner, P)."""
-    from math import gcd
     inner, P = [], []
     for n, (mr, br) in enumerate(zip(m, b)):
         c = 0
         for v in list(mr) + [abs(x) for x in br]:
-            c = gcd(c, int(v))
+            c = _gcd(c, int(v))
         d = c or 1
         s = sum(int(mv) // d * int(a) + int(bv) // d * int(x)
                 for mv, bv, a, x in zip(mr, br, acc[n], xs))
