@@ -31,8 +31,8 @@ CRASH_ONCE_ENV = "INTSIM_SWEEP_CRASH_ONCE"
 _MODELS: dict = {}      # per worker process: (file, sha256, spec) -> the prepared model
 #: how many prepared models a worker keeps (least recently used dropped first).  A plan's
 #: tasks run breadth first, window by window across its models, so a worker keeping one
-#: model reloaded it for almost every task: with two SmolLM2 models that was about half of
-#: each overflow task's time.  Two SmolLM2-135M models add about 0.5 GB per worker.
+#: model reloaded it (sha256 check, load, preparation of 171 MB) for almost every task.
+#: Two SmolLM2-135M models add about 0.5 GB per worker.
 MODEL_CACHE = 2
 
 
@@ -106,8 +106,9 @@ def _folder_bytes(p: Path) -> int:
 def one_numba_thread() -> None:
     """Run this task's Numba kernels on one thread.  A sweep's parallelism is its tasks: each
     worker thread runs one task and a machine gets as many as it has cores, so a task's
-    parallel kernels (2 threads each by default on 2 cores) oversubscribed the cores: in the
-    Persuasion sweep of docs/RESULTS.md an overflow task took about 3x its single-process time.
+    parallel kernels (2 threads each by default on 2 cores) oversubscribed the cores (with
+    MODEL_CACHE, this took the Persuasion sweep from a task every 27 s to one every 21 s on
+    2 cores, docs/SWEEP.md).
     Numba's setting is per calling thread, so it is made in the task's own thread."""
     import numba
     numba.set_num_threads(1)
