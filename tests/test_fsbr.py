@@ -384,6 +384,13 @@ def test_cli_refusals(tiny, tmp_path, capsys):
     assert fsbr.main([str(tiny), "--out", str(out), "--text", str(held), "--samples", "1",
                       "--seqlen", "8"]) == 2
     assert "held-out" in capsys.readouterr().err
+    # Hamlet, or shakespeare.txt which holds it, is held out too
+    for name in ("hamlet.txt", "shakespeare.txt"):
+        (tmp_path / name).write_text("x " * 100)
+        assert fsbr.main([str(tiny), "--out", str(out), "--text", str(tmp_path / name),
+                          "--samples", "1", "--seqlen", "8"]) == 2
+        err = capsys.readouterr().err
+        assert name in err and "Hamlet" in err
     assert fsbr.main([str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert not list(tmp_path.glob("c.*"))
     with pytest.raises(fsbr.FSBRError, match="w_bits"):

@@ -146,3 +146,13 @@ def test_salience_is_zero_for_an_exactly_representable_channel(tmp_path):
     s = sal[(0, "wo")]
     assert s[5] == 0.0 and (np.delete(s, 5) > 0).all()
     assert all((v >= 0).all() and np.isfinite(v).all() for v in sal.values())
+
+
+def test_calibration_windows_refuse_held_out_texts(tmp_path):
+    from converters.mixllm import calib_windows
+    for name in ("persuasion.txt", "hamlet.txt", "shakespeare.txt"):
+        (tmp_path / name).write_text("word " * 2000)
+        with pytest.raises(MixError, match=name.replace(".", r"\.") + ".*held-out"):
+            calib_windows(tmp_path / "tokenizer.json", tmp_path / name, 1, 8, 0)
+    with pytest.raises(MixError, match=r"absent\.txt: cannot read the calibration text"):
+        calib_windows(tmp_path / "tokenizer.json", tmp_path / "absent.txt", 1, 8, 0)

@@ -222,6 +222,11 @@ def test_fetch_texts_from_local_packages(tmp_path, monkeypatch):
     assert shak.startswith("HAMLET\n\nWho's there?\n\nPLAY 0\n") and "folio" not in shak
     assert shak.count("PLAY ") == 41 and shak.endswith("Text 40.\n")
     assert paths["hamlet.txt"].read_text() == "HAMLET\n\nWho's there?\n"
+    # the calibration mix: the training novels, then every play but Hamlet, joined as above
+    mix = paths["train_mix.txt"].read_text()
+    assert mix.startswith(train.rstrip("\n") + "\n\nPLAY 0\n") and "HAMLET" not in mix
+    assert mix.count("PLAY ") == 41 and mix.endswith("Text 40.\n")
+    assert "Persuasion" not in mix and "folio" not in mix
     manifest = json.loads((cache / "manifest.json").read_text())
     assert manifest["files"]["persuasion.txt"]["bytes"] == paths["persuasion.txt"].stat().st_size
 
@@ -242,3 +247,20 @@ def test_deb_errors(tmp_path):
     deb.write_bytes(deb.read_bytes()[:-30])
     with pytest.raises(texts.TextsError, match="truncated"):
         texts.extract_deb_member(deb, "usr")
+
+
+def test_check_calibration_text_refuses_held_out_texts(tmp_path, monkeypatch):
+    for name in ("persuasion.txt", "hamlet.txt", "shakespeare.txt"):
+        with pytest.raises(texts.TextsError, match=name.replace(".", r"\.") + ".*held-out"):
+            texts.check_calibration_text(tmp_path / name)
+    # by content: a held-out text's opening pasted into another file
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "hamlet.txt").write_text("HAMLET\n\nWho's there?\n" * 200)
+    (cache / "persuasion.txt").write_text("Sir Walter Elliot, of Kellynch-hall\n" * 100)
+    monkeypatch.setattr(texts, "DEFAULT_CACHE_DIR", cache)
+    texts.check_calibration_text(tmp_path / "mine.txt", "other words " * 1000)   # accepted
+    for held in ("hamlet.txt", "persuasion.txt"):
+        body = "before\n" + (cache / held).read_text() + "after\n"
+        with pytest.raises(texts.TextsError, match=f"mine.txt: contains the opening of {held}"):
+            texts.check_calibration_text(tmp_path / "mine.txt", body)
