@@ -131,7 +131,7 @@ LOG2E_Q4 = 23 / 16
 #: q/k projection output width (intsim.model.Widths.qk_bits)
 QK_BITS = 16
 #: RoPE table fraction bits come from spec.rope_frac_bits; tables round half away
-DEFAULT_TEXT = Path.home() / ".cache" / "intsim" / "texts" / "austen_train.txt"
+DEFAULT_TEXT = Path.home() / ".cache" / "intsim" / "texts" / "train_mix.txt"
 
 
 class FSBRError(IntsimError):
@@ -984,6 +984,7 @@ def _atomic(path: Path, write):
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)          # mkstemp's 0600 would make a shared calibration unreadable
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -1047,7 +1048,9 @@ def build_parser(prog="python -m converters.fsbr") -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=128, metavar="N", help="calibration windows")
     p.add_argument("--seqlen", type=int, default=2048, metavar="L", help="tokens per window")
     p.add_argument("--text", default=str(DEFAULT_TEXT), metavar="FILE",
-                   help="calibration text (training split; default austen_train.txt)")
+                   help="calibration text (never a held-out text; default train_mix.txt, two "
+                        "authors, converters.texts; the committed models/smollm2-fsbr "
+                        "calibrations used austen_train.txt)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="torch CPU threads")
     p.add_argument("--seed", type=int, default=2, help="window sampling and order seed (2)")

@@ -218,8 +218,9 @@ def main(argv=None) -> int:
     p.add_argument("--group-size", type=int, default=128,
                    help="weight group size of the low-bit error estimate (default 128)")
     p.add_argument("--norm-gain", choices=("fold", "channel"), default="fold")
-    p.add_argument("--text", default=str(Path.home() / ".cache/intsim/texts/austen_train.txt"),
-                   help="calibration text (training split only; default austen_train.txt)")
+    p.add_argument("--text", default=str(Path.home() / ".cache/intsim/texts/train_mix.txt"),
+                   help="calibration text (never a held-out text; default train_mix.txt, "
+                        "converters.texts)")
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)

@@ -371,6 +371,7 @@ def test_cli_writes_both_forms(tiny, tmp_path):
     assert rc == 0
     for suffix in (".pth", ".safetensors", ".json"):
         assert out.with_suffix(suffix).is_file()
+    assert out.with_suffix(".safetensors").stat().st_mode & 0o777 == 0o644   # not mkstemp's 0600
     params = read_calib(out.with_suffix(".pth"))
     assert "qkt_smooth_scale" not in params[0] and "qkv_smooth_scale" in params[0]
 
