@@ -206,17 +206,12 @@ def calibration_windows(tokenizer_json, text_path, samples: int, seqlen: int,
     from .evaluate import load_tokenizer
 
     text_path = Path(text_path)
-    from .texts import TextsError, check_calibration_text
+    from .texts import TextsError, read_calibration_text
 
     try:
-        check_calibration_text(text_path)
-        text = text_path.read_text(encoding="utf-8")
-        check_calibration_text(text_path, text)
+        text = read_calibration_text(text_path)
     except TextsError as exc:
         raise FSBRError(str(exc)) from None
-    except FileNotFoundError:
-        raise FSBRError(f"{text_path}: no such calibration text (python -m converters.texts "
-                        f"builds it)") from None
     tok = load_tokenizer(tokenizer_json)
     ids = np.asarray(tok.encode(text, add_special_tokens=False).ids, dtype=np.int64)
     if ids.size < seqlen + 1:

@@ -55,16 +55,11 @@ def calib_windows(tokenizer_json: Path, text_path: Path, n: int, seqlen: int, se
     """``n`` random windows of ``seqlen`` token ids from ``text_path`` (fixed seed)."""
     from tokenizers import Tokenizer
 
-    from converters.texts import TextsError, check_calibration_text
+    from converters.texts import TextsError, read_calibration_text
     try:
-        check_calibration_text(text_path)
-        text = Path(text_path).read_text(encoding="utf-8")
-        check_calibration_text(text_path, text)
+        text = read_calibration_text(text_path)
     except TextsError as exc:
         raise MixError(str(exc)) from None
-    except OSError as exc:
-        raise MixError(f"{text_path}: cannot read the calibration text ({exc.strerror}; "
-                       f"python -m converters.texts builds it)") from None
     ids = np.array(Tokenizer.from_file(str(tokenizer_json)).encode(text).ids, dtype=np.int64)
     if ids.size < seqlen + 1:
         raise MixError(f"{text_path}: {ids.size} tokens, fewer than one window of {seqlen}")

@@ -46,7 +46,7 @@ from pathlib import Path
 from converters.rdata import RDataError, character_vector, read_lazyload_db
 
 __all__ = ["DEFAULT_CACHE_DIR", "EXPECTED_SHA256", "HELD_OUT_FILES", "TextsError", "fetch_texts",
-           "check_calibration_text",
+           "read_calibration_text",
            "austen_novels", "shakespeare_texts", "extract_deb_member"]
 
 DEFAULT_CACHE_DIR = Path("~/.cache/intsim/texts")
@@ -248,25 +248,32 @@ def build_outputs(deb: Path, sdist: Path) -> dict[str, str]:
     }
 
 
-def check_calibration_text(path: os.PathLike[str] | str, text: str | None = None) -> None:
-    """Refuse a held-out evaluation text as calibration or training text: by its file name
-    (``persuasion.txt``, ``hamlet.txt``, or ``shakespeare.txt``, which holds *Hamlet*) and,
-    when ``text`` is given and the held-out files are in the default cache, by content (the
-    opening 2,000 characters of either held-out text found inside ``text``)."""
+def read_calibration_text(path: os.PathLike[str] | str) -> str:
+    """The text of calibration file ``path``, refusing a held-out evaluation text: by its file
+    name (``persuasion.txt``, ``hamlet.txt``, or ``shakespeare.txt``, which holds *Hamlet*)
+    and, where the held-out files are in the default cache, by content (the opening 2,000
+    characters of either found inside the text).  Every refusal is a :class:`TextsError`
+    naming ``path``, a file that cannot be read included."""
     name = Path(path).name
     if name in HELD_OUT_FILES or name == "shakespeare.txt":
         held = "Hamlet" if name != "persuasion.txt" else "Persuasion"
         raise TextsError(f"{path}: holds {held}, a held-out evaluation text; calibrate on "
                          f"train_mix.txt or austen_train.txt (python -m converters.texts)")
-    if text is None:
-        return
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+        raise TextsError(f"{path}: cannot read the calibration text ({why}; python -m "
+                         f"converters.texts builds it)") from None
     for held in HELD_OUT_FILES:
         p = DEFAULT_CACHE_DIR.expanduser() / held
         if p.is_file():
-            head = p.read_text(encoding="utf-8")[:2000]
+            with open(p, encoding="utf-8") as f:
+                head = f.read(2000)
             if head and head in text:
                 raise TextsError(f"{path}: contains the opening of {held}, a held-out "
                                  f"evaluation text; calibrate on train_mix.txt")
+    return text
 
 
 def _up_to_date(cache: Path) -> bool:

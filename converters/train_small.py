@@ -52,12 +52,13 @@ from pathlib import Path
 
 import numpy as np
 
+from converters.texts import HELD_OUT_FILES
+
 __all__ = ["ModelArgs", "SmallLlama", "train_tokenizer", "load_texts", "hf_config", "main"]
 
 SPECIAL_TOKENS = ("<s>", "</s>")
 BOS_ID, EOS_ID = 0, 1
 TRAIN_FILES = ("austen_train.txt", "shakespeare.txt")
-HELD_OUT_FILES = ("persuasion.txt", "hamlet.txt")
 SAMPLE_PROMPTS = ("It is a truth universally", "Anne Elliot", "To be, or not to be",
                   "The weather was")
 

@@ -1,6 +1,6 @@
 """Every perplexity row of docs/RESULTS.md's consolidated table, from one file of rows:
-convert each row's model, score it on each held-out text, print the table and each row's
-commands.  Issue 15, item 8.
+convert each row's model, score it on each held-out text, print the table with each row's
+convert options.  Issue 15, item 8.
 
     .venv/bin/python scripts/ppl_table.py docs/ppl-rows.toml --out out/rows [--jobs 2] [--only NAME ...] [--dry-run]
 
@@ -129,7 +129,7 @@ def figure(plan: dict, row: dict, out: Path, text: str):
 def _fmt(v) -> str:
     if v is None:
         return "—"
-    ppl, note = v
+    ppl = v[0]
     return f"{ppl:.0f}" if ppl >= 1000 else f"{ppl:.5g}"
 
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("out/rows"), help="model files and figures (default out/rows)")
     p.add_argument("--jobs", type=int, default=1, help="rows measured at once (default 1)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="measure only these rows (the table shows all)")
-    p.add_argument("--dry-run", action="store_true", help="measure nothing: print the table and the commands")
+    p.add_argument("--dry-run", action="store_true", help="measure nothing: print the table of the figures there are")
     a = p.parse_args(argv)
     try:
         plan = load_rows(a.rows)
@@ -178,10 +178,10 @@ def main(argv=None) -> int:
                 raise RowsError(f"--only {n}: no such row in {a.rows}")
         if a.jobs < 1:
             raise RowsError(f"--jobs {a.jobs}: must be at least 1")
-        src = source_path(plan)
         a.out.mkdir(parents=True, exist_ok=True)
         rows = [r for r in plan["rows"] if not a.only or r["name"] in a.only]
         if not a.dry_run:
+            src = source_path(plan)
             def one(row):
                 measure(plan, row, a.out, src, lambda m: print(m, file=sys.stderr, flush=True))
             with ThreadPoolExecutor(a.jobs) as ex:

@@ -249,18 +249,22 @@ def test_deb_errors(tmp_path):
         texts.extract_deb_member(deb, "usr")
 
 
-def test_check_calibration_text_refuses_held_out_texts(tmp_path, monkeypatch):
+def test_read_calibration_text_refuses_held_out_texts(tmp_path, monkeypatch):
     for name in ("persuasion.txt", "hamlet.txt", "shakespeare.txt"):
         with pytest.raises(texts.TextsError, match=name.replace(".", r"\.") + ".*held-out"):
-            texts.check_calibration_text(tmp_path / name)
+            texts.read_calibration_text(tmp_path / name)
+    with pytest.raises(texts.TextsError, match=r"absent\.txt: cannot read the calibration text"):
+        texts.read_calibration_text(tmp_path / "absent.txt")
     # by content: a held-out text's opening pasted into another file
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / "hamlet.txt").write_text("HAMLET\n\nWho's there?\n" * 200)
     (cache / "persuasion.txt").write_text("Sir Walter Elliot, of Kellynch-hall\n" * 100)
     monkeypatch.setattr(texts, "DEFAULT_CACHE_DIR", cache)
-    texts.check_calibration_text(tmp_path / "mine.txt", "other words " * 1000)   # accepted
+    mine = tmp_path / "mine.txt"
+    mine.write_text("other words " * 1000)
+    assert texts.read_calibration_text(mine) == "other words " * 1000     # accepted
     for held in ("hamlet.txt", "persuasion.txt"):
-        body = "before\n" + (cache / held).read_text() + "after\n"
+        mine.write_text("before\n" + (cache / held).read_text() + "after\n")
         with pytest.raises(texts.TextsError, match=f"mine.txt: contains the opening of {held}"):
-            texts.check_calibration_text(tmp_path / "mine.txt", body)
+            texts.read_calibration_text(mine)
