@@ -154,6 +154,20 @@ def _scan_file(path: Path, out: dict[str, _TensorRef], expect: set[str] | None =
                                f"is not in it")
 
 
+def weight_hashes(hf: HFSource) -> dict:
+    """sha256 of the files that define a folder's float model: ``config.json``, the
+    safetensors index (for a sharded checkpoint) and each weight file, by file name.  The
+    model file records them (``source.sha256``, with the tokenizer's); an FSBR report records
+    them (``source_sha256``), so that a recipe knows which weights a calibration was learned
+    on (``converters.recipes.choose``)."""
+    files = {"config.json": file_sha256(hf.path / "config.json")}
+    if (hf.path / _INDEX).is_file() and hf.weight_files[0].name != "model.safetensors":
+        files[_INDEX] = file_sha256(hf.path / _INDEX)
+    for fp in hf.weight_files:
+        files[fp.name] = file_sha256(fp)
+    return files
+
+
 def read_hf_dir(src) -> HFSource:
     """Index a Hugging Face LLaMA folder (no weights are loaded yet)."""
     d = Path(src)
@@ -523,12 +537,9 @@ def build_model(src, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, c
     except ValueError as e:
         raise ConvertError(f"rope tables: {e}") from e
 
-    files = {"config.json": file_sha256(hf.path / "config.json"),
-             "tokenizer.json": hashlib.sha256(hf.tokenizer_json).hexdigest()}
-    if (hf.path / _INDEX).is_file() and hf.weight_files[0].name != "model.safetensors":
-        files[_INDEX] = file_sha256(hf.path / _INDEX)
-    for fp in hf.weight_files:
-        files[fp.name] = file_sha256(fp)
+    wh = weight_hashes(hf)
+    files = {"config.json": wh.pop("config.json"),
+             "tokenizer.json": hashlib.sha256(hf.tokenizer_json).hexdigest(), **wh}
     source = {"kind": "hf", "path": str(hf.path), "sha256": files,
               "config_json": hf.config_text, "tie_word_embeddings": tied,
               "rms_norm_eps": None if hf.config.get("rms_norm_eps") is None
@@ -572,7 +583,7 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
             head_a_bits: int | None = None, a_group: int | None = None, rotate=(),
             down_block_size: int | None = None, rotate_seed: int = 0,
             recipe: str | None = None, pv_bits: int | None = None,
-            group_scale_bits: int | None = None) -> Path:
+            group_scale_bits: int | None = None, explicit: dict | None = None) -> Path:
     """Convert a LLaMA checkpoint ``src`` into the integer model file ``out``; return ``out``.
 
     ``src``: a Hugging Face LLaMA folder or a ``.gguf`` file.  ``w_bits``: weight bits
@@ -599,8 +610,10 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     ``down_block_size``: the online transform's block (default: the largest power of two
     dividing ffn_dim); ``rotate_seed``: the residual rotation's random signs; ``recipe``:
     ``"w8a8"``, ``"w6a6"`` or ``"w4a4"`` (``converters.recipes``) sets the widths and options
-    of that recipe (an argument given with another value than its default and the recipe's
-    is refused) and records it in the model file; ``pv_bits``: the width of the probabilities
+    of that recipe, with the committed FSBR calibration where one was learned on ``src``'s
+    float weights (an argument given with another value than its default and the recipe's
+    is refused) and records it in the model file; ``explicit``: the options given on the
+    command line, refused with a recipe that sets them otherwise even at their defaults; ``pv_bits``: the width of the probabilities
     into PV (``a_bits``..15; None = ``a_bits``, docs/SPEC.md section 14.2);
     ``group_scale_bits``: MixLLM's two-step form of the seven linears' group scales, each an
     U-bit integer times a per-output-channel scale (needs ``group_size``; docs/SPEC.md
@@ -620,13 +633,25 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
               row_bits=row_bits, head_a_bits=head_a_bits, a_group=a_group, rotate=rotate,
               down_block_size=down_block_size, rotate_seed=rotate_seed, pv_bits=pv_bits,
               group_scale_bits=group_scale_bits)
+    chosen = None
     if recipe is not None:
-        import inspect
+        from .recipes import _known
+        _known(recipe)
 
-        from .recipes import apply_recipe
-        defaults = {k: p.default for k, p in inspect.signature(convert).parameters.items()
-                    if p.default is not p.empty}
-        kw = apply_recipe(recipe, {**kw, "rotate": parse_rotate(rotate)}, defaults)
+    def build(hf: HFSource, **extra):
+        nonlocal kw, chosen
+        if recipe is not None:          # the variant depends on the float weights (recipes.choose)
+            import inspect
+
+            from .recipes import apply_recipe, choose
+            defaults = {k: p.default for k, p in inspect.signature(convert).parameters.items()
+                        if p.default is not p.empty}
+            chosen = choose(recipe, weight_hashes(hf))
+            print(chosen[2], file=sys.stderr)
+            kw = apply_recipe(recipe, chosen[1], {**kw, "rotate": parse_rotate(rotate)},
+                              defaults, explicit)
+        return build_model(hf, **extra, **kw)
+
     if src.is_file() and _is_gguf(src):
         from .gguf_import import GGUFImportError, import_gguf
         with tempfile.TemporaryDirectory(prefix=".intsim-gguf-", dir=out.parent
@@ -635,19 +660,18 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
                 hf_dir = import_gguf(src, Path(tmp) / "hf")
             except GGUFImportError as e:
                 raise ConvertError(str(e)) from e
-            hf = read_hf_dir(hf_dir)
             info = {"kind": "gguf", "path": str(src),
                     "gguf_sha256": file_sha256(src)}
-            model, tok = build_model(hf, _source_info=info, **kw)
+            model, tok = build(read_hf_dir(hf_dir), _source_info=info)
             model.meta["source"]["imported_sha256"] = model.meta["source"].pop("sha256")
             model.meta["source"]["sha256"] = {src.name: info["gguf_sha256"]}
     elif src.is_dir():
-        model, tok = build_model(src, **kw)
+        model, tok = build(read_hf_dir(src))
     else:
         raise ConvertError(f"{src}: neither a Hugging Face folder nor a GGUF file")
-    if recipe is not None:
+    if chosen is not None:
         from .recipes import describe
-        model.meta["recipe"] = describe(recipe)
+        model.meta["recipe"] = describe(recipe, chosen[0], chosen[1])
     for key in ("source", "calib", "row_bits"):     # no checkout's or venv's location in the bytes
         entry = model.meta.get(key)
         if entry:
@@ -774,14 +798,11 @@ def run(args, prog: str = "intsim convert") -> int:
     try:
         if args.rotate:
             given["rotate"] = parse_rotate(args.rotate)
-        if args.recipe is not None:           # a flag contradicting the recipe, even at its default
-            from .recipes import check_given
-            check_given(args.recipe, given)
         convert(args.src, args.out, max_pos=args.max_pos, head_w_bits=args.head_wbits,
                 qkt_tie=args.qkt_tie, spec=parse_spec(args.spec), norm_gain=args.norm_gain,
                 row_bits=args.row_bits, down_block_size=args.down_block,
                 rotate_seed=args.rotate_seed, recipe=args.recipe,
-                group_scale_bits=args.group_scale_bits, **given)
+                group_scale_bits=args.group_scale_bits, explicit=given, **given)
     except IntsimError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

@@ -945,7 +945,9 @@ def run_fsbr(model_dir, settings: FSBRSettings, text=DEFAULT_TEXT, windows: np.n
                      "seconds": time.perf_counter() - t_start,
                      "cpu_seconds": time.process_time() - cpu_start}
             _atomic(Path(checkpoint), lambda p: torch.save(state, p))
+    from .convert import read_hf_dir, weight_hashes
     report = {"generator": "converters.fsbr", "model": str(Path(model_dir).absolute()),
+              "source_sha256": weight_hashes(read_hf_dir(model_dir)),
               "text": str(text) if text is not None else None, "settings": st.to_json(),
               "windows": [int(N), int(T)], "torch": torch.__version__,
               "threads": torch.get_num_threads(), "layers": rep_layers,

@@ -255,6 +255,15 @@ def test_fsbr_lowers_the_block_loss(w4a4_run, tiny):
     assert report["layers"][0]["init_loss"] < 0.7 * bare["layers"][0]["final_loss"]
 
 
+def test_report_names_the_weights_it_was_learned_on(w4a4_run, tiny):
+    """``source_sha256``: what a recipe matches a source against (converters.recipes)."""
+    import hashlib
+    _, report = w4a4_run
+    want = {n: hashlib.sha256((Path(tiny) / n).read_bytes()).hexdigest()
+            for n in ("config.json", "model.safetensors")}
+    assert report["source_sha256"] == want
+
+
 def test_files_read_back_and_convert_accepts_them(tiny, w4a4_run, tmp_path):
     from converters.convert import main as convert_main
     from converters.float_model import LlamaConfig

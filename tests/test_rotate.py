@@ -154,7 +154,7 @@ def test_recipe_sets_and_records_its_options(tmp_path):
     r = convert_small(out, "--recipe", "w4a4", "--wbits", "4")          # agreeing with it is fine
     assert r.returncode == 0, r.stderr
     m = load_model(out)
-    assert m.meta["recipe"]["name"] == "w4a4"
+    assert m.meta["recipe"]["name"] == "w4a4" and m.meta["recipe"]["variant"] == "rotation"
     want = RECIPES["w4a4"]
     assert (m.widths.w_bits, m.widths.a_bits) == (want["w_bits"], want["a_bits"])
     assert m.widths.head_in_bits == want.get("head_a_bits", want["a_bits"])
