@@ -740,7 +740,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "ffn width (default: the largest such)")
     p.add_argument("--recipe", choices=("w8a8", "w6a6", "w4a4"), default=None,
                    help="the options that came closest to the perplexity targets at that width "
-                        "on SmolLM2 (docs/RESULTS.md 'Recipes'); recorded in the model file")
+                        "on SmolLM2, with the committed FSBR calibration where SRC has the very "
+                        "weights it was learned on, else the Hadamard rotation (docs/RESULTS.md "
+                        "'Recipes on SmolLM2'); recorded in the model file")
     p.add_argument("--group-scale-bits", metavar="U", type=int, default=None,
                    help="MixLLM's two-step dequantization: each weight group's scale is an "
                         "U-bit integer times a per-output-channel scale (e.g. 8; needs "
