@@ -53,7 +53,8 @@ _score_scales = _host_call(score_scales)
 def _k_norm_quant(h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, V[t])
+        sats[t] += _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, None, None, mx, kx, g, gk,
+                                   has_weight, V[t])
 
 
 @cuda.jit
@@ -87,7 +88,8 @@ def _k_attn(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att, pm, p
 def _k_heads(att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao, sats):
     t = cuda.grid(1)
     if t < att.shape[0]:
-        sats[t] += _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm[t], hk[t], ao[t])
+        sats[t] += _heads_quant_row(t, att, pm, pk, cfg, xq, zx, None, None, mx, kx, hm[t], hk[t],
+                                    ao[t])
 
 
 @cuda.jit
@@ -95,16 +97,16 @@ def _k_resid_norm(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk
                   sv, sats):
     t = cuda.grid(1)
     if t < h.shape[0]:
-        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
-                                   has_weight, ob[t], sv[t])
+        sats[t] += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, None, None,
+                                   g, gk, has_weight, ob[t], sv[t])
 
 
 @cuda.jit
 def _k_swiglu(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab, sats):
     t = cuda.grid(1)
     if t < Pg.shape[0]:
-        sats[t] += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
-                                     gb[t], ub[t], y[t], tab[t])
+        sats[t] += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, None, None,
+                                     mxo, kxo, gb[t], ub[t], y[t], tab[t])
 
 
 # ------------------------------------------------------------------ host side
@@ -149,6 +151,9 @@ def prepare(model):
     """The model's :class:`CudaModel`, or the reason the GPU path declines it."""
     if not cuda.is_available():
         return "no CUDA device (numba.cuda.is_available() is False)"
+    if model.widths.a_group is not None:
+        return (f"a_group = {model.widths.a_group}: group-wise activations have no GPU twin "
+                f"(docs/SPEC.md section 4.8)")
     fm = fp.prepare(model)
     if isinstance(fm, str):
         return fm

@@ -18,7 +18,7 @@ from .errors import IntsimError
 from .fixedpoint import ABS_LIMIT, rounding_code
 from .gemm import PackedWeight
 from .head import inv_sqrt_dyadic
-from .matmul import check_bounds
+from .matmul import A_GROUP_EMAX, _fold_qsum, check_bounds, check_group_bounds, fold_layout
 from .norm import NORM_C_LIMIT, fixed_preshift, sqrt_c_const
 from .qtensor import dtype_for
 from .swiglu import ALPHA_K_LIMIT, GUARD_LIMIT
@@ -59,6 +59,8 @@ class FastConfig(NamedTuple):
     down_rot: int          # Widths.down_rot's block (hadamard.fwht_row), 0 = no rotation
     parallel: bool         # threads over token rows and weight chunks (set per call)
     gemv_parallel: bool
+    a_group: int           # Widths.a_group (SPEC 4.8), 0 = per-token activations
+    a_group_e: int         # E, the largest group refinement exponent (matmul.A_GROUP_EMAX)
 
 
 
@@ -77,9 +79,18 @@ class FastModel:
             ws += [L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down]
         ws.append(model.w_head)
         C = np.ascontiguousarray
+        # with group-wise activations (SPEC 4.8) also, per weight, the code sums per fold
+        # group, Ga and Gf (matmul.fold_layout); without, qsum and G stand in (unread)
+        ag = w.a_group
+        Ks = [x.q.shape[1] for x in ws]
+        Gas = [min(ag, K) if ag else x.group_size for x, K in zip(ws, Ks)]
+        Gfs = [fold_layout(K, x.group_size, ag) if ag else x.group_size for x, K in zip(ws, Ks)]
         self.W = (typed.List([C(x.q) for x in ws]), typed.List([C(x.qsum) for x in ws]),
                   typed.List([C(x.m) for x in ws]), typed.List([C(x.b) for x in ws]),
-                  np.array([x.group_size for x in ws], dtype=np.int64))
+                  np.array([x.group_size for x in ws], dtype=np.int64),
+                  typed.List([C(_fold_qsum(x, Gf)) if ag else C(x.qsum)
+                              for x, Gf in zip(ws, Gfs)]),
+                  np.array(Gas, dtype=np.int64), np.array(Gfs, dtype=np.int64))
         self.Wk = np.array([x.k for x in ws], dtype=np.int64)
         self.PW = tuple(typed.List([getattr(s, a) for s in stacks]) for a in ("wp", "qsum", "m", "b"))
         F = c.ffn_dim
@@ -136,7 +147,7 @@ def _config(model) -> FastConfig:
         preshift_res=fixed_preshift(c.dim, spec.residual_bits) if fixed else -1,
         inv_sqrt_m=int(inv.m), inv_sqrt_k=int(inv.k), n_heads=c.n_heads,
         n_kv_heads=c.n_kv_heads, head_dim=c.head_dim, down_rot=w.down_rot or 0, parallel=False,
-        gemv_parallel=False)
+        gemv_parallel=False, a_group=w.a_group or 0, a_group_e=A_GROUP_EMAX)
 
 
 def _max_context(a_bits: int, p_bits: int) -> int:
@@ -150,19 +161,22 @@ def _unsupported(model) -> str | None:
     or None when it can (then the graph's checks provably pass)."""
     c, w, spec = model.config, model.widths, model.spec
     A = w.a_bits
-    if w.a_group is not None:
-        return (f"a_group = {w.a_group} (group-wise activations, docs/SPEC.md section 4.8) is not "
-                f"fused; the graph runs it")
+    ag = w.a_group
+    if ag is not None and spec.requant_mode != "fitted":
+        return "a_group needs requant_mode 'fitted' (the graph refuses it by name)"
+
+    def bounds(K, x, bits):         # SPEC 4.4, or 4.8's with group-wise activations
+        return check_bounds(K, x, bits) if ag is None else check_group_bounds(K, x, bits, ag)
     try:
         for L in model.layers:
             for x, K in ((L.wq, c.dim), (L.wk, c.dim), (L.wv, c.dim), (L.wo, c.n_heads * c.head_dim),
                          (L.w_gate, c.dim), (L.w_up, c.dim), (L.w_down, c.ffn_dim)):
-                check_bounds(K, x, A)
+                bounds(K, x, A)
             if L.alpha_inv is not None and not (0 <= L.alpha_k <= ALPHA_K_LIMIT
                                                 and L.alpha_inv.shape == (c.ffn_dim,)
                                                 and L.alpha_inv.dtype.kind in "iu"):
                 return "a layer's 1/alpha is outside DI-SwiGLU's declared range"
-        check_bounds(c.dim, model.w_head, w.head_in_bits)
+        bounds(c.dim, model.w_head, w.head_in_bits)
     except IntsimError as e:
         return f"a DI-MatMul bound does not hold statically ({e})"
     qmax = 2 ** A - 1

@@ -14,7 +14,10 @@ built with the weight lists by ``prepare``).
 What it does differently from the op-by-op graph (each an identity on integers):
 
 * one input quantization per distinct input: q/k/v (and gate/up) read the same normed
-  tensor, so its requantization runs once, not three times (deterministic);
+  tensor, so its requantization runs once, not three times (deterministic); with
+  group-wise activations (``Widths.a_group``) it is ``matmul.group_requant_row`` and the
+  matmuls run ``gemm``'s group fold on the row-layout weights, a model without groups
+  passing ``None`` for the group buffers so that none of it is compiled for it;
 * attention works per query row over the row's visible positions only: masked columns
   are exact zeros in the graph, and every step they enter (row max and min over a range
   that always contains 0, sums, matmuls) is unchanged by zeros (softmax.py's docstring);
@@ -66,7 +69,9 @@ from .attention import GUARD_K, GUARD_O, GUARD_V, VT_PAD, fold_row, pv_row, qk_r
 from .embedding import _embed_nb
 # FastModel and _max_context re-exported: callers and tests read them here
 from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
-from .gemm import VEC, gemm_acc_multi, gemm_acc_multi_par, gemv_acc_packed, gemv_acc_packed_par
+from .gemm import (VEC, gemm_acc_groups, gemm_acc_groups_par, gemm_acc_multi, gemm_acc_multi_par,
+                   gemv_acc_packed, gemv_acc_packed_par)
+from .matmul import group_requant_row
 from .hadamard import fwht_row
 from .norm import norm_row, norm_weight_row
 from .qtensor import Dyadic
@@ -80,7 +85,28 @@ from .swiglu import swiglu_row
 # ------------------------------------------------------------------ stage rows
 
 @njit(cache=True, inline="always")
-def _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, v):
+def _quant_in(t, v, m_in, k_in, bits, cfg, xq, zx, zg, eg, mx, kx):
+    """DI-MatMul's input quantization of row t (scale ``(m_in, k_in)``) to ``bits``: per
+    token (SPEC section 4.2 step 1: codes ``xq[t]``, zero point ``zx[t]``), or with
+    group-wise activations when the model has them (``zg``, ``eg`` int64 [T, groups], else
+    None; section 4.8 step 1: ``zg[t]``, ``eg[t]`` per group, ``zx[t]`` 0).  ``(mx[t], kx[t])`` is the scale of the matmul's P: the
+    token's, with E added to the exponent for groups (P carries ``2^(E - e_a)``)."""
+    if zg is not None:              # a model without groups passes None: pruned before typing
+        K = v.shape[0]
+        Ga = min(cfg.a_group, K)
+        na = (K + Ga - 1) // Ga
+        m, k, s = group_requant_row(v, m_in, k_in, bits, Ga, cfg.a_group_e, cfg.m_bits,
+                                    cfg.k_lo, cfg.k_hi, cfg.code, xq[t], zg[t, :na], eg[t, :na])
+        zx[t], mx[t], kx[t] = 0, m, k + cfg.a_group_e
+        return s
+    z, m, k, s = requant_row(v, np.int64(0), m_in, k_in, bits, False, cfg.m_bits, cfg.k_lo,
+                             cfg.k_hi, cfg.code, cfg.fitted, xq[t])
+    zx[t], mx[t], kx[t] = z, m, k
+    return s
+
+
+@njit(cache=True, inline="always")
+def _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, zg, eg, mx, kx, g, gk, has_weight, v):
     """DI-Norm of stream row t, its per-channel weight when the model keeps one (into the
     int64 scratch ``v`` of D), then DI-MatMul's input quantization to ``a_bits`` (A, or the
     LM head's input width after the last layer: SPEC section 13.1).  Without a
@@ -94,10 +120,7 @@ def _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weig
     else:
         for j in range(v.shape[0]):
             v[j] = h[t, j]
-    z, m, k, s2 = requant_row(v, np.int64(0), mn, kn, a_bits, False, cfg.m_bits, cfg.k_lo,
-                              cfg.k_hi, cfg.code, cfg.fitted, xq[t])
-    zx[t], mx[t], kx[t] = z, m, k
-    return s1 + s2
+    return s1 + _quant_in(t, v, mn, kn, a_bits, cfg, xq, zx, zg, eg, mx, kx)
 
 
 @njit(cache=True, inline="always")
@@ -189,7 +212,7 @@ def _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, lo, hi, cfg, tile
 
 
 @njit(cache=True, inline="always")
-def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
+def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, zg, eg, mx, kx, hm, hk, ao):
     """Heads aligned to one exponent per token (the heads fold), then o_proj's input
     quantization.  Scratch: ``hm``, ``hk``, ``ao`` int64 of H * hd."""
     H, hd = cfg.n_heads, cfg.head_dim
@@ -198,15 +221,12 @@ def _heads_quant_row(t, att, pm, pk, cfg, xq, zx, mx, kx, hm, hk, ao):
             hm[h * hd + d] = pm[t, h]
             hk[h * hd + d] = pk[t, h]
     kref = fold_row(att[t], hm, hk, GUARD_O, cfg.code, ao)
-    z, m, k, s = requant_row(ao, np.int64(0), np.int64(1), kref + GUARD_O, cfg.a_bits, False,
-                             cfg.m_bits, cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, xq[t])
-    zx[t], mx[t], kx[t] = z, m, k
-    return s
+    return _quant_in(t, ao, np.int64(1), kref + GUARD_O, cfg.a_bits, cfg, xq, zx, zg, eg, mx, kx)
 
 
 @njit(cache=True, inline="always")
 def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
-                att, pm, pk, xo, zx, mx, kx, p_proto):
+                att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto):
     """Every head of token t, then the heads' fold and o_proj's input quantization.
     ``p_proto``: an empty array of the probability row's dtype (FastModel.p_proto)."""
     sat = 0
@@ -221,7 +241,7 @@ def _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
         sat += _attn_row(t, h, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo[t], vhi[t], cfg,
                          tiled, att, pm, pk, raw, sc, cq, pb, s8)
     D = cfg.n_heads * cfg.head_dim
-    return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, mx, kx, np.empty(D, np.int64),
+    return sat + _heads_quant_row(t, att, pm, pk, cfg, xo, zx, zg, eg, mx, kx, np.empty(D, np.int64),
                                   np.empty(D, np.int64), np.empty(D, np.int64))
 
 
@@ -240,34 +260,31 @@ def _resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv):
 
 
 @njit(cache=True, inline="always")
-def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight, ob,
+def _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk, has_weight, ob,
                     sv):
     """The residual add of a projection, then the next DI-Norm and input quantization of
     the updated stream row (mx, kx of row t are read before they are overwritten).
     Scratch: ``ob`` int32 and ``sv`` int64 of D."""
     return (_resid_row(t, P, mx, kx, wk, h, hm, hk, cfg, ob, sv)
-            + _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, mx, kx, g, gk, has_weight, sv))
+            + _norm_quant_row(t, h, preshift, cfg, a_bits, xq, zx, zg, eg, mx, kx, g, gk, has_weight, sv))
 
 
 @njit(cache=True, inline="always")
-def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo, gb, ub, y, tab):
+def _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo, gb, ub, y, tab):
     """gate/up outputs to swiglu_in_bits, DI-SwiGLU, its online Hadamard rotation when the
     model has one (``cfg.down_rot``), and down_proj's input quantization.
     Scratch: ``gb``, ``ub`` int32 and ``y`` int64 of F, ``tab`` the sigmoid table (int64,
     2^swiglu_in_bits entries, or fewer to compute every element)."""
     B = cfg.swiglu_in_bits
-    zg, mg, kg, s1 = requant_row(Pg[t], np.int64(0), mx[t], kx[t] + wkg, B, False, cfg.m_bits,
-                                 cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, gb)
+    zgt, mg, kg, s1 = requant_row(Pg[t], np.int64(0), mx[t], kx[t] + wkg, B, False, cfg.m_bits,
+                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, gb)
     zu, mu, ku, s2 = requant_row(Pu[t], np.int64(0), mx[t], kx[t] + wku, B, False, cfg.m_bits,
                                  cfg.k_lo, cfg.k_hi, cfg.code, cfg.fitted, ub)
-    my, ky = swiglu_row(gb, zg, mg, kg, ub, zu, mu, ku, mc, ka, unit, cfg.sigmoid_guard,
+    my, ky = swiglu_row(gb, zgt, mg, kg, ub, zu, mu, ku, mc, ka, unit, cfg.sigmoid_guard,
                         cfg.sigmoid_bits, cfg.rowmax, B, cfg.code, tab, y)
     if cfg.down_rot > 0:                   # online Hadamard rotation (SPEC 7.6)
         ky -= fwht_row(y, cfg.down_rot, cfg.code)
-    z, m, k, s3 = requant_row(y, np.int64(0), my, ky, cfg.a_bits, False, cfg.m_bits, cfg.k_lo,
-                              cfg.k_hi, cfg.code, cfg.fitted, xq[t])
-    zx[t], mxo[t], kxo[t] = z, m, k
-    return s1 + s2 + s3
+    return s1 + s2 + _quant_in(t, y, my, ky, cfg.a_bits, cfg, xq, zx, zg, eg, mxo, kxo)
 
 
 # ------------------------------------------------------------------ stages (serial / parallel)
@@ -306,20 +323,20 @@ def _st_qkv_par(Pq, Pk, Pv, mx, kx, wk3, pos, cos_q, sin_q, cfg, past,
 
 @njit(cache=True, inline="always")
 def _st_attn(full, parallel, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg,
-             att, pm, pk, xo, zx, mx, kx, p_proto):
+             att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto):
     if full is not None and parallel:
         return _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi,
-                            cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
+                            cfg, att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto)
     sat = 0
     for t in range(Qh.shape[0]):
         sat += _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi,
-                           cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
+                           cfg, att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto)
     return sat
 
 
 @njit(cache=True, parallel=True)
 def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
-                 pm, pk, xo, zx, mx, kx, p_proto):
+                 pm, pk, xo, zx, zg, eg, mx, kx, p_proto):
     T = Qh.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     # tokens in the order 0, T-1, 1, T-2, ...: causal rows grow with t, and the threads
@@ -327,61 +344,61 @@ def _st_attn_par(Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo, vhi, cfg, att,
     for ii in prange(T):
         t = ii // 2 if ii % 2 == 0 else T - 1 - ii // 2
         sats[t] = _attn_token(t, Qh, zq, sm, sk, Kq, kpar, VT, Vm, Vk, Vzp, vlo,
-                              vhi, cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
+                              vhi, cfg, att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto)
     return sats.sum()
 
 
 @njit(cache=True, inline="always")
-def _st_resid_norm(full, parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
+def _st_resid_norm(full, parallel, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk,
                    has_weight):
     if full is not None and parallel:
-        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
+        return _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk,
                                   has_weight)
     sat = 0
     ob = np.empty(h.shape[1], dtype=np.int32)
     sv = np.empty(h.shape[1], dtype=np.int64)
     for t in range(h.shape[0]):
-        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
+        sat += _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk,
                                has_weight, ob, sv)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk, has_weight):
+def _st_resid_norm_par(P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk, has_weight):
     T = h.shape[0]
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
         ob = np.empty(h.shape[1], dtype=np.int32)
         sv = np.empty(h.shape[1], dtype=np.int64)
-        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, g, gk,
+        sats[t] = _resid_norm_row(t, P, mx, kx, wk, h, hm, hk, preshift, cfg, a_bits, xq, zx, zg, eg, g, gk,
                                   has_weight, ob, sv)
     return sats.sum()
 
 
 @njit(cache=True, inline="always")
-def _st_swiglu(full, parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
+def _st_swiglu(full, parallel, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo):
     if full is not None and parallel:
-        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo)
+        return _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo)
     sat = 0
     F = Pg.shape[1]
     gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
     y = np.empty(F, dtype=np.int64)
     tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
     for t in range(Pg.shape[0]):
-        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
+        sat += _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo,
                                  gb, ub, y, tab)
     return sat
 
 
 @njit(cache=True, parallel=True)
-def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo):
+def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo):
     T, F = Pg.shape
     sats = np.zeros(T, dtype=np.int64)
     for t in prange(T):
         gb, ub = np.empty(F, dtype=np.int32), np.empty(F, dtype=np.int32)
         y = np.empty(F, dtype=np.int64)
         tab = np.empty(np.int64(1) << cfg.swiglu_in_bits, dtype=np.int64)
-        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo,
+        sats[t] = _swiglu_quant_row(t, Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, mxo, kxo,
                                     gb, ub, y, tab)
     return sats.sum()
 
@@ -389,7 +406,7 @@ def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, mxo, kxo
 # ------------------------------------------------------------------ matmul dispatch
 
 @njit(cache=True, inline="always")
-def _matmuls(full, cfg, xq, zx, widx, W, pidx, PW, outs):
+def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
     """DI-MatMul steps 2-3 of the weights ``widx[i]`` (row layout) that share the input xq,
     into ``outs[i]`` (int64 [T, N] each).  A single token row, and every row on the row
     path (``full`` None), reads the packed stack ``pidx`` (the same weights, rows stacked)
@@ -402,6 +419,17 @@ def _matmuls(full, cfg, xq, zx, widx, W, pidx, PW, outs):
     nw = 0
     while nw < 3 and outs[nw].shape[0] == T:
         nw += 1
+    if zg is not None:              # group-wise activations (SPEC 4.8): the row-layout weights
+        for i in range(nw):
+            wi = widx[i]
+            Ga, Gf = W[6][wi], W[7][wi]
+            if full is not None and cfg.parallel and T > 1:
+                gemm_acc_groups_par(xq, zg, eg, Wq[wi], W[5][wi], Wm[wi], Wb[wi], Gs[wi], Ga, Gf,
+                                    cfg.a_group_e, outs[i])
+            else:
+                gemm_acc_groups(xq, zg, eg, Wq[wi], W[5][wi], Wm[wi], Wb[wi], Gs[wi], Ga, Gf,
+                                cfg.a_group_e, outs[i])
+        return
     G = Gs[widx[0]]
     if full is None or T == 1:
         Np = PW[1][pidx].shape[0]
@@ -426,49 +454,51 @@ def _matmuls(full, cfg, xq, zx, widx, W, pidx, PW, outs):
 # ------------------------------------------------------------------ the whole forward
 
 @njit(cache=True, inline="always")
-def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
-           alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, C, bufs):
+def _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, zg, eg, mx, kx, pos, vlo, vhi, past, W, Wk, PW,
+           AL, NW, NK, NU, cos_q, sin_q, C, bufs):
     """One decoder layer on the stream h (in place); xq/zx/mx/kx hold its attention norm's
     quantized input on entry and the next norm's on exit.  ``C``: this layer's cache
     arrays (k_q, k_zp, k_m, k_k, v_q, v_zp, v_m, v_k, k_par, v_t); ``bufs``: per-forward
     scratch (Qh, zq, qm, qk, sm, sk, att, pm, pk, xo) and the probability row's dtype
-    carrier (FastModel.p_proto)."""
+    carrier (FastModel.p_proto); ``AL``: (alpha, alpha_k, alpha_unit) of every layer; ``zg``,
+    ``eg``: the group-wise activations' scratch, or None (:func:`_forward_nb`)."""
     Qh, zq, qm, qk, sm, sk, att, pm, pk, xo, p_proto = bufs
+    alpha, alpha_k, alpha_unit = AL
     Wq = W[0]
     w0 = 7 * li
     nul = np.empty((0, 0), dtype=np.int64)      # unused slots of _matmuls' 3-tuples
     Pq = np.empty((T, Wq[w0].shape[0]), dtype=np.int64)
     Pk = np.empty((T, Wq[w0 + 1].shape[0]), dtype=np.int64)
     Pv = np.empty((T, Wq[w0 + 2].shape[0]), dtype=np.int64)
-    _matmuls(full, cfg, xq, zx, (w0, w0 + 1, w0 + 2), W, 4 * li, PW, (Pq, Pk, Pv))
+    _matmuls(full, cfg, xq, zx, zg, eg, (w0, w0 + 1, w0 + 2), W, 4 * li, PW, (Pq, Pk, Pv))
     sat = _st_qkv(full, par, Pq, Pk, Pv, mx, kx, Wk[w0:w0 + 3], pos, cos_q, sin_q, cfg, past,
                   Qh, zq, qm, qk, C[0], C[1], C[2], C[3], C[4], C[5], C[6], C[7], C[8], C[9])
     score_scales(qm, qk, cfg.inv_sqrt_m, cfg.inv_sqrt_k, cfg.code, sm, sk)
     sat += _st_attn(full, par, Qh, zq, sm, sk, C[0], C[8], C[9], C[6], C[7], C[5], vlo, vhi,
-                    cfg, att, pm, pk, xo, zx, mx, kx, p_proto)
+                    cfg, att, pm, pk, xo, zx, zg, eg, mx, kx, p_proto)
     Po = np.empty((T, Wq[w0 + 3].shape[0]), dtype=np.int64)
-    _matmuls(full, cfg, xo, zx, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
+    _matmuls(full, cfg, xo, zx, zg, eg, (w0 + 3, w0, w0), W, 4 * li + 1, PW, (Po, nul, nul))
     i = 2 * li + 1
     sat += _st_resid_norm(full, par, Po, mx, kx, Wk[w0 + 3], h, hm, hk, cfg.preshift_res, cfg, cfg.a_bits,
-                          xq, zx, NW[i], NK[i], NU[i] == 0)
+                          xq, zx, zg, eg, NW[i], NK[i], NU[i] == 0)
     Pg = np.empty((T, Wq[w0 + 4].shape[0]), dtype=np.int64)
     Pu = np.empty((T, Wq[w0 + 5].shape[0]), dtype=np.int64)
-    _matmuls(full, cfg, xq, zx, (w0 + 4, w0 + 5, w0), W, 4 * li + 2, PW, (Pg, Pu, nul))
+    _matmuls(full, cfg, xq, zx, zg, eg, (w0 + 4, w0 + 5, w0), W, 4 * li + 2, PW, (Pg, Pu, nul))
     xf = np.empty((T, Pg.shape[1]), dtype=np.uint8)
     sat += _st_swiglu(full, par, Pg, Pu, mx, kx, Wk[w0 + 4], Wk[w0 + 5], alpha[li], alpha_k[li],
                       alpha_unit[li], cfg,
-                      xf, zx, mx, kx)
+                      xf, zx, zg, eg, mx, kx)
     Pd = np.empty((T, Wq[w0 + 6].shape[0]), dtype=np.int64)
-    _matmuls(full, cfg, xf, zx, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
+    _matmuls(full, cfg, xf, zx, zg, eg, (w0 + 6, w0, w0), W, 4 * li + 3, PW, (Pd, nul, nul))
     i = 2 * li + 2                  # the last stage, 2 nL, is the final norm: the head's input
     a_next = cfg.head_a_bits if i == NW.shape[0] - 1 else cfg.a_bits
     return sat + _st_resid_norm(full, par, Pd, mx, kx, Wk[w0 + 6], h, hm, hk, cfg.preshift_res, cfg, a_next,
-                                xq, zx, NW[i], NK[i], NU[i] == 0)
+                                xq, zx, zg, eg, NW[i], NK[i], NU[i] == 0)
 
 
 @njit(cache=True)
 def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q, W, Wk, PW,
-                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full, last_only, p_proto):
+                alpha, alpha_k, alpha_unit, NW, NK, NU, cache, full, last_only, p_proto, zg, eg):
     """Every layer and the LM head; returns (logits [T, V], m [T], k [T], saturations);
     ``last_only``: the LM head of the last row alone (logits [1, V], m [1], k [1]; every
     layer still runs on all T rows, which fill the cache).
@@ -478,7 +508,9 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     exponents; ``PW``: the packed stacks (index ``4 * layer + j``, j = qkv, o, gate+up,
     down; the head last); ``cache``: per layer the tuple of :func:`_layer`'s ``C``;
     ``p_proto``: an empty array of the probability row's dtype (FastModel.p_proto: uint8, or
-    int16 for pv_bits > 8; a model of each compiles its own variant).
+    int16 for pv_bits > 8; a model of each compiles its own variant); ``zg``, ``eg``: int64
+    [T, groups] scratch for group-wise activations' zero points and exponents (SPEC 4.8), or
+    None for a model without (its variant compiles no group code).
     """
     T = ids.shape[0]
     H, hd = cfg.n_heads, cfg.head_dim
@@ -502,19 +534,23 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
     sat = 0
     v = np.empty(D, dtype=np.int64)
     for t in range(T):
-        sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, cfg.a_bits, xq, zx, mx, kx, NW[0], NK[0],
+        sat += _norm_quant_row(t, h, cfg.preshift_emb, cfg, cfg.a_bits, xq, zx, zg, eg, mx, kx, NW[0], NK[0],
                                NU[0] == 0, v)
     for li in range(len(cache)):
-        sat += _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, mx, kx, pos, vlo, vhi, past, W,
-                      Wk, PW, alpha, alpha_k, alpha_unit, NW, NK, NU, cos_q, sin_q, cache[li], bufs)
+        sat += _layer(full, li, T, cfg, par, h, hm, hk, xq, zx, zg, eg, mx, kx, pos, vlo, vhi, past, W,
+                      Wk, PW, (alpha, alpha_k, alpha_unit), NW, NK, NU, cos_q, sin_q, cache[li], bufs)
     # the LM head accumulators of the final normed stream (of its last row alone when
     # last_only: the same row through the same weights, so the same integers)
     wh = 7 * len(cache)
     h0 = T - 1 if last_only else 0
     xh, zh = (xq[h0:].copy(), zx[h0:].copy()) if last_only else (xq, zx)
+    zgh, egh = zg, eg
+    if zg is not None:
+        if last_only:
+            zgh, egh = zg[h0:].copy(), eg[h0:].copy()
     logits = np.empty((T - h0, W[0][wh].shape[0]), dtype=np.int64)
     nul = np.empty((0, 0), dtype=np.int64)
-    _matmuls(full, cfg, xh, zh, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
+    _matmuls(full, cfg, xh, zh, zgh, egh, (wh, wh, wh), W, 4 * len(cache), PW, (logits, nul, nul))
     kout = np.empty(T - h0, dtype=np.int64)
     for t in range(T - h0):
         kout[t] = kx[h0 + t] + Wk[wh]
@@ -631,6 +667,17 @@ def choose_path(T: int, gemv_parallel: bool) -> str:
     return "rows"
 
 
+def _group_scratch(cfg, c, T: int):
+    """``(zg, eg)`` for :func:`_forward_nb`: int64 [T, groups] (the most groups of any
+    matmul input: K = dim, heads x head_dim or ffn_dim) with group-wise activations, else
+    ``(None, None)``."""
+    if not cfg.a_group:
+        return None, None
+    K = max(c.dim, c.n_heads * c.head_dim, c.ffn_dim)
+    na = -(-K // cfg.a_group)
+    return np.zeros((T, na), dtype=np.int64), np.zeros((T, na), dtype=np.int64)
+
+
 def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, cache,
                  path: str | None = None, last_only: bool = False):
     """The fused forward (arguments already validated by the runner): returns ``(logits,
@@ -659,7 +706,8 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
-        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only), fm.p_proto)
+        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only), fm.p_proto,
+        *_group_scratch(fm.cfg, model.config, ids.size))
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo
         return "a scale saturated under overflow='raise' (the graph raises, naming the op)"

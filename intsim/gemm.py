@@ -520,6 +520,14 @@ def gemm_acc_groups_par(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
     return mx.max()
 
 
+@njit(cache=True)
+def gemm_acc_groups(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
+    """:func:`gemm_acc_groups_par` on one thread (the same integers; the fused path's decode
+    and single-thread calls).  Returns max |acc|."""
+    xs = _fold_group_sums(xq, zg, Ga, Gf)
+    return _gemm_chunk_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, 0, q.shape[0], P)
+
+
 # ------------------------------------------------------------------ DI-MatMul core (packed, one token row)
 
 class PackedWeight:

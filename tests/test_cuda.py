@@ -103,6 +103,18 @@ def test_gpu_forward_with_a_rotation_and_wider_probabilities_under_simulator():
     assert r.stdout.count("ok   ") == 8, r.stdout
 
 
+def test_gpu_path_declines_group_wise_activations_under_simulator():
+    """The fused CPU path runs activation groups (SPEC 4.8); the GPU path, which has no twin
+    of them, declines such a model by name rather than run its per-token quantizers."""
+    code = ("from converters.synthetic import make_model\n"
+            "from intsim import cudapath\n"
+            "m = make_model(5, a_group=16, w_bits=4, a_bits=4, group_size=32)\n"
+            "print(cudapath.prepare(m))\n")
+    r = run(["-c", code], timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "a_group = 16: group-wise activations have no GPU twin" in r.stdout, r.stdout
+
+
 def test_gpu_golden_export_equals_cpu_under_simulator():
     """The graph op by op with backend="cuda" (intsim.cudaops): every golden tensor file
     byte-identical to the CPU's, the manifests equal but for the backend they name."""

@@ -53,6 +53,11 @@ MODELS = {
     "group16_mqa": dict(group_size=16, n_kv_heads=1, w_bits=6),
     "norm_weights": dict(norm_weights=True, alpha=True),
     "w4a4_head8": dict(w_bits=4, a_bits=4, head_a_bits=8, group_size=16),
+    # group-wise activations (SPEC 4.8): inside weight groups, around them, and Ga = 40 over
+    # per-channel weights (short last groups at K = 64 and 96), with the head at 8 bits
+    "agroup_finer": dict(w_bits=4, a_bits=4, a_group=16, group_size=32),
+    "agroup_coarser_head8": dict(w_bits=4, a_bits=4, a_group=32, group_size=16, head_a_bits=8),
+    "agroup_ragged": dict(a_bits=6, a_group=40, head_a_bits=8, norm_weights=True, alpha=True),
 }
 
 
@@ -208,12 +213,15 @@ def test_forward_fast_saturation_raises_like_reference():
 
 
 def test_forward_fast_declines_what_it_cannot_prove():
-    """Group sizes that are not a multiple of 16, contexts beyond the PV int32 bound and
-    non-contiguous masks go the op-by-op way (and forward() still equals the reference)."""
+    """Group sizes that are not a multiple of 16, activation groups on the range-mode scale,
+    contexts beyond the PV int32 bound and non-contiguous masks go the op-by-op way (and
+    forward() still equals the reference)."""
     g24 = make_model(9, group_size=24, dim=48, n_heads=3, n_kv_heads=1)
     assert "group_size" in fastpath.prepare(g24) and "group_size" in runner.fused_status(g24)
     assert same(runner.forward(g24, IDS), forward(g24, IDS, backend="reference"))
     assert "group_size" in runner.last_decline()
+    agr = make_model(5, a_group=16, w_bits=4, a_bits=4, group_size=32, spec=Spec.paper())
+    assert "a_group needs requant_mode 'fitted'" in runner.fused_status(agr)   # SPEC 4.8
     m = make_model(8, n_layers=1)
     assert fastpath.visible_ranges(np.array([[True, False, True]])) is None
     assert fastpath.visible_ranges(np.array([[False, False]])) is None
