@@ -93,6 +93,7 @@ class FastModel:
                   np.array(Gas, dtype=np.int64), np.array(Gfs, dtype=np.int64))
         self.Wk = np.array([x.k for x in ws], dtype=np.int64)
         self.PW = tuple(typed.List([getattr(s, a) for s in stacks]) for a in ("wp", "qsum", "m", "b"))
+        self.PW += _packed_fold_sums(model, stacks)
         F = c.ffn_dim
         self.alpha = np.ones((c.n_layers, F), dtype=np.int64)
         self.alpha_k = np.zeros(c.n_layers, dtype=np.int64)
@@ -124,6 +125,35 @@ class FastModel:
         # vector tile's 8-bit form), int16 above (codes <= 2^15 - 1); this empty array only
         # carries the dtype into the compiled call
         self.p_proto = np.empty(0, np.uint8 if w.pv_in_bits <= 8 else np.int16)
+
+
+def _stack_sources(model) -> list:
+    """The weights of each packed stack, in :func:`prepare`'s order."""
+    out = []
+    for L in model.layers:
+        out += [[L.wq, L.wk, L.wv], [L.wo], [L.w_gate, L.w_up], [L.w_down]]
+    return out + [[model.w_head]]
+
+
+def _packed_fold_sums(model, stacks) -> tuple:
+    """With group-wise activations (SPEC 4.8): per packed stack its rows' code sums per fold
+    group (int64 [Np, K / Gf], zero on the padding rows) and Gf where the packed group
+    GEMV (``gemm.gemv_acc_packed_groups``) can take it (fold groups of a multiple of 16
+    that tile K), else 0; without groups the stacks' qsum and zeros stand in (unread)."""
+    ag = model.widths.a_group
+    sums, gf = [], []
+    for st, ws in zip(stacks, _stack_sources(model)):
+        K = st.K
+        Gf = fold_layout(K, st.G, ag) if ag else 0
+        if Gf and Gf % 16 == 0 and K % Gf == 0:
+            q = np.zeros((st.qsum.shape[0], K // Gf), dtype=np.int64)
+            q[:st.N] = np.concatenate([_fold_qsum(w, Gf) for w in ws])
+            sums.append(q)
+            gf.append(Gf)
+        else:
+            sums.append(st.qsum)
+            gf.append(0)
+    return typed.List(sums), np.array(gf, dtype=np.int64)
 
 
 def _config(model) -> FastConfig:
@@ -213,12 +243,7 @@ def prepare(model) -> FastModel | str:
     fm = why
     if why is None:
         try:
-            stacks = []
-            for L in model.layers:
-                stacks += [PackedWeight([L.wq, L.wk, L.wv]), PackedWeight([L.wo]),
-                           PackedWeight([L.w_gate, L.w_up]), PackedWeight([L.w_down])]
-            stacks.append(PackedWeight([model.w_head]))
-            fm = FastModel(model, stacks)
+            fm = FastModel(model, [PackedWeight(ws) for ws in _stack_sources(model)])
         except IntsimError as e:   # a group size that is not a multiple of 16, or mixed ones
             fm = f"the weights cannot be packed ({e})"
     _prepared[key] = (weakref.ref(model, lambda _r, k=key: _prepared.pop(k, None)), fm)

@@ -70,7 +70,7 @@ from .embedding import _embed_nb
 # FastModel and _max_context re-exported: callers and tests read them here
 from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
 from .gemm import (VEC, gemm_acc_groups, gemm_acc_groups_par, gemm_acc_multi, gemm_acc_multi_par,
-                   gemv_acc_packed, gemv_acc_packed_par)
+                   gemv_acc_packed, gemv_acc_packed_groups, gemv_acc_packed_par)
 from .matmul import group_requant_row
 from .hadamard import fwht_row
 from .norm import norm_row, norm_weight_row
@@ -406,6 +406,19 @@ def _st_swiglu_par(Pg, Pu, mx, kx, wkg, wku, mc, ka, unit, cfg, xq, zx, zg, eg, 
 # ------------------------------------------------------------------ matmul dispatch
 
 @njit(cache=True, inline="always")
+def _unstack(P, outs, nw):
+    """A packed stack's outputs (P: int64 [T, Np], the weights' rows one after another) into
+    the first ``nw`` of ``outs``."""
+    off = 0
+    for i in range(nw):
+        o = outs[i]
+        for t in range(o.shape[0]):
+            for n in range(o.shape[1]):
+                o[t, n] = P[t, off + n]
+        off += o.shape[1]
+
+
+@njit(cache=True, inline="always")
 def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
     """DI-MatMul steps 2-3 of the weights ``widx[i]`` (row layout) that share the input xq,
     into ``outs[i]`` (int64 [T, N] each).  A single token row, and every row on the row
@@ -413,16 +426,25 @@ def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
     instead.  ``widx`` and ``outs`` are always
     3-tuples, unused trailing slots holding an empty (0, 0) array, so this compiles once.
     The weights of one call share their group size (a multiple of 16: prepare checks).
-    ``W``, ``PW``: the weight lists of :class:`FastModel` (codes, qsum, m, b, G, k)."""
+    ``W``, ``PW``: the weight lists of :class:`FastModel` (codes, qsum, m, b, G, k; with
+    group-wise activations also the fold-group sums, Ga and Gf, and per stack its Gf where
+    the packed group GEMV takes it, else 0)."""
     Wq, Wqs, Wm, Wb, Gs = W[0], W[1], W[2], W[3], W[4]
     T = xq.shape[0]
     nw = 0
     while nw < 3 and outs[nw].shape[0] == T:
         nw += 1
-    if zg is not None:              # group-wise activations (SPEC 4.8): the row-layout weights
-        for i in range(nw):
+    if zg is not None:              # group-wise activations (SPEC 4.8)
+        Ga, Gf = W[6][widx[0]], W[7][widx[0]]
+        if full is None or T == 1:
+            if PW[5][pidx] > 0:     # the packed stack, where its fold groups tile K by 16s
+                P = np.empty((T, PW[1][pidx].shape[0]), dtype=np.int64)
+                gemv_acc_packed_groups(xq, zg, eg, PW[0][pidx], PW[4][pidx], PW[2][pidx],
+                                       PW[3][pidx], Gs[widx[0]], Ga, Gf, cfg.a_group_e, P)
+                _unstack(P, outs, nw)
+                return
+        for i in range(nw):         # else the row-layout weights
             wi = widx[i]
-            Ga, Gf = W[6][wi], W[7][wi]
             if full is not None and cfg.parallel and T > 1:
                 gemm_acc_groups_par(xq, zg, eg, Wq[wi], W[5][wi], Wm[wi], Wb[wi], Gs[wi], Ga, Gf,
                                     cfg.a_group_e, outs[i])
@@ -438,13 +460,7 @@ def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
             gemv_acc_packed_par(xq, zx, PW[0][pidx], PW[1][pidx], PW[2][pidx], PW[3][pidx], G, P)
         else:
             gemv_acc_packed(xq, zx, PW[0][pidx], PW[1][pidx], PW[2][pidx], PW[3][pidx], G, P)
-        off = 0
-        for i in range(nw):
-            o = outs[i]
-            for t in range(T):
-                for n in range(o.shape[1]):
-                    o[t, n] = P[t, off + n]
-            off += o.shape[1]
+        _unstack(P, outs, nw)
     elif cfg.parallel:
         gemm_acc_multi_par(xq, zx, Wq, Wqs, Wm, Wb, nw, widx, G, outs)
     else:

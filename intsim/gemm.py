@@ -631,6 +631,33 @@ def gemv_acc_packed_par(xq, zx, wp, qsum, m, b, G, P):
                      s, P)
 
 
+@njit(cache=True)
+def gemv_acc_packed_groups(xq, zg, eg, wp, qsf, m, b, Gw, Ga, Gf, E, P):
+    """:func:`gemm_acc_groups` on a packed weight (group-wise activations, SPEC 4.8), one
+    token row at a time, one thread: per block of 8 outputs and fold group f, the tile's
+    raw sums over f's ``Gf`` columns (``Gf % 16 == 0``), then ``P += fold_group(raw,
+    zg[a], qsf[n, f], m[n, wg], b[n, wg], xs[f]) << (E - eg[a])``.  ``qsf`` int64 [Np,
+    K / Gf]: the packed rows' code sums per fold group.  The same integers as
+    ``matmul._di_acc_grp_ref``; exact, bounds as :func:`gemm_acc_groups_par`."""
+    T, K = xq.shape
+    nf = K // Gf
+    s = np.empty(PACK_N, dtype=np.int32)
+    for t in range(T):
+        xs = _fold_group_sums(xq[t:t + 1], zg[t:t + 1], Ga, Gf)[0]
+        for blk in range(qsf.shape[0] // PACK_N):
+            n0, base = blk * PACK_N, blk * K * PACK_N
+            for c in range(PACK_N):
+                P[t, n0 + c] = 0
+            for f in range(nf):
+                dot_tile_flat(xq, t * K + f * Gf, 0, wp, base + f * Gf * PACK_N, VEC * PACK_N,
+                              VEC, Gf // VEC, s, 1, PACK_N)
+                a, wg = f * Gf // Ga, f * Gf // Gw
+                for c in range(PACK_N):
+                    n = n0 + c
+                    P[t, n] += fold_group(s[c], zg[t, a], qsf[n, f], m[n, wg], b[n, wg],
+                                          xs[f]) << (E - eg[t, a])
+
+
 # ------------------------------------------------------------------ plain int8 matmul (bench core)
 
 def _int_matmul_ref(x: np.ndarray, w: np.ndarray) -> np.ndarray:

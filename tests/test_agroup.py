@@ -208,3 +208,39 @@ def test_ties_follow_the_rule():
         assert st_["a_group_e_max"] == E
         seen.add(tuple(P[0, 4:].tolist()))
     assert len(seen) == 4
+
+
+@settings(deadline=None, max_examples=40)
+@given(st.sampled_from([(16, 16), (16, 32), (32, 16), (32, 32), (32, 64), (64, 32)]),
+       st.integers(1, 4), st.integers(1, 20), st.integers(1, 3), st.sampled_from([2, 4, 8]),
+       st.sampled_from([2, 4, 8]), st.integers(0, 2 ** 32 - 1), st.booleans())
+def test_packed_group_gemv_equals_reference(g, nf, N, T, A, W, seed, extreme):
+    """``gemm.gemv_acc_packed_groups`` (the fused path's one-token-row kernel with
+    activation groups) on a PackedWeight equals ``matmul._di_acc_grp_ref`` on the row
+    layout: fold groups of 16..64 over K = Gf * nf, N not a multiple of 8 (padding rows),
+    every group exponent from 0 to E, and at the extremes (codes, m and |b| at their limits)."""
+    from intsim.gemm import PackedWeight, gemv_acc_packed_groups
+    from intsim.matmul import _di_acc_grp_ref, _fold_qsum
+    Ga, Gw = g
+    Gf = min(Ga, Gw)
+    K = max(Ga, Gw) * nf
+    rng = np.random.default_rng(seed)
+    if extreme:
+        m = np.full((N, K // Gw), M_LIMIT)
+        w = QWeight(np.full((N, K), 2 ** W - 1, np.uint8), W, Gw, m, np.full((N, K // Gw), -B_LIMIT), 0)
+        xq = np.full((T, K), 2 ** A - 1, np.uint8)
+    else:
+        w = _weight(rng, N, K, W, Gw)
+        xq = rng.integers(0, 2 ** A, (T, K)).astype(np.uint8)
+    na = K // Ga
+    zg = rng.integers(0, 2 ** A, (T, na)).astype(np.int64)
+    eg = rng.integers(0, E + 1, (T, na)).astype(np.int64)
+    pk = PackedWeight([w])
+    Np = pk.qsum.shape[0]
+    qsf = np.zeros((Np, K // Gf), np.int64)
+    qsf[:N] = _fold_qsum(w, Gf)
+    P = np.full((T, Np), -7, np.int64)
+    gemv_acc_packed_groups(xq, zg, eg, pk.wp, qsf, pk.m, pk.b, Gw, Ga, Gf, E, P)
+    want, _ = _di_acc_grp_ref(xq, zg, eg, w, Ga, Gf)
+    assert np.array_equal(P[:, :N], want)
+    assert not P[:, N:].any()                       # the padding rows' outputs are 0
