@@ -613,8 +613,9 @@ def convert(src, out, *, w_bits: int = 8, a_bits: int = 8, group_size: int = 0, 
     of that recipe, with the committed FSBR calibration where one was learned on ``src``'s
     float weights (an argument given with another value than its default and the recipe's
     is refused) and records it in the model file; ``explicit``: the options given on the
-    command line, refused with a recipe that sets them otherwise even at their defaults; ``pv_bits``: the width of the probabilities
-    into PV (``a_bits``..15; None = ``a_bits``, docs/SPEC.md section 14.2);
+    command line, refused with a recipe that sets them otherwise even at their defaults;
+    ``pv_bits``: the width of the probabilities into PV (``a_bits``..15; None = ``a_bits``,
+    docs/SPEC.md section 14.2);
     ``group_scale_bits``: MixLLM's two-step form of the seven linears' group scales, each an
     U-bit integer times a per-output-channel scale (needs ``group_size``; docs/SPEC.md
     section 4.9; None = free 16-bit group mantissas over the matrix's exponent).

@@ -80,17 +80,15 @@ class FastModel:
         ws.append(model.w_head)
         C = np.ascontiguousarray
         # with group-wise activations (SPEC 4.8) also, per weight, the code sums per fold
-        # group, Ga and Gf (matmul.fold_layout); without, qsum and G stand in (unread)
+        # group and Gf (matmul.fold_layout); without, qsum and G stand in (unread)
         ag = w.a_group
-        Ks = [x.q.shape[1] for x in ws]
-        Gas = [min(ag, K) if ag else x.group_size for x, K in zip(ws, Ks)]
-        Gfs = [fold_layout(K, x.group_size, ag) if ag else x.group_size for x, K in zip(ws, Ks)]
+        Gfs = [fold_layout(x.q.shape[1], x.group_size, ag) if ag else x.group_size for x in ws]
         self.W = (typed.List([C(x.q) for x in ws]), typed.List([C(x.qsum) for x in ws]),
                   typed.List([C(x.m) for x in ws]), typed.List([C(x.b) for x in ws]),
                   np.array([x.group_size for x in ws], dtype=np.int64),
                   typed.List([C(_fold_qsum(x, Gf)) if ag else C(x.qsum)
                               for x, Gf in zip(ws, Gfs)]),
-                  np.array(Gas, dtype=np.int64), np.array(Gfs, dtype=np.int64))
+                  np.array(Gfs, dtype=np.int64))
         self.Wk = np.array([x.k for x in ws], dtype=np.int64)
         self.PW = tuple(typed.List([getattr(s, a) for s in stacks]) for a in ("wp", "qsum", "m", "b"))
         self.PW += _packed_fold_sums(model, stacks)

@@ -89,8 +89,11 @@ def _quant_in(t, v, m_in, k_in, bits, cfg, xq, zx, zg, eg, mx, kx):
     """DI-MatMul's input quantization of row t (scale ``(m_in, k_in)``) to ``bits``: per
     token (SPEC section 4.2 step 1: codes ``xq[t]``, zero point ``zx[t]``), or with
     group-wise activations when the model has them (``zg``, ``eg`` int64 [T, groups], else
-    None; section 4.8 step 1: ``zg[t]``, ``eg[t]`` per group, ``zx[t]`` 0).  ``(mx[t], kx[t])`` is the scale of the matmul's P: the
-    token's, with E added to the exponent for groups (P carries ``2^(E - e_a)``)."""
+    None; section 4.8 step 1: ``zg[t]``, ``eg[t]`` per group, ``zx[t]`` 0).  ``(mx[t],
+    kx[t])`` is the scale of the matmul's P: the token's, with E added to the exponent for
+    groups (P carries ``2^(E - e_a)``).  Tie rule: ``cfg.code`` (spec.rounding) for codes and
+    zero points, the scale fit as section 3; bounds: the kernels' own (requant_row's
+    int64 input limit, section 4.8's ``L_a 2^d < 2^62``), which ``prepare`` proves."""
     if zg is not None:              # a model without groups passes None: pruned before typing
         K = v.shape[0]
         Ga = min(cfg.a_group, K)
@@ -427,7 +430,7 @@ def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
     3-tuples, unused trailing slots holding an empty (0, 0) array, so this compiles once.
     The weights of one call share their group size (a multiple of 16: prepare checks).
     ``W``, ``PW``: the weight lists of :class:`FastModel` (codes, qsum, m, b, G, k; with
-    group-wise activations also the fold-group sums, Ga and Gf, and per stack its Gf where
+    group-wise activations also the fold-group sums and Gf, and per stack its Gf where
     the packed group GEMV takes it, else 0)."""
     Wq, Wqs, Wm, Wb, Gs = W[0], W[1], W[2], W[3], W[4]
     T = xq.shape[0]
@@ -435,7 +438,7 @@ def _matmuls(full, cfg, xq, zx, zg, eg, widx, W, pidx, PW, outs):
     while nw < 3 and outs[nw].shape[0] == T:
         nw += 1
     if zg is not None:              # group-wise activations (SPEC 4.8)
-        Ga, Gf = W[6][widx[0]], W[7][widx[0]]
+        Ga, Gf = min(cfg.a_group, xq.shape[1]), W[6][widx[0]]
         if full is None or T == 1:
             if PW[5][pidx] > 0:     # the packed stack, where its fold groups tile K by 16s
                 P = np.empty((T, PW[1][pidx].shape[0]), dtype=np.int64)

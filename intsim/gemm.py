@@ -523,7 +523,9 @@ def gemm_acc_groups_par(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
 @njit(cache=True)
 def gemm_acc_groups(xq, zg, eg, q, qsf, m, b, Gw, Ga, Gf, E, P):
     """:func:`gemm_acc_groups_par` on one thread (the same integers; the fused path's decode
-    and single-thread calls).  Returns max |acc|."""
+    and single-thread calls).  Exact (no rounding, so no tie rule); bounds as
+    :func:`gemm_acc_groups_par` (int32 acc per fold group, int64 P within 2^E times
+    ``matmul.p_bound``, checked by ``matmul.check_group_bounds``).  Returns max |acc|."""
     xs = _fold_group_sums(xq, zg, Ga, Gf)
     return _gemm_chunk_groups(xq, zg, eg, xs, q, qsf, m, b, Gw, Ga, Gf, E, 0, q.shape[0], P)
 
@@ -638,7 +640,9 @@ def gemv_acc_packed_groups(xq, zg, eg, wp, qsf, m, b, Gw, Ga, Gf, E, P):
     raw sums over f's ``Gf`` columns (``Gf % 16 == 0``), then ``P += fold_group(raw,
     zg[a], qsf[n, f], m[n, wg], b[n, wg], xs[f]) << (E - eg[a])``.  ``qsf`` int64 [Np,
     K / Gf]: the packed rows' code sums per fold group.  The same integers as
-    ``matmul._di_acc_grp_ref``; exact, bounds as :func:`gemm_acc_groups_par`."""
+    ``matmul._di_acc_grp_ref``; exact (no rounding, so no tie rule); bounds as
+    :func:`gemm_acc_groups_par` (int32 raw sums per fold group, int64 P within 2^E times
+    ``matmul.p_bound``, checked by ``matmul.check_group_bounds``)."""
     T, K = xq.shape
     nf = K // Gf
     s = np.empty(PACK_N, dtype=np.int32)
