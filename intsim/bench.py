@@ -106,15 +106,15 @@ def _read_1t(a):
 
 @njit(cache=True, parallel=True)
 def _read_nt(a):
-    """:func:`_read_1t` over 64 chunks split over Numba's threads."""
+    """:func:`_read_1t` over 64 chunks split over Numba's threads.  Each chunk is a slice
+    passed to the one-thread loop: the same loop written inline in the prange body read at
+    about a third of the one-thread rate here (10 against 34 GB/s, both threads busy), so
+    it measured the loop, not the memory."""
     nch = 64
     step = (a.shape[0] + nch - 1) // nch
     part = np.zeros(nch, dtype=np.uint64)
     for c in prange(nch):
-        acc = np.uint64(0)
-        for i in range(c * step, min(a.shape[0], c * step + step)):
-            acc ^= a[i]
-        part[c] = acc
+        part[c] = _read_1t(a[c * step:min(a.shape[0], c * step + step)])
     out = np.uint64(0)
     for c in range(nch):
         out ^= part[c]
@@ -238,6 +238,30 @@ def fused_status_row(model_path) -> dict:
     from .modelfile import load_model
     from .runner import fused_status
     return {"fused_declined": fused_status(load_model(model_path))}
+
+
+def decode_roofline(r: dict, model_path) -> dict:
+    """How close a decode step is to the machine's memory limit: every step reads every
+    linear weight once (the LM head included), one byte per code, so the measured read
+    bandwidth of all threads (``read_gbs_nt``) bounds decode at ``read_gbs_nt /
+    decode_weight_bytes`` tok/s whatever the kernels do (``decode_bound_tok_s``; a bound on
+    the weight stream alone: attention, norms and requantizations come on top).  Keys:
+    ``decode_weight_bytes``, ``decode_int_gbs`` (the bytes times intsim's fastest decode),
+    ``decode_bound_tok_s`` and, where the peer ran, ``decode_bound_ratio_llamacpp_q8``
+    (the bound over llama.cpp Q8_0's fastest decode: the most any 8-bit-weight decode of
+    intsim could reach against it here).  ``{}`` without the read bandwidth."""
+    from .fastmodel import _stack_sources
+    from .modelfile import load_model
+    if "read_gbs_nt" not in r:
+        return {}
+    nbytes = sum(w.q.size for ws in _stack_sources(load_model(model_path)) for w in ws)
+    out = {"decode_weight_bytes": int(nbytes),
+           "decode_bound_tok_s": r["read_gbs_nt"] * 1e9 / nbytes}
+    if r.get("decode_int_tok_s"):
+        out["decode_int_gbs"] = nbytes * r["decode_int_tok_s"] / 1e9
+    if r.get("decode_llamacpp_q8_tok_s"):
+        out["decode_bound_ratio_llamacpp_q8"] = out["decode_bound_tok_s"] / r["decode_llamacpp_q8_tok_s"]
+    return out
 
 
 def gpu_bench(model_path: str, tokens: int = 256, decode: int = 32, golden_tokens: int = 32,
@@ -415,6 +439,14 @@ def format_table(r: dict) -> str:
         lines.append(f"  model {r['model']} ({r['int_file_mib']:.0f} MiB; float checkpoint "
                      f"{r.get('float_file_mib', 0):.0f} MiB)")
         lines += model_table(r)
+        if "decode_bound_tok_s" in r:
+            ll = r.get("decode_bound_ratio_llamacpp_q8")
+            lines.append(f"  decode roofline: a step reads {r['decode_weight_bytes'] / 1e6:.1f} MB of "
+                         f"weights; intsim's fastest decode streams them at "
+                         f"{r.get('decode_int_gbs', 0):.1f} GB/s; at the measured read rate of "
+                         f"{r['read_gbs_nt']:.1f} GB/s no decode exceeds "
+                         f"{r['decode_bound_tok_s']:.0f} tok/s"
+                         + (f" ({ll:.2f}x llama.cpp Q8_0's fastest)" if ll else ""))
         lines.append("  integer forward: " + ("fused path" if r.get("fused_declined") is None else
                                               f"op by op (fused path declined: {r['fused_declined']})"))
     if "gpu" in r:

@@ -12,7 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from intsim.bench import collect, format_table, fused_status_row, golden_bench, gpu_bench
+from intsim.bench import (collect, decode_roofline, format_table, fused_status_row, golden_bench,
+                          gpu_bench)
 
 #: the cold start's run: ``make run``'s model, prompt and length
 COLD_PROMPT = "It is a truth universally"
@@ -239,6 +240,7 @@ def main(argv=None) -> int:
         from converters.modelbench import model_bench   # the float side: the peers
         r.update(model_bench(a.model, rounds=max(1, a.model_rounds)))
         r.update(fused_status_row(a.model))
+        r.update(decode_roofline(r, a.model))
         r.update(golden_bench(a.model))
         r.update(gpu_bench(a.model))      # only where a GPU is present
         if "gpu" in r:

@@ -420,3 +420,35 @@ def test_torch_int8_peer_follows_fp32_and_reports_rates(tmp_path):
     assert r["prefill_torch_tok_s"] > 0 and r["decode_torch_tok_s"] > 0 and r["dtype"] == "int8 dynamic"
     with pytest.raises(ValueError, match="int8: PyTorch's dynamic quantization runs on the CPU"):
         bench_torch(d, int8=True, dtype="bfloat16")
+
+
+def test_decode_roofline_counts_every_weight_byte_once_and_bounds_decode_by_the_read_rate(tmp_path):
+    from model_helpers import convert_small
+
+    from intsim.bench import decode_roofline, format_table
+    from intsim.modelfile import load_model
+    path = str(tmp_path / "small.intsim")
+    assert convert_small(tmp_path / "small.intsim").returncode == 0
+    c = load_model(path).config
+    D, F, V = c.dim, c.ffn_dim, c.vocab_size
+    q, kv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+    per_layer = D * q + 2 * D * kv + q * D + 3 * D * F     # q, k, v, o, gate, up, down
+    want = c.n_layers * per_layer + V * D                  # and the LM head
+    r = {"read_gbs_nt": 30.0, "decode_int_tok_s": 100.0, "decode_llamacpp_q8_tok_s": 150.0}
+    out = decode_roofline(r, path)
+    assert out["decode_weight_bytes"] == want
+    assert out["decode_bound_tok_s"] == 30e9 / want
+    assert out["decode_int_gbs"] == want * 100.0 / 1e9
+    assert out["decode_bound_ratio_llamacpp_q8"] == 30e9 / want / 150.0
+    assert decode_roofline({"decode_int_tok_s": 1.0}, path) == {}   # no read bandwidth: nothing
+    r.update(out)
+    r.update({"quick": True, "repeats": 1, "min_time_s": 0, "dtype": "int8", "model": path,
+              "int_file_mib": 1.0, "machine": {"cpu": "c", "cores": 1, "numba_threads": 1,
+                                               "blas": "b", "numpy": "n", "numba": "n"}})
+    for name in ("gemm", "gemv"):
+        r.update({f"{name}_shape": {"M": 1, "K": 2, "N": 3}, f"{name}_int_gops": 1.0,
+                  f"{name}_f32_gops": 1.0, f"{name}_ratio": 1.0, f"{name}_int_dot_gops": 1.0,
+                  f"{name}_di_matmul_gops": 1.0, f"{name}_exact": True})
+    line = next(x for x in format_table(r).splitlines() if "decode roofline" in x)
+    assert f"reads {want / 1e6:.1f} MB" in line and f"{30e9 / want:.0f} tok/s" in line
+    assert f"({30e9 / want / 150.0:.2f}x llama.cpp Q8_0's fastest)" in line
