@@ -133,9 +133,13 @@ def torch_gpu_bench(model_path, float_dir=None, dtypes=("float32", "bfloat16")) 
 OPS = ("decode", "prefill", "prefill_last")
 #: the peers of :func:`model_bench`: key name -> (the table's label, its operations).  Keys
 #: of the result: ``{op}_{name}_tok_s`` (from the fastest round) and ``..._tok_s_median``;
-#: ``{op}_ratio_{name}`` = intsim / peer (``{op}_ratio`` for PyTorch fp32), ``..._median``
+#: ``{op}_ratio_{name}`` = intsim / peer (``{op}_ratio`` for PyTorch fp32), ``..._median``.
+#: ``int_par`` is intsim again, its decode with each token row's GEMVs split over every
+#: thread (``intsim.fastpath.GEMV_PARALLEL``, off by default: it stalls when another
+#: process shares the cores), so its ratio is the default's rate over that variant's
 PEERS = {
     "int": ("intsim (integer W8A8)", OPS),
+    "int_par": ("intsim, GEMV_PARALLEL", ("decode",)),
     "torch": ("PyTorch fp32 eager", ("decode", "prefill")),
     "torch_int8": ("PyTorch int8 dynamic", ("decode", "prefill")),
     "llamacpp_q8": ("llama.cpp Q8_0", OPS),
@@ -158,15 +162,19 @@ def _bench_ids(V: int, proto: dict = PROTOCOL):
 
 def _peer_ops(kind: str, path: str, arg, proto: dict) -> tuple[dict, dict]:
     """A peer's timed operations (name -> callable returning seconds) and what it ran."""
-    if kind == "int":
+    if kind in ("int", "int_par"):
         import numba
+        from intsim import fastpath
         from intsim.modelfile import load_model
         numba.set_num_threads(min(proto["threads"], numba.config.NUMBA_NUM_THREADS))
         m = load_model(path)
         pre, prompt = _bench_ids(m.config.vocab_size, proto)
+        decode = {"decode": lambda: time_decode(m, prompt, proto["decode_tokens"])}
+        if kind == "int_par":            # this process only: one token row on every thread
+            fastpath.GEMV_PARALLEL = True
+            return decode, {"numba_threads": numba.get_num_threads(), "gemv_parallel": True}
         return ({"prefill": lambda: time_prefill(m, pre),
-                 "prefill_last": lambda: time_prefill(m, pre, last_only=True),
-                 "decode": lambda: time_decode(m, prompt, proto["decode_tokens"])},
+                 "prefill_last": lambda: time_prefill(m, pre, last_only=True), **decode},
                 {"numba_threads": numba.get_num_threads()})
     if kind in ("torch", "torch_int8"):
         import torch
@@ -324,7 +332,7 @@ def model_bench(model_path, float_dir=None, rounds: int = 5, proto: dict = PROTO
     out = {"model": str(model_path), "int_file_mib": model_path.stat().st_size / 2 ** 20,
            "model_rounds": rounds, "model_protocol": dict(proto),
            "model_peers": [[n, label, list(ops)] for n, (label, ops) in PEERS.items()]}
-    peers = [Peer("int", "int", model_path, proto=proto)]
+    peers = [Peer(n, n, model_path, proto=proto) for n in ("int", "int_par")]
     if float_dir is None:
         from .ppl import float_reference_dir
         float_dir = float_reference_dir(model)

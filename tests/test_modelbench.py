@@ -89,7 +89,7 @@ def test_summarize_takes_min_and_median_and_ratios_divide_intsim_by_the_peer():
 
 class FakePeer:
     """model_bench's peers, answering at once: seconds per op from ``SECONDS``."""
-    SECONDS = {"int": 0.5, "llamacpp_q8": 0.25, "llamacpp_q4_1": 0.25, "llamacpp_f16": 1.0}
+    SECONDS = {"int": 0.5, "int_par": 0.4, "llamacpp_q8": 0.25, "llamacpp_q4_1": 0.25, "llamacpp_f16": 1.0}
     made: list = []
 
     def __init__(self, name, kind, path, arg=None, cmd=None, proto=None):
@@ -133,7 +133,7 @@ def table(r: dict) -> str:
 def test_model_bench_without_llama_cpp_says_so(fake_run, monkeypatch):
     monkeypatch.setattr(llamacpp_peer, "missing", lambda: "llama-cpp-python not installed (make bench)")
     r = fake_run()
-    assert [p.name for p in FakePeer.made] == ["int"]
+    assert [p.name for p in FakePeer.made] == ["int", "int_par"]
     assert r["llamacpp_note"] == "llama-cpp-python not installed (make bench)"
     assert r["torch_note"].startswith("PyTorch not installed")
     assert r["decode_int_tok_s"] == 128.0 and r["prefill_last_int_tok_s"] == 512.0
@@ -160,6 +160,8 @@ def test_model_bench_with_llama_cpp_runs_each_type_on_the_gguf(fake_run, monkeyp
     assert all(p.path == tmp_path / "src.gguf" and p.arg == str(tmp_path / "out") for p in llama)
     assert "llamacpp_note" not in r
     assert r["decode_llamacpp_q8_tok_s"] == 256.0 and r["decode_ratio_llamacpp_q8"] == 0.5
+    assert r["decode_int_par_tok_s"] == 160.0 and r["decode_ratio_int_par"] == 0.8   # 64 / 0.4 s
+    assert "prefill_int_par_tok_s" not in r and "prefill_ratio_int_par" not in r   # decode only
     assert r["prefill_last_ratio_llamacpp_q8"] == 0.5 and r["prefill_ratio_llamacpp_f16_median"] == 2.0
     row = next(line for line in table(r).splitlines() if "llama.cpp Q8_0" in line)
     assert "256.0 / 256.0 (0.50x)" in row and "1024.0 / 1024.0 (0.50x)" in row
@@ -169,7 +171,7 @@ def test_model_bench_without_a_gguf_source_says_so(fake_run, monkeypatch):
     monkeypatch.setattr(llamacpp_peer, "missing", lambda: None)
     r = fake_run()                                   # the stand-in model has no source record
     assert r["llamacpp_note"] == "the model was not converted from a GGUF file"
-    assert [p.name for p in FakePeer.made] == ["int"]
+    assert [p.name for p in FakePeer.made] == ["int", "int_par"]
 
 
 def test_missing_names_the_pin(monkeypatch):
@@ -204,3 +206,21 @@ def test_main_names_a_missing_model_file(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("python -m converters.modelbench: error: ") and "absent.intsim" in err
+
+
+def test_the_int_par_peer_decodes_with_the_parallel_gemv_in_its_own_process(tmp_path, monkeypatch):
+    """The ``int_par`` peer's operations: decode alone, with ``GEMV_PARALLEL`` switched on in
+    the process that serves it (here this one; monkeypatch restores it)."""
+    from model_helpers import convert_small
+
+    from intsim import fastpath
+    monkeypatch.setattr(fastpath, "GEMV_PARALLEL", False)
+    path = tmp_path / "small.intsim"
+    assert convert_small(path).returncode == 0
+    proto = {**PROTOCOL, "prompt_len": 4, "decode_tokens": 2, "prefill_len": 4}
+    ops, info = modelbench._peer_ops("int_par", str(path), None, proto)
+    assert sorted(ops) == ["decode"] and info["gemv_parallel"] is True
+    assert fastpath.GEMV_PARALLEL is True
+    assert ops["decode"]() > 0
+    ops, info = modelbench._peer_ops("int", str(path), None, proto)
+    assert sorted(ops) == ["decode", "prefill", "prefill_last"] and "gemv_parallel" not in info
