@@ -441,9 +441,10 @@ def format_table(r: dict) -> str:
         lines += model_table(r)
         if "decode_bound_tok_s" in r:
             ll = r.get("decode_bound_ratio_llamacpp_q8")
+            gbs = r.get("decode_int_gbs")
             lines.append(f"  decode roofline: a step reads {r['decode_weight_bytes'] / 1e6:.1f} MB of "
-                         f"weights; intsim's fastest decode streams them at "
-                         f"{r.get('decode_int_gbs', 0):.1f} GB/s; at the measured read rate of "
+                         "weights; " + (f"intsim's fastest decode streams them at {gbs:.1f} GB/s; "
+                                        if gbs else "") + "at the measured read rate of "
                          f"{r['read_gbs_nt']:.1f} GB/s no decode exceeds "
                          f"{r['decode_bound_tok_s']:.0f} tok/s"
                          + (f" ({ll:.2f}x llama.cpp Q8_0's fastest)" if ll else ""))

@@ -581,7 +581,8 @@ def _forward_nb(ids, pos, vlo, vhi, past, cfg, emb_q, emb_m, emb_k, cos_q, sin_q
 #: use the multi-thread packed GEMV for single token rows (else one thread).  Off by
 #: default: a decode step would open ~150 parallel regions, each of which waits for a
 #: time slice when another process shares the cores (measured: 1 s per token instead
-#: of 13 ms on the shared 2-core host); alone on 2 cores it gives ~100 against ~78 tok/s.
+#: of 13 ms on the shared 2-core host); alone on 2 cores it gave +12 % in one run and
+#: nothing in another (docs/RESULTS.md; ``intsim bench --model`` times it as ``int_par``).
 GEMV_PARALLEL = False
 #: the longest call (token rows) that takes the row path (:func:`choose_path`)
 ROW_PATH_MAX_T = 16
