@@ -604,6 +604,7 @@ class _Derived:
                     for _ in range(c.n_layers)]
         self.version = -1
         self.arrays = None
+        self.checked = None
 
     def sync(self, cache) -> None:
         """Rebuild every position below ``cache.length`` when another path wrote the cache
@@ -636,26 +637,52 @@ def _cache_problem(cache, c) -> str | None:
 
 
 def _derived_for(cache, c) -> _Derived:
+    """The derived copies of ``cache`` (made on first use, kept while the cache lives); not
+    synced: the caller checks the cache first (:func:`_checked_cache`), then syncs."""
     key = id(cache)
     hit = _derived.get(key)
     if hit is None or hit[0]() is not cache:
         d = _Derived(cache, c)
         _derived[key] = (weakref.ref(cache, lambda _r, k=key: _derived.pop(k, None)), d)
         hit = _derived[key]
-    d = hit[1]
-    d.sync(cache)
-    return d
+    return hit[1]
 
 
-def _cache_tuples(cache, d: _Derived):
+def _cache_arrays(cache):
+    """The cache's arrays in ``_CACHE_DTYPES`` order, layer by layer, as one tuple, or None
+    when an attribute is not a sequence (:func:`_cache_problem` then names it)."""
+    try:
+        return tuple(a for n, _, _ in _CACHE_DTYPES for a in getattr(cache, n))
+    except TypeError:
+        return None
+
+
+def _same_arrays(a, b) -> bool:
+    """The same array objects in the same order (held by reference, so an id can not be
+    reused by a new array while the memo keeps the old one)."""
+    return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+
+
+def _checked_cache(cache, c, d: _Derived, arrays) -> str | None:
+    """:func:`_cache_problem`, run only when the cache holds other array objects (or another
+    capacity) than at its last passed check: the check walks every layer's eight arrays,
+    about 50 us, which a decode step would otherwise pay every token."""
+    if d.checked is not None and d.checked[0] == cache.capacity and _same_arrays(d.checked[1], arrays):
+        return None
+    why = _cache_problem(cache, c)
+    d.checked = None if why is not None else (cache.capacity, arrays)
+    return why
+
+
+def _cache_tuples(cache, d: _Derived, arrays):
     """Per layer the tuple of the cache's arrays and the derived copies, in a typed list
-    (memoized: a typed list crosses into the compiled call as one pointer, where a tuple
-    of 10 arrays per layer would unbox every array on every call, ~1 ms a decode step)."""
-    ident = tuple(id(a) for n, _, _ in _CACHE_DTYPES for a in getattr(cache, n))
-    if d.arrays is None or d.arrays[0] != ident:
+    (memoized on the array objects: a typed list crosses into the compiled call as one
+    pointer, where a tuple of 10 arrays per layer would unbox every array on every call,
+    ~1 ms a decode step)."""
+    if d.arrays is None or not _same_arrays(d.arrays[0], arrays):
         per_layer = typed.List([tuple(getattr(cache, n)[li] for n, _, _ in _CACHE_DTYPES)
                                 + (d.k_par[li], d.v_t[li]) for li in range(len(d.k_par))])
-        d.arrays = (ident, per_layer)
+        d.arrays = (arrays, per_layer)
     return d.arrays[1]
 
 
@@ -710,7 +737,9 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         return fm
     if cache.length + ids.size > fm.max_context:
         return f"{cache.length + ids.size} positions exceed the PV int32 bound ({fm.max_context})"
-    why = _cache_problem(cache, model.config)
+    d = _derived_for(cache, model.config)
+    arrays = _cache_arrays(cache)
+    why = _checked_cache(cache, model.config, d, arrays)
     if why is not None:
         return why
     rng = visible_ranges(visible)
@@ -721,12 +750,12 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     path = path or choose_path(ids.size, cfg.gemv_parallel)
     if path == "full":
         _full_ran[0] = True
-    d = _derived_for(cache, model.config)
+    d.sync(cache)
     logits, m, k, sat = _forward_nb(
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,
         fm.W, fm.Wk, fm.PW, fm.alpha, fm.alpha_k, fm.alpha_unit, fm.NW, fm.NK, fm.NU,
-        _cache_tuples(cache, d), True if path == "full" else None, bool(last_only), fm.p_proto,
+        _cache_tuples(cache, d, arrays), True if path == "full" else None, bool(last_only), fm.p_proto,
         *_group_scratch(fm.cfg, model.config, ids.size))
     if sat and fm.spec.overflow == "raise":
         d.version = -1                   # the cache holds positions the graph will redo

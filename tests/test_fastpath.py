@@ -241,6 +241,27 @@ def test_forward_fast_declines_what_it_cannot_prove():
     assert runner.fused_status(m) is None
 
 
+def test_cache_check_is_redone_when_an_array_is_replaced(monkeypatch):
+    """The fused path checks a cache's arrays once per set of array objects: a decode step
+    on the same cache does not walk them again, but an array replaced after a good call
+    (here with the wrong dtype) is caught on the next call, naming it."""
+    m = make_model(8, n_layers=1)
+    cache = KVCache.empty(m, 4)
+    walks = []
+    real = fastpath._cache_problem
+    monkeypatch.setattr(fastpath, "_cache_problem", lambda c, cfg: walks.append(1) or real(c, cfg))
+    with trusted():
+        pos, vis = _positions(0, 2, None)
+        assert not isinstance(forward_fast(m, IDS[:2], pos, vis, cache), str)
+        pos, vis = _positions(2, 1, None)
+        assert not isinstance(forward_fast(m, IDS[2:3], pos, vis, cache), str)
+        assert len(walks) == 1
+        cache.v_m[0] = cache.v_m[0].astype(np.int32)
+        pos, vis = _positions(3, 1, None)
+        assert "cache.v_m" in forward_fast(m, IDS[3:4], pos, vis, cache)
+        assert len(walks) == 2
+
+
 def test_runner_logs_why_it_runs_the_graph(caplog):
     """A decline is one debug line naming the reason; the result is the graph's."""
     g24 = make_model(9, group_size=24, dim=48, n_heads=3, n_kv_heads=1)
