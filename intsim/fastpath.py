@@ -604,7 +604,15 @@ class _Derived:
                     for _ in range(c.n_layers)]
         self.version = -1
         self.arrays = None
-        self.checked = None
+
+    def fits(self, cache, c) -> bool:
+        """The copies have the shapes this cache and model need (a cache whose arrays
+        were replaced by larger ones, or one run with another model, gets new copies:
+        the kernels write positions up to the capacity without a bounds check)."""
+        return (len(self.k_par) == c.n_layers
+                and all(k.shape == (c.n_kv_heads, 4, cache.capacity) for k in self.k_par)
+                and all(v.shape == (c.n_kv_heads, c.head_dim, cache.capacity + VT_PAD)
+                        for v in self.v_t))
 
     def sync(self, cache) -> None:
         """Rebuild every position below ``cache.length`` when another path wrote the cache
@@ -616,7 +624,10 @@ class _Derived:
             self.version = cache.version
 
 
+#: per live cache (by id, dropped with the cache): its derived copies, and the arrays
+#: (with the model config and capacity) of its last passed check
 _derived: dict = {}
+_checked: dict = {}
 
 _CACHE_DTYPES = (("k_q", np.uint8, 3), ("k_zp", np.int32, 2), ("k_m", np.int64, 2),
                  ("k_k", np.int64, 2), ("v_q", np.uint8, 2), ("v_zp", np.int32, 1),
@@ -627,6 +638,8 @@ def _cache_problem(cache, c) -> str | None:
     """Why the cache is not what KVCache.empty makes (the compiled path's array types)."""
     for name, dt, nd in _CACHE_DTYPES:
         arrs = getattr(cache, name)
+        if not isinstance(arrs, (list, tuple)):
+            return f"cache.{name} is not a list of arrays, one per layer"
         if len(arrs) != c.n_layers:
             return f"cache.{name} has {len(arrs)} layers"
         for a in arrs:
@@ -636,21 +649,32 @@ def _cache_problem(cache, c) -> str | None:
     return None
 
 
-def _derived_for(cache, c) -> _Derived:
-    """The derived copies of ``cache`` (made on first use, kept while the cache lives); not
-    synced: the caller checks the cache first (:func:`_checked_cache`), then syncs."""
+def _per_cache(table: dict, cache, value) -> None:
+    """``table[id(cache)] = (weakref to cache, value)``, the entry dropped with the cache."""
     key = id(cache)
-    hit = _derived.get(key)
-    if hit is None or hit[0]() is not cache:
+    table[key] = (weakref.ref(cache, lambda _r, k=key: table.pop(k, None)), value)
+
+
+def _live(table: dict, cache):
+    """The value :func:`_per_cache` stored for this very cache, else None."""
+    hit = table.get(id(cache))
+    return hit[1] if hit is not None and hit[0]() is cache else None
+
+
+def _derived_for(cache, c) -> _Derived:
+    """The derived copies of a checked ``cache``, synced (made on first use and kept while
+    the cache lives; made again when they no longer fit it, :meth:`_Derived.fits`)."""
+    d = _live(_derived, cache)
+    if d is None or not d.fits(cache, c):
         d = _Derived(cache, c)
-        _derived[key] = (weakref.ref(cache, lambda _r, k=key: _derived.pop(k, None)), d)
-        hit = _derived[key]
-    return hit[1]
+        _per_cache(_derived, cache, d)
+    d.sync(cache)
+    return d
 
 
 def _cache_arrays(cache):
     """The cache's arrays in ``_CACHE_DTYPES`` order, layer by layer, as one tuple, or None
-    when an attribute is not a sequence (:func:`_cache_problem` then names it)."""
+    when an attribute is not a sequence (:func:`_cache_problem` then declines the cache)."""
     try:
         return tuple(a for n, _, _ in _CACHE_DTYPES for a in getattr(cache, n))
     except TypeError:
@@ -663,14 +687,21 @@ def _same_arrays(a, b) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def _checked_cache(cache, c, d: _Derived, arrays) -> str | None:
-    """:func:`_cache_problem`, run only when the cache holds other array objects (or another
-    capacity) than at its last passed check: the check walks every layer's eight arrays,
-    about 50 us, which a decode step would otherwise pay every token."""
-    if d.checked is not None and d.checked[0] == cache.capacity and _same_arrays(d.checked[1], arrays):
+def _checked_cache(cache, c, arrays) -> str | None:
+    """:func:`_cache_problem`, run unless this cache passed it last time with the same
+    model config object, capacity and array objects: the check walks every layer's
+    eight arrays, about 50 us, which a decode step would otherwise pay every token.  (An
+    array changed in place, ``a.dtype = ...`` or ``a.shape = ...``, keeps its object and
+    is not checked again: the cache's arrays are KVCache's to replace, not to reshape.)"""
+    memo = _live(_checked, cache)
+    if (memo is not None and memo[0] is c and memo[1] == cache.capacity
+            and _same_arrays(memo[2], arrays)):
         return None
     why = _cache_problem(cache, c)
-    d.checked = None if why is not None else (cache.capacity, arrays)
+    if why is None:
+        _per_cache(_checked, cache, (c, cache.capacity, arrays))
+    else:
+        _checked.pop(id(cache), None)
     return why
 
 
@@ -737,9 +768,8 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         return fm
     if cache.length + ids.size > fm.max_context:
         return f"{cache.length + ids.size} positions exceed the PV int32 bound ({fm.max_context})"
-    d = _derived_for(cache, model.config)
     arrays = _cache_arrays(cache)
-    why = _checked_cache(cache, model.config, d, arrays)
+    why = _checked_cache(cache, model.config, arrays)
     if why is not None:
         return why
     rng = visible_ranges(visible)
@@ -750,7 +780,7 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     path = path or choose_path(ids.size, cfg.gemv_parallel)
     if path == "full":
         _full_ran[0] = True
-    d.sync(cache)
+    d = _derived_for(cache, model.config)
     logits, m, k, sat = _forward_nb(
         np.ascontiguousarray(ids, dtype=np.int64), np.ascontiguousarray(pos, dtype=np.int64),
         rng[0], rng[1], cache.length, cfg, fm.emb_q, fm.emb_m, fm.emb_k, fm.cos_q, fm.sin_q,

@@ -244,22 +244,59 @@ def test_forward_fast_declines_what_it_cannot_prove():
 def test_cache_check_is_redone_when_an_array_is_replaced(monkeypatch):
     """The fused path checks a cache's arrays once per set of array objects: a decode step
     on the same cache does not walk them again, but an array replaced after a good call
-    (here with the wrong dtype) is caught on the next call, naming it."""
-    m = make_model(8, n_layers=1)
-    cache = KVCache.empty(m, 4)
+    (here with the wrong dtype) is caught on the next call, naming it, and on every call
+    after until it is put right; the same cache under a model with another layer count is
+    checked again and declined."""
+    m = make_model(8, n_layers=2)
+    cache = KVCache.empty(m, 6)
     walks = []
     real = fastpath._cache_problem
     monkeypatch.setattr(fastpath, "_cache_problem", lambda c, cfg: walks.append(1) or real(c, cfg))
+
+    def step(model, t0, n):
+        pos, vis = _positions(t0, n, None)
+        return forward_fast(model, IDS[t0:t0 + n], pos, vis, cache)
+
+    with trusted():
+        assert not isinstance(step(m, 0, 2), str)
+        assert not isinstance(step(m, 2, 1), str)
+        assert len(walks) == 1
+        good = cache.v_m[0]
+        cache.v_m[0] = good.astype(np.int32)
+        assert "cache.v_m" in step(m, 3, 1)
+        assert "cache.v_m" in step(m, 3, 1)
+        assert len(walks) == 3
+        cache.v_m[0] = good
+        assert not isinstance(step(m, 3, 1), str)
+        assert len(walks) == 4
+        other = make_model(8, n_layers=1)
+        assert "has 2 layers" in step(other, 4, 1)
+        assert len(walks) == 5
+        cache.k_q = 5
+        assert "cache.k_q is not a list" in step(m, 4, 1)
+
+
+def test_grown_cache_gets_derived_copies_of_its_capacity():
+    """Arrays replaced by larger ones (and the capacity raised) give the fused path's
+    derived copies the new capacity, and the logits stay those of a fresh cache."""
+    m = make_model(8, n_layers=1)
+    cache = KVCache.empty(m, 3)
     with trusted():
         pos, vis = _positions(0, 2, None)
         assert not isinstance(forward_fast(m, IDS[:2], pos, vis, cache), str)
-        pos, vis = _positions(2, 1, None)
-        assert not isinstance(forward_fast(m, IDS[2:3], pos, vis, cache), str)
-        assert len(walks) == 1
-        cache.v_m[0] = cache.v_m[0].astype(np.int32)
-        pos, vis = _positions(3, 1, None)
-        assert "cache.v_m" in forward_fast(m, IDS[3:4], pos, vis, cache)
-        assert len(walks) == 2
+        big = KVCache.empty(m, 8)
+        for name, _, _ in fastpath._CACHE_DTYPES:
+            for new, old in zip(getattr(big, name), getattr(cache, name)):
+                new[:old.shape[0]] = old
+            setattr(cache, name, getattr(big, name))
+        cache.capacity = 8
+        pos, vis = _positions(2, 5, None)
+        out, _ = forward_fast(m, IDS[2:7], pos, vis, cache)
+        assert fastpath._live(fastpath._derived, cache).k_par[0].shape[2] == 8
+        fresh = KVCache.empty(m, 8)
+        pos, vis = _positions(0, 7, None)
+        want, _ = forward_fast(m, IDS[:7], pos, vis, fresh)
+    assert np.array_equal(out, want[2:])
 
 
 def test_runner_logs_why_it_runs_the_graph(caplog):
