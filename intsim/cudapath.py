@@ -27,8 +27,6 @@ compared with the CPU backend (tests/test_cuda.py, ``scripts/cuda_check.py``).
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 from numba import cuda
 
@@ -36,6 +34,7 @@ from . import fastpath as fp
 from .attention import score_scales
 from .cudaops import _k_embed, grid as _grid, matmul_launch
 from .cudaops import host_call as _host_call
+from .fastmodel import side_get, side_put
 from .qtensor import Dyadic
 
 _norm_quant_row = _host_call(fp._norm_quant_row)
@@ -138,13 +137,10 @@ _caches: dict = {}
 
 
 def _side(table: dict, obj, make):
-    """A per-object value kept while ``obj`` lives (the fused path's side-table habit)."""
-    key = id(obj)
-    hit = table.get(key)
-    if hit is None or hit[0]() is not obj:
-        hit = (weakref.ref(obj, lambda _r, k=key: table.pop(k, None)), make())
-        table[key] = hit
-    return hit[1]
+    """A per-object value kept while ``obj`` lives, made by ``make()`` on first use (the
+    fused path's side tables, :func:`intsim.fastmodel.side_get`)."""
+    hit = side_get(table, obj)
+    return hit if hit is not None else side_put(table, obj, make())
 
 
 def prepare(model):
@@ -295,8 +291,8 @@ def forward_cuda(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
     T, past = ids.size, cache.length
     if past + T > fm.max_context:
         return f"{past + T} positions exceed the PV int32 bound ({fm.max_context})"
-    why = fp._cache_problem(cache, c)
-    if why is not None:
+    why = fp._checked_cache(cache, c)
+    if isinstance(why, str):
         return why
     rng = fp.visible_ranges(visible)
     if rng is None:

@@ -230,13 +230,29 @@ def _unsupported(model) -> str | None:
     return None
 
 
+def side_get(table: dict, obj):
+    """The value :func:`side_put` stored in ``table`` for this very object (not for an
+    earlier one whose id it reuses), else None."""
+    hit = table.get(id(obj))
+    return hit[1] if hit is not None and hit[0]() is obj else None
+
+
+def side_put(table: dict, obj, value):
+    """Keep ``value`` for ``obj`` in ``table`` while ``obj`` lives (keyed by id, the entry
+    dropped with the object: models and KV caches are not hashable by value); returns
+    ``value``.  The fused paths' side tables (prepared models, derived cache copies,
+    device copies) all go through this pair."""
+    key = id(obj)
+    table[key] = (weakref.ref(obj, lambda _r, k=key: table.pop(k, None)), value)
+    return value
+
+
 def prepare(model) -> FastModel | str:
     """The model's :class:`FastModel` (built on first use), or the reason the fused path
     declines this model."""
-    key = id(model)
-    hit = _prepared.get(key)
-    if hit is not None and hit[0]() is model:
-        return hit[1]
+    hit = side_get(_prepared, model)
+    if hit is not None:
+        return hit
     why = _unsupported(model)
     fm = why
     if why is None:
@@ -244,5 +260,4 @@ def prepare(model) -> FastModel | str:
             fm = FastModel(model, [PackedWeight(ws) for ws in _stack_sources(model)])
         except IntsimError as e:   # a group size that is not a multiple of 16, or mixed ones
             fm = f"the weights cannot be packed ({e})"
-    _prepared[key] = (weakref.ref(model, lambda _r, k=key: _prepared.pop(k, None)), fm)
-    return fm
+    return side_put(_prepared, model, fm)

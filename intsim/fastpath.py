@@ -59,8 +59,6 @@ changing those.
 """
 from __future__ import annotations
 
-import weakref
-
 import numba
 import numpy as np
 from numba import njit, prange, typed
@@ -68,7 +66,7 @@ from numba import njit, prange, typed
 from .attention import GUARD_K, GUARD_O, GUARD_V, VT_PAD, fold_row, pv_row, qk_row, score_scales
 from .embedding import _embed_nb
 # FastModel and _max_context re-exported: callers and tests read them here
-from .fastmodel import FastModel, _max_context, prepare  # noqa: F401
+from .fastmodel import FastModel, _max_context, prepare, side_get, side_put  # noqa: F401
 from .gemm import (VEC, gemm_acc_groups, gemm_acc_groups_par, gemm_acc_multi, gemm_acc_multi_par,
                    gemv_acc_packed, gemv_acc_packed_groups, gemv_acc_packed_par)
 from .matmul import group_requant_row
@@ -624,8 +622,8 @@ class _Derived:
             self.version = cache.version
 
 
-#: per live cache (by id, dropped with the cache): its derived copies, and the arrays
-#: (with the model config and capacity) of its last passed check
+#: per live cache (fastmodel.side_put): its derived copies, and the arrays (with the
+#: model config and capacity) of its last passed check
 _derived: dict = {}
 _checked: dict = {}
 
@@ -649,25 +647,12 @@ def _cache_problem(cache, c) -> str | None:
     return None
 
 
-def _per_cache(table: dict, cache, value) -> None:
-    """``table[id(cache)] = (weakref to cache, value)``, the entry dropped with the cache."""
-    key = id(cache)
-    table[key] = (weakref.ref(cache, lambda _r, k=key: table.pop(k, None)), value)
-
-
-def _live(table: dict, cache):
-    """The value :func:`_per_cache` stored for this very cache, else None."""
-    hit = table.get(id(cache))
-    return hit[1] if hit is not None and hit[0]() is cache else None
-
-
 def _derived_for(cache, c) -> _Derived:
     """The derived copies of a checked ``cache``, synced (made on first use and kept while
     the cache lives; made again when they no longer fit it, :meth:`_Derived.fits`)."""
-    d = _live(_derived, cache)
+    d = side_get(_derived, cache)
     if d is None or not d.fits(cache, c):
-        d = _Derived(cache, c)
-        _per_cache(_derived, cache, d)
+        d = side_put(_derived, cache, _Derived(cache, c))
     d.sync(cache)
     return d
 
@@ -687,30 +672,34 @@ def _same_arrays(a, b) -> bool:
     return a is not None and b is not None and len(a) == len(b) and all(x is y for x, y in zip(a, b))
 
 
-def _checked_cache(cache, c, arrays) -> str | None:
+def _checked_cache(cache, c):
     """:func:`_cache_problem`, run unless this cache passed it last time with the same
     model config object, capacity and array objects: the check walks every layer's
     eight arrays, about 50 us, which a decode step would otherwise pay every token.  (An
     array changed in place, ``a.dtype = ...`` or ``a.shape = ...``, keeps its object and
-    is not checked again: the cache's arrays are KVCache's to replace, not to reshape.)"""
-    memo = _live(_checked, cache)
+    is not checked again: the cache's arrays are KVCache's to replace, not to reshape.)
+    Returns the reason string, or the cache's arrays as the tuple the memo keeps (the
+    same tuple object while they stay the same, so :func:`_cache_tuples` compares it by
+    identity instead of walking the arrays a second time)."""
+    arrays = _cache_arrays(cache)
+    memo = side_get(_checked, cache)
     if (memo is not None and memo[0] is c and memo[1] == cache.capacity
             and _same_arrays(memo[2], arrays)):
-        return None
+        return memo[2]
     why = _cache_problem(cache, c)
-    if why is None:
-        _per_cache(_checked, cache, (c, cache.capacity, arrays))
-    else:
+    if why is not None:
         _checked.pop(id(cache), None)
-    return why
+        return why
+    side_put(_checked, cache, (c, cache.capacity, arrays))
+    return arrays
 
 
 def _cache_tuples(cache, d: _Derived, arrays):
     """Per layer the tuple of the cache's arrays and the derived copies, in a typed list
-    (memoized on the array objects: a typed list crosses into the compiled call as one
-    pointer, where a tuple of 10 arrays per layer would unbox every array on every call,
-    ~1 ms a decode step)."""
-    if d.arrays is None or not _same_arrays(d.arrays[0], arrays):
+    (memoized on ``arrays``, the tuple :func:`_checked_cache` returned: a typed list
+    crosses into the compiled call as one pointer, where a tuple of 10 arrays per layer
+    would unbox every array on every call, ~1 ms a decode step)."""
+    if d.arrays is None or d.arrays[0] is not arrays:
         per_layer = typed.List([tuple(getattr(cache, n)[li] for n, _, _ in _CACHE_DTYPES)
                                 + (d.k_par[li], d.v_t[li]) for li in range(len(d.k_par))])
         d.arrays = (arrays, per_layer)
@@ -768,10 +757,9 @@ def forward_fast(model, ids: np.ndarray, pos: np.ndarray, visible: np.ndarray, c
         return fm
     if cache.length + ids.size > fm.max_context:
         return f"{cache.length + ids.size} positions exceed the PV int32 bound ({fm.max_context})"
-    arrays = _cache_arrays(cache)
-    why = _checked_cache(cache, model.config, arrays)
-    if why is not None:
-        return why
+    arrays = _checked_cache(cache, model.config)
+    if isinstance(arrays, str):
+        return arrays
     rng = visible_ranges(visible)
     if rng is None:
         return "a row's visible positions are not one contiguous range"

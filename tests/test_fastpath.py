@@ -292,7 +292,7 @@ def test_grown_cache_gets_derived_copies_of_its_capacity():
         cache.capacity = 8
         pos, vis = _positions(2, 5, None)
         out, _ = forward_fast(m, IDS[2:7], pos, vis, cache)
-        assert fastpath._live(fastpath._derived, cache).k_par[0].shape[2] == 8
+        assert fastpath.side_get(fastpath._derived, cache).k_par[0].shape[2] == 8
         fresh = KVCache.empty(m, 8)
         pos, vis = _positions(0, 7, None)
         want, _ = forward_fast(m, IDS[:7], pos, vis, fresh)
